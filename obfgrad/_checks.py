@@ -1,0 +1,77 @@
+"""Validation of public inputs. Each check raises ``TypeError``/``ValueError`` whose message
+starts with the argument's name and says what was expected."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(x, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_images(
+    x,
+    name: str = "x",
+    *,
+    channels: Optional[Sequence[int]] = None,
+    in_unit_range: bool = True,
+    allow_empty: bool = True,
+) -> torch.Tensor:
+    """A float NCHW batch, finite, optionally with values in [0, 1] and given channel counts."""
+    check_tensor(x, name)
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a floating-point tensor (float32 images in [0, 1]), got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{name}: expected a 4-D NCHW batch, got shape {tuple(x.shape)}")
+    if channels is not None and x.shape[1] not in channels:
+        raise ValueError(f"{name}: expected {' or '.join(map(str, channels))} channels, got {x.shape[1]}")
+    if x.numel() == 0:
+        if not allow_empty:
+            raise ValueError(f"{name}: expected a non-empty batch")
+        return x
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: contains NaN or Inf")
+    if in_unit_range:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"{name}: expected values in [0, 1], got range [{lo:.6g}, {hi:.6g}]")
+    return x
+
+
+def check_int(value, name: str, *, low: Optional[int] = None, high: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if low is not None and value < low:
+        raise ValueError(f"{name}: expected an int >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name}: expected an int <= {high}, got {value}")
+    return value
+
+
+def check_float(value, name: str, *, low: Optional[float] = None, high: Optional[float] = None,
+                low_inclusive: bool = True, high_inclusive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    if low is not None and (value < low or (value == low and not low_inclusive)):
+        bound = ">=" if low_inclusive else ">"
+        raise ValueError(f"{name}: expected a number {bound} {low}, got {value}")
+    if high is not None and (value > high or (value == high and not high_inclusive)):
+        bound = "<=" if high_inclusive else "<"
+        raise ValueError(f"{name}: expected a number {bound} {high}, got {value}")
+    return value
+
+
+def check_choice(value, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value

@@ -1,0 +1,112 @@
+"""Build the native core ``obfgrad._C`` from ``csrc/``.
+
+Every ``csrc/cpu/*.cpp`` is compiled into one pybind11 extension; kernel bodies live in
+``csrc/include/obfgrad/*.h`` and are shared with the CUDA drivers in ``csrc/cuda/``, which
+are compiled at run time (NVRTC through CuPy) and are therefore shipped as package data.
+
+Environment variables:
+  OBFGRAD_MARCH_NATIVE=1  add -march=native (faster, not portable to other CPUs)
+  OBFGRAD_SANITIZE=1      build with AddressSanitizer + UBSan (used by ``nox -s sanitize``)
+  OBFGRAD_DEBUG=1         -O0 -g
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from glob import glob
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+
+try:
+    from pybind11.setup_helpers import Pybind11Extension
+except ImportError:  # pragma: no cover - pyproject lists pybind11 as a build requirement
+    sys.exit("obfgrad: building the native core needs pybind11 (pip install pybind11).")
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _compile_flags() -> "tuple[list[str], list[str]]":
+    # -ffp-contract=off: no fused multiply-add, so the CPU and the GPU (NVRTC is run with
+    # --fmad=false) round every product identically and outputs agree bit for bit.
+    compile_args = ["-fopenmp", "-ffp-contract=off", "-fvisibility=hidden"]
+    link_args = ["-fopenmp"]
+    if _flag("OBFGRAD_DEBUG"):
+        compile_args += ["-O0", "-g"]
+    else:
+        compile_args += ["-O3"]
+    if _flag("OBFGRAD_MARCH_NATIVE"):
+        compile_args.append("-march=native")
+    if _flag("OBFGRAD_SANITIZE"):
+        sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+        compile_args += sanitize + ["-O1", "-g"]
+        link_args += sanitize
+    return compile_args, link_args
+
+
+class BuildExtWithChecks(build_ext):
+    """Fail early, with a message a user can act on, when the toolchain is missing."""
+
+    def build_extensions(self):
+        compiler = self.compiler.compiler_cxx[0] if getattr(self.compiler, "compiler_cxx", None) else "c++"
+        if shutil.which(compiler) is None:
+            sys.exit(
+                f"obfgrad: no C++ compiler found ({compiler!r}). Install one (Debian/Ubuntu: "
+                "apt-get install g++) and retry; obfgrad needs a C++17 compiler with OpenMP."
+            )
+        if not self._has_openmp(compiler):
+            sys.exit(
+                f"obfgrad: the C++ compiler {compiler!r} cannot build OpenMP code. Install "
+                "a compiler with OpenMP (gcc's libgomp, or clang with libomp-dev) and retry."
+            )
+        super().build_extensions()
+
+    @staticmethod
+    def _has_openmp(compiler: str) -> bool:
+        with tempfile.TemporaryDirectory() as tmp:
+            source = Path(tmp) / "omp_probe.cpp"
+            source.write_text("#include <omp.h>\nint main(){return omp_get_max_threads() > 0 ? 0 : 1;}\n")
+            probe = subprocess.run(
+                [compiler, "-fopenmp", str(source), "-o", str(Path(tmp) / "omp_probe")],
+                capture_output=True,
+            )
+            return probe.returncode == 0
+
+
+class BuildPyWithKernelSources(build_py):
+    """Ship the CUDA drivers and kernel headers inside the package (obfgrad/_csrc)."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / "obfgrad" / "_csrc"
+        for sub in ("include", "cuda"):
+            if target.joinpath(sub).exists():
+                shutil.rmtree(target / sub)
+            shutil.copytree(ROOT / "csrc" / sub, target / sub)
+
+
+compile_args, link_args = _compile_flags()
+sources = sorted(str(Path(p).relative_to(ROOT)) for p in glob(str(ROOT / "csrc" / "cpu" / "*.cpp")))
+
+setup(
+    ext_modules=[
+        Pybind11Extension(
+            "obfgrad._C",
+            sources,
+            include_dirs=["csrc/include", "csrc/cpu"],
+            cxx_std=17,
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
+            define_macros=[("OBFGRAD_VERSION", '"0.1.0"')],
+        )
+    ],
+    cmdclass={"build_ext": BuildExtWithChecks, "build_py": BuildPyWithKernelSources},
+)

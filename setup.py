@@ -102,6 +102,8 @@ setup(
             "obfgrad._C",
             sources,
             include_dirs=["csrc/include", "csrc/cpu"],
+            # Headers hold the kernel bodies: a change to one must rebuild every driver.
+            depends=sorted(glob("csrc/include/obfgrad/*.h") + glob("csrc/cpu/*.h")),
             cxx_std=17,
             extra_compile_args=compile_args,
             extra_link_args=link_args,

@@ -36,10 +36,11 @@ def check_images(
         if not allow_empty:
             raise ValueError(f"{name}: expected a non-empty batch")
         return x
-    if not bool(torch.isfinite(x).all()):
+    x_values = x.detach()
+    if not bool(torch.isfinite(x_values).all()):
         raise ValueError(f"{name}: contains NaN or Inf")
     if in_unit_range:
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = float(x_values.min()), float(x_values.max())
         if lo < 0.0 or hi > 1.0:
             raise ValueError(f"{name}: expected values in [0, 1], got range [{lo:.6g}, {hi:.6g}]")
     return x

@@ -17,7 +17,8 @@ namespace obfgrad {
 // Index type for element offsets: 64-bit so batches larger than 2^31 elements stay in bounds.
 typedef long long index_t;
 
-OBF_HD float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+// NaN maps to `lo`, so a stray NaN can never become an out-of-range index after a cast.
+OBF_HD float clampf(float v, float lo, float hi) { return !(v >= lo) ? lo : (v > hi ? hi : v); }
 
 OBF_HD float floorf_(float v) {
 #if OBF_ON_DEVICE

@@ -1,0 +1,223 @@
+"""Thermometer encoding with its BPDA backward.
+
+Buckman, Roy, Raffel & Goodfellow, "Thermometer Encoding: One Hot Way To Resist Adversarial
+Examples" (ICLR 2018) quantise each pixel into ``L`` levels and feed the network the cumulative
+one-hot ("thermometer") code. The encoding is piecewise constant, so its gradient is zero almost
+everywhere: a shattered gradient. Athalye, Carlini & Wagner (ICML 2018, Section 5.1) break it
+with BPDA: forward through the true encoding, backward through the soft thermometer
+
+.. math::  \\hat\\tau(x)_k = \\min(\\max(s x - k + 1, 0), 1),\\qquad s = L\\cdot 255/256,
+
+which for ``L = 16`` is the repository's ``clip((x_{255} - 16(k-1))/16, 0, 1)``.
+
+Forward (the discrete encoding, ``discretize_uniform`` of the paper's repository):
+
+.. math::  b(x) = \\lfloor 0.99999\\, L\\, x \\rfloor,\\qquad \\tau(x)_k = [\\, b(x) \\ge k \\,],
+           \\quad k = 0, \\dots, L-1.
+
+Output layout: ``(N, C, H, W) -> (N, C*L, H, W)``; output channel ``c*L + k`` is bit ``k`` of
+input channel ``c`` (the ``L`` bits of one channel are contiguous). Bit 0 is always 1.
+
+Inputs must lie in ``[0, 1]``: values outside are rejected with ``ValueError`` (not clamped), so
+a caller that forgot to normalise 0-255 images gets an error instead of a saturated code.
+The computation is float32; float16/bfloat16/float64 inputs are converted and the output has
+the input's dtype.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from obfgrad import _native
+from obfgrad._checks import check_choice, check_images, check_int
+
+__all__ = ["thermometer", "thermometer_reference", "soft_thermometer_reference", "BACKWARD_MODES"]
+
+#: BPDA backward choices: the paper's soft-thermometer derivative, or straight-through
+#: (d bit_k / dx = 1 for every k).
+BACKWARD_MODES = ("soft", "straight_through")
+_MODE_CODE = {"soft": 0, "straight_through": 1}
+
+
+def _scale(levels: int, device: torch.device) -> torch.Tensor:
+    # One float32 product, rounded exactly as the kernel's `0.99999f * L`.
+    return torch.tensor(0.99999, dtype=torch.float32, device=device) * float(levels)
+
+
+def _soft_slope(levels: int) -> float:
+    return levels * 255.0 / 256.0  # exact in float32 for any practical L
+
+
+def _level_index(levels: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(levels, dtype=torch.float32, device=device).view(1, 1, levels, 1, 1)
+
+
+def thermometer_reference(x: torch.Tensor, levels: int = 16) -> torch.Tensor:
+    """Pure-torch discrete encoding: the oracle in tests and the fallback without ``_C``."""
+    x = x.to(torch.float32).clamp(0.0, 1.0)
+    n, c, h, w = x.shape
+    buckets = torch.floor(x * _scale(levels, x.device))
+    bits = (buckets.unsqueeze(2) >= _level_index(levels, x.device)).to(torch.float32)
+    return bits.reshape(n, c * levels, h, w)
+
+
+def soft_thermometer_reference(x: torch.Tensor, levels: int = 16) -> torch.Tensor:
+    """The differentiable relaxation the BPDA backward differentiates (same layout)."""
+    n, c, h, w = x.shape
+    t = _soft_slope(levels) * x.unsqueeze(2) - _level_index(levels, x.device).to(x.dtype) + 1.0
+    return t.clamp(0.0, 1.0).reshape(n, c * levels, h, w)
+
+
+def _straight_through_backward_reference(grad_out: torch.Tensor, levels: int) -> torch.Tensor:
+    n, cl, h, w = grad_out.shape
+    return grad_out.reshape(n, cl // levels, levels, h, w).sum(dim=2)
+
+
+def _soft_backward_reference(x: torch.Tensor, grad_out: torch.Tensor, levels: int) -> torch.Tensor:
+    # Autograd through soft_thermometer_reference, written out: slope * (sum of the gradients of
+    # the components whose clamp is inactive). Same order of operations as autograd uses.
+    n, c, h, w = x.shape
+    t = _soft_slope(levels) * x.unsqueeze(2) - _level_index(levels, x.device) + 1.0
+    active = (t >= 0.0) & (t <= 1.0)
+    masked = grad_out.reshape(n, c, levels, h, w) * active
+    return masked.sum(dim=2) * _soft_slope(levels)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def _cuda_ready() -> bool:
+    try:
+        import cupy  # noqa: F401
+    except Exception:
+        warnings.warn("obfgrad: CuPy is not installed; thermometer on CUDA uses the torch reference "
+                      "(pip install 'obfgrad[cuda]').", RuntimeWarning, stacklevel=4)
+        return False
+    return True
+
+
+def _forward_impl(x: torch.Tensor, levels: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    if x.is_cuda and _cuda_ready():
+        out = torch.empty((n, c * levels, h, w), dtype=torch.float32, device=x.device)
+        _native.launch_cuda("thermometer", "thermometer_forward", x.numel(),
+                            (x, out, x.numel(), h * w, levels, float(_scale(levels, torch.device("cpu")))),
+                            device=x.device)
+        return out
+    module = _native.native() if x.device.type == "cpu" else None
+    if module is None:
+        return thermometer_reference(x, levels)
+    out = torch.empty((n, c * levels, h, w), dtype=torch.float32)
+    module.thermometer_forward(x.numpy(), out.numpy(), levels)
+    return out
+
+
+def _backward_impl(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
+    if x.is_cuda and _cuda_ready():
+        grad_in = torch.empty_like(x)
+        _native.launch_cuda("thermometer", "thermometer_backward", x.numel(),
+                            (x, grad_out, grad_in, x.numel(), x.shape[2] * x.shape[3], levels,
+                             _soft_slope(levels), mode), device=x.device)
+        return grad_in
+    module = _native.native() if x.device.type == "cpu" else None
+    if module is None:
+        if mode == _MODE_CODE["straight_through"]:
+            return _straight_through_backward_reference(grad_out, levels)
+        return _soft_backward_reference(x, grad_out, levels)
+    grad_in = torch.empty_like(x)
+    module.thermometer_backward(x.numpy(), grad_out.numpy(), grad_in.numpy(), levels, mode)
+    return grad_in
+
+
+# ----------------------------------------------------------------------------- torch ops
+
+
+@torch.library.custom_op("obfgrad::thermometer_encode", mutates_args=())
+def _encode_op(x: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
+    return _forward_impl(x, levels)
+
+
+@_encode_op.register_fake
+def _encode_fake(x: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.new_empty((n, c * levels, h, w))
+
+
+@torch.library.custom_op("obfgrad::thermometer_bpda_backward", mutates_args=())
+def _backward_op(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
+    return _backward_impl(x, grad_out.contiguous(), levels, mode)
+
+
+@_backward_op.register_fake
+def _backward_fake(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    x, levels, mode = inputs
+    ctx.save_for_backward(x)
+    ctx.levels = levels
+    ctx.mode = mode
+
+
+def _encode_backward(ctx, grad_out):
+    (x,) = ctx.saved_tensors
+    return _backward_op(x, grad_out, ctx.levels, ctx.mode), None, None
+
+
+torch.library.register_autograd("obfgrad::thermometer_encode", _encode_backward, setup_context=_setup_context)
+
+
+def thermometer(x: torch.Tensor, levels: int = 16, *, backward: str = "soft") -> torch.Tensor:
+    """Thermometer-encode a batch of images; the gradient is the paper's BPDA approximation.
+
+    Args:
+        x: images in ``[0, 1]``, any float dtype (computed in float32).
+        levels: number of quantisation levels ``L >= 2`` (Buckman et al. and Table 1 use 16).
+        backward: ``"soft"`` (default, the paper's choice): the gradient of the soft
+            thermometer, ``slope = L*255/256`` where ``0 <= slope*x - k + 1 <= 1``, else 0;
+            ``"straight_through"``: every bit's derivative is 1, so ``grad_x = sum_k grad_k``.
+
+    Shape:
+        ``(N, C, H, W) -> (N, C*L, H, W)``; channel ``c*L + k`` is bit ``k`` of channel ``c``.
+
+    Example:
+        >>> import torch
+        >>> from obfgrad.ops.thermometer import thermometer
+        >>> x = torch.tensor([[[[0.0, 0.5, 1.0]]]])  # 0.5 sits on a boundary: 0.99999 rounds it down
+        >>> thermometer(x, levels=4)[0, :, 0, :]
+        tensor([[1., 1., 1.],
+                [0., 1., 1.],
+                [0., 0., 1.],
+                [0., 0., 1.]])
+        >>> x.requires_grad_(True)
+        tensor([[[[0.0000, 0.5000, 1.0000]]]], requires_grad=True)
+        >>> thermometer(x, levels=4).sum().backward()
+        >>> x.grad
+        tensor([[[[7.9688, 3.9844, 0.0000]]]])
+    """
+    check_images(x, "x")
+    check_int(levels, "levels", low=2)
+    check_choice(backward, "backward", BACKWARD_MODES)
+    out = _encode_op(x.to(torch.float32).contiguous(), levels, _MODE_CODE[backward])
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+
+class Thermometer(torch.nn.Module):
+    """``nn.Module`` form of :func:`thermometer` (for ``nn.Sequential(Thermometer(), net)``)."""
+
+    def __init__(self, levels: int = 16, backward: str = "soft"):
+        super().__init__()
+        self.levels = check_int(levels, "levels", low=2)
+        self.backward_mode = check_choice(backward, "backward", BACKWARD_MODES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return thermometer(x, self.levels, backward=self.backward_mode)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, backward={self.backward_mode!r}"
+
+
+__all__.append("Thermometer")

@@ -30,10 +30,8 @@ def _install_torch(session: nox.Session) -> None:
 
 
 def _install_package(session: nox.Session, extras: str = "", *, env: dict | None = None) -> None:
-    target = f".[{extras}]" if extras else "."
-    # --force-reinstall --no-deps on the package itself: a reused venv always gets a fresh build.
-    session.install(target, env=env)
-    session.install("--force-reinstall", "--no-deps", ".", env=env)
+    # pip rebuilds and reinstalls a local directory every time, so a reused venv is never stale.
+    session.install(f".[{extras}]" if extras else ".", env=env)
 
 
 def _op_names() -> list[str]:
@@ -110,10 +108,12 @@ def sanitize(session: nox.Session) -> None:
     libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True,
                              check=True).stdout.strip()
     op_tests = [f"tests/test_{op}.py" for op in _op_names() if (ROOT / "tests" / f"test_{op}.py").exists()]
-    session.run(
-        "python", "-c", "import obfgrad._C as c, sys; sys.exit(0 if c.build_info['sanitizers'] else 1)",
-        env={"LD_PRELOAD": libasan, "ASAN_OPTIONS": "detect_leaks=0"},
-    )
+    # From outside the repo, so the installed (instrumented) package is the one imported.
+    with session.chdir(session.create_tmp()):
+        session.run(
+            "python", "-c", "import obfgrad._C as c, sys; sys.exit(0 if c.build_info['sanitizers'] else 1)",
+            env={"LD_PRELOAD": libasan, "ASAN_OPTIONS": "detect_leaks=0"},
+        )
     session.run(
         "pytest", "-p", "no:cacheprovider", "-x", *op_tests, *session.posargs,
         env={

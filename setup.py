@@ -52,8 +52,19 @@ def _compile_flags() -> "tuple[list[str], list[str]]":
     return compile_args, link_args
 
 
+def _build_flavour() -> str:
+    flags = [name for name in ("OBFGRAD_SANITIZE", "OBFGRAD_DEBUG", "OBFGRAD_MARCH_NATIVE") if _flag(name)]
+    return "-".join(flag.split("_", 1)[1].lower() for flag in flags) or "release"
+
+
 class BuildExtWithChecks(build_ext):
     """Fail early, with a message a user can act on, when the toolchain is missing."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        # Object files of differently-flagged builds (sanitizer, -march=native) never mix:
+        # setuptools only recompiles when a source is newer, not when flags change.
+        self.build_temp = os.path.join(self.build_temp, _build_flavour())
 
     def build_extensions(self):
         compiler = self.compiler.compiler_cxx[0] if getattr(self.compiler, "compiler_cxx", None) else "c++"

@@ -65,6 +65,16 @@ class BuildExtWithChecks(build_ext):
         # Object files of differently-flagged builds (sanitizer, -march=native) never mix:
         # setuptools only recompiles when a source is newer, not when flags change.
         self.build_temp = os.path.join(self.build_temp, _build_flavour())
+        # ...and the linked module is rebuilt when the flavour differs from the last build.
+        stamp = Path(self.build_temp).parent / "last-flavour"
+        if not stamp.exists() or stamp.read_text() != _build_flavour():
+            self.force = True
+
+    def run(self):
+        super().run()
+        stamp = Path(self.build_temp).parent / "last-flavour"
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(_build_flavour())
 
     def build_extensions(self):
         compiler = self.compiler.compiler_cxx[0] if getattr(self.compiler, "compiler_cxx", None) else "c++"

@@ -105,19 +105,24 @@ def sanitize(session: nox.Session) -> None:
     _install_torch(session)
     env = {"OBFGRAD_SANITIZE": "1"}
     _install_package(session, "test", env=env)
-    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True,
-                             check=True).stdout.strip()
+    # libstdc++ is preloaded with the ASan runtime: python itself does not link it, and ASan's
+    # __cxa_throw interceptor must find the real one at start-up or every C++ throw aborts.
+    libasan, libstdcxx = (
+        subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True, text=True, check=True).stdout.strip()
+        for lib in ("libasan.so", "libstdc++.so")
+    )
+    preload = f"{libasan} {libstdcxx}"
     op_tests = [f"tests/test_{op}.py" for op in _op_names() if (ROOT / "tests" / f"test_{op}.py").exists()]
     # From outside the repo, so the installed (instrumented) package is the one imported.
     with session.chdir(session.create_tmp()):
         session.run(
             "python", "-c", "import obfgrad._C as c, sys; sys.exit(0 if c.build_info['sanitizers'] else 1)",
-            env={"LD_PRELOAD": libasan, "ASAN_OPTIONS": "detect_leaks=0"},
+            env={"LD_PRELOAD": preload, "ASAN_OPTIONS": "detect_leaks=0"},
         )
     session.run(
         "pytest", "-p", "no:cacheprovider", "-x", *op_tests, *session.posargs,
         env={
-            "LD_PRELOAD": libasan,
+            "LD_PRELOAD": preload,
             # Python and torch keep allocations alive at exit by design: leak reports are noise.
             "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:strict_string_checks=1",
             "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",

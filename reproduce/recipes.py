@@ -1,0 +1,54 @@
+"""Classifier training recipes shared by rows (see ``obfgrad.models.training.make_recipe``).
+
+Smoke profile: a small CNN on Fashion-MNIST, trained on CPU in about a minute (natural) or a
+few minutes (PGD adversarial training). Paper profile: the paper's architectures and Madry et
+al.'s CIFAR-10 schedule (80k steps of batch 128 = 205 epochs; lr 0.1 / 0.01 / 0.001 at 0 / 40k /
+60k steps; momentum 0.9; weight decay 2e-4; MadryLab/cifar10_challenge config.json).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+SMOKE_TRAIN_LIMIT = 30000
+
+
+def smoke_classifier(adversarial: Optional[Dict[str, Any]] = None, *, epochs: Optional[int] = None,
+                     in_channels: int = 1) -> Dict[str, Any]:
+    """Small CNN (width 16) on the first 30k Fashion-MNIST training images, Adam 1e-3."""
+    return {
+        "arch": "small_cnn",
+        "arch_kwargs": {"in_channels": in_channels, "width": 16, "image_size": 28},
+        "dataset": "fashion-mnist",
+        "train_limit": SMOKE_TRAIN_LIMIT,
+        "epochs": epochs if epochs is not None else (4 if adversarial else 3),
+        "batch_size": 128,
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "adversarial": adversarial,
+        "seed": 0,
+    }
+
+
+def madry_cifar_wide_resnet(adversarial: Optional[Dict[str, Any]] = None, *, in_channels: int = 3) -> Dict[str, Any]:
+    return {
+        "arch": "wide_resnet",
+        "arch_kwargs": {"in_channels": in_channels, "widths": [160, 320, 640], "units_per_stage": 5},
+        "dataset": "cifar10",
+        "train_limit": None,
+        "epochs": 205,
+        "batch_size": 128,
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 2e-4,
+        "lr_milestones": [102, 154],
+        "lr_gamma": 0.1,
+        "adversarial": adversarial,
+        "seed": 0,
+    }
+
+
+def pgd_training(eps: float, steps: int, step_size: float) -> Dict[str, Any]:
+    """Madry et al.'s adversary: l-inf PGD from a uniform random start, cross-entropy, sign steps."""
+    return {"eps": eps, "steps": steps, "step_size": step_size, "distance": "linf"}

@@ -1,0 +1,141 @@
+"""The Table 1 runner: ``python -m reproduce`` (``nox -s reproduce``).
+
+For each requested row it builds the row's spec for the profile, reuses the cached row result
+when the spec, example count, seed and profile are unchanged (``--no-resume`` recomputes), else
+runs the row and writes its result atomically to ``results/rows/<row>.json``; an interrupted run
+therefore leaves no partial file and the next run repeats no finished row. At the end it writes
+``results/table1.{md,json,csv}`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+import obfgrad
+from obfgrad.atomic import atomic_write_json
+from obfgrad.cache import recipe_key
+from reproduce import environment, table
+from reproduce.rows import all_specs
+from reproduce.spec import PROFILES, ROW_NAMES, RowSpec, RunContext
+
+RESULT_FORMAT = 1
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m reproduce",
+        description="Regenerate Table 1 of Athalye, Carlini & Wagner (ICML 2018).",
+    )
+    parser.add_argument("--rows", default=",".join(ROW_NAMES),
+                        help=f"comma-separated rows, in any order (default: all nine: {','.join(ROW_NAMES)})")
+    parser.add_argument("--profile", choices=PROFILES, default="smoke",
+                        help="smoke: CPU, minutes, Fashion-MNIST; paper: the paper's settings (GPU)")
+    parser.add_argument("--limit", type=int, default=None, help="attack at most this many test examples per row")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of attacks and data order (default 0)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="where datasets are (searched first)")
+    parser.add_argument("--results-dir", type=Path, default=Path("results"), help="output directory (default results/)")
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="recompute rows even when a matching cached result exists")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="2 examples, 2 steps, untrained models, synthetic data at paper resolution "
+                             "(proves the code path; use with --profile paper)")
+    parser.add_argument("--weights", action="append", default=[], metavar="ROW=PATH",
+                        help="use a checkpoint you provide for a row's classifier (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit: expected a positive number of examples")
+    names = [name.strip() for name in args.rows.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ROW_NAMES]
+    if unknown or not names:
+        parser.error(f"--rows: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(ROW_NAMES)}")
+    args.rows = [name for name in ROW_NAMES if name in names]  # Table 1 order
+    weights = {}
+    for item in args.weights:
+        row, sep, path = item.partition("=")
+        if not sep or row not in ROW_NAMES or not Path(path).is_file():
+            parser.error(f"--weights: expected ROW=PATH with an existing file, got {item!r}")
+        weights[row] = Path(path)
+    args.weights = weights
+    return args
+
+
+def _device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def row_key(spec: RowSpec, ctx: RunContext) -> str:
+    """What a cached row result must match to be reused."""
+    return recipe_key({"format": RESULT_FORMAT, "spec": spec.describe(), "profile": ctx.profile,
+                       "examples": ctx.examples(spec.n_examples), "seed": ctx.seed, "dry_run": ctx.dry_run,
+                       "device_type": ctx.device.type, "obfgrad": obfgrad.__version__})
+
+
+def _cached_result(path: Path, key: str) -> Optional[Dict[str, Any]]:
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return stored.get("result") if stored.get("key") == key else None
+
+
+def run_row(spec: RowSpec, ctx: RunContext, resume: bool = True) -> Dict[str, Any]:
+    path = ctx.results_dir / "rows" / f"{spec.name}.json"
+    key = row_key(spec, ctx)
+    if resume:
+        cached = _cached_result(path, key)
+        if cached is not None:
+            ctx.log(f"[{spec.name}] cached result reused ({path})")
+            return cached
+    ctx.log(f"[{spec.name}] {spec.defense} — {spec.dataset}, ε = {spec.eps:.4g} ({spec.distance})")
+    torch.manual_seed(ctx.seed)
+    started = time.perf_counter()
+    result = spec.run(spec, ctx)
+    result["wall_seconds"] = round(time.perf_counter() - started, 2)
+    result.setdefault("n", ctx.examples(spec.n_examples))
+    result["paper_accuracy"] = spec.paper_accuracy
+    atomic_write_json(path, {"key": key, "spec": spec.describe(), "result": result})
+    return result
+
+
+def run_table(specs: List[RowSpec], ctx: RunContext, *, resume: bool = True,
+              on_row: Optional[Callable[[RowSpec, Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    results: Dict[str, Dict[str, Any]] = {}
+    for spec in specs:
+        if not spec.implemented:
+            ctx.log(f"[{spec.name}] pending: not implemented in this version")
+            continue
+        results[spec.name] = run_row(spec, ctx, resume)
+        if on_row is not None:
+            on_row(spec, results[spec.name])
+    env = environment.capture(ctx.device, ctx.seed, ctx.profile)
+    paths = table.write_tables(ctx.results_dir, specs, results, env, ctx.profile)
+    return {"results": results, "paths": paths}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    ctx = RunContext(profile=args.profile, device=_device(args.device), seed=args.seed, limit=args.limit,
+                     data_dir=args.data_dir, results_dir=args.results_dir, dry_run=args.dry_run,
+                     progress=False if args.quiet else None, weights=args.weights)
+    specs = all_specs(args.rows, args.profile, args.dry_run)
+    outcome = run_table(specs, ctx, resume=args.resume)
+    print()
+    print(outcome["paths"]["md"].read_text())
+    print("Wrote " + ", ".join(str(path) for path in outcome["paths"].values()))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

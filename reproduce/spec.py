@@ -1,0 +1,83 @@
+"""A row of Table 1 is a spec, not a script: what it evaluates and with which settings, plus
+the function that runs it. The runner (``reproduce.runner``) does the rest: caching, resume,
+progress, tables.
+
+Every setting that changes a number lives in ``RowSpec.config`` (plain JSON): it is printed,
+stored in the results, and hashed into the key that decides whether a cached row result can
+be reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+PROFILES = ("smoke", "paper")
+
+#: Table 1 order (Athalye, Carlini & Wagner 2018).
+ROW_NAMES = ("thermometer", "lid", "guo", "sap", "xie", "pixeldefend", "defensegan", "madry", "na")
+
+
+@dataclass
+class RunContext:
+    """What the command line decides for every row."""
+
+    profile: str = "smoke"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    limit: Optional[int] = None
+    data_dir: Optional[Path] = None
+    results_dir: Path = Path("results")
+    dry_run: bool = False
+    progress: Optional[bool] = None  # None: tqdm decides (quiet off a terminal)
+    weights: Dict[str, Path] = field(default_factory=dict)  # row name -> user checkpoint
+    log: Callable[[str], None] = print
+
+    def examples(self, default: int) -> int:
+        """How many test examples a row attacks: the row's default, capped by ``--limit``."""
+        if self.dry_run:
+            return 2
+        return default if self.limit is None else min(default, self.limit)
+
+
+@dataclass
+class RowSpec:
+    """One row of Table 1 under one profile."""
+
+    name: str
+    defense: str  # "Madry et al. (2018), PGD adversarial training"
+    dataset: str
+    distance: str  # "linf", "l2_rms_pixels", "l2_per_value"
+    eps: float
+    paper_dataset: str
+    paper_bound: str  # as Table 1 prints it, e.g. "0.031 (ℓ∞)"
+    paper_accuracy: float  # fraction in [0, 1]
+    paper_note: str = ""  # footnote marks and what they mean
+    n_examples: int = 100
+    targeted: bool = False
+    config: Dict[str, Any] = field(default_factory=dict)  # every setting, JSON
+    choices: List[str] = field(default_factory=list)  # where protocol.md is UNCONFIRMED
+    run: Optional[Callable[["RowSpec", RunContext], Dict[str, Any]]] = None
+
+    @property
+    def implemented(self) -> bool:
+        return self.run is not None
+
+    def describe(self) -> Dict[str, Any]:
+        """The JSON description stored with the result (and hashed for the cache key)."""
+        return {
+            "name": self.name,
+            "defense": self.defense,
+            "dataset": self.dataset,
+            "distance": self.distance,
+            "eps": self.eps,
+            "n_examples": self.n_examples,
+            "targeted": self.targeted,
+            "paper": {"dataset": self.paper_dataset, "bound": self.paper_bound,
+                      "accuracy": self.paper_accuracy, "note": self.paper_note},
+            "config": self.config,
+            "choices": self.choices,
+        }

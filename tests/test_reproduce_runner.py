@@ -1,0 +1,101 @@
+"""The Table 1 runner on tiny rows: results files, resume without repeating finished rows, no
+partial files after an interruption, argument errors."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # reproduce/ is a top-level directory of the repo, not installed
+    sys.path.append(str(ROOT))
+
+from reproduce import runner  # noqa: E402
+from reproduce.spec import RowSpec, RunContext  # noqa: E402
+
+
+def _tiny_row(name, calls, fail=False):
+    def run(spec, ctx):
+        calls.append(name)
+        if fail:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C inside this row
+        return {"clean_accuracy": 0.9, "own_attack_accuracy": 0.8, "adaptive_accuracy": 0.1,
+                "adaptive_ci95": [0.05, 0.2], "n": 10}
+
+    return RowSpec(name=name, defense=f"toy {name}", dataset="toy", distance="linf", eps=0.1,
+                   paper_dataset="CIFAR-10", paper_bound="0.031 (ℓ∞)", paper_accuracy=0.0, n_examples=10,
+                   config={"toy": name}, run=run)
+
+
+def _ctx(tmp_path):
+    return RunContext(results_dir=tmp_path / "results", progress=False, log=lambda message: None)
+
+
+def test_runner_writes_table_files_with_the_documented_shape(tmp_path):
+    calls = []
+    outcome = runner.run_table([_tiny_row("madry", calls), _tiny_row("na", calls)], _ctx(tmp_path))
+    data = json.loads(outcome["paths"]["json"].read_text())
+    row = data["rows"]["madry"]
+    for field in ("clean_accuracy", "own_attack_accuracy", "adaptive_accuracy", "adaptive_ci95",
+                  "paper_accuracy", "n", "wall_seconds"):
+        assert field in row
+    assert row["verdict"] == "broken"
+    assert 0.0 <= row["adaptive_accuracy"] <= 1.0
+    assert "git_revision" in data["environment"] and "hardware" in data["environment"]
+    markdown = outcome["paths"]["md"].read_text()
+    assert "toy madry" in markdown and "10.0% [5.0, 20.0]" in markdown
+    assert outcome["paths"]["csv"].read_text().splitlines()[0].startswith("row,dataset")
+
+
+def test_resume_repeats_no_finished_row_and_leaves_no_partial_file(tmp_path):
+    calls = []
+    ctx = _ctx(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_table([_tiny_row("madry", calls), _tiny_row("na", calls, fail=True)], ctx)
+    rows_dir = ctx.results_dir / "rows"
+    assert sorted(p.name for p in rows_dir.iterdir()) == ["madry.json"]  # no temp or partial file
+    calls.clear()
+    runner.run_table([_tiny_row("madry", calls), _tiny_row("na", calls)], ctx)
+    assert calls == ["na"]  # madry came from its cached result
+    calls.clear()
+    runner.run_table([_tiny_row("madry", calls), _tiny_row("na", calls)], ctx, resume=False)
+    assert calls == ["madry", "na"]
+
+
+def test_a_changed_spec_invalidates_its_cached_result(tmp_path):
+    calls = []
+    ctx = _ctx(tmp_path)
+    runner.run_table([_tiny_row("madry", calls)], ctx)
+    changed = _tiny_row("madry", calls)
+    changed.eps = 0.2
+    calls.clear()
+    runner.run_table([changed], ctx)
+    assert calls == ["madry"]
+
+
+def test_pending_rows_are_listed_not_run(tmp_path):
+    from reproduce.rows import row_spec
+
+    spec = row_spec("thermometer", "smoke")
+    if spec.implemented:
+        pytest.skip("thermometer row is implemented")
+    outcome = runner.run_table([spec], _ctx(tmp_path))
+    assert json.loads(outcome["paths"]["json"].read_text())["pending"] == ["thermometer"]
+    assert "pending" in outcome["paths"]["md"].read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rows", "nope"], "--rows: unknown nope"),
+    (["--limit", "0"], "--limit"),
+    (["--profile", "huge"], "invalid choice"),
+    (["--weights", "madry=/does/not/exist"], "--weights"),
+])
+def test_bad_arguments_are_rejected_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        runner.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_rows_run_in_table_order_whatever_the_order_asked():
+    assert runner.parse_args(["--rows", "na,madry"]).rows == ["madry", "na"]

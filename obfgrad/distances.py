@@ -189,8 +189,12 @@ class L2(Distance):
         return delta * factor
 
     def unit_direction(self, grad: torch.Tensor) -> torch.Tensor:
-        norms = _per_example(self.norm(grad), grad)
-        return grad / norms.clamp_min(1e-20)
+        # Divide by the largest entry first: gradients of confident models can be ~1e-22, whose
+        # squares underflow in float32 and would give a zero norm.
+        peak = _per_example(_flat(grad).abs().amax(dim=1), grad).clamp_min(torch.finfo(grad.dtype).tiny)
+        scaled = grad / peak
+        norms = _per_example(self.norm(scaled), grad)
+        return scaled / norms.clamp_min(torch.finfo(grad.dtype).tiny)
 
     def random_point(self, x: torch.Tensor, eps, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         # Uniform in the ball: a uniform direction (normalised Gaussian) and radius eps * U^(1/d).

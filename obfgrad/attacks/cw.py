@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from obfgrad._checks import check_float, check_int
-from obfgrad.attacks.inputs import check_attack_inputs, check_num_classes
+from obfgrad.attacks.inputs import check_attack_inputs, checked_objective
 from obfgrad.attacks.losses import expected_loss, margin
 from obfgrad.attacks.pgd import is_success
 from obfgrad.attacks.result import AttackResult
@@ -127,14 +127,17 @@ class CarliniWagnerL2:
         succeeded = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         check_every = max(self.steps // 10, 1)
         previous = float("inf")
+        objective = lambda logits: self._f(logits, labels)  # noqa: E731
         for iteration in range(self.steps + 1):
+            if first and iteration == 0:
+                call = checked_objective(objective, labels, "target" if target is not None else "y")
+            else:
+                call = objective
             with torch.enable_grad():
                 x_adv = (torch.tanh(w) + 1) / 2
                 l2sq = (x_adv - x).flatten(1).pow(2).sum(dim=1)
-                f, logits = expected_loss(model, x_adv, lambda z: self._f(z, labels))
+                f, logits = expected_loss(model, x_adv, call)
                 total = l2sq + const * f
-            if first and iteration == 0:
-                check_num_classes(labels, "target" if target is not None else "y", logits.shape[1])
             self._record(x_adv.detach(), l2sq.detach(), self._succeeds(logits.detach(), y, target),
                          iteration, best_l2sq, best_x, best_steps, succeeded)
             if iteration == self.steps:

@@ -39,3 +39,12 @@ def check_num_classes(labels: torch.Tensor, name: str, num_classes: int) -> None
     """Labels index into the model's K logits."""
     if labels.numel() and int(labels.max()) >= num_classes:
         raise ValueError(f"{name}: class index {int(labels.max())} out of range for a model with {num_classes} logits")
+
+
+def checked_objective(objective, labels: torch.Tensor, name: str):
+    """``objective`` that first checks ``labels`` against the number of logits it receives
+    (used on an attack's first forward pass, before any loss indexes out of range)."""
+    def first_call(logits: torch.Tensor) -> torch.Tensor:
+        check_num_classes(labels, name, logits.shape[1])
+        return objective(logits)
+    return first_call

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from obfgrad._checks import check_choice, check_float, check_int
-from obfgrad.attacks.inputs import check_attack_inputs, check_num_classes
+from obfgrad.attacks.inputs import check_attack_inputs, checked_objective
 from obfgrad.attacks.losses import LOSSES, expected_loss, loss_and_grad, make_objective
 from obfgrad.attacks.result import AttackResult
 from obfgrad.distances import Distance, LInf, get_distance
@@ -161,14 +161,14 @@ class PGD:
         active = torch.arange(n, device=x.device)
         for t in range(self.steps + 1):
             objective = make_objective(self.loss, labels[active], targeted=self.targeted, kappa=self.kappa)
+            if t == 0:
+                objective = checked_objective(objective, labels, "target" if target is not None else "y")
             if t == self.steps:  # last point: a forward pass is enough
                 with torch.no_grad():
                     current_value, logits = expected_loss(model, x_adv[active], objective)
                 grad = None
             else:
                 current_value, grad, logits = loss_and_grad(model, x_adv[active], objective)
-            if t == 0:
-                check_num_classes(labels, "target" if target is not None else "y", logits.shape[1])
             sub_target = target[active] if target is not None else None
             now_success = is_success(logits, y[active], sub_target)
             success[active], value[active] = now_success, current_value.to(value.dtype)

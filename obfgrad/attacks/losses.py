@@ -94,8 +94,10 @@ def expected_loss(model, x: torch.Tensor, objective: Objective) -> Tuple[torch.T
     Models implementing :class:`SupportsExpectedLoss` (EOT) average the objective over draws;
     any other callable is evaluated once.
     """
-    if isinstance(model, SupportsExpectedLoss):
-        return model.expected_loss(x, objective)
+    # A duck-typed look-up: isinstance() on a runtime Protocol costs ~0.1 ms per call, per step.
+    model_expected_loss = getattr(model, "expected_loss", None)
+    if callable(model_expected_loss):
+        return model_expected_loss(x, objective)
     logits = model(x)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__

@@ -3,10 +3,10 @@ keeps the best restart, never touches its inputs, and rejects bad input by name.
 
 import pytest
 import torch
-
 from attack_models import LinearClassifier, away_from_walls, margin_of, two_class_linear
+
 from obfgrad.attacks import PGD, AttackResult
-from obfgrad.distances import L2, LInf
+from obfgrad.distances import L2
 
 SHAPE = (1, 4, 4)
 

@@ -4,9 +4,9 @@ the mean of logits or the log of the mean softmax; the wrappers compose."""
 
 import pytest
 import torch
+from attack_models import small_cnn
 from torch import nn
 
-from attack_models import small_cnn
 from obfgrad.attacks import BPDA, EOT, PGD
 from obfgrad.attacks.losses import cross_entropy, loss_and_grad, make_objective
 

@@ -5,13 +5,19 @@ import json
 
 import pytest
 import torch
+from attack_models import LinearClassifier, away_from_walls
 from torch import nn
 
-from attack_models import LinearClassifier, away_from_walls
 from obfgrad.attacks import PGD, AttackResult
-from obfgrad.eval import EvalResult, clopper_pearson, evaluate, random_targets, wilson
-from obfgrad.eval import confidence
-from obfgrad.eval import robustness
+from obfgrad.eval import (
+    EvalResult,
+    clopper_pearson,
+    confidence,
+    evaluate,
+    random_targets,
+    robustness,
+    wilson,
+)
 
 SHAPE = (1, 4, 4)
 

@@ -119,12 +119,12 @@ class EvalResult:
         atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "EvalResult":
+    def from_dict(cls, data: Dict[str, Any]) -> EvalResult:
         return cls(records=list(data["records"]), targeted=bool(data.get("targeted", False)),
                    config=dict(data.get("config", {})), meta=dict(data.get("meta", {})))
 
     @classmethod
-    def load_json(cls, path: Union[str, os.PathLike]) -> "EvalResult":
+    def load_json(cls, path: Union[str, os.PathLike]) -> EvalResult:
         with open(path, encoding="utf-8") as handle:
             return cls.from_dict(json.load(handle))
 

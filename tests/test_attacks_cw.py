@@ -117,3 +117,10 @@ def test_bad_call_names_the_argument():
         CarliniWagnerL2(steps=1, binary_search_steps=1)(model, x, torch.tensor([0, 5]))
     with pytest.raises(ValueError, match="target"):
         CarliniWagnerL2(steps=1, binary_search_steps=1, targeted=True)(model, x, y)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cw_runs_on_cuda_device_of_x():
+    model, x, y, _, _ = _linear_problem(n=3)
+    result = CarliniWagnerL2(steps=20, binary_search_steps=2)(model.cuda(), x.cuda(), y.cuda())
+    assert result.x_adv.device.type == "cuda" and result.success.device.type == "cuda"

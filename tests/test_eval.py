@@ -256,3 +256,22 @@ def test_evaluate_bad_input_names_the_argument():
         evaluate(model, "pgd", x, y, distance="linf", eps=0.1, progress=False)
     with pytest.raises(TypeError, match="attack"):
         evaluate(model, lambda m, a, b: a, x, y, distance="linf", eps=0.1, progress=False)
+
+
+def test_evaluate_leaves_inputs_untouched():
+    model = _linear_model()
+    x = away_from_walls(6, SHAPE)
+    y = model(x).argmax(1)
+    x0, y0 = x.clone(), y.clone()
+    evaluate(model, PGD("linf", eps=0.1, steps=3, step_size=0.05), x, y, distance="linf", eps=0.1, progress=False)
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_evaluate_on_cuda():
+    model = _linear_model().cuda()
+    x = away_from_walls(6, SHAPE).cuda()
+    y = model(x).argmax(1)
+    result = evaluate(model, PGD("linf", eps=0.1, steps=3, step_size=0.05), x, y, distance="linf", eps=0.1,
+                      progress=False)
+    assert result.n == 6 and result.meta["device"].startswith("cuda")

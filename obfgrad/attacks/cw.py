@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from obfgrad._checks import check_float, check_int
+from obfgrad.attacks.adam import AdamAscent
 from obfgrad.attacks.inputs import check_attack_inputs, checked_objective
 from obfgrad.attacks.losses import expected_loss, margin
 from obfgrad.attacks.pgd import is_success
@@ -122,8 +123,8 @@ class CarliniWagnerL2:
                   first: bool) -> torch.Tensor:
         """One binary-search step from ``x`` (C&W restart each constant from the original image);
         updates the best records in place and returns which examples succeeded at this c."""
-        w = w_start.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([w], lr=self.lr)
+        w = w_start.clone()
+        adam = AdamAscent(w, self.lr)
         succeeded = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         check_every = max(self.steps // 10, 1)
         previous = float("inf")
@@ -134,7 +135,8 @@ class CarliniWagnerL2:
             else:
                 call = objective
             with torch.enable_grad():
-                x_adv = (torch.tanh(w) + 1) / 2
+                w_var = w.detach().requires_grad_(True)
+                x_adv = (torch.tanh(w_var) + 1) / 2
                 l2sq = (x_adv - x).flatten(1).pow(2).sum(dim=1)
                 f, logits = expected_loss(model, x_adv, call)
                 total = l2sq + const * f
@@ -142,9 +144,8 @@ class CarliniWagnerL2:
                          iteration, best_l2sq, best_x, best_steps, succeeded)
             if iteration == self.steps:
                 break
-            optimizer.zero_grad(set_to_none=True)
-            total.sum().backward()
-            optimizer.step()
+            (grad,) = torch.autograd.grad(total.sum(), w_var)
+            w = w + adam.step(-grad)  # Adam descent on the C&W objective
             bar.update(1)
             if self.abort_early and iteration % check_every == 0:
                 current = float(total.detach().sum())

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from obfgrad._checks import check_choice, check_float, check_int
+from obfgrad.attacks.adam import AdamAscent
 from obfgrad.attacks.inputs import check_attack_inputs, checked_objective
 from obfgrad.attacks.losses import LOSSES, expected_loss, loss_and_grad, make_objective
 from obfgrad.attacks.result import AttackResult
@@ -36,30 +37,6 @@ def is_success(logits: torch.Tensor, y: torch.Tensor, target: Optional[torch.Ten
     """Misclassified (untargeted) or predicted as the target (targeted), per example."""
     pred = logits.argmax(dim=1)
     return pred == target if target is not None else pred != y
-
-
-class _AdamAscent:
-    """Per-example Adam state for gradient *ascent* (Kingma & Ba 2015, Algorithm 1).
-
-    The moments are kept for the whole batch and indexed by the examples still running; all of
-    them have taken the same number of steps, so one step counter serves the batch.
-    """
-
-    def __init__(self, like: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.m = torch.zeros_like(like)
-        self.v = torch.zeros_like(like)
-        self.lr, self.betas, self.eps = lr, betas, eps
-        self.t = 0
-
-    def step(self, grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        beta1, beta2 = self.betas
-        self.t += 1
-        m = self.m[rows].mul_(beta1).add_(grad, alpha=1 - beta1)
-        v = self.v[rows].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        self.m[rows], self.v[rows] = m, v
-        m_hat = m / (1 - beta1 ** self.t)
-        v_hat = v / (1 - beta2 ** self.t)
-        return self.lr * m_hat / (v_hat.sqrt() + self.eps)
 
 
 class PGD:
@@ -156,7 +133,7 @@ class PGD:
         success = torch.zeros(n, dtype=torch.bool, device=x.device)
         value = torch.full((n,), float("-inf"), device=x.device)
         steps = torch.zeros(n, dtype=torch.long, device=x.device)
-        adam = _AdamAscent(x, self.step_size) if self.update in ("adam", "adam_sign") else None
+        adam = AdamAscent(x, self.step_size) if self.update in ("adam", "adam_sign") else None
 
         active = torch.arange(n, device=x.device)
         for t in range(self.steps + 1):
@@ -186,7 +163,7 @@ class PGD:
             bar.update(1)
         return x_adv, success, value, steps
 
-    def _step(self, grad: torch.Tensor, rows: torch.Tensor, adam: Optional[_AdamAscent]) -> torch.Tensor:
+    def _step(self, grad: torch.Tensor, rows: torch.Tensor, adam: Optional[AdamAscent]) -> torch.Tensor:
         if self.update == "sign":
             return self.step_size * grad.sign()
         if self.update == "grad":

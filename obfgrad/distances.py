@@ -117,14 +117,23 @@ class Distance:
     # -- threat model --------------------------------------------------------------------------
     def within(self, x: torch.Tensor, x_adv: torch.Tensor, eps, tol: float = ROBUSTML_TOLERANCE) -> torch.Tensor:
         """robustml's ``Lp.check``, per example: False if any pixel of ``x_adv`` is outside
-        ``[-tol, 1 + tol]`` or the distance exceeds ``eps + tol``."""
+        ``[-tol, 1 + tol]`` or the distance exceeds the budget by more than ``tol``.
+
+        As in robustml, ``tol`` applies to the un-normalised norm (robustml states Guo's bound as
+        ``||delta||_2 <= 0.05 * 299``), so for a normalised l2 the check is
+        ``distance <= eps + tol * scale``. The norm is computed in float64.
+        """
         _check_pair(x, x_adv)
         check_float(tol, "tol", low=0.0)
         flat = _flat(x_adv.detach())
         in_box = (flat >= -tol).all(dim=1) & (flat <= 1.0 + tol).all(dim=1)
         eps_t = _eps_tensor(eps, x).reshape(-1).to(torch.float64)
-        in_ball = self(x, x_adv).to(torch.float64) <= eps_t + tol
-        return in_box & in_ball
+        distance = self.norm(x_adv.detach().to(torch.float64) - x.detach().to(torch.float64))
+        return in_box & (distance <= eps_t + tol * self.raw_norm_scale(x.shape))
+
+    def raw_norm_scale(self, shape) -> float:
+        """Factor from the un-normalised norm to this distance (1 unless normalised)."""
+        return 1.0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -169,6 +178,9 @@ class L2(Distance):
     def __init__(self, normalization: str = "none"):
         self.normalization = check_choice(normalization, "normalization", L2_NORMALIZATIONS)
         self.name = "l2" if normalization == "none" else f"l2_{normalization}"
+
+    def raw_norm_scale(self, shape) -> float:
+        return self.scale(shape)
 
     def scale(self, shape) -> float:
         """Factor ``s`` with ``distance = s * ||delta||_2`` for images of this NCHW shape."""

@@ -140,6 +140,15 @@ def test_within_follows_robustml_tolerances():
     assert linf.within(below, below_box, 0.1).tolist() == [False]
 
 
+def test_within_applies_robustml_tolerance_to_the_raw_norm():
+    # Guo's robustml bound: ||delta||_2 <= 0.05 * 299 + 1e-4, on 3x299x299 images.
+    x = torch.full((2, 3, 299, 299), 0.5)
+    x_adv = x.clone()
+    x_adv[0].view(-1)[:1600] += (0.05 * 299 + 5e-5) / 40  # raw norm bound + 0.5e-4: inside
+    x_adv[1].view(-1)[:1600] += (0.05 * 299 + 3e-4) / 40  # raw norm bound + 3e-4: outside
+    assert L2("rms_pixels").within(x, x_adv, 0.05).tolist() == [True, False]
+
+
 def test_within_uses_the_normalised_distance():
     x = torch.zeros(2, 1, 28, 28)
     x_adv = x.clone()

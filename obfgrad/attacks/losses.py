@@ -4,12 +4,9 @@ gradient from a model.
 Convention: an *objective* maps logits ``(N, K)`` to a per-example value ``(N,)`` that the attack
 **maximises**. :func:`make_objective` builds it from a loss name:
 
-==========  =====================================  ============================================
-loss        untargeted (ascend)                    targeted to ``t`` (ascend)
-==========  =====================================  ============================================
-``"ce"``    ``CE(z, y)``                           ``-CE(z, t)``
-``"margin"````-max(z_y - max_{j!=y} z_j, -kappa)``  ``-max(max_{j!=t} z_j - z_t, -kappa)``
-==========  =====================================  ============================================
+* ``"ce"``: untargeted ``CE(z, y)``; targeted to ``t``: ``-CE(z, t)``.
+* ``"margin"``: untargeted ``-max(z_y - max_{j!=y} z_j, -kappa)``; targeted
+  ``-max(max_{j!=t} z_j - z_t, -kappa)``.
 
 The margin is Carlini & Wagner's f_6 (S&P 2017); with ``kappa=None`` there is no floor and the
 attack keeps pushing the margin ("high confidence" PGD of the LID break, protocol.md row 2).

@@ -225,3 +225,22 @@ def test_bad_call_names_the_argument():
     for call, argument in cases:
         with pytest.raises((TypeError, ValueError), match=argument):
             call()
+
+
+def test_objectives_match_their_definitions():
+    from obfgrad.attacks.losses import make_objective
+
+    logits = torch.tensor([[2.0, 0.5, 1.0], [0.0, 3.0, -1.0]])
+    y = torch.tensor([0, 2])
+    ce = -torch.log_softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
+    assert torch.allclose(make_objective("ce", y)(logits), ce)
+    assert torch.allclose(make_objective("ce", y, targeted=True)(logits), -ce)
+    # margins z_y - max_{j!=y} z_j: [2 - 1, -1 - 3] = [1, -4]
+    assert make_objective("margin", y, kappa=None)(logits).tolist() == [-1.0, 4.0]
+    assert make_objective("margin", y, kappa=0.0)(logits).tolist() == [-1.0, 0.0]
+    assert make_objective("margin", y, kappa=2.0)(logits).tolist() == [-1.0, 2.0]
+    # targeted: maximise min(z_t - max_{j!=t} z_j, kappa)
+    assert make_objective("margin", y, targeted=True, kappa=None)(logits).tolist() == [1.0, -4.0]
+    assert make_objective("margin", y, targeted=True, kappa=0.5)(logits).tolist() == [0.5, -4.0]
+    with pytest.raises(ValueError, match="loss"):
+        make_objective("hinge", y)

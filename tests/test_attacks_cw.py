@@ -3,7 +3,7 @@ targeted success, kappa, failures returned as the original image, bad input name
 
 import pytest
 import torch
-from attack_models import LinearClassifier, away_from_walls, margin_of, two_class_linear
+from attack_models import LinearClassifier, away_from_walls, margin_of, trained_digits_mlp, two_class_linear
 
 from obfgrad.attacks import PGD, CarliniWagnerL2
 from obfgrad.attacks.losses import margin
@@ -45,6 +45,20 @@ def test_cw_finds_smaller_distortion_than_pgd_l2_at_the_same_success():
     pgd = PGD("l2", eps=eps, steps=50, step_size=eps / 10, early_stop=False, loss="margin", kappa=None)(model, x, y)
     assert bool(cw.success.all()) and bool(pgd.success.all())
     assert float(cw.distance.mean()) < float(pgd.distance.mean())
+
+
+def test_cw_beats_pgd_l2_distortion_on_a_trained_model():
+    model, x_test, y_test = trained_digits_mlp()
+    x, y = x_test[:32], y_test[:32]
+    correct = model(x).argmax(1) == y
+    x, y = x[correct], y[correct]
+    cw = CarliniWagnerL2(steps=100, lr=0.05, binary_search_steps=6, initial_const=1.0)(model, x, y)
+    eps = float(cw.distance.max()) * 1.2
+    pgd = PGD("l2", eps=eps, steps=50, step_size=eps / 10)(model, x, y)  # early stop at first success
+    assert bool(cw.success.all()) and bool(pgd.success.all())  # same success ...
+    assert float(cw.distance.mean()) < float(pgd.distance.mean())  # ... with less distortion
+    assert float((cw.distance < pgd.distance).float().mean()) >= 0.75
+    assert torch.equal(model(cw.x_adv).argmax(1) != y, torch.ones_like(y, dtype=torch.bool))
 
 
 def test_cw_targeted_reaches_target_and_kappa_margin():

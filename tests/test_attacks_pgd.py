@@ -4,6 +4,8 @@ keeps the best restart, never touches its inputs, and rejects bad input by name.
 import pytest
 import torch
 from attack_models import LinearClassifier, away_from_walls, margin_of, two_class_linear
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from obfgrad.attacks import PGD, AttackResult
 from obfgrad.distances import L2
@@ -244,3 +246,26 @@ def test_objectives_match_their_definitions():
     assert make_objective("margin", y, targeted=True, kappa=0.5)(logits).tolist() == [0.5, -4.0]
     with pytest.raises(ValueError, match="loss"):
         make_objective("hinge", y)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    distance=st.sampled_from(["linf", "l2", "l2_rms_pixels", "l2_per_value"]),
+    update=st.sampled_from(["sign", "grad", "adam_sign", "adam"]),
+    eps=st.floats(1e-3, 1.0),
+    random_start=st.booleans(),
+    early_stop=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_any_pgd_configuration_respects_threat_model_and_inputs(distance, update, eps, random_start, early_stop, seed):
+    g = torch.Generator().manual_seed(seed)
+    model = LinearClassifier(torch.randn(3, 16, generator=g) * 3, torch.zeros(3))
+    x = torch.rand(5, *SHAPE, generator=g)
+    y = torch.randint(0, 3, (5,), generator=g)
+    x0 = x.clone()
+    attack = PGD(distance, eps=eps, steps=3, step_size=eps / 2, update=update, random_start=random_start,
+                 early_stop=early_stop, generator_seed=seed)
+    result = attack(model, x, y)
+    assert torch.equal(x, x0)
+    assert bool(attack.distance.within(x, result.x_adv, eps, tol=1e-6).all())
+    assert torch.equal(result.success, model(result.x_adv).argmax(1) != y)

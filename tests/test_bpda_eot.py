@@ -125,7 +125,7 @@ def test_eot_gradient_is_the_mean_of_per_draw_gradients():
     assert not torch.allclose(grad, z.grad, atol=1e-6)
 
 
-def test_unbatched_eot_calls_the_model_once_per_draw():
+def test_eot_with_one_draw_per_pass_calls_the_model_once_per_draw():
     class SharedScale(nn.Module):  # one random r per call, shared by the whole batch
         def __init__(self, clf):
             super().__init__()
@@ -139,12 +139,62 @@ def test_unbatched_eot_calls_the_model_once_per_draw():
     x, y = _batch(2)
     defense = SharedScale(clf)
     torch.manual_seed(5)
-    _, grad, _ = loss_and_grad(EOT(defense, samples=4, batched=False), x, make_objective("ce", y))
+    _, grad, _ = loss_and_grad(EOT(defense, samples=4, draws_per_pass=1), x, make_objective("ce", y))
     assert defense.calls == 4
     torch.manual_seed(5)
     scales = [0.5 + torch.rand((), dtype=x.dtype) for _ in range(4)]
     expected = torch.stack([_grad_of_ce(lambda v, r=r: clf(v * r), x, y) for r in scales]).mean(0)
     assert torch.allclose(grad, expected, atol=1e-12)
+
+
+def test_eot_in_passes_of_k_draws_matches_per_draw_gradients():
+    clf = _classifier()
+    x, y = _batch(3)
+    calls = []
+
+    class CountingScale(RandomScale):
+        def forward(self, v):
+            calls.append(v.shape[0])
+            return super().forward(v)
+
+    torch.manual_seed(21)
+    value, grad, logits = loss_and_grad(EOT(CountingScale(clf), samples=5, draws_per_pass=2), x,
+                                        make_objective("ce", y))
+    assert calls == [6, 6, 3]  # passes of 2, 2 and 1 draws over 3 examples
+    torch.manual_seed(21)
+    scales = torch.cat([0.5 + torch.rand(k * 3, 1, 1, 1, dtype=x.dtype) for k in (2, 2, 1)]).view(5, 3, 1, 1, 1)
+    per_draw = [_grad_of_ce(lambda v, s=s: clf(v * scales[s]), x, y) for s in range(5)]
+    assert torch.allclose(grad, torch.stack(per_draw).mean(0), atol=1e-12)
+    draws = torch.stack([clf(x * scales[s]) for s in range(5)])
+    assert torch.allclose(logits, draws.mean(0), atol=1e-12)
+    assert torch.allclose(value, torch.stack([cross_entropy(d, y) for d in draws]).mean(0), atol=1e-12)
+
+
+def test_eot_expected_loss_graph_and_pass_by_pass_gradient_agree():
+    clf = _classifier()
+    x, y = _batch(2)
+    objective = make_objective("margin", y, kappa=None)
+    eot = EOT(RandomScale(clf), samples=4, draws_per_pass=3)
+    torch.manual_seed(8)
+    _, grad, _ = loss_and_grad(eot, x, objective)
+    torch.manual_seed(8)
+    z = x.clone().requires_grad_(True)
+    value, _ = eot.expected_loss(z, objective)
+    value.sum().backward()
+    assert torch.allclose(grad, z.grad, atol=1e-12)
+
+
+def test_cw_through_eot_uses_the_eot_gradient():
+    from obfgrad.attacks import CarliniWagnerL2
+
+    clf = small_cnn(num_classes=10, seed=2)
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    model = EOT(RandomScale(clf), samples=4)
+    with torch.no_grad():
+        y = EOT(RandomScale(clf), samples=64)(x).argmax(1)
+    result = CarliniWagnerL2(steps=30, lr=0.05, binary_search_steps=3, initial_const=1.0)(model, x, y)
+    assert bool(result.success.any())
+    assert bool((result.distance[result.success] > 0).all())
 
 
 def test_eot_prediction_reductions():
@@ -206,6 +256,8 @@ def test_pgd_through_eot_breaks_a_randomized_model():
 def test_eot_bad_arguments_are_named():
     with pytest.raises(ValueError, match="samples"):
         EOT(nn.Identity(), samples=0)
+    with pytest.raises(ValueError, match="draws_per_pass"):
+        EOT(nn.Identity(), draws_per_pass=0)
     with pytest.raises(ValueError, match="reduction"):
         EOT(nn.Identity(), reduction="mean")
     with pytest.raises(TypeError, match="model"):

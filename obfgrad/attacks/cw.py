@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from obfgrad._checks import check_float, check_int
 from obfgrad.attacks.adam import AdamAscent
 from obfgrad.attacks.inputs import check_attack_inputs, checked_objective
-from obfgrad.attacks.losses import expected_loss, margin
+from obfgrad.attacks.losses import expected_loss, loss_and_grad, margin
 from obfgrad.attacks.pgd import is_success
 from obfgrad.attacks.result import AttackResult
 from obfgrad.distances import L2, Distance, get_distance
@@ -138,13 +138,20 @@ class CarliniWagnerL2:
                 w_var = w.detach().requires_grad_(True)
                 x_adv = (torch.tanh(w_var) + 1) / 2
                 l2sq = (x_adv - x).flatten(1).pow(2).sum(dim=1)
-                f, logits = expected_loss(model, x_adv, call)
-                total = l2sq + const * f
+            if iteration == self.steps:  # last point: a forward pass is enough
+                with torch.no_grad():
+                    f, logits = expected_loss(model, x_adv.detach(), call)
+            else:  # df/dx_adv through the model (BPDA/EOT-aware), chained to w below
+                f, grad_f, logits = loss_and_grad(model, x_adv.detach(), call)
+            total = l2sq.detach() + const * f
             self._record(x_adv.detach(), l2sq.detach(), self._succeeds(logits.detach(), y, target),
                          iteration, best_l2sq, best_x, best_steps, succeeded)
             if iteration == self.steps:
                 break
-            (grad,) = torch.autograd.grad(total.sum(), w_var)
+            with torch.enable_grad():
+                # d/dw [l2sq + c * f(x_adv(w))] = d l2sq/dw + (c * df/dx_adv) . dx_adv/dw
+                surrogate = l2sq.sum() + (x_adv * (const.view(-1, *[1] * (x.dim() - 1)) * grad_f)).sum()
+                (grad,) = torch.autograd.grad(surrogate, w_var)
             w = w + adam.step(-grad)  # Adam descent on the C&W objective
             bar.update(1)
             if self.abort_early and iteration % check_every == 0:

@@ -15,7 +15,8 @@ gradient is estimated by the mean of ``samples`` per-draw gradients ``(1/S) sum_
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+import math
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -37,9 +38,11 @@ class EOT(nn.Module):
             randomness; it may itself be an :class:`EOT`.
         samples: draws per call (S).
         reduction: ``"logits"`` (mean of logits) or ``"probs"`` (log of the mean softmax).
-        batched: stack the S draws along the batch dimension for one forward pass of ``S*N``
-            examples. Right when the model draws its randomness independently per example; set
-            False for a model that draws one random transform per call (then S calls are made).
+        draws_per_pass: draws stacked along the batch dimension in one forward pass (``k*N``
+            rows). None (default) stacks all S draws: right for a model that draws its randomness
+            independently per example. Use 1 for a model that draws one random transform per
+            call (then S calls are made), or a small k to bound memory: in attacks, the gradient
+            of each pass is taken before the next pass runs.
 
     Example:
         >>> import torch
@@ -52,17 +55,17 @@ class EOT(nn.Module):
     """
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], samples: int = 10,
-                 reduction: str = "logits", batched: bool = True):
+                 reduction: str = "logits", draws_per_pass: Optional[int] = None):
         super().__init__()
         if not callable(model):
             raise TypeError(f"model: expected a callable or nn.Module, got {type(model).__name__}")
         self.model = model
         self.samples = check_int(samples, "samples", low=1)
         self.reduction = check_choice(reduction, "reduction", REDUCTIONS)
-        self.batched = bool(batched)
+        self.draws_per_pass = None if draws_per_pass is None else check_int(draws_per_pass, "draws_per_pass", low=1)
 
     def extra_repr(self) -> str:
-        return f"samples={self.samples}, reduction={self.reduction!r}, batched={self.batched}"
+        return f"samples={self.samples}, reduction={self.reduction!r}, draws_per_pass={self.draws_per_pass}"
 
     # -- prediction ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,9 +73,7 @@ class EOT(nn.Module):
 
     def draw_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of each draw, shape ``(S, N, K)``."""
-        if self.batched:
-            return self._check_logits(self.model(self._repeat(x)), x).view(self.samples, x.shape[0], -1)
-        return torch.stack([self._check_logits(self.model(x), x, 1) for _ in range(self.samples)])
+        return torch.cat([self._pass(x, k)[1] for k in self._pass_sizes()])
 
     def reduce(self, draws: torch.Tensor) -> torch.Tensor:
         """``(S, N, K)`` draw logits to prediction logits ``(N, K)``."""
@@ -80,8 +81,7 @@ class EOT(nn.Module):
             return draws.mean(dim=0)
         # log mean_s softmax(z_s), computed stably in log space.
         log_probs = torch.log_softmax(draws, dim=-1)
-        return torch.logsumexp(log_probs, dim=0) - torch.log(torch.tensor(float(draws.shape[0]),
-                                                                          dtype=draws.dtype, device=draws.device))
+        return torch.logsumexp(log_probs, dim=0) - math.log(draws.shape[0])
 
     # -- attacks (SupportsExpectedLoss) --------------------------------------------------------
     def expected_loss(self, x: torch.Tensor, objective: losses.Objective) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -89,24 +89,53 @@ class EOT(nn.Module):
 
         Nested wrappers compose: the wrapped model's own ``expected_loss`` is used when it has one.
         """
-        n = x.shape[0]
-        if self.batched:
-            def per_draw(stacked_logits: torch.Tensor) -> torch.Tensor:
-                return torch.cat([objective(chunk) for chunk in stacked_logits.split(n)])
+        values, logits = zip(*(self._pass(x, k, objective) for k in self._pass_sizes()))
+        return torch.cat(values).mean(dim=0), self.reduce(torch.cat(logits))
 
-            values, logits = losses.expected_loss(self.model, self._repeat(x), per_draw)
-            self._check_logits(logits, x)
-            return values.view(self.samples, n).mean(dim=0), self.reduce(logits.view(self.samples, n, -1))
-        values, logits = zip(*(losses.expected_loss(self.model, x, objective) for _ in range(self.samples)))
-        return torch.stack(values).mean(dim=0), self.reduce(torch.stack(logits))
+    def loss_and_grad(self, x: torch.Tensor, objective: losses.Objective
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(mean objective, mean of per-draw gradients, prediction logits)``, detached.
+
+        Differentiates pass by pass, so only one pass's graph is alive at a time.
+        """
+        value_sum, grad_sum, all_logits = 0.0, torch.zeros_like(x), []
+        for k in self._pass_sizes():
+            x_var = x.detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                values, logits = self._pass(x_var, k, objective)
+                (grad,) = torch.autograd.grad(values.sum(), x_var, allow_unused=True)
+            value_sum = value_sum + values.detach().sum(dim=0)
+            if grad is not None:
+                grad_sum += grad
+            all_logits.append(logits.detach())
+        return value_sum / self.samples, grad_sum / self.samples, self.reduce(torch.cat(all_logits))
 
     # -- helpers -------------------------------------------------------------------------------
-    def _repeat(self, x: torch.Tensor) -> torch.Tensor:
-        # Draw-major order: rows [s*N, (s+1)*N) are draw s of the whole batch.
-        return x.repeat((self.samples,) + (1,) * (x.dim() - 1))
+    def _pass_sizes(self) -> List[int]:
+        per_pass = self.samples if self.draws_per_pass is None else min(self.draws_per_pass, self.samples)
+        sizes = [per_pass] * (self.samples // per_pass)
+        if self.samples % per_pass:
+            sizes.append(self.samples % per_pass)
+        return sizes
 
-    def _check_logits(self, logits, x: torch.Tensor, draws: int = None) -> torch.Tensor:
-        rows = x.shape[0] * (self.samples if draws is None else draws)
+    def _pass(self, x: torch.Tensor, draws: int, objective: Optional[losses.Objective] = None
+              ) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+        """``draws`` draws of the whole batch in one call: ``(objective (draws, N) or None,
+        logits (draws, N, K))``. Rows ``[s*N, (s+1)*N)`` of the stacked batch are draw ``s``."""
+        n = x.shape[0]
+        stacked = x if draws == 1 else x.repeat((draws,) + (1,) * (x.dim() - 1))
+        if objective is None:
+            return None, self._check_logits(self.model(stacked), stacked.shape[0]).view(draws, n, -1)
+
+        def per_draw(stacked_logits: torch.Tensor) -> torch.Tensor:
+            return torch.cat([objective(chunk) for chunk in stacked_logits.split(n)])
+
+        values, logits = losses.expected_loss(self.model, stacked, per_draw)
+        self._check_logits(logits, stacked.shape[0])
+        return values.view(draws, n), logits.view(draws, n, -1)
+
+    @staticmethod
+    def _check_logits(logits, rows: int) -> torch.Tensor:
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != rows:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"model: expected logits of shape ({rows}, K), got {shape}")

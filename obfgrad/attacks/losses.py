@@ -107,8 +107,12 @@ def loss_and_grad(model, x: torch.Tensor, objective: Objective
     """``(objective (N,), d objective / dx (N, ...), prediction logits (N, K))``, all detached.
 
     Examples are independent (the objective is summed before differentiation), so the gradient of
-    row ``i`` is the gradient of example ``i``'s objective alone.
+    row ``i`` is the gradient of example ``i``'s objective alone. A model with its own
+    ``loss_and_grad(x, objective)`` method (EOT) computes the triple itself.
     """
+    model_loss_and_grad = getattr(model, "loss_and_grad", None)
+    if callable(model_loss_and_grad):  # EOT: differentiates pass by pass to bound memory
+        return model_loss_and_grad(x, objective)
     x_var = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         value, logits = expected_loss(model, x_var, objective)

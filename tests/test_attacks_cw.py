@@ -3,7 +3,13 @@ targeted success, kappa, failures returned as the original image, bad input name
 
 import pytest
 import torch
-from attack_models import LinearClassifier, away_from_walls, margin_of, trained_digits_mlp, two_class_linear
+from attack_models import (
+    LinearClassifier,
+    away_from_walls,
+    margin_of,
+    trained_digits_mlp,
+    two_class_linear,
+)
 
 from obfgrad.attacks import PGD, CarliniWagnerL2
 from obfgrad.attacks.losses import margin

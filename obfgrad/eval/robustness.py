@@ -172,22 +172,23 @@ def _batch_records(start, xb, yb, tb, result, clean_pred, distance: Distance, ep
     # A violation is an attack failure: judge the example on its clean prediction.
     adv_pred = torch.where(within, predict(x_final).to(xb.device), clean_pred)
     reached = adv_pred == tb if targeted else adv_pred != yb
-    dist = distance(xb, x_adv)
+    columns = {  # one device-to-host copy per column, not one per example
+        "label": yb.tolist(),
+        "target": tb.tolist() if targeted else [None] * xb.shape[0],
+        "clean_pred": clean_pred.tolist(),
+        "adv_pred": adv_pred.tolist(),
+        "adv_correct": (adv_pred == yb).tolist(),
+        "distance": distance(xb, x_adv).tolist(),
+        "steps": result.steps.tolist(),
+        "success": (reached & within).tolist(),
+        "attack_success": result.success.tolist(),
+        "within_threat_model": within.tolist(),
+    }
     records = []
     for i in range(xb.shape[0]):
-        records.append({
-            "index": start + i,
-            "label": int(yb[i]),
-            "target": int(tb[i]) if targeted else None,
-            "clean_pred": int(clean_pred[i]),
-            "adv_pred": int(adv_pred[i]),
-            "adv_correct": bool(adv_pred[i] == yb[i]),
-            "distance": float(dist[i]),
-            "steps": int(result.steps[i]),
-            "success": bool(reached[i] & within[i]),
-            "attack_success": bool(result.success[i]),
-            "within_threat_model": bool(within[i]),
-        })
+        record = {"index": start + i}
+        record.update({name: values[i] for name, values in columns.items()})
+        records.append(record)
     return records
 
 

@@ -43,11 +43,20 @@ Objective = Callable[[torch.Tensor], torch.Tensor]
 
 @runtime_checkable
 class SupportsExpectedLoss(Protocol):
-    """A (randomised) model that averages an objective over its own random draws."""
+    """A (randomised) model that averages an objective over its own random draws.
+
+    :func:`expected_loss` and :func:`loss_and_grad` look the methods up by name (duck typing);
+    ``loss_and_grad`` is optional and lets the model differentiate in pieces to bound memory.
+    """
 
     def expected_loss(self, x: torch.Tensor, objective: Objective) -> Tuple[torch.Tensor, torch.Tensor]:
         """Return ``(mean over draws of objective(logits_draw), prediction logits)``, both
         differentiable w.r.t. ``x``; shapes ``(N,)`` and ``(N, K)``."""
+        ...
+
+    def loss_and_grad(self, x: torch.Tensor, objective: Objective
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(expected objective, its gradient w.r.t. x, prediction logits)``, detached."""
         ...
 
 

@@ -1,0 +1,50 @@
+"""Validation of what an attack is called with (done once, at the public boundary)."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from obfgrad._checks import check_images, check_tensor
+
+
+def check_labels(labels, name: str, n: int, device: torch.device) -> torch.Tensor:
+    """An integer tensor of shape ``(n,)`` with non-negative entries, moved to ``device``."""
+    check_tensor(labels, name)
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(f"{name}: expected an integer (long) tensor of class indices, got {labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"{name}: expected shape ({n},) to match x, got {tuple(labels.shape)}")
+    if n and int(labels.min()) < 0:
+        raise ValueError(f"{name}: expected class indices >= 0, got {int(labels.min())}")
+    return labels.to(device=device, dtype=torch.long)
+
+
+def check_attack_inputs(x, y, target, targeted: bool
+                        ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """``x`` float NCHW in [0, 1]; ``y`` and ``target`` long ``(N,)``; target given iff targeted."""
+    check_images(x, "x")
+    y = check_labels(y, "y", x.shape[0], x.device)
+    if targeted and target is None:
+        raise ValueError("target: required when the attack is targeted (targeted=True)")
+    if not targeted and target is not None:
+        raise ValueError("target: given, but the attack was built with targeted=False")
+    if target is not None:
+        target = check_labels(target, "target", x.shape[0], x.device)
+    return x, y, target
+
+
+def check_num_classes(labels: torch.Tensor, name: str, num_classes: int) -> None:
+    """Labels index into the model's K logits."""
+    if labels.numel() and int(labels.max()) >= num_classes:
+        raise ValueError(f"{name}: class index {int(labels.max())} out of range for a model with {num_classes} logits")
+
+
+def checked_objective(objective, labels: torch.Tensor, name: str):
+    """``objective`` that first checks ``labels`` against the number of logits it receives
+    (used on an attack's first forward pass, before any loss indexes out of range)."""
+    def first_call(logits: torch.Tensor) -> torch.Tensor:
+        check_num_classes(labels, name, logits.shape[1])
+        return objective(logits)
+    return first_call

@@ -1,0 +1,7 @@
+"""Evaluation: robust accuracy under the robustml threat-model rule, confidence intervals, targets."""
+
+from obfgrad.eval.confidence import clopper_pearson, wilson
+from obfgrad.eval.robustness import EvalResult, evaluate
+from obfgrad.eval.targets import random_targets
+
+__all__ = ["evaluate", "EvalResult", "clopper_pearson", "wilson", "random_targets"]

@@ -1,0 +1,245 @@
+"""Robust accuracy of a model under an attack, with the robustml threat-model rule.
+
+:func:`evaluate` runs a fixed protocol (AutoAttack-style: one call, one documented number):
+
+1. clean prediction ``predict(x)``;
+2. the attack, in batches: ``attack(model, x, y[, target=t])``;
+3. the threat-model check of robustml (``Lp.check``, :meth:`Distance.within`): an ``x_adv`` with a
+   pixel outside ``[-1e-4, 1 + 1e-4]`` or a distance above ``eps + 1e-4`` is a FAILURE of the
+   attack, so that example is judged on its clean prediction;
+4. ``adv_correct = predict(x_final) == y``; robust accuracy is their mean, with an exact
+   Clopper-Pearson 95% interval.
+
+In targeted mode (the paper's ImageNet rows) the attack succeeds when ``predict(x_final)`` equals
+the target; accuracy is still measured against the true label.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import obfgrad
+from obfgrad._checks import check_float, check_images, check_int
+from obfgrad.atomic import atomic_write_json
+from obfgrad.attacks.inputs import check_labels
+from obfgrad.attacks.result import AttackResult
+from obfgrad.distances import Distance, get_distance
+from obfgrad.eval.confidence import clopper_pearson
+
+__all__ = ["EvalResult", "evaluate", "RECORD_FIELDS"]
+
+RECORD_FIELDS = ("index", "label", "target", "clean_pred", "adv_pred", "adv_correct", "distance", "steps",
+                 "success", "attack_success", "within_threat_model")
+
+
+def _fraction(count: int, n: int) -> float:
+    return count / n if n else float("nan")
+
+
+@dataclass
+class EvalResult:
+    """Per-example records of an evaluation and the numbers derived from them.
+
+    Each record is a dict with :data:`RECORD_FIELDS`: ``success`` is the evaluator's verdict
+    (inside the threat model AND misclassified / on target), ``attack_success`` the attack's own
+    claim, ``adv_correct`` whether the final prediction equals the label.
+    """
+
+    records: List[Dict[str, Any]]
+    targeted: bool = False
+    config: Dict[str, Any] = field(default_factory=dict)
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.records)
+
+    def _count(self, key: str) -> int:
+        return sum(1 for r in self.records if r[key])
+
+    @property
+    def clean_correct(self) -> int:
+        return sum(1 for r in self.records if r["clean_pred"] == r["label"])
+
+    @property
+    def robust_correct(self) -> int:
+        return self._count("adv_correct")
+
+    @property
+    def clean_accuracy(self) -> float:
+        return _fraction(self.clean_correct, self.n)
+
+    @property
+    def robust_accuracy(self) -> float:
+        return _fraction(self.robust_correct, self.n)
+
+    @property
+    def attack_success_rate(self) -> float:
+        return _fraction(self._count("success"), self.n)
+
+    @property
+    def threat_model_violations(self) -> int:
+        return self.n - self._count("within_threat_model")
+
+    @property
+    def clean_ci95(self) -> Tuple[float, float]:
+        return clopper_pearson(self.clean_correct, self.n)
+
+    @property
+    def robust_ci95(self) -> Tuple[float, float]:
+        return clopper_pearson(self.robust_correct, self.n)
+
+    def summary(self) -> Dict[str, Any]:
+        return {
+            "n": self.n,
+            "targeted": self.targeted,
+            "clean_accuracy": self.clean_accuracy,
+            "clean_ci95": list(self.clean_ci95),
+            "robust_accuracy": self.robust_accuracy,
+            "robust_ci95": list(self.robust_ci95),
+            "attack_success_rate": self.attack_success_rate,
+            "threat_model_violations": self.threat_model_violations,
+        }
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {**self.summary(), "config": self.config, "meta": self.meta, "records": self.records}
+
+    def save_json(self, path: Union[str, os.PathLike]) -> None:
+        """Write :meth:`to_dict` atomically (a reader never sees a partial file)."""
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> EvalResult:
+        return cls(records=list(data["records"]), targeted=bool(data.get("targeted", False)),
+                   config=dict(data.get("config", {})), meta=dict(data.get("meta", {})))
+
+    @classmethod
+    def load_json(cls, path: Union[str, os.PathLike]) -> EvalResult:
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+    def __repr__(self) -> str:
+        lo, hi = self.robust_ci95
+        return (f"EvalResult(n={self.n}, clean_accuracy={self.clean_accuracy:.4f}, "
+                f"robust_accuracy={self.robust_accuracy:.4f} [{lo:.4f}, {hi:.4f}], "
+                f"attack_success_rate={self.attack_success_rate:.4f})")
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Put an nn.Module (and every submodule) in eval mode, restoring each flag afterwards."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.train(training)
+
+
+def _argmax_predictor(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    def predict(inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(inputs).argmax(dim=1)
+    return predict
+
+
+def _check_attack_result(result, xb: torch.Tensor) -> AttackResult:
+    if not isinstance(result, AttackResult):
+        raise TypeError(f"attack: expected it to return an AttackResult, got {type(result).__name__}")
+    if result.x_adv.shape != xb.shape:
+        raise ValueError(f"attack: returned x_adv of shape {tuple(result.x_adv.shape)}, expected {tuple(xb.shape)}")
+    return result
+
+
+def _batch_records(start, xb, yb, tb, result, clean_pred, distance: Distance, eps, predict, targeted):
+    x_adv = result.x_adv.detach().to(xb.device)
+    within = distance.within(xb, x_adv, eps)
+    x_final = torch.where(within.view(-1, 1, 1, 1), x_adv, xb)
+    # A violation is an attack failure: judge the example on its clean prediction.
+    adv_pred = torch.where(within, predict(x_final).to(xb.device), clean_pred)
+    reached = adv_pred == tb if targeted else adv_pred != yb
+    columns = {  # one device-to-host copy per column, not one per example
+        "label": yb.tolist(),
+        "target": tb.tolist() if targeted else [None] * xb.shape[0],
+        "clean_pred": clean_pred.tolist(),
+        "adv_pred": adv_pred.tolist(),
+        "adv_correct": (adv_pred == yb).tolist(),
+        "distance": distance(xb, x_adv).tolist(),
+        "steps": result.steps.tolist(),
+        "success": (reached & within).tolist(),
+        "attack_success": result.success.tolist(),
+        "within_threat_model": within.tolist(),
+    }
+    records = []
+    for i in range(xb.shape[0]):
+        record = {"index": start + i}
+        record.update({name: values[i] for name, values in columns.items()})
+        records.append(record)
+    return records
+
+
+def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union[str, Distance], eps: float,
+             targets: Optional[torch.Tensor] = None, batch_size: int = 128,
+             predict: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+             progress: bool = True) -> EvalResult:
+    """Clean and robust accuracy of ``model`` under ``attack`` within ``distance(x, x_adv) <= eps``.
+
+    Args:
+        model: the model handed to the attack (``x -> logits``); put in eval mode for the run.
+        attack: a callable ``attack(model, x, y, target=None) -> AttackResult`` (PGD, C&W, ...).
+        x, y: images (N, C, H, W) in [0, 1] and labels (N,).
+        distance, eps: the threat model checked on every x_adv (robustml rule).
+        targets: target classes (N,) for a targeted evaluation (see :func:`random_targets`).
+        batch_size: examples per attack call.
+        predict: ``inputs -> predicted labels``; default argmax of ``model(inputs)``. Pass e.g.
+            ``lambda v: EOT(model, 10)(v).argmax(1)`` for a randomised model.
+        progress: a tqdm bar over the batches (quiet off a terminal).
+
+    Returns:
+        :class:`EvalResult` with per-example records.
+    """
+    distance = get_distance(distance)
+    eps = check_float(eps, "eps", low=0.0, low_inclusive=False)
+    check_images(x, "x")
+    y = check_labels(y, "y", x.shape[0], x.device)
+    targeted = targets is not None
+    if targeted:
+        targets = check_labels(targets, "targets", x.shape[0], x.device)
+        if bool((targets == y).any()):
+            raise ValueError("targets: every target must differ from its label y")
+    batch_size = check_int(batch_size, "batch_size", low=1)
+    if not callable(attack):
+        raise TypeError(f"attack: expected a callable attack(model, x, y, target=None), got {type(attack).__name__}")
+    predict = predict if predict is not None else _argmax_predictor(model)
+
+    started = time.perf_counter()
+    records: List[Dict[str, Any]] = []
+    with _eval_mode(model):
+        for start in tqdm(range(0, x.shape[0], batch_size), desc="evaluate", disable=None if progress else True):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            tb = targets[start:start + batch_size] if targeted else None
+            clean_pred = predict(xb).to(xb.device)
+            result = attack(model, xb, yb, target=tb) if targeted else attack(model, xb, yb)
+            result = _check_attack_result(result, xb)
+            records.extend(_batch_records(start, xb, yb, tb, result, clean_pred, distance, eps, predict, targeted))
+
+    config = {"distance": distance.name, "eps": eps, "targeted": targeted, "batch_size": batch_size,
+              "attack": repr(attack), "model": type(model).__name__}
+    meta = {"wall_time_s": time.perf_counter() - started, "obfgrad_version": obfgrad.__version__,
+            "torch_version": torch.__version__, "device": str(x.device), "python": platform.python_version(),
+            "machine": platform.machine()}
+    return EvalResult(records=records, targeted=targeted, config=config, meta=meta)

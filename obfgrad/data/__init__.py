@@ -43,7 +43,7 @@ def load_dataset(
 
     Example:
         >>> images, labels = load_dataset("fashion-mnist", "test", download=False)  # doctest: +SKIP
-        >>> images.shape, labels.dtype
+        >>> images.shape, labels.dtype  # doctest: +SKIP
         (torch.Size([10000, 1, 28, 28]), torch.int64)
     """
     check_choice(name, "name", DATASET_NAMES)

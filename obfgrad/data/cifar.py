@@ -44,10 +44,13 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
 def _numpy_globals() -> Dict[Tuple[str, str], Any]:
     # The reconstruct function is taken from numpy itself (it lives in numpy.core in numpy 1.x
     # and numpy._core in 2.x); the module names below are the ones pickles spell.
+    # Protocol 5 pickles contiguous arrays through numpy's ``_frombuffer`` instead.
     reconstruct = np.ndarray.__reduce__(np.empty(0))[0]
+    frombuffer = np.empty(1).__reduce_ex__(5)[0]
     allowed: Dict[Tuple[str, str], Any] = {("_codecs", "encode"): _latin1_encode}
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "_reconstruct")] = reconstruct
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{package}.numeric", "_frombuffer")] = frombuffer
     allowed[("numpy", "ndarray")] = np.ndarray
     allowed[("numpy", "dtype")] = np.dtype
     return allowed

@@ -110,7 +110,7 @@ def load_imagenet_val(
 
     Example:
         >>> images, labels = load_imagenet_val("/data/imagenet", limit=10)  # doctest: +SKIP
-        >>> images.shape
+        >>> images.shape  # doctest: +SKIP
         torch.Size([10, 3, 299, 299])
     """
     check_int(size, "size", low=1)

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from obfgrad.cache import CheckpointError, cache_dir, cached_path, load_checkpoint, recipe_key, save_checkpoint
+from obfgrad.cache import (
+    CheckpointError,
+    cache_dir,
+    cached_path,
+    load_checkpoint,
+    recipe_key,
+    save_checkpoint,
+)
 
 
 def test_cache_dir_resolution(monkeypatch, tmp_path):

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from obfgrad.data.idx import IdxFormatError, encode_idx, load_idx_pair, parse_idx, read_idx, write_idx
+from obfgrad.data.idx import (
+    IdxFormatError,
+    encode_idx,
+    load_idx_pair,
+    parse_idx,
+    read_idx,
+    write_idx,
+)
 
 
 def test_header_written_by_hand_is_decoded():

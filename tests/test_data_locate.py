@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from obfgrad.data import DatasetNotFoundError, load_dataset
-from obfgrad.data import locate
+from obfgrad.data import DatasetNotFoundError, load_dataset, locate
 from obfgrad.data.download import ChecksumError, DownloadError, download, verify_checksum
 from obfgrad.data.idx import write_idx
 
@@ -217,3 +216,25 @@ def test_real_fashion_mnist_from_debian_package(monkeypatch):
     assert images.shape == (10000, 1, 28, 28)
     assert torch.bincount(labels).tolist() == [1000] * 10
     assert labels[:5].tolist() == [9, 2, 1, 1, 6]  # first test labels: ankle boot, pullover, trouser, trouser, shirt
+
+
+def test_cifar10_archive_is_downloaded_extracted_and_loaded(server, tmp_path, monkeypatch):
+    import pickle
+    import tarfile
+
+    root, base, _ = server
+    batches = tmp_path / "build" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), "labels": [4, 2]}
+        (batches / name).write_bytes(pickle.dumps(batch, protocol=2))
+    archive = root / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(batches, arcname="cifar-10-batches-py")
+    source = locate.DATASETS["cifar10"]
+    replacement = locate.Archive(archive.name, (base + archive.name,), md5_of(archive))
+    monkeypatch.setitem(locate.DATASETS, "cifar10", dataclasses.replace(source, archives=(replacement,)))
+    images, labels = load_dataset("cifar10", "train", download=True)
+    assert images.shape == (10, 3, 32, 32) and labels.tolist() == [4, 2] * 5
+    assert (tmp_path / "cache" / "data" / "cifar10" / "cifar-10-batches-py" / "test_batch").is_file()

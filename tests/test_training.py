@@ -10,7 +10,14 @@ import torch
 from torch import nn
 
 from obfgrad.cache import cached_path
-from obfgrad.models.training import accuracy, build_seeded, make_recipe, train, train_or_load, validate_recipe
+from obfgrad.models.training import (
+    accuracy,
+    build_seeded,
+    make_recipe,
+    train,
+    train_or_load,
+    validate_recipe,
+)
 
 
 def synthetic_data(count=512, seed=0):

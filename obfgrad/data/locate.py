@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from obfgrad.cache import cache_dir
-from obfgrad.data.download import DownloadError, download as download_file
+from obfgrad.data.download import DownloadError
+from obfgrad.data.download import download as download_file
 
 PathLike = Union[str, Path]
 SYSTEM_DATA_ROOTS = (Path("/usr/share/datasets"), Path("/usr/local/share/datasets"))

@@ -41,10 +41,15 @@ def load_dataset(
     Raises:
         DatasetNotFoundError: the data is nowhere; the message says how to get it.
 
-    Example:
-        >>> images, labels = load_dataset("fashion-mnist", "test", download=False)  # doctest: +SKIP
-        >>> images.shape, labels.dtype  # doctest: +SKIP
-        (torch.Size([10000, 1, 28, 28]), torch.int64)
+    Example (a two-image stand-in for the real files, which hold 10,000 test images):
+        >>> import tempfile, numpy as np
+        >>> from obfgrad.data.idx import write_idx
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = write_idx(f"{folder}/t10k-images-idx3-ubyte.gz", np.zeros((2, 28, 28), np.uint8), compress=True)
+        >>> _ = write_idx(f"{folder}/t10k-labels-idx1-ubyte.gz", np.array([9, 2], np.uint8), compress=True)
+        >>> images, labels = load_dataset("fashion-mnist", "test", data_dir=folder, download=False)
+        >>> images.shape, labels.tolist()
+        (torch.Size([2, 1, 28, 28]), [9, 2])
     """
     check_choice(name, "name", DATASET_NAMES)
     check_choice(split, "split", ("train", "test"))

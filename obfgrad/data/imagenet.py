@@ -108,10 +108,16 @@ def load_imagenet_val(
     Returns:
         images float32 N×3×size×size in [0, 1], labels int64 N.
 
-    Example:
-        >>> images, labels = load_imagenet_val("/data/imagenet", limit=10)  # doctest: +SKIP
-        >>> images.shape  # doctest: +SKIP
-        torch.Size([10, 3, 299, 299])
+    Example (one 400×300 image in robustml's layout, ``root/val/`` and ``root/val.txt``):
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> (root / "val").mkdir()
+        >>> Image.new("RGB", (400, 300), (255, 0, 0)).save(root / "val" / "ILSVRC2012_val_00000001.JPEG")
+        >>> _ = (root / "val.txt").write_text("ILSVRC2012_val_00000001.JPEG 65")
+        >>> images, labels = load_imagenet_val(root, limit=10)
+        >>> images.shape, labels.tolist()
+        (torch.Size([1, 3, 299, 299]), [65])
     """
     check_int(size, "size", low=1)
     check_choice(resample, "resample", ("nearest", "bilinear", "bicubic", "lanczos"))

@@ -74,14 +74,15 @@ def measure(recipe, train_data, test_data, threads=2):
     torch.set_num_threads(threads)
     adversary = make_adversary(recipe["adversarial"]) if recipe["adversarial"] else None
     model = build_seeded(recipe)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     train(model, *train_data, recipe, adversary=adversary, progress=False)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     test_images, test_labels = test_data
     eps = PGD_TRAIN["eps"]
     return {
         "arch_kwargs": recipe["arch_kwargs"], "train_limit": recipe["train_limit"], "epochs": recipe["epochs"],
         "adversarial": recipe["adversarial"], "threads": threads, "train_seconds": round(seconds, 1),
+        "train_cpu_seconds": round(cpu_seconds, 1),
         "clean_test_accuracy": accuracy(model, test_images, test_labels),
         f"pgd20_eps{eps}_accuracy_first{EVAL_LIMIT}": robust_accuracy(model, test_images[:EVAL_LIMIT],
                                                                       test_labels[:EVAL_LIMIT], eps),

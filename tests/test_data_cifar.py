@@ -51,6 +51,27 @@ def test_python2_style_bytes_keys_are_accepted(tmp_path):
     assert images.shape == (5, 3, 32, 32) and len(labels) == 5
 
 
+class _Python2StylePickler(pickle.Pickler):
+    """Writes arrays the way a Python 2 file reads back under encoding='latin1': the raw
+    pixel bytes and the type code arrive as str, as in the real CIFAR-10 batches."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, np.ndarray):
+            reconstruct, (cls, shape, _), (version, dims, dtype, fortran, raw) = obj.__reduce__()
+            return reconstruct, (cls, shape, "b"), (version, dims, dtype, fortran, raw.decode("latin1"))
+        return NotImplemented
+
+
+def test_python2_style_array_state_loads(tmp_path):
+    batch = make_batch()
+    buffer = io.BytesIO()
+    _Python2StylePickler(buffer, protocol=2).dump(batch)
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(buffer.getvalue())
+    images, _ = read_batch(path)
+    np.testing.assert_array_equal(images.reshape(5, 3072), batch["data"])
+
+
 class _RunsShell:
     def __reduce__(self):
         return (os.system, ("touch /tmp/obfgrad_pwned_marker",))

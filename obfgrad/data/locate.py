@@ -1,0 +1,251 @@
+"""Where dataset files are found, and how they are fetched when they are not.
+
+Search order for every dataset (the first place that holds all of a split's files wins):
+
+1. the explicit ``data_dir`` argument (the CLI's ``--data-dir``);
+2. the ``OBFGRAD_DATA`` environment variable (one directory, or several separated by ``os.pathsep``);
+3. standard system locations, e.g. ``/usr/share/datasets/fashion-mnist`` where Debian's
+   ``dataset-fashion-mnist`` package installs Fashion-MNIST;
+4. the cache, ``cache_dir()/data/<name>``;
+5. a download into that cache directory from the dataset's mirrors, checksum-verified, when
+   ``download`` is true.
+
+In each directory the files may sit directly or in a conventional subfolder (``MNIST/raw``
+as torchvision lays them out, ``cifar-10-batches-py``, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from obfgrad.cache import cache_dir
+from obfgrad.data.download import DownloadError
+from obfgrad.data.download import download as download_file
+
+PathLike = Union[str, Path]
+SYSTEM_DATA_ROOTS = (Path("/usr/share/datasets"), Path("/usr/local/share/datasets"))
+SPLITS = ("train", "test")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is in none of the searched places and could not be downloaded."""
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A file to download: its name, mirrors (full URLs, tried in order) and MD5."""
+
+    filename: str
+    urls: Tuple[str, ...]
+    md5: str
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """How one dataset is laid out on disk and where it comes from.
+
+    ``split_files[split]`` are the files a split needs; a name ending in ``.gz`` is also
+    accepted uncompressed. ``archives`` are what a download fetches; for archive formats
+    ``extract`` turns the downloaded files into the split files (see :mod:`obfgrad.data`).
+    """
+
+    name: str
+    split_files: Dict[str, Tuple[str, ...]]
+    subfolders: Tuple[str, ...]
+    archives: Tuple[Archive, ...]
+    apt_package: Optional[str] = None
+    system_folders: Tuple[str, ...] = field(default_factory=tuple)
+    homepage: str = ""
+
+
+def _idx_split_files() -> Dict[str, Tuple[str, ...]]:
+    return {
+        "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    }
+
+
+def _idx_archives(mirrors: Sequence[str], md5: Dict[str, str]) -> Tuple[Archive, ...]:
+    return tuple(Archive(name, tuple(base + name for base in mirrors), digest) for name, digest in md5.items())
+
+
+# MD5s of the publishers' files, as listed by torchvision (pytorch/vision,
+# torchvision/datasets/mnist.py `MNIST.resources`, `FashionMNIST.resources`;
+# torchvision/datasets/cifar.py `CIFAR10.tgz_md5`) and by many projects that download them.
+# Debian's dataset-fashion-mnist ships recompressed .gz files whose own digests differ
+# (sha256 of its t10k-images-idx3-ubyte.gz: cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa);
+# local files are therefore validated by structure (IDX header, sizes), downloads by checksum.
+DATASETS: Dict[str, DatasetSource] = {
+    "mnist": DatasetSource(
+        name="mnist",
+        split_files=_idx_split_files(),
+        subfolders=("mnist", "MNIST/raw", "MNIST"),
+        archives=_idx_archives(
+            ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+            {
+                "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+                "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+                "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+            },
+        ),
+        system_folders=("mnist",),
+        homepage="http://yann.lecun.com/exdb/mnist/",
+    ),
+    "fashion-mnist": DatasetSource(
+        name="fashion-mnist",
+        split_files=_idx_split_files(),
+        subfolders=("fashion-mnist", "FashionMNIST/raw", "FashionMNIST", "fashion_mnist", "fashion"),
+        archives=_idx_archives(
+            (
+                "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+            ),
+            {
+                "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+                "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+                "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+            },
+        ),
+        apt_package="dataset-fashion-mnist",
+        system_folders=("fashion-mnist",),
+        homepage="https://github.com/zalandoresearch/fashion-mnist",
+    ),
+    "cifar10": DatasetSource(
+        name="cifar10",
+        split_files={
+            "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
+            "test": ("test_batch",),
+        },
+        subfolders=("cifar-10-batches-py", "cifar10/cifar-10-batches-py", "cifar10", "CIFAR10"),
+        archives=(
+            Archive(
+                "cifar-10-python.tar.gz",
+                ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
+                "c58f30108f718f92721af3b95e74349a",
+            ),
+        ),
+        system_folders=("cifar10", "cifar-10"),
+        homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
+    ),
+}
+
+
+def dataset_source(name: str) -> DatasetSource:
+    if name not in DATASETS:
+        raise ValueError(f"name: expected one of {', '.join(map(repr, DATASETS))}, got {name!r}")
+    return DATASETS[name]
+
+
+def dataset_cache_dir(name: str) -> Path:
+    """Where downloads of dataset ``name`` go: ``cache_dir()/data/<name>``."""
+    return cache_dir() / "data" / dataset_source(name).name
+
+
+def candidate_roots(name: str, data_dir: Optional[PathLike] = None) -> List[Tuple[str, Path]]:
+    """The searched roots in order, each labelled with where it came from."""
+    source = dataset_source(name)
+    roots: List[Tuple[str, Path]] = []
+    if data_dir is not None:
+        roots.append(("data_dir argument (--data-dir)", Path(data_dir).expanduser()))
+    for entry in filter(None, os.environ.get("OBFGRAD_DATA", "").split(os.pathsep)):
+        roots.append(("OBFGRAD_DATA", Path(entry).expanduser()))
+    for system_root in SYSTEM_DATA_ROOTS:
+        for folder in source.system_folders:
+            roots.append(("system location", system_root / folder))
+    roots.append(("cache", dataset_cache_dir(name)))
+    return roots
+
+
+def _resolve_file(folder: Path, filename: str) -> Optional[Path]:
+    # A name ending in .gz is also accepted decompressed (and vice versa for robustness).
+    names = [filename, filename[:-3]] if filename.endswith(".gz") else [filename, filename + ".gz"]
+    for candidate in names:
+        path = folder / candidate
+        if path.is_file():
+            return path
+    return None
+
+
+def find_split_in(root: Path, name: str, split: str) -> Optional[List[Path]]:
+    """The split's files inside ``root`` (or one of its conventional subfolders), or None."""
+    source = dataset_source(name)
+    for folder in (root, *(root / sub for sub in source.subfolders)):
+        resolved = [_resolve_file(folder, filename) for filename in source.split_files[split]]
+        if all(path is not None for path in resolved):
+            return resolved  # type: ignore[return-value]
+    return None
+
+
+def locate_split(name: str, split: str, data_dir: Optional[PathLike] = None, download: bool = True) -> List[Path]:
+    """Paths of the files of ``split`` of dataset ``name``, searched in the documented order.
+
+    Raises:
+        DatasetNotFoundError: nowhere to be found, and the download was off or failed; the
+            message lists every place searched and every way to get the data.
+    """
+    source = dataset_source(name)
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of 'train', 'test', got {split!r}")
+    roots = candidate_roots(name, data_dir)
+    for _, root in roots:
+        found = find_split_in(root, name, split)
+        if found is not None:
+            return found
+    download_problem = None
+    if download:
+        try:
+            fetch_into_cache(name)
+        except (DownloadError, OSError, ValueError) as error:
+            download_problem = str(error)
+        else:
+            found = find_split_in(dataset_cache_dir(name), name, split)
+            if found is not None:
+                return found
+            download_problem = "the download completed but the expected files are missing"
+    raise DatasetNotFoundError(missing_dataset_message(source, split, roots, download, download_problem))
+
+
+def fetch_into_cache(name: str) -> Path:
+    """Download (and for CIFAR-10 extract) dataset ``name`` into its cache directory."""
+    source = dataset_source(name)
+    target = dataset_cache_dir(name)
+    for archive in source.archives:
+        destination = target / archive.filename
+        if not destination.is_file():
+            download_file(archive.urls, destination, md5=archive.md5)
+    if name == "cifar10":
+        from obfgrad.data.cifar import extract_batches
+
+        extract_batches(target / source.archives[0].filename, target)
+    return target
+
+
+def missing_dataset_message(source: DatasetSource, split: str, roots, download: bool, problem: Optional[str]) -> str:
+    files = ", ".join(source.split_files[split])
+    searched = "\n".join(f"    {path}  ({label})" for label, path in roots)
+    ways = []
+    if source.apt_package:
+        system = SYSTEM_DATA_ROOTS[0] / source.system_folders[0]
+        ways.append(f"  - install the Debian/Ubuntu package: apt-get install {source.apt_package}  (installs {system})")
+    ways.append(f"  - put {files} in a directory DIR and pass --data-dir DIR (data_dir=DIR in Python)")
+    ways.append("  - or set the environment variable OBFGRAD_DATA=DIR")
+    urls = "\n".join(f"      {url}" for archive in source.archives for url in archive.urls[:1])
+    ways.append(f"  - or download (automatic when online with download=True, into {dataset_cache_dir(source.name)}):\n{urls}")
+    lines = [
+        f"dataset {source.name!r} ({split} split) not found: no directory holds {files}.",
+        f"Searched:\n{searched}",
+        "Get it one of these ways:",
+        *ways,
+    ]
+    if source.homepage:
+        lines.append(f"  (dataset homepage: {source.homepage})")
+    if not download:
+        lines.append("Downloading was not attempted (download=False).")
+    elif problem:
+        lines.append(f"Downloading failed: {problem}")
+    return "\n".join(lines)

@@ -44,6 +44,27 @@ class RunContext:
 
 
 @dataclass
+class DefenseBundle:
+    """A row's defense, built for use outside the row's own run (``obfgrad diagnose``).
+
+    ``model`` is the defended classifier as deployed (it may be randomized or non-differentiable);
+    ``adaptive_model`` is what the paper's adaptive attack differentiates (e.g. with BPDA or EOT
+    wrappers; ``None`` when it is ``model`` itself); ``undefended`` is the same classifier with
+    no defense (a surrogate for transfer attacks); ``x``/``y`` a labelled test batch.
+    """
+
+    model: Callable[[torch.Tensor], torch.Tensor]
+    undefended: Callable[[torch.Tensor], torch.Tensor]
+    x: torch.Tensor
+    y: torch.Tensor
+    distance: str
+    eps: float
+    adaptive_model: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    randomized: bool = False
+    obfuscation: str = "none"  # what the paper says: "shattered", "stochastic", "vanishing", or "none"
+
+
+@dataclass
 class RowSpec:
     """One row of Table 1 under one profile."""
 
@@ -61,6 +82,8 @@ class RowSpec:
     config: Dict[str, Any] = field(default_factory=dict)  # every setting, JSON
     choices: List[str] = field(default_factory=list)  # where protocol.md is UNCONFIRMED
     run: Optional[Callable[["RowSpec", RunContext], Dict[str, Any]]] = None
+    # Builds the defense for other tools (obfgrad diagnose): (spec, ctx, n_examples) -> bundle.
+    build_defense: Optional[Callable[["RowSpec", RunContext, int], DefenseBundle]] = None
 
     @property
     def implemented(self) -> bool:

@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 from obfgrad.attacks import PGD
 from reproduce import pipeline, recipes
-from reproduce.spec import RowSpec, RunContext
+from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
 PAPER_EPS = 8 / 255
 SMOKE_EPS = 0.1
@@ -66,7 +66,15 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             "100-step PGD on the CW margin with 5 random restarts.",
         ],
         run=run,
+        build_defense=build_defense,
     )
+
+
+def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
+    x, y = pipeline.test_set(ctx, row.dataset, n)
+    model = pipeline.classifier(ctx, row.config["classifier"], row="madry")
+    twin = pipeline.classifier(ctx, row.config["natural_twin"])
+    return DefenseBundle(model=model, undefended=twin, x=x, y=y, distance=row.distance, eps=row.eps)
 
 
 def _pgd(settings: Dict[str, Any], eps: float, seed: int) -> PGD:

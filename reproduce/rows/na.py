@@ -18,7 +18,7 @@ from obfgrad.defenses.cascade import CASCADE_DEFAULTS, cascade_train_or_load
 from obfgrad.models.training import build_seeded, make_recipe
 from reproduce import pipeline, recipes
 from reproduce.rows import madry
-from reproduce.spec import RowSpec, RunContext
+from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
 PAPER_EPS = 0.015
 SMOKE_EPS = 0.05  # half the Madry row's smoke bound, as 0.015 is about half of 0.031
@@ -66,7 +66,16 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             "own CW evaluation; 16% in the recalled text vs 15% in the table).",
         ],
         run=run,
+        build_defense=build_defense,
     )
+
+
+def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
+    x, y = pipeline.test_set(ctx, row.dataset, n)
+    model = _cascade_classifier(ctx, row.config["classifier"])
+    plain = {k: v for k, v in row.config["classifier"].items() if k != "cascade"}
+    return DefenseBundle(model=model, undefended=pipeline.classifier(ctx, plain), x=x, y=y,
+                         distance=row.distance, eps=row.eps)
 
 
 def _pgd(settings: Dict[str, Any], eps: float, seed: int) -> PGD:

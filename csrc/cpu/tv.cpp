@@ -1,0 +1,187 @@
+// CPU driver of the masked TV minimisation (see obfgrad/tv.h for the algorithm and layout).
+//
+// Parallelism: with at least as many images as threads, each thread solves whole images
+// (no barriers, one image's working set per thread); otherwise the threads share an image,
+// splitting each red/black half sweep by rows. Both paths run the same arithmetic in the same
+// order, so the result does not depend on the thread count.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "buffers.h"
+#include "obfgrad/tv.h"
+#include "registry.h"
+
+namespace obfgrad {
+namespace {
+
+struct TvProblem {
+  index_t channels, height, width, half, plane;
+  float keep_prob, weight, tol;
+  int max_iter;
+  unsigned long long seed;
+};
+
+// The packed state of one image: u, d, b per channel plane, the input f, the per-pixel
+// fidelity weight (shared by the channels) and the squared-change sum of every half row.
+struct TvImageState {
+  std::vector<float> u, dx, dy, bx, by, f, fidelity, half_row_sums;
+
+  explicit TvImageState(const TvProblem& p)
+      : u(p.channels * p.plane), dx(u.size()), dy(u.size()), bx(u.size()), by(u.size()),
+        f(u.size()), fidelity(p.plane), half_row_sums(p.channels * (p.height + 2) * 2) {}
+};
+
+// Loads image n (C x H x W, row-major) into the packed layout: u and f from the image, u's
+// ghost ring from the boundary rule, d = b = 0, and the fidelity weight from the mask.
+void pack_image(const float* image, index_t n, const TvProblem& p, TvImageState& s) {
+  const index_t H = p.height, W = p.width, half = p.half;
+  std::fill(s.dx.begin(), s.dx.end(), 0.0f);
+  std::fill(s.dy.begin(), s.dy.end(), 0.0f);
+  std::fill(s.bx.begin(), s.bx.end(), 0.0f);
+  std::fill(s.by.begin(), s.by.end(), 0.0f);
+  std::fill(s.u.begin(), s.u.end(), 0.0f);
+  std::fill(s.f.begin(), s.f.end(), 0.0f);
+  std::fill(s.fidelity.begin(), s.fidelity.end(), 0.0f);
+  for (index_t row = 0; row <= H + 1; ++row) {
+    for (index_t col = 0; col <= W + 1; ++col) {
+      const int colour = (int)((row + col) & 1);
+      const index_t at = tv_half_row_index(row, colour, half) + (col - tv_colour_offset(row, colour)) / 2;
+      index_t y, x;
+      if (!tv_source_pixel(row, col, H, W, &y, &x)) continue;
+      const bool interior = row >= 1 && row <= H && col >= 1 && col <= W;
+      if (interior) {
+        const bool keep = tv_keep_pixel(p.seed, (n * H + y) * W + x, p.keep_prob);
+        s.fidelity[at] = keep ? p.weight : 0.0f;
+      }
+      for (index_t c = 0; c < p.channels; ++c) {
+        const float value = image[(c * H + y) * W + x];
+        s.u[c * p.plane + at] = value;
+        if (interior) s.f[c * p.plane + at] = value;
+      }
+    }
+  }
+}
+
+void unpack_image(const TvImageState& s, const TvProblem& p, float* out) {
+  const index_t H = p.height, W = p.width, half = p.half;
+  for (index_t c = 0; c < p.channels; ++c)
+    for (index_t y = 0; y < H; ++y)
+      for (index_t x = 0; x < W; ++x) {
+        const index_t row = y + 1, col = x + 1;
+        const int colour = (int)((row + col) & 1);
+        const index_t at = tv_half_row_index(row, colour, half) + (col - tv_colour_offset(row, colour)) / 2;
+        out[(c * H + y) * W + x] = s.u[c * p.plane + at];
+      }
+}
+
+// One half sweep: every interior pixel of `colour` in every channel, rows split among the
+// threads when `parallel`.
+void sweep_colour(TvImageState& s, const TvProblem& p, int colour, bool parallel) {
+  const index_t H = p.height, W = p.width, half = p.half;
+  const float lam = 2.0f * p.weight, inv_lam = 1.0f / lam;
+  const index_t items = p.channels * H;
+#pragma omp parallel if (parallel)
+  {
+    std::vector<float> change2(half);
+#pragma omp for schedule(static)
+    for (index_t item = 0; item < items; ++item) {
+      const index_t c = item / H, row = item % H + 1;
+      const int offset = tv_colour_offset(row, colour);
+      const index_t base = c * p.plane;
+      const index_t here = base + tv_half_row_index(row, colour, half);
+      const index_t side = base + tv_half_row_index(row, 1 - colour, half);
+      const index_t up = base + tv_half_row_index(row - 1, 1 - colour, half);
+      const index_t down = base + tv_half_row_index(row + 1, 1 - colour, half);
+      const index_t begin = tv_row_begin(offset), end = tv_row_end(W, offset);
+      tv_update_half_row(&s.u[here], &s.dx[here], &s.dy[here], &s.bx[here], &s.by[here],
+                         &s.u[side], &s.dx[side], &s.bx[side], &s.u[up], &s.dy[up], &s.by[up],
+                         &s.u[down], &s.f[here], &s.fidelity[here - base], change2.data(), begin,
+                         end, offset, lam, inv_lam);
+      s.half_row_sums[(c * (H + 2) + row) * 2 + colour] = tv_lane_sum(change2.data(), end - begin);
+    }
+  }
+}
+
+// Solves image n; returns the number of iterations it ran.
+int solve_image(const float* image, float* out, index_t n, const TvProblem& p, TvImageState& s,
+                bool parallel) {
+  pack_image(image, n, p, s);
+  int iterations = 0;
+  bool go_on = true;
+  while (go_on) {
+    sweep_colour(s, p, 0, parallel);
+    sweep_colour(s, p, 1, parallel);
+    ++iterations;
+    go_on = iterations < p.max_iter &&
+            tv_should_continue(s.half_row_sums.data(), p.channels, p.height, p.width, p.tol);
+  }
+  unpack_image(s, p, out);
+  return iterations;
+}
+
+void tv_minimize(carray<float> x, carray<float> out, carray<int32_t> iterations, float keep_prob,
+                 float weight, float tol, int max_iter, unsigned long long seed) {
+  auto shape = checked_shape(x, "x", 4);
+  require_shape(checked_shape(out, "out", 4), shape, "out");
+  require_shape(checked_shape(iterations, "iterations", 1), {shape[0]}, "iterations");
+  require_writable(out, "out");
+  require_writable(iterations, "iterations");
+  if (!(keep_prob > 0.0f && keep_prob <= 1.0f)) throw py::value_error("keep_prob: expected a number in (0, 1]");
+  if (!(weight > 0.0f)) throw py::value_error("weight: expected a positive number");
+  if (!(tol >= 0.0f)) throw py::value_error("tol: expected a number >= 0");
+  if (max_iter < 1) throw py::value_error("max_iter: expected an int >= 1");
+  const index_t N = shape[0], C = shape[1], H = shape[2], W = shape[3];
+  if (N == 0 || C == 0 || H == 0 || W == 0) {
+    for (index_t n = 0; n < N; ++n) iterations.mutable_data()[n] = 0;
+    return;
+  }
+  TvProblem p{C, H, W, tv_half_width(W), tv_plane_size(H, W), keep_prob, weight, tol, max_iter, seed};
+  const float* in_data = x.data();
+  float* out_data = out.mutable_data();
+  int32_t* iter_data = iterations.mutable_data();
+  const index_t image_size = C * H * W;
+  const bool per_image = N >= omp_get_max_threads();
+  py::gil_scoped_release release;
+  if (per_image) {
+#pragma omp parallel
+    {
+      TvImageState state(p);
+#pragma omp for schedule(dynamic, 1)
+      for (index_t n = 0; n < N; ++n)
+        iter_data[n] = solve_image(in_data + n * image_size, out_data + n * image_size, n, p, state, false);
+    }
+  } else {
+    TvImageState state(p);
+    for (index_t n = 0; n < N; ++n)
+      iter_data[n] = solve_image(in_data + n * image_size, out_data + n * image_size, n, p, state, true);
+  }
+}
+
+void tv_mask(carray<uint8_t> out, float keep_prob, unsigned long long seed) {
+  auto shape = checked_shape(out, "out", 3);
+  require_writable(out, "out");
+  if (!(keep_prob > 0.0f && keep_prob <= 1.0f)) throw py::value_error("keep_prob: expected a number in (0, 1]");
+  const index_t total = shape[0] * shape[1] * shape[2];
+  uint8_t* data = out.mutable_data();
+  py::gil_scoped_release release;
+#pragma omp parallel for schedule(static)
+  for (index_t i = 0; i < total; ++i) data[i] = tv_keep_pixel(seed, i, keep_prob) ? 1 : 0;
+}
+
+void register_tv(py::module_& m) {
+  m.def("tv_minimize", &tv_minimize, py::arg("x"), py::arg("out").noconvert(), py::arg("iterations").noconvert(),
+        py::arg("keep_prob"), py::arg("weight"), py::arg("tol"), py::arg("max_iter"), py::arg("seed"),
+        "Masked anisotropic TV minimisation (split Bregman, red-black Gauss-Seidel) of a float32 "
+        "NCHW batch into `out`; writes each image's iteration count to `iterations`.");
+  m.def("tv_mask", &tv_mask, py::arg("out").noconvert(), py::arg("keep_prob"), py::arg("seed"),
+        "Guo et al.'s pixel keep mask (1 = kept) of an N x H x W batch for `seed`.");
+}
+
+}  // namespace
+
+OBF_REGISTER_OP(tv, register_tv);
+
+}  // namespace obfgrad

@@ -148,6 +148,29 @@ OBF_HD void tv_update_half_row(float* __restrict__ u_here, float* __restrict__ d
   }
 }
 
+// The same step addressed by (extended row, colour, j) inside one packed plane: what the GPU
+// threads and the CPU's raster sweep call. `fidelity` is the image's (channel-shared) plane.
+// Returns the squared change of u.
+OBF_HD float tv_step_packed(float* u, float* dx, float* dy, float* bx, float* by, const float* f,
+                            const float* fidelity, index_t row, int colour, index_t j,
+                            index_t half, float lam, float inv_lam) {
+  const int offset = tv_colour_offset(row, colour);
+  const index_t here = tv_half_row_index(row, colour, half) + j;
+  const index_t left = tv_half_row_index(row, 1 - colour, half) + j + offset - 1;
+  const index_t up = tv_half_row_index(row - 1, 1 - colour, half) + j;
+  const index_t down = tv_half_row_index(row + 1, 1 - colour, half) + j;
+  TvPixel state = {u[here], dx[here], dy[here], bx[here], by[here]};
+  TvPixel next = tv_pixel_step(state, u[left], dx[left], bx[left], u[up], dy[up], by[up],
+                               u[left + 1], u[down], f[here], fidelity[here], lam, inv_lam);
+  u[here] = next.u;
+  dx[here] = next.dx;
+  dy[here] = next.dy;
+  bx[here] = next.bx;
+  by[here] = next.by;
+  const float change = next.u - state.u;
+  return change * change;
+}
+
 // ------------------------------------------------------------------------- stopping rule
 
 // Sum of `count` floats in 8 interleaved lanes combined pairwise: a fixed order (the CPU

@@ -78,30 +78,61 @@ void unpack_image(const TvImageState& s, const TvProblem& p, float* out) {
       }
 }
 
-// One half sweep: every interior pixel of `colour` in every channel, rows split among the
-// threads when `parallel`.
-void sweep_colour(TvImageState& s, const TvProblem& p, int colour, bool parallel) {
-  const index_t H = p.height, W = p.width, half = p.half;
+// Updates the interior of half row (c, row, colour) and records its squared-change sum.
+void update_half_row(TvImageState& s, const TvProblem& p, index_t c, index_t row, int colour,
+                     float* change2) {
+  const index_t half = p.half;
   const float lam = 2.0f * p.weight, inv_lam = 1.0f / lam;
-  const index_t items = p.channels * H;
+  const int offset = tv_colour_offset(row, colour);
+  const index_t base = c * p.plane;
+  const index_t here = base + tv_half_row_index(row, colour, half);
+  const index_t side = base + tv_half_row_index(row, 1 - colour, half);
+  const index_t up = base + tv_half_row_index(row - 1, 1 - colour, half);
+  const index_t down = base + tv_half_row_index(row + 1, 1 - colour, half);
+  const index_t begin = tv_row_begin(offset), end = tv_row_end(p.width, offset);
+  tv_update_half_row(&s.u[here], &s.dx[here], &s.dy[here], &s.bx[here], &s.by[here], &s.u[side],
+                     &s.dx[side], &s.bx[side], &s.u[up], &s.dy[up], &s.by[up], &s.u[down],
+                     &s.f[here], &s.fidelity[here - base], change2, begin, end, offset, lam, inv_lam);
+  s.half_row_sums[(c * (p.height + 2) + row) * 2 + colour] = tv_lane_sum(change2, end - begin);
+}
+
+// One red-black iteration of every channel, with the two half sweeps pipelined row by row so
+// each row's data passes through the cache once per iteration: black row R - 1 follows red
+// row R (its red neighbours in rows R - 2..R are then new, and red row R read black R - 1
+// before it changed), which gives exactly the result of a full red sweep then a full black
+// sweep. When `parallel`, each plane's rows are cut into blocks processed concurrently; a
+// block's first and last black rows read red rows of the neighbouring blocks, so they wait
+// for a second pass after the barrier.
+void sweep_red_black(TvImageState& s, const TvProblem& p, bool parallel) {
+  const index_t H = p.height;
+  const index_t blocks = parallel ? std::max<index_t>(1, std::min<index_t>(omp_get_max_threads(), H / 2)) : 1;
+  const index_t items = p.channels * blocks;
+  auto block_rows = [&](index_t item, index_t* first, index_t* last) {
+    const index_t block = item % blocks;
+    *first = 1 + block * H / blocks;
+    *last = (block + 1) * H / blocks;  // inclusive
+  };
 #pragma omp parallel if (parallel)
   {
-    std::vector<float> change2(half);
+    std::vector<float> change2(p.half);
 #pragma omp for schedule(static)
     for (index_t item = 0; item < items; ++item) {
-      const index_t c = item / H, row = item % H + 1;
-      const int offset = tv_colour_offset(row, colour);
-      const index_t base = c * p.plane;
-      const index_t here = base + tv_half_row_index(row, colour, half);
-      const index_t side = base + tv_half_row_index(row, 1 - colour, half);
-      const index_t up = base + tv_half_row_index(row - 1, 1 - colour, half);
-      const index_t down = base + tv_half_row_index(row + 1, 1 - colour, half);
-      const index_t begin = tv_row_begin(offset), end = tv_row_end(W, offset);
-      tv_update_half_row(&s.u[here], &s.dx[here], &s.dy[here], &s.bx[here], &s.by[here],
-                         &s.u[side], &s.dx[side], &s.bx[side], &s.u[up], &s.dy[up], &s.by[up],
-                         &s.u[down], &s.f[here], &s.fidelity[here - base], change2.data(), begin,
-                         end, offset, lam, inv_lam);
-      s.half_row_sums[(c * (H + 2) + row) * 2 + colour] = tv_lane_sum(change2.data(), end - begin);
+      const index_t c = item / blocks;
+      index_t first, last;
+      block_rows(item, &first, &last);
+      for (index_t row = first; row <= last; ++row) {
+        update_half_row(s, p, c, row, 0, change2.data());
+        if (row - 1 > first) update_half_row(s, p, c, row - 1, 1, change2.data());
+      }
+    }
+    // (implicit barrier) the blocks' boundary black rows.
+#pragma omp for schedule(static)
+    for (index_t item = 0; item < items; ++item) {
+      const index_t c = item / blocks;
+      index_t first, last;
+      block_rows(item, &first, &last);
+      update_half_row(s, p, c, first, 1, change2.data());
+      if (last > first) update_half_row(s, p, c, last, 1, change2.data());
     }
   }
 }
@@ -147,8 +178,7 @@ int solve_image(const float* image, float* out, index_t n, const TvProblem& p, T
     if (p.raster) {
       sweep_raster(s, p, parallel);
     } else {
-      sweep_colour(s, p, 0, parallel);
-      sweep_colour(s, p, 1, parallel);
+      sweep_red_black(s, p, parallel);
     }
     ++iterations;
     go_on = iterations < p.max_iter &&

@@ -78,6 +78,24 @@ void unpack_image(const TvImageState& s, const TvProblem& p, float* out) {
       }
 }
 
+// The kernel body's half-row loop compiled for several instruction sets (GCC/Clang function
+// multiversioning picks one at load time). Only IEEE-exact operations run in it and FMA
+// contraction is off, so every clone gives bit-identical results.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define OBF_TV_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define OBF_TV_CLONES
+#endif
+OBF_TV_CLONES void update_half_row_simd(float* u_here, float* dx_here, float* dy_here, float* bx_here,
+                                        float* by_here, const float* u_side, const float* dx_side,
+                                        const float* bx_side, const float* u_up, const float* dy_up,
+                                        const float* by_up, const float* u_down, const float* f,
+                                        const float* fidelity, float* change2, index_t begin,
+                                        index_t end, int offset, float lam, float inv_lam) {
+  tv_update_half_row(u_here, dx_here, dy_here, bx_here, by_here, u_side, dx_side, bx_side, u_up,
+                     dy_up, by_up, u_down, f, fidelity, change2, begin, end, offset, lam, inv_lam);
+}
+
 // Updates the interior of half row (c, row, colour) and records its squared-change sum.
 void update_half_row(TvImageState& s, const TvProblem& p, index_t c, index_t row, int colour,
                      float* change2) {
@@ -90,7 +108,7 @@ void update_half_row(TvImageState& s, const TvProblem& p, index_t c, index_t row
   const index_t up = base + tv_half_row_index(row - 1, 1 - colour, half);
   const index_t down = base + tv_half_row_index(row + 1, 1 - colour, half);
   const index_t begin = tv_row_begin(offset), end = tv_row_end(p.width, offset);
-  tv_update_half_row(&s.u[here], &s.dx[here], &s.dy[here], &s.bx[here], &s.by[here], &s.u[side],
+  update_half_row_simd(&s.u[here], &s.dx[here], &s.dy[here], &s.bx[here], &s.by[here], &s.u[side],
                      &s.dx[side], &s.bx[side], &s.u[up], &s.dy[up], &s.by[up], &s.u[down],
                      &s.f[here], &s.fidelity[here - base], change2, begin, end, offset, lam, inv_lam);
   s.half_row_sums[(c * (p.height + 2) + row) * 2 + colour] = tv_lane_sum(change2, end - begin);

@@ -100,7 +100,7 @@ OBF_TV_CLONES void update_half_row_simd(float* u_here, float* dx_here, float* dy
 void update_half_row(TvImageState& s, const TvProblem& p, index_t c, index_t row, int colour,
                      float* change2) {
   const index_t half = p.half;
-  const float lam = 2.0f * p.weight, inv_lam = 1.0f / lam;
+  const float lam = tv_lambda(p.weight), inv_lam = tv_threshold(p.weight);
   const int offset = tv_colour_offset(row, colour);
   const index_t base = c * p.plane;
   const index_t here = base + tv_half_row_index(row, colour, half);
@@ -160,7 +160,7 @@ void sweep_red_black(TvImageState& s, const TvProblem& p, bool parallel) {
 // when `parallel`. Squared changes are summed per half row exactly as in the red-black sweep.
 void sweep_raster(TvImageState& s, const TvProblem& p, bool parallel) {
   const index_t H = p.height, W = p.width, half = p.half;
-  const float lam = 2.0f * p.weight, inv_lam = 1.0f / lam;
+  const float lam = tv_lambda(p.weight), inv_lam = tv_threshold(p.weight);
 #pragma omp parallel if (parallel)
   {
     std::vector<float> change2(2 * half);

@@ -49,8 +49,7 @@ extern "C" __global__ void tv_red_black_kernel(long long total, float* u, float*
                                                const float* fidelity, float* change2,
                                                const int* active, long long batch,
                                                long long channels, long long height,
-                                               long long width, long long colour, float lam,
-                                               float inv_lam) {
+                                               long long width, long long colour, float weight) {
   const index_t i = thread_index();
   if (i >= total) return;
   const index_t half = obfgrad::tv_half_width(width), plane = obfgrad::tv_plane_size(height, width);
@@ -64,7 +63,7 @@ extern "C" __global__ void tv_red_black_kernel(long long total, float* u, float*
   const index_t base = (n * channels + c) * plane;
   change2[base + obfgrad::tv_half_row_index(row, (int)colour, half) + j] = obfgrad::tv_step_packed(
       u + base, dx + base, dy + base, bx + base, by + base, f + base, fidelity + n * plane, row,
-      (int)colour, j, half, lam, inv_lam);
+      (int)colour, j, half, obfgrad::tv_lambda(weight), obfgrad::tv_threshold(weight));
 }
 
 // One thread per (n, c, R): the pixel of row R on anti-diagonal R + C = `diagonal`. Launching
@@ -75,7 +74,7 @@ extern "C" __global__ void tv_raster_diagonal_kernel(long long total, float* u, 
                                                      const int* active, long long batch,
                                                      long long channels, long long height,
                                                      long long width, long long diagonal,
-                                                     float lam, float inv_lam) {
+                                                     float weight) {
   const index_t i = thread_index();
   if (i >= total) return;
   const index_t row = i % height + 1;
@@ -89,7 +88,7 @@ extern "C" __global__ void tv_raster_diagonal_kernel(long long total, float* u, 
   const index_t base = (n * channels + c) * plane;
   change2[base + obfgrad::tv_half_row_index(row, colour, half) + j] = obfgrad::tv_step_packed(
       u + base, dx + base, dy + base, bx + base, by + base, f + base, fidelity + n * plane, row,
-      colour, j, half, lam, inv_lam);
+      colour, j, half, obfgrad::tv_lambda(weight), obfgrad::tv_threshold(weight));
 }
 
 // One thread per half row (n, c, R, k): the squared-change sum, in the CPU's lane order.

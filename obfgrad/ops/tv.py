@@ -260,7 +260,6 @@ def _forward_cuda(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
     iterations = torch.zeros(n, dtype=torch.int32, device=device)
     out = torch.empty_like(x)
     geometry = (n, c, h, w)
-    lam = 2.0 * weight
 
     def launch(kernel: str, total: int, *args) -> None:
         _native.launch_cuda("tv", kernel, total, (total, *args), device=device)
@@ -270,10 +269,10 @@ def _forward_cuda(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
     for iteration in range(1, max_iter + 1):
         if raster:
             for diagonal in range(2, h + w + 1):
-                launch("tv_raster_diagonal_kernel", n * c * h, *pointers, *geometry, diagonal, lam, 1.0 / lam)
+                launch("tv_raster_diagonal_kernel", n * c * h, *pointers, *geometry, diagonal, weight)
         else:
             for colour in (0, 1):
-                launch("tv_red_black_kernel", n * c * h * half, *pointers, *geometry, colour, lam, 1.0 / lam)
+                launch("tv_red_black_kernel", n * c * h * half, *pointers, *geometry, colour, weight)
         launch("tv_half_row_sums_kernel", n * c * h * 2, change2, half_row_sums, active, *geometry)
         launch("tv_stopping_kernel", n, half_row_sums, active, iterations, *geometry, tol, iteration, max_iter)
         if iteration % 8 == 0 and not bool(active.any()):

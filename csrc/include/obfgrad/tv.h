@@ -81,6 +81,11 @@ OBF_HD bool tv_source_pixel(index_t row, index_t col, index_t height, index_t wi
 
 // --------------------------------------------------------------------- split Bregman step
 
+// The split-Bregman penalty lam = 2 * weight (scikit-image's convention) and the shrink
+// threshold 1/lam, both in float32 so every driver derives them identically from `weight`.
+OBF_HD float tv_lambda(float weight) { return 2.0f * weight; }
+OBF_HD float tv_threshold(float weight) { return 1.0f / tv_lambda(weight); }
+
 // Soft threshold: the d-subproblem of anisotropic split Bregman, shrink(s, 1/lam). Written as
 // max(s - t, 0) + min(s + t, 0) (exactly equal for t > 0) so the loop has no branches and
 // vectorises.

@@ -156,31 +156,31 @@ void sweep_red_black(TvImageState& s, const TvProblem& p, bool parallel) {
 }
 
 // One raster-order sweep (scikit-image's and Athalye et al.'s order: rows top to bottom,
-// columns left to right) of every channel; sequential within a plane, channels in parallel
-// when `parallel`. Squared changes are summed per half row exactly as in the red-black sweep.
-void sweep_raster(TvImageState& s, const TvProblem& p, bool parallel) {
-  const index_t H = p.height, W = p.width, half = p.half;
+// columns left to right). Each pixel depends on the one just updated, so the loop is serial
+// within a plane; the channels are independent and are interleaved pixel by pixel to give the
+// CPU several dependency chains at once. Squared changes are summed per half row exactly as
+// in the red-black sweep.
+void sweep_raster(TvImageState& s, const TvProblem& p) {
+  const index_t H = p.height, W = p.width, half = p.half, C = p.channels;
   const float lam = tv_lambda(p.weight), inv_lam = tv_threshold(p.weight);
-#pragma omp parallel if (parallel)
-  {
-    std::vector<float> change2(2 * half);
-#pragma omp for schedule(static)
-    for (index_t c = 0; c < p.channels; ++c) {
-      const index_t base = c * p.plane;
-      for (index_t row = 1; row <= H; ++row) {
-        for (index_t col = 1; col <= W; ++col) {
-          const int colour = (int)((row + col) & 1);
-          const int offset = tv_colour_offset(row, colour);
-          const index_t j = (col - offset) / 2;
-          change2[colour * half + j - tv_row_begin(offset)] =
-              tv_step_packed(&s.u[base], &s.dx[base], &s.dy[base], &s.bx[base], &s.by[base],
-                             &s.f[base], s.fidelity.data(), row, colour, j, half, lam, inv_lam);
-        }
-        for (int colour = 0; colour < 2; ++colour) {
-          const int offset = tv_colour_offset(row, colour);
-          s.half_row_sums[(c * (H + 2) + row) * 2 + colour] = tv_lane_sum(
-              &change2[colour * half], tv_row_end(W, offset) - tv_row_begin(offset));
-        }
+  std::vector<float> change2(C * 2 * half);
+  for (index_t row = 1; row <= H; ++row) {
+    for (index_t col = 1; col <= W; ++col) {
+      const int colour = (int)((row + col) & 1);
+      const int offset = tv_colour_offset(row, colour);
+      const index_t j = (col - offset) / 2;
+      for (index_t c = 0; c < C; ++c) {
+        const index_t base = c * p.plane;
+        change2[(c * 2 + colour) * half + j - tv_row_begin(offset)] =
+            tv_step_packed(&s.u[base], &s.dx[base], &s.dy[base], &s.bx[base], &s.by[base],
+                           &s.f[base], s.fidelity.data(), row, colour, j, half, lam, inv_lam);
+      }
+    }
+    for (index_t c = 0; c < C; ++c) {
+      for (int colour = 0; colour < 2; ++colour) {
+        const int offset = tv_colour_offset(row, colour);
+        s.half_row_sums[(c * (H + 2) + row) * 2 + colour] = tv_lane_sum(
+            &change2[(c * 2 + colour) * half], tv_row_end(W, offset) - tv_row_begin(offset));
       }
     }
   }
@@ -194,7 +194,7 @@ int solve_image(const float* image, float* out, index_t n, const TvProblem& p, T
   bool go_on = true;
   while (go_on) {
     if (p.raster) {
-      sweep_raster(s, p, parallel);
+      sweep_raster(s, p);  // serial within an image: images run in parallel
     } else {
       sweep_red_black(s, p, parallel);
     }

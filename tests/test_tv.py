@@ -165,7 +165,7 @@ def test_raster_sweep_matches_paper_masked_update(shape, eps):
 def test_red_black_matches_paper_masked_update_within_1e3_on_natural_images(name):
     """Masked (keep_prob 0.5) red-black against the paper's raster loop after 100 iterations:
     the dropped pixels are pure TV inpainting, which converges slowly, so the two orders still
-    differ by a few 1e-4 on photographs (on white noise the gap is ~1e-2: see the README)."""
+    differ by a few 1e-4 on photographs (on white noise the gap is ~1e-2, see obfgrad.ops.tv)."""
     x = _natural_images()[name][:, :, :24, :28]
     mask = tv_mask(x, 0.5, seed=9)
     ours = tv_minimize(x, 0.5, tol=0.0, max_iter=100, seed=9)

@@ -26,13 +26,19 @@ struct TvProblem {
 };
 
 // The packed state of one image: u, d, b per channel plane, the input f, the per-pixel
-// fidelity weight (shared by the channels) and the squared-change sum of every half row.
+// fidelity weight (shared by the channels) and the squared-change sum of every half row, in
+// two buffers used by alternate iterations (so threads can test the stopping rule of one
+// iteration while others already write the sums of the next).
 struct TvImageState {
   std::vector<float> u, dx, dy, bx, by, f, fidelity, half_row_sums;
+  index_t sums_size;
 
   explicit TvImageState(const TvProblem& p)
       : u(p.channels * p.plane), dx(u.size()), dy(u.size()), bx(u.size()), by(u.size()),
-        f(u.size()), fidelity(p.plane), half_row_sums(p.channels * (p.height + 2) * 2) {}
+        f(u.size()), fidelity(p.plane), half_row_sums(2 * p.channels * (p.height + 2) * 2),
+        sums_size(p.channels * (p.height + 2) * 2) {}
+
+  float* sums(int iteration) { return &half_row_sums[(iteration & 1) * sums_size]; }
 };
 
 // Loads image n (C x H x W, row-major) into the packed layout: u and f from the image, u's
@@ -98,7 +104,7 @@ OBF_TV_CLONES void update_half_row_simd(float* u_here, float* dx_here, float* dy
 
 // Updates the interior of half row (c, row, colour) and records its squared-change sum.
 void update_half_row(TvImageState& s, const TvProblem& p, index_t c, index_t row, int colour,
-                     float* change2) {
+                     float* sums, float* change2) {
   const index_t half = p.half;
   const float lam = tv_lambda(p.weight), inv_lam = tv_threshold(p.weight);
   const int offset = tv_colour_offset(row, colour);
@@ -111,47 +117,42 @@ void update_half_row(TvImageState& s, const TvProblem& p, index_t c, index_t row
   update_half_row_simd(&s.u[here], &s.dx[here], &s.dy[here], &s.bx[here], &s.by[here], &s.u[side],
                      &s.dx[side], &s.bx[side], &s.u[up], &s.dy[up], &s.by[up], &s.u[down],
                      &s.f[here], &s.fidelity[here - base], change2, begin, end, offset, lam, inv_lam);
-  s.half_row_sums[(c * (p.height + 2) + row) * 2 + colour] = tv_lane_sum(change2, end - begin);
+  sums[(c * (p.height + 2) + row) * 2 + colour] = tv_lane_sum(change2, end - begin);
 }
 
 // One red-black iteration of every channel, with the two half sweeps pipelined row by row so
 // each row's data passes through the cache once per iteration: black row R - 1 follows red
 // row R (its red neighbours in rows R - 2..R are then new, and red row R read black R - 1
 // before it changed), which gives exactly the result of a full red sweep then a full black
-// sweep. When `parallel`, each plane's rows are cut into blocks processed concurrently; a
-// block's first and last black rows read red rows of the neighbouring blocks, so they wait
-// for a second pass after the barrier.
-void sweep_red_black(TvImageState& s, const TvProblem& p, bool parallel) {
+// sweep. Called by every thread of an enclosing parallel region (or serially): each plane's
+// rows are cut into `blocks` processed concurrently; a block's first and last black rows read
+// red rows of the neighbouring blocks, so they wait for a second pass after the barrier.
+void sweep_red_black(TvImageState& s, const TvProblem& p, index_t blocks, float* sums, float* change2) {
   const index_t H = p.height;
-  const index_t blocks = parallel ? std::max<index_t>(1, std::min<index_t>(omp_get_max_threads(), H / 2)) : 1;
   const index_t items = p.channels * blocks;
   auto block_rows = [&](index_t item, index_t* first, index_t* last) {
     const index_t block = item % blocks;
     *first = 1 + block * H / blocks;
     *last = (block + 1) * H / blocks;  // inclusive
   };
-#pragma omp parallel if (parallel)
-  {
-    std::vector<float> change2(p.half);
 #pragma omp for schedule(static)
-    for (index_t item = 0; item < items; ++item) {
-      const index_t c = item / blocks;
-      index_t first, last;
-      block_rows(item, &first, &last);
-      for (index_t row = first; row <= last; ++row) {
-        update_half_row(s, p, c, row, 0, change2.data());
-        if (row - 1 > first) update_half_row(s, p, c, row - 1, 1, change2.data());
-      }
+  for (index_t item = 0; item < items; ++item) {
+    const index_t c = item / blocks;
+    index_t first, last;
+    block_rows(item, &first, &last);
+    for (index_t row = first; row <= last; ++row) {
+      update_half_row(s, p, c, row, 0, sums, change2);
+      if (row - 1 > first) update_half_row(s, p, c, row - 1, 1, sums, change2);
     }
-    // (implicit barrier) the blocks' boundary black rows.
+  }
+  // (implicit barrier) the blocks' boundary black rows.
 #pragma omp for schedule(static)
-    for (index_t item = 0; item < items; ++item) {
-      const index_t c = item / blocks;
-      index_t first, last;
-      block_rows(item, &first, &last);
-      update_half_row(s, p, c, first, 1, change2.data());
-      if (last > first) update_half_row(s, p, c, last, 1, change2.data());
-    }
+  for (index_t item = 0; item < items; ++item) {
+    const index_t c = item / blocks;
+    index_t first, last;
+    block_rows(item, &first, &last);
+    update_half_row(s, p, c, first, 1, sums, change2);
+    if (last > first) update_half_row(s, p, c, last, 1, sums, change2);
   }
 }
 
@@ -160,7 +161,7 @@ void sweep_red_black(TvImageState& s, const TvProblem& p, bool parallel) {
 // within a plane; the channels are independent and are interleaved pixel by pixel to give the
 // CPU several dependency chains at once. Squared changes are summed per half row exactly as
 // in the red-black sweep.
-void sweep_raster(TvImageState& s, const TvProblem& p) {
+void sweep_raster(TvImageState& s, const TvProblem& p, float* sums) {
   const index_t H = p.height, W = p.width, half = p.half, C = p.channels;
   const float lam = tv_lambda(p.weight), inv_lam = tv_threshold(p.weight);
   std::vector<float> change2(C * 2 * half);
@@ -179,28 +180,40 @@ void sweep_raster(TvImageState& s, const TvProblem& p) {
     for (index_t c = 0; c < C; ++c) {
       for (int colour = 0; colour < 2; ++colour) {
         const int offset = tv_colour_offset(row, colour);
-        s.half_row_sums[(c * (H + 2) + row) * 2 + colour] = tv_lane_sum(
+        sums[(c * (H + 2) + row) * 2 + colour] = tv_lane_sum(
             &change2[(c * 2 + colour) * half], tv_row_end(W, offset) - tv_row_begin(offset));
       }
     }
   }
 }
 
-// Solves image n; returns the number of iterations it ran.
+// Solves image n; returns the number of iterations it ran. With `parallel` (red-black only),
+// one parallel region spans all iterations: two barriers per iteration, and every thread
+// evaluates the stopping rule on the same sums, so all leave the loop together.
 int solve_image(const float* image, float* out, index_t n, const TvProblem& p, TvImageState& s,
                 bool parallel) {
   pack_image(image, n, p, s);
+  parallel = parallel && !p.raster && omp_get_max_threads() > 1;
+  const index_t blocks =
+      parallel ? std::max<index_t>(1, std::min<index_t>(omp_get_max_threads(), p.height / 2)) : 1;
   int iterations = 0;
-  bool go_on = true;
-  while (go_on) {
-    if (p.raster) {
-      sweep_raster(s, p);  // serial within an image: images run in parallel
-    } else {
-      sweep_red_black(s, p, parallel);
+#pragma omp parallel if (parallel)
+  {
+    std::vector<float> change2(p.half);
+    int done = 0;
+    bool go_on = true;
+    while (go_on) {
+      float* sums = s.sums(done);
+      if (p.raster) {
+        sweep_raster(s, p, sums);  // serial within an image: images run in parallel
+      } else {
+        sweep_red_black(s, p, blocks, sums, change2.data());
+      }
+      ++done;
+      go_on = done < p.max_iter && tv_should_continue(sums, p.channels, p.height, p.width, p.tol);
     }
-    ++iterations;
-    go_on = iterations < p.max_iter &&
-            tv_should_continue(s.half_row_sums.data(), p.channels, p.height, p.width, p.tol);
+#pragma omp master
+    iterations = done;
   }
   unpack_image(s, p, out);
   return iterations;

@@ -8,7 +8,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <thread>
 #include <vector>
 
 #include "buffers.h"
@@ -40,6 +42,33 @@ struct TvImageState {
         sums_size(p.channels * (p.height + 2) * 2) {}
 
   float* sums(int iteration) { return &half_row_sums[(iteration & 1) * sums_size]; }
+};
+
+// A barrier that spins briefly and then yields the core: OpenMP's barriers spin for a long
+// time, which on an oversubscribed machine burns the core the late thread needs (measured
+// here: 8x the CPU time of a serial solve). Sense by generation counter; the last thread to
+// arrive releases the others, and its release / their acquire publish the sweep's writes.
+class YieldingBarrier {
+ public:
+  explicit YieldingBarrier(int threads) : threads_(threads) {}
+
+  void wait() {
+    const int generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == threads_) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_acq_rel);
+      return;
+    }
+    for (int spin = 0; generation_.load(std::memory_order_acquire) == generation; ++spin) {
+      if (spin >= kSpinsBeforeYield) std::this_thread::yield();
+    }
+  }
+
+ private:
+  static constexpr int kSpinsBeforeYield = 4000;
+  const int threads_;
+  std::atomic<int> arrived_{0};
+  std::atomic<int> generation_{0};
 };
 
 // Loads image n (C x H x W, row-major) into the packed layout: u and f from the image, u's
@@ -125,19 +154,20 @@ void update_half_row(TvImageState& s, const TvProblem& p, index_t c, index_t row
 // each row's data passes through the cache once per iteration: black row R - 1 follows red
 // row R (its red neighbours in rows R - 2..R are then new, and red row R read black R - 1
 // before it changed), which gives exactly the result of a full red sweep then a full black
-// sweep. Called by every thread of an enclosing parallel region (or serially): each plane's
-// rows are cut into `blocks` processed concurrently; a block's first and last black rows read
-// red rows of the neighbouring blocks, so they wait for a second pass after the barrier.
-void sweep_red_black(TvImageState& s, const TvProblem& p, index_t blocks, float* sums, float* change2) {
+// sweep. Each plane's rows are cut into `blocks`; thread `thread` of `threads` takes a
+// contiguous share of the (plane, block) items. A block's first and last black rows read red
+// rows of the neighbouring blocks, so they wait for a second pass after `barrier`.
+void sweep_red_black(TvImageState& s, const TvProblem& p, index_t blocks, int thread, int threads,
+                     YieldingBarrier* barrier, float* sums, float* change2) {
   const index_t H = p.height;
   const index_t items = p.channels * blocks;
+  const index_t mine_begin = items * thread / threads, mine_end = items * (thread + 1) / threads;
   auto block_rows = [&](index_t item, index_t* first, index_t* last) {
     const index_t block = item % blocks;
     *first = 1 + block * H / blocks;
     *last = (block + 1) * H / blocks;  // inclusive
   };
-#pragma omp for schedule(static)
-  for (index_t item = 0; item < items; ++item) {
+  for (index_t item = mine_begin; item < mine_end; ++item) {
     const index_t c = item / blocks;
     index_t first, last;
     block_rows(item, &first, &last);
@@ -146,15 +176,15 @@ void sweep_red_black(TvImageState& s, const TvProblem& p, index_t blocks, float*
       if (row - 1 > first) update_half_row(s, p, c, row - 1, 1, sums, change2);
     }
   }
-  // (implicit barrier) the blocks' boundary black rows.
-#pragma omp for schedule(static)
-  for (index_t item = 0; item < items; ++item) {
+  if (barrier) barrier->wait();
+  for (index_t item = mine_begin; item < mine_end; ++item) {
     const index_t c = item / blocks;
     index_t first, last;
     block_rows(item, &first, &last);
     update_half_row(s, p, c, first, 1, sums, change2);
     if (last > first) update_half_row(s, p, c, last, 1, sums, change2);
   }
+  if (barrier) barrier->wait();
 }
 
 // One raster-order sweep (scikit-image's and Athalye et al.'s order: rows top to bottom,
@@ -190,31 +220,39 @@ void sweep_raster(TvImageState& s, const TvProblem& p, float* sums) {
 
 // Solves image n; returns the number of iterations it ran. With `parallel` (red-black only),
 // one parallel region spans all iterations: two barriers per iteration, and every thread
-// evaluates the stopping rule on the same sums, so all leave the loop together.
+// evaluates the stopping rule on the same sums (double-buffered by iteration parity, so a
+// thread may already write the next iteration's), so all leave the loop together.
 int solve_image(const float* image, float* out, index_t n, const TvProblem& p, TvImageState& s,
                 bool parallel) {
   pack_image(image, n, p, s);
-  parallel = parallel && !p.raster && omp_get_max_threads() > 1;
-  const index_t blocks =
-      parallel ? std::max<index_t>(1, std::min<index_t>(omp_get_max_threads(), p.height / 2)) : 1;
+  const int threads = (parallel && !p.raster && p.height >= 4) ? omp_get_max_threads() : 1;
+  const index_t blocks = std::min<index_t>(threads, p.height / 2 > 0 ? p.height / 2 : 1);
+  YieldingBarrier barrier(threads);
   int iterations = 0;
-#pragma omp parallel if (parallel)
+#pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    std::vector<float> change2(p.half);
-    int done = 0;
-    bool go_on = true;
-    while (go_on) {
-      float* sums = s.sums(done);
-      if (p.raster) {
-        sweep_raster(s, p, sums);  // serial within an image: images run in parallel
-      } else {
-        sweep_red_black(s, p, blocks, sums, change2.data());
+    // The barrier counts `threads` arrivals: OpenMP must give us all of them (it does unless
+    // dynamic adjustment is on); otherwise every thread runs the whole sweep serially.
+    const int team = omp_get_num_threads();
+    const bool shared = team == threads && threads > 1;
+    const int thread = shared ? omp_get_thread_num() : 0;
+    if (shared || omp_get_thread_num() == 0) {
+      std::vector<float> change2(p.half);
+      int done = 0;
+      bool go_on = true;
+      while (go_on) {
+        float* sums = s.sums(done);
+        if (p.raster) {
+          sweep_raster(s, p, sums);  // serial within an image: images run in parallel
+        } else {
+          sweep_red_black(s, p, shared ? blocks : 1, thread, shared ? threads : 1,
+                          shared ? &barrier : nullptr, sums, change2.data());
+        }
+        ++done;
+        go_on = done < p.max_iter && tv_should_continue(sums, p.channels, p.height, p.width, p.tol);
       }
-      ++done;
-      go_on = done < p.max_iter && tv_should_continue(sums, p.channels, p.height, p.width, p.tol);
+      if (thread == 0) iterations = done;
     }
-#pragma omp master
-    iterations = done;
   }
   unpack_image(s, p, out);
   return iterations;

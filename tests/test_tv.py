@@ -1,0 +1,493 @@
+"""Masked TV minimisation: scikit-image fidelity, the paper's masked update, the red-black
+float64 reference, seeds and mask, the identity BPDA backward, and bad input.
+
+Oracles:
+  * scikit-image's ``denoise_tv_bregman(isotropic=False)`` for ``keep_prob = 1``, called one
+    channel at a time (with ``channel_axis``, scikit-image 0.26 starts channels >= 1 from the
+    previous channel's output in its d/b buffers, a transient that its early stop freezes);
+  * ``_paper_bregman``: a float64 transcription of the raster loop of Athalye et al.'s
+    ``inputtransformations/defense.py:bregman`` with the mask, using scikit-image's boundary
+    rule (the paper's copy reflects the bottom/right ghost at H-2/W-2, scikit-image copies
+    H-1/W-1; the op follows scikit-image);
+  * ``reference``: the op module's pure-torch float64 red-black solver.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from obfgrad import _native
+from obfgrad.ops import tv as tv_module
+from obfgrad.ops.tv import reference, tv_mask, tv_minimize
+
+skimage_restoration = pytest.importorskip("skimage.restoration")
+skimage_data = pytest.importorskip("skimage.data")
+
+WEIGHT = 2.0 / 0.03  # the paper's data weight
+
+
+def _random_images(shape, seed=0):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _natural_images():
+    """Colour and grayscale crops of scikit-image's bundled photographs, NCHW in [0, 1]."""
+    colour = torch.from_numpy(skimage_data.astronaut()[100:164, 180:260].copy()).permute(2, 0, 1)
+    gray = torch.from_numpy(skimage_data.camera()[200:261:1, 150:221].copy())[None]
+    return {"astronaut": colour[None].float() / 255, "camera": gray[None].float() / 255}
+
+
+def _skimage_tv(x, weight, max_iter, eps):
+    """scikit-image's anisotropic split Bregman, one grayscale call per channel (float64)."""
+    out = torch.empty_like(x, dtype=torch.float64)
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            plane = x[n, c].double().numpy()
+            out[n, c] = torch.from_numpy(np.asarray(skimage_restoration.denoise_tv_bregman(
+                plane, weight=weight, max_num_iter=max_iter, eps=eps, isotropic=False)).reshape(plane.shape))
+    return out
+
+
+def _shrink(s, threshold):
+    return s - threshold if s > threshold else (s + threshold if s < -threshold else 0.0)
+
+
+def _paper_bregman(image, mask, weight, eps, max_iter):
+    """The paper's masked split-Bregman loop in float64 (raster order, joint stopping rule).
+
+    image: (C, H, W) float64 numpy; mask: (H, W) bool. Returns (u, iterations).
+    """
+    dims, rows, cols = image.shape
+    u = np.zeros((dims, rows + 2, cols + 2))
+    dx, dy, bx, by = (np.zeros_like(u) for _ in range(4))
+    u[:, 1:-1, 1:-1] = image
+    u[:, 0, 1:-1] = image[:, min(1, rows - 1)]
+    u[:, 1:-1, 0] = image[:, :, min(1, cols - 1)]
+    u[:, -1, 1:-1] = image[:, rows - 1]
+    u[:, 1:-1, -1] = image[:, :, cols - 1]
+    lam = 2.0 * weight
+    iteration, rmse = 0, math.inf
+    while iteration < max_iter and rmse > eps:
+        rmse = 0.0
+        for k in range(dims):
+            for r in range(1, rows + 1):
+                for c in range(1, cols + 1):
+                    uprev = u[k, r, c]
+                    ux, uy = u[k, r, c + 1] - uprev, u[k, r + 1, c] - uprev
+                    s = (u[k, r + 1, c] + u[k, r - 1, c] + u[k, r, c + 1] + u[k, r, c - 1]
+                         + dx[k, r, c - 1] - dx[k, r, c] + dy[k, r - 1, c] - dy[k, r, c]
+                         - bx[k, r, c - 1] + bx[k, r, c] - by[k, r - 1, c] + by[k, r, c])
+                    if mask[r - 1, c - 1]:
+                        unew = (lam * s + weight * image[k, r - 1, c - 1]) / (weight + 4 * lam)
+                    else:  # the weight -> 0 limit: a dropped pixel has no data term
+                        unew = s / 4.0
+                    u[k, r, c] = unew
+                    rmse += (unew - uprev) ** 2
+                    dxx, dyy = _shrink(ux + bx[k, r, c], 1 / lam), _shrink(uy + by[k, r, c], 1 / lam)
+                    dx[k, r, c], dy[k, r, c] = dxx, dyy
+                    bx[k, r, c] += ux - dxx
+                    by[k, r, c] += uy - dyy
+        rmse = math.sqrt(rmse / (rows * cols * dims))
+        iteration += 1
+    return u[:, 1:-1, 1:-1], iteration
+
+
+# ------------------------------------------------------------------ scikit-image fidelity
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2, 3), (1, 1, 5, 7), (2, 3, 9, 6), (1, 3, 33, 20)])
+@pytest.mark.parametrize("eps", [1e-3, 0.0])
+def test_raster_sweep_matches_skimage_on_random_images(shape, eps):
+    x = _random_images(shape, seed=shape[-1])
+    theirs = _skimage_tv(x, WEIGHT, 60, eps)
+    # scikit-image stops each channel on its own RMS change; the op stops an image on the RMS
+    # over all its channels (the paper's rule). One channel at a time the rules coincide, and
+    # the same order of operations in float32 against float64 agrees to rounding.
+    per_channel = torch.cat([tv_minimize(x[:, c:c + 1], 1.0, tol=eps, max_iter=60, sweep="raster", seed=0)
+                             for c in range(x.shape[1])], dim=1).double()
+    assert (per_channel - theirs).abs().max().item() < 1e-5
+    # Whole colour images: only the stopping iteration of some channels can differ.
+    joint = tv_minimize(x, 1.0, tol=eps, max_iter=60, sweep="raster", seed=0).double()
+    assert (joint - theirs).abs().mean().item() < 1e-3
+
+
+@pytest.mark.parametrize("name", ["astronaut", "camera"])
+def test_raster_sweep_matches_skimage_on_natural_images_at_paper_tolerance(name):
+    x = _natural_images()[name]
+    theirs = _skimage_tv(x, WEIGHT, 100, 1e-3)
+    per_channel = torch.cat([tv_minimize(x[:, c:c + 1], 1.0, 0.03, tol=1e-3, max_iter=100, sweep="raster", seed=0)
+                             for c in range(x.shape[1])], dim=1).double()
+    assert (per_channel - theirs).abs().max().item() < 1e-5
+    joint = tv_minimize(x, 1.0, 0.03, tol=1e-3, max_iter=100, sweep="raster", seed=0).double()
+    assert (joint - theirs).abs().mean().item() < 1e-3
+
+
+@pytest.mark.parametrize("name", ["astronaut", "camera"])
+def test_red_black_sweep_reaches_skimages_fixed_point(name):
+    """Red-black and raster Gauss-Seidel are different iterations with the same fixed point: the
+    gap shrinks from ~2e-3 (at the paper's tolerance, ~10 iterations) to < 1e-4 at 100
+    iterations and < 1e-5 at convergence."""
+    x = _natural_images()[name]
+    gaps = []
+    for eps, iterations in [(1e-3, 100), (0.0, 100), (1e-6, 3000)]:
+        ours = tv_minimize(x, 1.0, tol=eps, max_iter=iterations, seed=0).double()
+        gaps.append((ours - _skimage_tv(x, WEIGHT, iterations, eps)).abs().mean().item())
+    assert gaps[0] < 5e-3
+    assert gaps[1] < 1e-4
+    assert gaps[2] < 1e-5  # float32 rounding and the joint-channel stop set the floor
+    assert gaps[0] > 100 * gaps[2]
+
+
+def test_red_black_matches_skimage_within_1e3_after_100_iterations_on_random_images():
+    x = _random_images((2, 3, 31, 29), seed=5)
+    ours = tv_minimize(x, 1.0, tol=0.0, max_iter=100, seed=0).double()
+    assert (ours - _skimage_tv(x, WEIGHT, 100, 0.0)).abs().mean().item() < 1e-3
+
+
+# ------------------------------------------------------------------ the paper's masked update
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 1, 2, 3), (1, 1, 5, 7), (1, 3, 12, 10)])
+@pytest.mark.parametrize("eps", [1e-3, 0.0])
+def test_raster_sweep_matches_paper_masked_update(shape, eps):
+    x = _random_images(shape, seed=11)
+    mask = tv_mask(x, 0.5, seed=4)
+    ours, iterations = tv_minimize(x, 0.5, tol=eps, max_iter=40, seed=4, sweep="raster", return_iterations=True)
+    theirs, paper_iterations = _paper_bregman(x[0].double().numpy(), mask[0, 0].numpy(), WEIGHT, eps, 40)
+    if eps > 0:  # with eps = 0 a converged image stops on float32 rounding noise
+        assert iterations.item() == paper_iterations
+    assert np.abs(ours[0].double().numpy() - theirs).max() < 1e-5
+
+
+@pytest.mark.parametrize("name", ["astronaut", "camera"])
+def test_red_black_matches_paper_masked_update_within_1e3_on_natural_images(name):
+    """Masked (keep_prob 0.5) red-black against the paper's raster loop after 100 iterations:
+    the dropped pixels are pure TV inpainting, which converges slowly, so the two orders still
+    differ by a few 1e-4 on photographs (on white noise the gap is ~1e-2, see obfgrad.ops.tv)."""
+    x = _natural_images()[name][:, :, :24, :28]
+    mask = tv_mask(x, 0.5, seed=9)
+    ours = tv_minimize(x, 0.5, tol=0.0, max_iter=100, seed=9)
+    theirs, _ = _paper_bregman(x[0].double().numpy(), mask[0, 0].numpy(), WEIGHT, 0.0, 100)
+    assert np.abs(ours[0].double().numpy() - theirs).mean() < 1e-3
+
+
+def test_one_pixel_image_is_unchanged():
+    # The ghost ring repeats the pixel, so there is no gradient to remove, kept or dropped.
+    x = torch.tensor([0.25, 0.75]).view(2, 1, 1, 1)
+    for keep_prob in (1.0, 0.5):
+        assert torch.equal(tv_minimize(x, keep_prob, seed=3), x)
+
+
+# ------------------------------------------------------------------ native == float64 reference
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 1, 2, 3), (3, 1, 5, 7), (2, 3, 16, 17), (4, 3, 32, 32)])
+@pytest.mark.parametrize("keep_prob", [1.0, 0.5])
+def test_native_matches_reference_on_random_images(shape, keep_prob):
+    x = _random_images(shape, seed=shape[0] + shape[-1])
+    ours = tv_minimize(x, keep_prob, tol=0.0, max_iter=50, seed=21)
+    theirs = reference(x, keep_prob, tol=0.0, max_iter=50, seed=21)
+    assert (ours - theirs).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["astronaut", "camera"])
+def test_native_matches_reference_on_natural_images_with_paper_parameters(name):
+    x = _natural_images()[name]
+    ours, iterations = tv_minimize(x, seed=2, return_iterations=True)
+    theirs, reference_iterations = reference(x, seed=2, return_iterations=True)
+    assert torch.equal(iterations, reference_iterations)
+    assert (ours - theirs).abs().mean().item() < 1e-6
+    assert (ours - theirs).abs().max().item() < 1e-4
+
+
+def test_empty_batch():
+    x = torch.rand(0, 3, 8, 8)
+    out, iterations = tv_minimize(x, seed=0, return_iterations=True)
+    assert out.shape == x.shape and iterations.shape == (0,)
+
+
+def test_each_image_stops_at_its_own_tolerance():
+    x = _random_images((3, 3, 20, 20), seed=1)
+    x[1] = 0.5  # a constant image converges in one iteration
+    mask = tv_mask(x, 0.5, seed=5)
+    out, iterations = tv_minimize(x, 0.5, seed=5, return_iterations=True)
+    assert iterations[1].item() == 1 and iterations[0].item() > 1 and iterations[2].item() > 1
+    for n in range(3):  # each image alone, with its slice of the batch mask, gives the same result
+        alone, alone_iterations = reference(x[n:n + 1], mask=mask[n:n + 1], return_iterations=True)
+        assert alone_iterations.item() == iterations[n].item()
+        assert (alone - out[n:n + 1]).abs().max().item() < 1e-4
+
+
+def test_result_does_not_depend_on_thread_count():
+    module = _native.native()
+    if module is None:
+        pytest.skip("the native extension is not built")
+    x = _random_images((3, 3, 24, 24), seed=8)
+    previous = module.openmp_max_threads()
+    try:
+        module.set_num_threads(1)
+        one = tv_minimize(x, seed=1)
+        module.set_num_threads(2)
+        two = tv_minimize(x, seed=1)
+        three = tv_minimize(x[:1], seed=1)  # one image, rows split among threads
+    finally:
+        module.set_num_threads(previous)
+    assert torch.equal(one, two)
+    assert torch.equal(three, one[:1])
+
+
+def test_channels_share_the_mask():
+    x = _random_images((1, 1, 16, 16), seed=3).expand(1, 3, 16, 16).contiguous()
+    out = tv_minimize(x, 0.5, seed=6)
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 0], out[:, 2])
+
+
+def test_other_dtypes_and_non_contiguous_input():
+    x = _random_images((2, 3, 10, 12), seed=4)
+    expected = tv_minimize(x, seed=1)
+    out64 = tv_minimize(x.double(), seed=1)
+    assert out64.dtype == torch.float64 and torch.equal(out64.float(), expected)
+    strided = x.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not strided.is_contiguous()
+    assert torch.equal(tv_minimize(strided, seed=1), expected)
+
+
+def test_reference_is_the_fallback_without_native_code(monkeypatch):
+    x = _random_images((2, 3, 9, 9), seed=2)
+    expected = reference(x, seed=4).float()
+    monkeypatch.setattr(_native, "native", lambda: None)
+    assert torch.allclose(tv_minimize(x, seed=4), expected, atol=0, rtol=0)
+    assert torch.equal(tv_mask(x, 0.5, seed=4), tv_module._mask_reference(2, 9, 9, 0.5, 4))
+
+
+# ------------------------------------------------------------------ seeds and mask
+
+
+def test_same_seed_same_output_and_different_seeds_differ():
+    x = _random_images((2, 3, 16, 16), seed=0)
+    assert torch.equal(tv_minimize(x, seed=7), tv_minimize(x, seed=7))
+    assert not torch.equal(tv_minimize(x, seed=7), tv_minimize(x, seed=8))
+    assert not torch.equal(tv_mask(x, seed=7), tv_mask(x, seed=8))
+
+
+def test_seed_none_follows_torch_generators():
+    x = _random_images((1, 3, 16, 16), seed=0)
+    torch.manual_seed(123)
+    first = tv_minimize(x)
+    torch.manual_seed(123)
+    assert torch.equal(tv_minimize(x), first)
+    a = tv_minimize(x, generator=torch.Generator().manual_seed(5))
+    b = tv_minimize(x, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    # The drawn seed is the one tv_minimize used: replaying it gives the same output.
+    seed = tv_module.draw_seed(torch.Generator().manual_seed(5))
+    assert torch.equal(tv_minimize(x, seed=seed), a)
+
+
+def test_native_mask_matches_pure_torch_philox():
+    for seed in (0, 1, 2**40 + 3, 2**63 - 2):
+        native_mask = tv_mask((3, 1, 17, 19), 0.37, seed=seed)
+        assert torch.equal(native_mask, tv_module._mask_reference(3, 17, 19, 0.37, seed))
+
+
+@pytest.mark.parametrize("keep_prob", [0.1, 0.5, 0.9])
+def test_keep_rate_passes_a_binomial_test(keep_prob):
+    stats = pytest.importorskip("scipy.stats")
+    for seed in (1, 2, 3):
+        mask = tv_mask((4, 3, 64, 64), keep_prob, seed=seed)
+        kept, total = int(mask.sum()), mask.numel()
+        assert stats.binomtest(kept, total, keep_prob).pvalue > 1e-4
+    # Neighbouring pixels are independent: kept-kept pairs occur at rate p^2.
+    mask = tv_mask((4, 3, 64, 64), keep_prob, seed=9)[:, 0].flatten(1)
+    pairs = mask[:, :-1] & mask[:, 1:]
+    assert stats.binomtest(int(pairs.sum()), pairs.numel(), keep_prob**2).pvalue > 1e-4
+
+
+def test_keep_prob_one_keeps_every_pixel_and_is_plain_tv():
+    x = _random_images((2, 3, 8, 8), seed=1)
+    assert bool(tv_mask(x, 1.0, seed=3).all())
+    assert torch.equal(tv_minimize(x, 1.0, seed=3), tv_minimize(x, 1.0, seed=4))
+
+
+# ------------------------------------------------------------------ BPDA backward
+
+
+def test_identity_backward_returns_grad_output_unchanged():
+    x = _random_images((2, 3, 12, 12), seed=0).requires_grad_(True)
+    grad_out = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    tv_minimize(x, seed=0).backward(grad_out)
+    assert torch.equal(x.grad, grad_out)
+
+
+def test_custom_op_passes_opcheck():
+    x = _random_images((2, 3, 6, 5), seed=0)
+    torch.library.opcheck(torch.ops.obfgrad.tv_minimize.default, (x, 0.5, WEIGHT, 1e-3, 20, 3, False))
+
+
+def test_module_draws_a_fresh_mask_per_call_unless_seeded():
+    x = _random_images((1, 3, 16, 16), seed=0)
+    fresh = tv_module.TVMinimize()
+    assert not torch.equal(fresh(x), fresh(x))
+    fixed = tv_module.TVMinimize(seed=3)
+    assert torch.equal(fixed(x), tv_minimize(x, seed=3))
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda x: tv_minimize(x[0], seed=0), ValueError, "x: expected a 4-D"),
+        (lambda x: tv_minimize(x.int(), seed=0), TypeError, "x: expected a floating-point"),
+        (lambda x: tv_minimize(x.index_fill(3, torch.tensor([1]), float("nan")), seed=0), ValueError, "NaN"),
+        (lambda x: tv_minimize(x * 2, seed=0), ValueError, r"\[0, 1\]"),
+        (lambda x: tv_minimize(x, 0.0, seed=0), ValueError, "keep_prob"),
+        (lambda x: tv_minimize(x, 1.5, seed=0), ValueError, "keep_prob"),
+        (lambda x: tv_minimize(x, -0.5, seed=0), ValueError, "keep_prob"),
+        (lambda x: tv_minimize(x, 0.5, 0.0, seed=0), ValueError, "lambda_tv"),
+        (lambda x: tv_minimize(x, 0.5, -0.03, seed=0), ValueError, "lambda_tv"),
+        (lambda x: tv_minimize(x, max_iter=0, seed=0), ValueError, "max_iter"),
+        (lambda x: tv_minimize(x, max_iter=2.5, seed=0), TypeError, "max_iter"),
+        (lambda x: tv_minimize(x, tol=-1e-3, seed=0), ValueError, "tol"),
+        (lambda x: tv_minimize(x, tol=float("nan"), seed=0), ValueError, "tol"),
+        (lambda x: tv_minimize(x, seed=-1), ValueError, "seed"),
+        (lambda x: tv_minimize(x, seed=2**63), ValueError, "seed"),
+        (lambda x: tv_minimize(x, seed=1.0), TypeError, "seed"),
+        (lambda x: tv_minimize(x, seed=1, generator=torch.Generator()), ValueError, "generator"),
+        (lambda x: tv_minimize(x, seed=1, sweep="jacobi"), ValueError, "sweep"),
+        (lambda x: tv_mask((2, 8, 8), seed=1), ValueError, "shape"),
+        (lambda x: tv_mask(x, 0.0, seed=1), ValueError, "keep_prob"),
+    ],
+)
+def test_bad_input_is_rejected_with_a_clear_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call(_random_images((2, 3, 8, 8), seed=0))
+
+
+def test_native_driver_rechecks_buffer_shapes():
+    module = _native.native()
+    if module is None:
+        pytest.skip("the native extension is not built")
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="out"):
+        module.tv_minimize(x, np.zeros((2, 3, 8, 7), np.float32), np.zeros(2, np.int32), 0.5, WEIGHT, 1e-3, 10, 0)
+    with pytest.raises(ValueError, match="iterations"):
+        module.tv_minimize(x, np.zeros_like(x), np.zeros(3, np.int32), 0.5, WEIGHT, 1e-3, 10, 0)
+    with pytest.raises(ValueError, match="max_iter"):
+        module.tv_minimize(x, np.zeros_like(x), np.zeros(2, np.int32), 0.5, WEIGHT, 1e-3, 0, 0)
+    with pytest.raises(TypeError):  # a float64 output would be silently copied: refused instead
+        module.tv_minimize(x, np.zeros((2, 3, 8, 8)), np.zeros(2, np.int32), 0.5, WEIGHT, 1e-3, 10, 0)
+
+
+# ------------------------------------------------------------------ CUDA
+
+
+def test_cuda_driver_compiles_without_warnings():
+    pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy (NVRTC) is not installed")
+    for arch in ("sm_80", "sm_90"):
+        assert len(_native.compile_cuda_source("tv", arch)) > 0
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("sweep", ["red_black", "raster"])
+def test_cuda_matches_cpu_bit_for_bit(sweep):
+    x = _random_images((3, 3, 33, 29), seed=6)
+    cpu, cpu_iterations = tv_minimize(x, seed=4, sweep=sweep, return_iterations=True)
+    gpu, gpu_iterations = tv_minimize(x.cuda(), seed=4, sweep=sweep, return_iterations=True)
+    assert torch.equal(gpu_iterations.cpu(), cpu_iterations)
+    assert torch.equal(gpu.cpu(), cpu)
+
+
+@cuda
+@pytest.mark.gpu
+def test_cuda_mask_and_backward():
+    x = _random_images((2, 3, 16, 16), seed=0).cuda()
+    assert torch.equal(tv_mask(x, 0.5, seed=3).cpu(), tv_mask(x.cpu(), 0.5, seed=3))
+    x.requires_grad_(True)
+    grad_out = torch.randn_like(x)
+    tv_minimize(x, seed=3).backward(grad_out)
+    assert torch.equal(x.grad, grad_out)
+
+
+# ------------------------------------------------------------------ CUDA driver, emulated on the CPU
+
+_CUDA_EMULATION_SHIM = r"""
+// Compiles a CUDA driver as host code: kernels become plain extern "C" functions and the
+// thread index comes from globals that the Python launcher sets before each call.
+struct EmulatedIndex { unsigned int x, y, z; };
+EmulatedIndex blockIdx, blockDim, threadIdx;
+extern "C" void emu_set_thread(long long i) { blockIdx.x = (unsigned int)i; blockDim.x = 1; threadIdx.x = 0; }
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+"""
+
+
+@pytest.fixture(scope="module")
+def emulated_cuda(tmp_path_factory):
+    """csrc/cuda/tv.cu compiled with g++ into a CPU library, and a launch_cuda stand-in that
+    runs one call per thread index: this runs the CUDA driver's kernels and the Python host
+    loop of ``_forward_cuda`` on a machine without a GPU."""
+    import ctypes
+    import shutil
+    import subprocess
+
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("g++ is not installed")
+    root = _native.kernel_source_dir()
+    build = tmp_path_factory.mktemp("tv_cuda_emulation")
+    (build / "shim.h").write_text(_CUDA_EMULATION_SHIM)
+    library = build / "libtv_emulated.so"
+    subprocess.run([compiler, "-std=c++17", "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-include",
+                    str(build / "shim.h"), f"-I{root / 'include'}", "-x", "c++", str(root / "cuda" / "tv.cu"),
+                    "-o", str(library)], check=True, capture_output=True)
+    lib = ctypes.CDLL(str(library))
+
+    def launch(op, kernel, total, args, *, device, block=256):
+        assert op == "tv"
+        converted = []
+        for arg in args:
+            if isinstance(arg, torch.Tensor):
+                assert arg.is_contiguous()
+                converted.append(ctypes.c_void_p(arg.data_ptr()))
+            elif isinstance(arg, bool):
+                converted.append(ctypes.c_int(int(arg)))
+            elif isinstance(arg, int):
+                converted.append(ctypes.c_longlong(arg))
+            else:
+                converted.append(ctypes.c_float(arg))
+        function = getattr(lib, kernel)
+        for i in range(total):
+            lib.emu_set_thread(i)
+            function(*converted)
+
+    return launch
+
+
+@pytest.mark.parametrize("sweep", ["red_black", "raster"])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 9, 7), (3, 1, 6, 11)])
+def test_emulated_cuda_driver_matches_cpu_bit_for_bit(emulated_cuda, monkeypatch, shape, sweep):
+    monkeypatch.setattr(_native, "launch_cuda", emulated_cuda)
+    x = _random_images(shape, seed=sum(shape))
+    if shape[0] > 1:
+        x[1] = 0.5  # a constant image stops after one iteration while the others go on
+    cpu, cpu_iterations = tv_minimize(x, 0.5, tol=1e-3, max_iter=25, seed=13, sweep=sweep, return_iterations=True)
+    weight = 2.0 / 0.03
+    gpu, gpu_iterations = tv_module._forward_cuda(x, 0.5, weight, 1e-3, 25, 13, sweep == "raster")
+    assert torch.equal(gpu_iterations, cpu_iterations)
+    assert torch.equal(gpu, cpu)
+
+
+def test_emulated_cuda_mask_kernel_matches_cpu(emulated_cuda):
+    mask = torch.zeros(2 * 7 * 9, dtype=torch.uint8)
+    emulated_cuda("tv", "tv_mask_kernel", mask.numel(), (mask.numel(), mask, 0.3, 2**40 + 5), device="cpu")
+    assert torch.equal(mask.view(2, 1, 7, 9).bool(), tv_mask((2, 3, 7, 9), 0.3, seed=2**40 + 5))

@@ -1,0 +1,298 @@
+// CPU driver of the JPEG round trip: OpenMP over images; each image goes through three
+// passes over small per-thread planes (encode colour + downsample, the 8x8 block round trip,
+// upsample + decode colour), written as row loops over the kernel body in obfgrad/jpeg.h so the
+// compiler vectorises them. The CUDA driver runs the same body one sample per thread.
+#include "obfgrad/jpeg.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "buffers.h"
+#include "registry.h"
+
+namespace obfgrad {
+namespace {
+
+namespace jp = jpeg;
+
+struct ImageShape {
+  index_t channels, h, w;
+  bool subsample;  // 4:2:0 (colour only)
+};
+
+// Per-thread working memory, reused across the images a thread processes.
+struct Workspace {
+  std::vector<unsigned char> luma, cb, cr;       // padded sample planes
+  std::vector<int> cb_rows[2], cr_rows[2];      // full-resolution chroma of one row pair
+  std::vector<int> colsum, cb_line, cr_line;    // upsampling of one output row
+
+  void reserve(const ImageShape& s, const jp::PlaneGeometry& g) {
+    luma.resize(g.luma_h * g.luma_w);
+    if (s.channels == 3) {
+      cb.resize(g.chroma_h * g.chroma_w);
+      cr.resize(g.chroma_h * g.chroma_w);
+      for (auto* rows : {cb_rows, cr_rows})
+        for (int k = 0; k < 2; ++k) rows[k].resize(2 * g.chroma_w);
+      colsum.resize(g.small_w + 2);
+      cb_line.resize(2 * g.small_w);
+      cr_line.resize(2 * g.small_w);
+    }
+  }
+};
+
+// Repeat the last real sample of a row up to `padded` samples.
+template <typename T>
+void pad_row(T* row, index_t real, index_t padded) {
+  std::fill(row + real, row + padded, row[real - 1]);
+}
+
+// Repeat row `last` of a plane into rows last+1 .. rows-1.
+void pad_rows(unsigned char* plane, index_t stride, index_t last, index_t rows) {
+  for (index_t r = last + 1; r < rows; ++r) std::memcpy(plane + r * stride, plane + last * stride, stride);
+}
+
+// Pass 1, colour: RGB -> YCbCr samples; luma (and 4:4:4 chroma) padded to whole blocks;
+// 4:2:0 chroma downsampled row pair by row pair.
+void encode_colour(const float* image, const ImageShape& s, const jp::PlaneGeometry& g, Workspace& ws) {
+  const index_t plane = s.h * s.w;
+  const float *red = image, *green = image + plane, *blue = image + 2 * plane;
+  auto convert_row = [&](index_t y, unsigned char* luma_row, int* cb_row, int* cr_row) {
+    const float *r = red + y * s.w, *gr = green + y * s.w, *b = blue + y * s.w;
+    for (index_t x = 0; x < s.w; ++x) {
+      const int R = jp::to_sample(r[x]), G = jp::to_sample(gr[x]), B = jp::to_sample(b[x]);
+      luma_row[x] = (unsigned char)jp::rgb_to_y(R, G, B);
+      cb_row[x] = jp::rgb_to_cb(R, G, B);
+      cr_row[x] = jp::rgb_to_cr(R, G, B);
+    }
+    pad_row(luma_row, s.w, g.luma_w);
+  };
+  if (s.subsample) {
+    const index_t full_w = 2 * g.chroma_w;
+    for (index_t row = 0; row < g.small_h; ++row) {
+      for (int k = 0; k < 2; ++k) {
+        const index_t y = std::min(2 * row + k, s.h - 1);
+        convert_row(y, ws.luma.data() + (2 * row + k) * g.luma_w, ws.cb_rows[k].data(), ws.cr_rows[k].data());
+        pad_row(ws.cb_rows[k].data(), s.w, full_w);
+        pad_row(ws.cr_rows[k].data(), s.w, full_w);
+      }
+      unsigned char* cb = ws.cb.data() + row * g.chroma_w;
+      unsigned char* cr = ws.cr.data() + row * g.chroma_w;
+      const int *cb0 = ws.cb_rows[0].data(), *cb1 = ws.cb_rows[1].data();
+      const int *cr0 = ws.cr_rows[0].data(), *cr1 = ws.cr_rows[1].data();
+      for (index_t col = 0; col < g.chroma_w; ++col) {
+        cb[col] = (unsigned char)jp::downsample_h2v2(cb0[2 * col], cb0[2 * col + 1], cb1[2 * col], cb1[2 * col + 1], col);
+        cr[col] = (unsigned char)jp::downsample_h2v2(cr0[2 * col], cr0[2 * col + 1], cr1[2 * col], cr1[2 * col + 1], col);
+      }
+    }
+    pad_rows(ws.cb.data(), g.chroma_w, g.small_h - 1, g.chroma_h);
+    pad_rows(ws.cr.data(), g.chroma_w, g.small_h - 1, g.chroma_h);
+  } else {
+    for (index_t y = 0; y < s.h; ++y) {
+      int* cb_row = ws.cb_rows[0].data();
+      int* cr_row = ws.cr_rows[0].data();
+      convert_row(y, ws.luma.data() + y * g.luma_w, cb_row, cr_row);
+      unsigned char* cb = ws.cb.data() + y * g.chroma_w;
+      unsigned char* cr = ws.cr.data() + y * g.chroma_w;
+      for (index_t x = 0; x < s.w; ++x) {
+        cb[x] = (unsigned char)cb_row[x];
+        cr[x] = (unsigned char)cr_row[x];
+      }
+      pad_row(cb, s.w, g.chroma_w);
+      pad_row(cr, s.w, g.chroma_w);
+    }
+    pad_rows(ws.cb.data(), g.chroma_w, s.h - 1, g.chroma_h);
+    pad_rows(ws.cr.data(), g.chroma_w, s.h - 1, g.chroma_h);
+  }
+  // Luma rows past the image (the row pairs above may have filled some of them already).
+  pad_rows(ws.luma.data(), g.luma_w, s.h - 1, g.luma_h);
+}
+
+void encode_gray(const float* image, const ImageShape& s, const jp::PlaneGeometry& g, Workspace& ws) {
+  for (index_t y = 0; y < s.h; ++y) {
+    unsigned char* row = ws.luma.data() + y * g.luma_w;
+    const float* in = image + y * s.w;
+    for (index_t x = 0; x < s.w; ++x) row[x] = (unsigned char)jp::to_sample(in[x]);
+    pad_row(row, s.w, g.luma_w);
+  }
+  pad_rows(ws.luma.data(), g.luma_w, s.h - 1, g.luma_h);
+}
+
+// Pass 2: every 8x8 block of a plane, in place.
+void roundtrip_plane(unsigned char* plane, index_t rows, index_t cols, const int* table) {
+  for (index_t by = 0; by < rows; by += 8)
+    for (index_t bx = 0; bx < cols; bx += 8) jp::roundtrip_block(plane + by * cols + bx, cols, table);
+}
+
+// Pass 3 helper: full-resolution row y of a 4:2:0 chroma plane into `line` (>= W samples).
+void upsample_row(const unsigned char* plane, const jp::PlaneGeometry& g, index_t y, Workspace& ws,
+                  int* line) {
+  const index_t row = y >> 1;
+  const unsigned char* near_line = plane + row * g.chroma_w;
+  if (!jp::uses_fancy_upsampling(g.small_w)) {
+    for (index_t col = 0; col < g.small_w; ++col) line[2 * col] = line[2 * col + 1] = near_line[col];
+    return;
+  }
+  const index_t far_row = (y & 1) ? std::min(row + 1, g.small_h - 1) : std::max<index_t>(row - 1, 0);
+  const unsigned char* far_line = plane + far_row * g.chroma_w;
+  // colsum[1 .. small_w] holds the vertical sums; colsum[0] and colsum[small_w + 1] repeat the
+  // edges, so the horizontal loop has no branches.
+  int* colsum = ws.colsum.data();
+  for (index_t col = 0; col < g.small_w; ++col) colsum[col + 1] = jp::fancy_colsum(near_line[col], far_line[col]);
+  colsum[0] = colsum[1];
+  colsum[g.small_w + 1] = colsum[g.small_w];
+  for (index_t col = 0; col < g.small_w; ++col) {
+    line[2 * col] = jp::fancy_left(colsum[col + 1], colsum[col]);
+    line[2 * col + 1] = jp::fancy_right(colsum[col + 1], colsum[col + 2]);
+  }
+}
+
+// Pass 3, colour: chroma back to full resolution, YCbCr -> RGB, 8-bit -> float.
+void decode_colour(float* out, const ImageShape& s, const jp::PlaneGeometry& g, Workspace& ws) {
+  const index_t plane = s.h * s.w;
+  for (index_t y = 0; y < s.h; ++y) {
+    const unsigned char* luma = ws.luma.data() + y * g.luma_w;
+    const int *cb, *cr;
+    if (s.subsample) {
+      upsample_row(ws.cb.data(), g, y, ws, ws.cb_line.data());
+      upsample_row(ws.cr.data(), g, y, ws, ws.cr_line.data());
+      cb = ws.cb_line.data();
+      cr = ws.cr_line.data();
+    } else {
+      int* cb_line = ws.cb_rows[0].data();
+      int* cr_line = ws.cr_rows[0].data();
+      for (index_t x = 0; x < s.w; ++x) {
+        cb_line[x] = ws.cb[y * g.chroma_w + x];
+        cr_line[x] = ws.cr[y * g.chroma_w + x];
+      }
+      cb = cb_line;
+      cr = cr_line;
+    }
+    float *r = out + y * s.w, *gr = out + plane + y * s.w, *b = out + 2 * plane + y * s.w;
+    for (index_t x = 0; x < s.w; ++x) {
+      r[x] = jp::from_sample(jp::ycc_to_r(luma[x], cr[x]));
+      gr[x] = jp::from_sample(jp::ycc_to_g(luma[x], cb[x], cr[x]));
+      b[x] = jp::from_sample(jp::ycc_to_b(luma[x], cb[x]));
+    }
+  }
+}
+
+void decode_gray(float* out, const ImageShape& s, const jp::PlaneGeometry& g, const Workspace& ws) {
+  for (index_t y = 0; y < s.h; ++y) {
+    const unsigned char* row = ws.luma.data() + y * g.luma_w;
+    for (index_t x = 0; x < s.w; ++x) out[y * s.w + x] = jp::from_sample(row[x]);
+  }
+}
+
+void roundtrip_image(const float* image, float* out, const ImageShape& s, const int* luma_table,
+                     const int* chroma_table, Workspace& ws) {
+  const jp::PlaneGeometry g = jp::plane_geometry(s.h, s.w, s.subsample);
+  ws.reserve(s, g);
+  if (s.channels == 1) {
+    encode_gray(image, s, g, ws);
+    roundtrip_plane(ws.luma.data(), g.luma_h, g.luma_w, luma_table);
+    decode_gray(out, s, g, ws);
+    return;
+  }
+  encode_colour(image, s, g, ws);
+  roundtrip_plane(ws.luma.data(), g.luma_h, g.luma_w, luma_table);
+  roundtrip_plane(ws.cb.data(), g.chroma_h, g.chroma_w, chroma_table);
+  roundtrip_plane(ws.cr.data(), g.chroma_h, g.chroma_w, chroma_table);
+  decode_colour(out, s, g, ws);
+}
+
+ImageShape image_shape(const std::vector<long long>& xs, bool subsample) {
+  if (xs[1] != 1 && xs[1] != 3) throw py::value_error("x: expected 1 or 3 channels");
+  return ImageShape{xs[1], xs[2], xs[3], subsample && xs[1] == 3};
+}
+
+std::vector<int> checked_table(const carray<int>& table, const char* name) {
+  require_shape(checked_shape(table, name, 1), {64}, name);
+  std::vector<int> values(table.data(), table.data() + 64);
+  for (int q : values)
+    if (q < 1 || q > 255) throw py::value_error(std::string(name) + ": entries must be in 1..255");
+  return values;
+}
+
+// x: (N, C, H, W) float32 in [0, 1]; out: same shape, written.
+void jpeg_forward(const carray<float>& x, carray<float>& out, const carray<int>& luma_table,
+                  const carray<int>& chroma_table, bool subsample) {
+  auto xs = checked_shape(x, "x", 4);
+  require_shape(checked_shape(out, "out", 4), xs, "out");
+  require_writable(out, "out");
+  const ImageShape s = image_shape(xs, subsample);
+  const std::vector<int> luma = checked_table(luma_table, "luma_table");
+  const std::vector<int> chroma = checked_table(chroma_table, "chroma_table");
+  const index_t n = xs[0], image = s.channels * s.h * s.w;
+  if (n == 0 || image == 0) return;
+  const float* src = x.data();
+  float* dst = out.mutable_data();
+  py::gil_scoped_release release;
+#pragma omp parallel
+  {
+    Workspace ws;
+#pragma omp for schedule(dynamic)
+    for (index_t i = 0; i < n; ++i) {
+      roundtrip_image(src + i * image, dst + i * image, s, luma.data(), chroma.data(), ws);
+    }
+  }
+}
+
+// grad_in = transpose of the linearised round trip applied to grad_out (both (N, C, H, W)).
+void jpeg_backward_linear(const carray<float>& grad_out, carray<float>& grad_in, bool subsample) {
+  auto gs = checked_shape(grad_out, "grad_out", 4);
+  require_shape(checked_shape(grad_in, "grad_in", 4), gs, "grad_in");
+  require_writable(grad_in, "grad_in");
+  const ImageShape s = image_shape(gs, subsample);
+  const index_t n = gs[0], image = s.channels * s.h * s.w;
+  if (n == 0 || image == 0) return;
+  const float* src = grad_out.data();
+  float* dst = grad_in.mutable_data();
+  py::gil_scoped_release release;
+  if (s.channels == 1) {
+    std::memcpy(dst, src, sizeof(float) * n * image);
+    return;
+  }
+  const jp::PlaneGeometry g = jp::plane_geometry(s.h, s.w, s.subsample);
+#pragma omp parallel
+  {
+    std::vector<float> small_cb, small_cr;
+    if (s.subsample) {
+      small_cb.resize(g.small_h * g.small_w);
+      small_cr.resize(g.small_h * g.small_w);
+    }
+#pragma omp for schedule(dynamic)
+    for (index_t i = 0; i < n; ++i) {
+      const float* grad = src + i * image;
+      if (s.subsample) {
+        for (index_t row = 0; row < g.small_h; ++row) {
+          for (index_t col = 0; col < g.small_w; ++col) {
+            small_cb[row * g.small_w + col] = jp::upsample_transpose_at(grad, s.h, s.w, g.small_h, g.small_w, row, col, 1);
+            small_cr[row * g.small_w + col] = jp::upsample_transpose_at(grad, s.h, s.w, g.small_h, g.small_w, row, col, 2);
+          }
+        }
+      }
+      for (index_t y = 0; y < s.h; ++y) {
+        for (index_t x = 0; x < s.w; ++x) {
+          jp::linear_backward_pixel(grad, s.subsample ? small_cb.data() : nullptr,
+                                    s.subsample ? small_cr.data() : nullptr, g.small_w, s.h, s.w, y, x,
+                                    dst + i * image);
+        }
+      }
+    }
+  }
+}
+
+void register_jpeg(py::module_& m) {
+  m.def("jpeg_forward", &jpeg_forward, py::arg("x"), py::arg("out"), py::arg("luma_table"),
+        py::arg("chroma_table"), py::arg("subsample"),
+        "JPEG round trip of x (N,C,H,W) into out; tables: 64 int32 each, natural order.");
+  m.def("jpeg_backward_linear", &jpeg_backward_linear, py::arg("grad_out"), py::arg("grad_in"),
+        py::arg("subsample"), "Transpose of the rounding-free JPEG round trip.");
+}
+
+}  // namespace
+
+OBF_REGISTER_OP(jpeg, register_jpeg);
+
+}  // namespace obfgrad

@@ -1,0 +1,371 @@
+// JPEG round trip (baseline, entropy coding skipped) in libjpeg-turbo's integer arithmetic, so
+// the result equals Pillow's save(format="jpeg", quality=q) + open bit for bit; and the
+// transpose of its "rounding removed" linearisation, the `linear` BPDA backward (Athalye,
+// Carlini & Wagner, ICML 2018, Section 4.1).
+//
+// The arithmetic re-implements published algorithms (read in IJG libjpeg 6b / libjpeg-turbo):
+//   colour conversion  jccolor.c / jdcolor.c: JFIF matrices in 16-bit fixed point;
+//   downsampling       jcsample.c h2v2: 2x2 sum + bias 1,2,1,2,... then >> 2;
+//   forward DCT        jfdctint.c "islow": Loeffler-Ligtenberg-Moschytz, 13-bit constants,
+//                      2 extra bits between passes, output scaled by 8;
+//   quantisation       jcdctmgr.c: divide by 8*q, rounding half away from zero;
+//   inverse DCT        jidctint.c "islow", output range-limited to 0..255;
+//   upsampling         jdsample.c h2v2 "fancy": triangle filter 3/4, 1/4 in each direction
+//                      with biases 8 and 7; plain 2x2 replication when the downsampled
+//                      width is <= 2 (libjpeg-turbo's rule).
+// Quantisation tables (JPEG standard Annex K, scaled by IJG's quality formula) are computed
+// by the Python layer and passed in, natural (row-major) order.
+//
+// Layout: images (N, C, H, W) float32, C = 1 (grayscale) or 3 (RGB). Samples live in
+// unsigned-char planes padded to whole 8x8 blocks (see plane_geometry below).
+#pragma once
+
+#include "obfgrad/common.h"
+
+namespace obfgrad {
+namespace jpeg {
+
+// ----------------------------------------------------------------------------- geometry
+
+OBF_HD index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
+OBF_HD index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
+
+// Sizes of the sample planes: luma (and 4:4:4 chroma) cover the image padded to whole
+// blocks; 4:2:0 chroma covers ceil(H/2) x ceil(W/2) real samples padded to whole blocks.
+struct PlaneGeometry {
+  index_t luma_h, luma_w;      // padded luma plane
+  index_t chroma_h, chroma_w;  // padded chroma plane
+  index_t small_h, small_w;    // real (unpadded) chroma samples
+};
+
+OBF_HD PlaneGeometry plane_geometry(index_t h, index_t w, int subsample) {
+  PlaneGeometry g;
+  g.luma_h = round_up(h, 8);
+  g.luma_w = round_up(w, 8);
+  g.small_h = subsample ? ceil_div(h, 2) : h;
+  g.small_w = subsample ? ceil_div(w, 2) : w;
+  g.chroma_h = round_up(g.small_h, 8);
+  g.chroma_w = round_up(g.small_w, 8);
+  return g;
+}
+
+OBF_HD index_t min_index(index_t a, index_t b) { return a < b ? a : b; }
+OBF_HD index_t max_index(index_t a, index_t b) { return a > b ? a : b; }
+OBF_HD int clamp_sample(int v) { return v < 0 ? 0 : (v > 255 ? 255 : v); }
+
+// ----------------------------------------------------------------------------- 8-bit I/O
+
+// Float in [0, 1] -> sample floor(x*255 + 0.5). The argument is >= 0.5 for validated input,
+// so truncation is floor; float32 with no FMA, as the torch reference computes it.
+OBF_HD int to_sample(float x) { return (int)(x * 255.0f + 0.5f); }
+OBF_HD float from_sample(int v) { return (float)v / 255.0f; }
+
+// ----------------------------------------------------------------------------- colour
+
+// FIX(x) = round(x * 2^16) for the JFIF coefficients (jccolor.c, jdcolor.c).
+enum : int {
+  kFix_0_29900 = 19595, kFix_0_58700 = 38470, kFix_0_11400 = 7471,
+  kFix_0_16874 = 11059, kFix_0_33126 = 21709, kFix_0_50000 = 32768,
+  kFix_0_41869 = 27439, kFix_0_08131 = 5329,
+  kFix_1_40200 = 91881, kFix_0_34414 = 22554, kFix_0_71414 = 46802, kFix_1_77200 = 116130,
+  kOneHalf = 1 << 15, kCbCrOffset = 128 << 16,
+};
+
+OBF_HD int rgb_to_y(int r, int g, int b) {
+  return (kFix_0_29900 * r + kFix_0_58700 * g + kFix_0_11400 * b + kOneHalf) >> 16;
+}
+// "kOneHalf - 1" keeps the result <= 255 (jccolor.c).
+OBF_HD int rgb_to_cb(int r, int g, int b) {
+  return (-kFix_0_16874 * r - kFix_0_33126 * g + kFix_0_50000 * b + kCbCrOffset + kOneHalf - 1) >> 16;
+}
+OBF_HD int rgb_to_cr(int r, int g, int b) {
+  return (kFix_0_50000 * r - kFix_0_41869 * g - kFix_0_08131 * b + kCbCrOffset + kOneHalf - 1) >> 16;
+}
+OBF_HD int rgb_to_component(int r, int g, int b, int component) {
+  return component == 0 ? rgb_to_y(r, g, b) : (component == 1 ? rgb_to_cb(r, g, b) : rgb_to_cr(r, g, b));
+}
+
+OBF_HD int ycc_to_r(int y, int cr) { return clamp_sample(y + ((kFix_1_40200 * (cr - 128) + kOneHalf) >> 16)); }
+OBF_HD int ycc_to_g(int y, int cb, int cr) {
+  return clamp_sample(y + ((-kFix_0_34414 * (cb - 128) - kFix_0_71414 * (cr - 128) + kOneHalf) >> 16));
+}
+OBF_HD int ycc_to_b(int y, int cb) { return clamp_sample(y + ((kFix_1_77200 * (cb - 128) + kOneHalf) >> 16)); }
+
+// ----------------------------------------------------------------------------- resampling
+
+// One 4:2:0 chroma sample from its 2x2 full-resolution block; the bias alternates 1, 2 along
+// the row (output column parity), so rounding does not drift one way (jcsample.c).
+OBF_HD int downsample_h2v2(int a, int b, int c, int d, index_t out_col) {
+  return (a + b + c + d + 1 + (int)(out_col & 1)) >> 2;
+}
+
+// Fancy upsampling: the vertical pass keeps 3*nearer + farther (x4 scale); the horizontal pass
+// combines two such sums and divides by 16, biases 8 (left output) and 7 (right output).
+OBF_HD int fancy_colsum(int nearer, int farther) { return 3 * nearer + farther; }
+OBF_HD int fancy_left(int colsum, int colsum_left) { return (3 * colsum + colsum_left + 8) >> 4; }
+OBF_HD int fancy_right(int colsum, int colsum_right) { return (3 * colsum + colsum_right + 7) >> 4; }
+
+// libjpeg-turbo falls back to 2x2 replication when the downsampled width is <= 2.
+OBF_HD bool uses_fancy_upsampling(index_t small_w) { return small_w > 2; }
+
+// Upsampled 4:2:0 chroma at full-resolution (y, x) from the decoded plane (row stride
+// `stride`, real size small_h x small_w); edges repeat the last real row/column.
+OBF_HD int upsampled_chroma_at(const unsigned char* plane, index_t stride, index_t small_h,
+                               index_t small_w, index_t y, index_t x) {
+  const index_t row = y >> 1, col = x >> 1;
+  if (!uses_fancy_upsampling(small_w)) return plane[row * stride + col];
+  const index_t far_row = (y & 1) ? min_index(row + 1, small_h - 1) : max_index(row - 1, 0);
+  const index_t far_col = (x & 1) ? min_index(col + 1, small_w - 1) : max_index(col - 1, 0);
+  const unsigned char* near_line = plane + row * stride;
+  const unsigned char* far_line = plane + far_row * stride;
+  const int here = fancy_colsum(near_line[col], far_line[col]);
+  const int there = fancy_colsum(near_line[far_col], far_line[far_col]);
+  return (x & 1) ? fancy_right(here, there) : fancy_left(here, there);
+}
+
+// ----------------------------------------------------------------------------- islow DCT
+
+enum : int { kConstBits = 13, kPass1Bits = 2 };
+// FIX(x) = round(x * 2^13) (jfdctint.c, jidctint.c).
+enum : int {
+  kF_0_298 = 2446, kF_0_390 = 3196, kF_0_541 = 4433, kF_0_765 = 6270,
+  kF_0_899 = 7373, kF_1_175 = 9633, kF_1_501 = 12299, kF_1_847 = 15137,
+  kF_1_961 = 16069, kF_2_053 = 16819, kF_2_562 = 20995, kF_3_072 = 25172,
+};
+
+// Shift right by n rounding half up (libjpeg's DESCALE); >> on int is arithmetic here.
+template <int n>
+OBF_HD int descale(int x) { return (x + (1 << (n - 1))) >> n; }
+
+// Blocks are int v[8][8]; each pass applies the 1-D transform across the first index for all
+// 8 "lanes" of the second index at once (simple loops the compiler vectorises), then the caller
+// transposes so the next pass runs across the other index.
+
+// One pass of the forward DCT. Pass 1 (kFirst) keeps kPass1Bits extra bits; pass 2 removes them.
+template <bool kFirst>
+OBF_HD void fdct_pass(int v[8][8]) {
+  constexpr int shift = kFirst ? kConstBits - kPass1Bits : kConstBits + kPass1Bits;
+  for (int l = 0; l < 8; ++l) {
+    const int tmp0 = v[0][l] + v[7][l], tmp7 = v[0][l] - v[7][l];
+    const int tmp1 = v[1][l] + v[6][l], tmp6 = v[1][l] - v[6][l];
+    const int tmp2 = v[2][l] + v[5][l], tmp5 = v[2][l] - v[5][l];
+    const int tmp3 = v[3][l] + v[4][l], tmp4 = v[3][l] - v[4][l];
+    // Even part.
+    const int tmp10 = tmp0 + tmp3, tmp13 = tmp0 - tmp3;
+    const int tmp11 = tmp1 + tmp2, tmp12 = tmp1 - tmp2;
+    if (kFirst) {
+      v[0][l] = (tmp10 + tmp11) * (1 << kPass1Bits);
+      v[4][l] = (tmp10 - tmp11) * (1 << kPass1Bits);
+    } else {
+      v[0][l] = descale<kPass1Bits>(tmp10 + tmp11);
+      v[4][l] = descale<kPass1Bits>(tmp10 - tmp11);
+    }
+    const int z1e = (tmp12 + tmp13) * kF_0_541;
+    v[2][l] = descale<shift>(z1e + tmp13 * kF_0_765);
+    v[6][l] = descale<shift>(z1e - tmp12 * kF_1_847);
+    // Odd part: the rotations of the Loeffler et al. flow graph.
+    const int z5 = (tmp4 + tmp6 + tmp5 + tmp7) * kF_1_175;
+    const int z1 = (tmp4 + tmp7) * -kF_0_899, z2 = (tmp5 + tmp6) * -kF_2_562;
+    const int z3 = (tmp4 + tmp6) * -kF_1_961 + z5, z4 = (tmp5 + tmp7) * -kF_0_390 + z5;
+    v[7][l] = descale<shift>(tmp4 * kF_0_298 + z1 + z3);
+    v[5][l] = descale<shift>(tmp5 * kF_2_053 + z2 + z4);
+    v[3][l] = descale<shift>(tmp6 * kF_3_072 + z2 + z3);
+    v[1][l] = descale<shift>(tmp7 * kF_1_501 + z1 + z4);
+  }
+}
+
+// One pass of the inverse DCT. Pass 1 keeps kPass1Bits extra bits; pass 2 removes them and the
+// DCT's factor 8 (3 more bits).
+template <bool kFirst>
+OBF_HD void idct_pass(int v[8][8]) {
+  constexpr int shift = kFirst ? kConstBits - kPass1Bits : kConstBits + kPass1Bits + 3;
+  for (int l = 0; l < 8; ++l) {
+    // Even part.
+    const int z1e = (v[2][l] + v[6][l]) * kF_0_541;
+    const int tmp2e = z1e - v[6][l] * kF_1_847, tmp3e = z1e + v[2][l] * kF_0_765;
+    const int tmp0e = (v[0][l] + v[4][l]) * (1 << kConstBits);
+    const int tmp1e = (v[0][l] - v[4][l]) * (1 << kConstBits);
+    const int tmp10 = tmp0e + tmp3e, tmp13 = tmp0e - tmp3e;
+    const int tmp11 = tmp1e + tmp2e, tmp12 = tmp1e - tmp2e;
+    // Odd part.
+    const int t0 = v[7][l], t1 = v[5][l], t2 = v[3][l], t3 = v[1][l];
+    const int z5 = (t0 + t2 + t1 + t3) * kF_1_175;
+    const int z1 = (t0 + t3) * -kF_0_899, z2 = (t1 + t2) * -kF_2_562;
+    const int z3 = (t0 + t2) * -kF_1_961 + z5, z4 = (t1 + t3) * -kF_0_390 + z5;
+    const int o0 = t0 * kF_0_298 + z1 + z3, o1 = t1 * kF_2_053 + z2 + z4;
+    const int o2 = t2 * kF_3_072 + z2 + z3, o3 = t3 * kF_1_501 + z1 + z4;
+    v[0][l] = descale<shift>(tmp10 + o3);
+    v[7][l] = descale<shift>(tmp10 - o3);
+    v[1][l] = descale<shift>(tmp11 + o2);
+    v[6][l] = descale<shift>(tmp11 - o2);
+    v[2][l] = descale<shift>(tmp12 + o1);
+    v[5][l] = descale<shift>(tmp12 - o1);
+    v[3][l] = descale<shift>(tmp13 + o0);
+    v[4][l] = descale<shift>(tmp13 - o0);
+  }
+}
+
+OBF_HD void transpose8(int v[8][8]) {
+  for (int i = 0; i < 8; ++i) {
+    for (int j = i + 1; j < 8; ++j) {
+      const int t = v[i][j];
+      v[i][j] = v[j][i];
+      v[j][i] = t;
+    }
+  }
+}
+
+// Quantise (divide by 8*q rounding half away from zero, jcdctmgr.c) and dequantise (times q).
+// The float32 division is exact here: numerator < 2^17, divisor >= 8, so the rounding error is
+// below 1/divisor, the smallest distance from a non-integer quotient to an integer.
+OBF_HD void quantize_dequantize(int v[8][8], const int* table) {
+  for (int i = 0; i < 8; ++i) {
+    for (int j = 0; j < 8; ++j) {
+      const int q = table[i * 8 + j];
+      const int magnitude = v[i][j] < 0 ? -v[i][j] : v[i][j];
+      const int level = (int)((float)(magnitude + 4 * q) / (float)(8 * q));
+      v[i][j] = (v[i][j] < 0 ? -level : level) * q;
+    }
+  }
+}
+
+// The lossy core on one 8x8 block of a sample plane, in place: level shift, forward DCT (rows
+// then columns), quantise + dequantise, inverse DCT (columns then rows), range limit.
+OBF_HD void roundtrip_block(unsigned char* block, index_t stride, const int* table) {
+  int v[8][8];
+  // v[column][row]: pass 1 transforms each row, across the column index.
+  for (int r = 0; r < 8; ++r) {
+    for (int c = 0; c < 8; ++c) v[c][r] = (int)block[r * stride + c] - 128;
+  }
+  fdct_pass<true>(v);
+  transpose8(v);  // v[row][horizontal frequency]
+  fdct_pass<false>(v);  // v[vertical frequency][horizontal frequency]: natural order
+  quantize_dequantize(v, table);
+  idct_pass<true>(v);  // columns: v[row][horizontal frequency]
+  transpose8(v);
+  idct_pass<false>(v);  // rows: v[column][row]
+  for (int r = 0; r < 8; ++r) {
+    for (int c = 0; c < 8; ++c) block[r * stride + c] = (unsigned char)clamp_sample(v[c][r] + 128);
+  }
+}
+
+// ----------------------------------------------------------------------------- per-sample forward steps
+// (one thread per sample on the GPU; the CPU driver runs row loops over the same functions)
+
+// Sample of component `component` of pixel (y, x) clamped into the image: the padding that
+// repeats the last row and column (jcsample.c expand_right_edge, jcprepct.c expand_bottom_edge).
+OBF_HD int component_at(const float* image, index_t channels, index_t h, index_t w, index_t y,
+                        index_t x, int component) {
+  const index_t plane = h * w, at = min_index(y, h - 1) * w + min_index(x, w - 1);
+  const int r = to_sample(image[at]);
+  if (channels == 1) return r;
+  return rgb_to_component(r, to_sample(image[plane + at]), to_sample(image[2 * plane + at]), component);
+}
+
+// 4:2:0 chroma sample (row, col) of the padded plane: full-resolution columns are repeated
+// to the right before downsampling, while rows past the last real chroma row repeat that
+// downsampled row (jcprepct.c pads the downsampled planes to the block height).
+OBF_HD int subsampled_chroma_at(const float* image, index_t h, index_t w, index_t small_h, index_t row,
+                                index_t col, int component) {
+  const index_t y = 2 * min_index(row, small_h - 1), x = 2 * col;
+  return downsample_h2v2(component_at(image, 3, h, w, y, x, component),
+                         component_at(image, 3, h, w, y, x + 1, component),
+                         component_at(image, 3, h, w, y + 1, x, component),
+                         component_at(image, 3, h, w, y + 1, x + 1, component), col);
+}
+
+// ----------------------------------------------------------------------------- linear backward
+// The round trip with rounding and clamps removed and fixed-point constants replaced by the
+// reals they approximate is x -> x + chroma-only smoothing: quantisation and DCT cancel. Its
+// transpose, applied to the upstream gradient g, in two steps for 4:2:0 colour:
+//   (1) per chroma sample: U^T applied to the chroma part of Mdec^T g (U = fancy upsampling
+//       with the crop to H x W), result on the small grid;
+//   (2) per pixel: Menc^T [ (Mdec^T g)_Y ; D^T (step 1) ] with D = 2x2 averaging of the
+//       edge-padded plane.
+// Grayscale: the identity. 4:4:4 colour: Menc^T Mdec^T g per pixel.
+
+// Mdec = d(R,G,B)/d(Y,Cb,Cr) (jdcolor.c's constants); Menc = d(Y,Cb,Cr)/d(R,G,B) (jccolor.c).
+OBF_HD float mdec_t_cb(float gr, float gg, float gb) { (void)gr; return -0.34414f * gg + 1.77200f * gb; }
+OBF_HD float mdec_t_cr(float gr, float gg, float gb) { (void)gb; return 1.40200f * gr - 0.71414f * gg; }
+OBF_HD float mdec_t_y(float gr, float gg, float gb) { return gr + gg + gb; }
+
+OBF_HD void menc_t(float gy, float gcb, float gcr, float* out_r, float* out_g, float* out_b) {
+  *out_r = 0.29900f * gy - 0.16874f * gcb + 0.50000f * gcr;
+  *out_g = 0.58700f * gy - 0.33126f * gcb - 0.41869f * gcr;
+  *out_b = 0.11400f * gy + 0.50000f * gcb - 0.08131f * gcr;
+}
+
+// Gradient reaching chroma component `component` (1 = Cb, 2 = Cr) of full-res pixel (y, x), or
+// 0 outside the image (the decoder crops).
+OBF_HD float chroma_grad_at(const float* grad, index_t h, index_t w, index_t y, index_t x, int component) {
+  if (y < 0 || x < 0 || y >= h || x >= w) return 0.0f;
+  const index_t plane = h * w, at = y * w + x;
+  const float gr = grad[at], gg = grad[plane + at], gb = grad[2 * plane + at];
+  return component == 1 ? mdec_t_cb(gr, gg, gb) : mdec_t_cr(gr, gg, gb);
+}
+
+// Weights of the smooth 1-D fancy upsampling transpose: small index i feeds outputs 2i and
+// 2i+1 (weight 3/4 each), 2i-1 and 2i+2 (1/4 each, when inside), and itself via the clamped
+// edge (1/4 more at i = 0 from output 0, at i = n-1 from output 2n-1).
+OBF_HD float fancy_weight(index_t out, index_t i, index_t n) {
+  float weight = 0.0f;
+  if (out == 2 * i || out == 2 * i + 1) weight += 0.75f;
+  if (out == 2 * i - 1 || out == 2 * i + 2) weight += 0.25f;
+  if (i == 0 && out == 0) weight += 0.25f;
+  if (i == n - 1 && out == 2 * n - 1) weight += 0.25f;
+  return weight;
+}
+
+// Step (1) at small sample (row, col).
+OBF_HD float upsample_transpose_at(const float* grad, index_t h, index_t w, index_t small_h,
+                                   index_t small_w, index_t row, index_t col, int component) {
+  float acc = 0.0f;
+  if (!uses_fancy_upsampling(small_w)) {  // 2x2 replication
+    for (index_t y = 2 * row; y < 2 * row + 2; ++y)
+      for (index_t x = 2 * col; x < 2 * col + 2; ++x) acc += chroma_grad_at(grad, h, w, y, x, component);
+    return acc;
+  }
+  for (index_t y = 2 * row - 1; y <= 2 * row + 2; ++y) {
+    const float wy = fancy_weight(y, row, small_h);
+    if (wy == 0.0f) continue;
+    float line = 0.0f;
+    for (index_t x = 2 * col - 1; x <= 2 * col + 2; ++x) {
+      const float wx = fancy_weight(x, col, small_w);
+      if (wx != 0.0f) line += wx * chroma_grad_at(grad, h, w, y, x, component);
+    }
+    acc += wy * line;
+  }
+  return acc;
+}
+
+// D^T at full-res pixel (y, x): the pixel is 1/4 of its chroma sample, counted twice along an
+// axis where the image has an odd size and the pixel is the repeated last row/column.
+OBF_HD float downsample_transpose_at(const float* small_grad, index_t small_w, index_t h, index_t w,
+                                     index_t y, index_t x) {
+  float weight = 0.25f;
+  if (y == h - 1 && (y & 1) == 0) weight *= 2.0f;
+  if (x == w - 1 && (x & 1) == 0) weight *= 2.0f;
+  return weight * small_grad[(y >> 1) * small_w + (x >> 1)];
+}
+
+// Step (2) at pixel (y, x): writes the three input-gradient channels. `small_cb`/`small_cr`
+// are step (1)'s planes (small_h x small_w), or null for 4:4:4 (chroma gradient unchanged).
+OBF_HD void linear_backward_pixel(const float* grad, const float* small_cb, const float* small_cr,
+                                  index_t small_w, index_t h, index_t w, index_t y, index_t x,
+                                  float* grad_in) {
+  const index_t plane = h * w, at = y * w + x;
+  const float gr = grad[at], gg = grad[plane + at], gb = grad[2 * plane + at];
+  const float gy = mdec_t_y(gr, gg, gb);
+  float gcb, gcr;
+  if (small_cb) {
+    gcb = downsample_transpose_at(small_cb, small_w, h, w, y, x);
+    gcr = downsample_transpose_at(small_cr, small_w, h, w, y, x);
+  } else {
+    gcb = mdec_t_cb(gr, gg, gb);
+    gcr = mdec_t_cr(gr, gg, gb);
+  }
+  menc_t(gy, gcb, gcr, grad_in + at, grad_in + plane + at, grad_in + 2 * plane + at);
+}
+
+}  // namespace jpeg
+}  // namespace obfgrad

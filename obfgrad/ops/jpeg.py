@@ -23,11 +23,16 @@ Two backwards (BPDA, Athalye, Carlini & Wagner, ICML 2018, Section 4.1):
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Tuple
 
 import torch
 
-__all__ = ["jpeg", "reference", "linear_surrogate", "quantization_tables"]
+from obfgrad import _native
+from obfgrad._checks import check_choice, check_images, check_int
+
+__all__ = ["jpeg", "JPEG", "reference", "linear_surrogate", "quantization_tables",
+           "SUBSAMPLINGS", "BACKWARDS"]
 
 SUBSAMPLINGS = ("4:2:0", "4:4:4")
 BACKWARDS = ("identity", "linear")
@@ -294,3 +299,281 @@ def reference(x: torch.Tensor, quality: int = 75, subsampling: str = "4:2:0") ->
                 planes.append(_luma_roundtrip(ycc[:, c], chroma_table))
         out = _ycbcr_to_rgb(torch.stack(planes, 1))
     return (out.to(torch.float32) / 255.0).to(x.dtype)
+
+
+# --------------------------------------------------------------------------- linear surrogate
+# The fixed-point constants of the colour transforms, as the reals they approximate.
+_ENCODE_MATRIX = ((0.29900, 0.58700, 0.11400),
+                  (-0.16874, -0.33126, 0.50000),
+                  (0.50000, -0.41869, -0.08131))
+_DECODE_MATRIX = ((1.0, 0.0, 1.40200),
+                  (1.0, -0.34414, -0.71414),
+                  (1.0, 1.77200, 0.0))
+
+
+def _dct_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Orthonormal 8-point DCT-II matrix (the transform the islow integer DCT approximates)."""
+    k = torch.arange(8, dtype=dtype, device=device)[:, None]
+    n = torch.arange(8, dtype=dtype, device=device)[None, :]
+    basis = torch.cos((2 * n + 1) * k * math.pi / 16) * math.sqrt(2 / 8)
+    basis[0] /= math.sqrt(2)
+    return basis
+
+
+def _smooth_plane_roundtrip(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """DCT, divide by q, multiply by q, inverse DCT, on whole blocks, without rounding."""
+    n, h, w = plane.shape
+    padded = _replicate_pad(plane, _ceil_to(h, 8), _ceil_to(w, 8))
+    ph, pw = padded.shape[1:]
+    blocks = padded.reshape(n, ph // 8, 8, pw // 8, 8).permute(0, 1, 3, 2, 4)
+    basis = _dct_matrix(plane.dtype, plane.device)
+    q = table.to(plane.dtype).to(plane.device)
+    coef = basis @ blocks @ basis.T
+    blocks = basis.T @ ((coef / q) * q) @ basis
+    return blocks.permute(0, 1, 3, 2, 4).reshape(n, ph, pw)[:, :h, :w]
+
+
+def _smooth_upsample_h2v2(small: torch.Tensor) -> torch.Tensor:
+    n, h, w = small.shape
+    if w <= 2:
+        return small.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    rows = torch.arange(h, device=small.device)
+    above = small[:, (rows - 1).clamp(min=0)]
+    below = small[:, (rows + 1).clamp(max=h - 1)]
+    tall = torch.stack((0.75 * small + 0.25 * above, 0.75 * small + 0.25 * below), 2).reshape(n, 2 * h, w)
+    cols = torch.arange(w, device=small.device)
+    left = tall[:, :, (cols - 1).clamp(min=0)]
+    right = tall[:, :, (cols + 1).clamp(max=w - 1)]
+    return torch.stack((0.75 * tall + 0.25 * left, 0.75 * tall + 0.25 * right), 3).reshape(n, 2 * h, 2 * w)
+
+
+def linear_surrogate(x: torch.Tensor, quality: int = 75, subsampling: str = "4:2:0") -> torch.Tensor:
+    """The round trip with every rounding and clamp removed and every fixed-point constant
+    replaced by the real number it approximates: differentiable, and linear up to a constant.
+
+    This is the function whose exact gradient ``backward="linear"`` returns. Quantisation and
+    the DCT cancel (``quality`` has no effect beyond float round-off); what remains is the
+    colour transform, 2x2 chroma averaging of the edge-padded plane, triangle upsampling and
+    the inverse colour transform. Grayscale images come back unchanged.
+    """
+    luma_table, chroma_table = quantization_tables(quality)
+    samples = x * 255.0
+    if x.shape[1] == 1:
+        out = _smooth_plane_roundtrip(samples[:, 0], luma_table)[:, None]
+        return out / 255.0
+    encode = torch.tensor(_ENCODE_MATRIX, dtype=x.dtype, device=x.device)
+    decode = torch.tensor(_DECODE_MATRIX, dtype=x.dtype, device=x.device)
+    offset = torch.tensor([0.0, 128.0, 128.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    ycc = torch.einsum("ij,njhw->nihw", encode, samples) + offset
+    height, width = x.shape[2:]
+    planes = [_smooth_plane_roundtrip(ycc[:, 0], luma_table)]
+    for c in (1, 2):
+        plane = ycc[:, c]
+        if subsampling == "4:2:0":
+            small_h, small_w = -(-height // 2), -(-width // 2)
+            full = _replicate_pad(plane, 2 * small_h, 2 * small_w)
+            small = (full[:, 0::2, 0::2] + full[:, 0::2, 1::2] + full[:, 1::2, 0::2] + full[:, 1::2, 1::2]) / 4
+            small = _smooth_plane_roundtrip(small, chroma_table)
+            plane = _smooth_upsample_h2v2(small)[:, :height, :width]
+        else:
+            plane = _smooth_plane_roundtrip(plane, chroma_table)
+        planes.append(plane)
+    out = torch.einsum("ij,njhw->nihw", decode, torch.stack(planes, 1) - offset)
+    return out / 255.0
+
+
+# --------------------------------------------------------------------------- dispatch
+
+_MODE_CODE = {"identity": 0, "linear": 1}
+
+
+def _cuda_ready() -> bool:
+    try:
+        import cupy  # noqa: F401
+    except Exception:
+        warnings.warn("obfgrad: CuPy is not installed; jpeg on CUDA uses the torch reference "
+                      "(pip install 'obfgrad[cuda]').", RuntimeWarning, stacklevel=4)
+        return False
+    return True
+
+
+def _plane_geometry(height: int, width: int, subsample: bool):
+    """Padded plane sizes, as plane_geometry in jpeg.h computes them."""
+    small_h, small_w = (-(-height // 2), -(-width // 2)) if subsample else (height, width)
+    return _ceil_to(height, 8), _ceil_to(width, 8), _ceil_to(small_h, 8), _ceil_to(small_w, 8), small_h, small_w
+
+
+def _forward_cuda(x: torch.Tensor, luma: torch.Tensor, chroma: torch.Tensor, subsample: bool) -> torch.Tensor:
+    n, c, h, w = x.shape
+    subsample = subsample and c == 3
+    luma_h, luma_w, chroma_h, chroma_w, small_h, _ = _plane_geometry(h, w, subsample)
+    device = x.device
+    luma_plane = torch.empty((n, luma_h, luma_w), dtype=torch.uint8, device=device)
+    chroma_planes = torch.empty((n, 2 if c == 3 else 0, chroma_h, chroma_w), dtype=torch.uint8, device=device)
+    out = torch.empty_like(x)
+    luma_t = luma.to(device).flatten().contiguous()
+    chroma_t = chroma.to(device).flatten().contiguous()
+    launch = _native.launch_cuda
+    launch("jpeg", "jpeg_encode_luma", luma_plane.numel(),
+           (x, luma_plane, n, c, h, w, luma_h, luma_w), device=device)
+    launch("jpeg", "jpeg_roundtrip_blocks", luma_plane.numel() // 64,
+           (luma_plane, n, luma_h, luma_w, luma_t), device=device)
+    if c == 3:
+        launch("jpeg", "jpeg_encode_chroma", chroma_planes.numel(),
+               (x, chroma_planes, n, h, w, chroma_h, chroma_w, small_h, int(subsample)), device=device)
+        launch("jpeg", "jpeg_roundtrip_blocks", chroma_planes.numel() // 64,
+               (chroma_planes, 2 * n, chroma_h, chroma_w, chroma_t), device=device)
+    launch("jpeg", "jpeg_decode", n * h * w,
+           (luma_plane, chroma_planes, out, n, c, h, w, luma_w, chroma_h, chroma_w, int(subsample)),
+           device=device)
+    return out
+
+
+def _forward_impl(x: torch.Tensor, quality: int, subsample: bool) -> torch.Tensor:
+    if x.numel() == 0:
+        return torch.empty_like(x)
+    luma, chroma = quantization_tables(quality)
+    if x.is_cuda and _cuda_ready():
+        return _forward_cuda(x, luma, chroma, subsample)
+    module = _native.native() if x.device.type == "cpu" else None
+    if module is None:
+        return reference(x, quality, "4:2:0" if subsample else "4:4:4")
+    out = torch.empty_like(x)
+    module.jpeg_forward(x.numpy(), out.numpy(), luma.flatten().numpy(), chroma.flatten().numpy(), subsample)
+    return out
+
+
+def _linear_backward_reference(grad_out: torch.Tensor, subsample: bool) -> torch.Tensor:
+    probe = torch.zeros_like(grad_out, requires_grad=True)
+    with torch.enable_grad():
+        out = linear_surrogate(probe, 75, "4:2:0" if subsample else "4:4:4")
+        (grad,) = torch.autograd.grad(out, probe, grad_out)
+    return grad
+
+
+def _linear_backward_cuda(grad_out: torch.Tensor, subsample: bool) -> torch.Tensor:
+    n, c, h, w = grad_out.shape
+    grad_in = torch.empty_like(grad_out)
+    if c == 1:
+        grad_in.copy_(grad_out)
+        return grad_in
+    subsample = subsample and c == 3
+    *_, small_h, small_w = _plane_geometry(h, w, subsample)
+    small = torch.empty((n, 2, small_h, small_w) if subsample else (0,), dtype=torch.float32, device=grad_out.device)
+    if subsample:
+        _native.launch_cuda("jpeg", "jpeg_linear_upsample_transpose", small.numel(),
+                            (grad_out, small, n, h, w, small_h, small_w), device=grad_out.device)
+    _native.launch_cuda("jpeg", "jpeg_linear_backward", n * h * w,
+                        (grad_out, small, grad_in, n, h, w, small_h, small_w, int(subsample)),
+                        device=grad_out.device)
+    return grad_in
+
+
+def _backward_impl(grad_out: torch.Tensor, subsample: bool) -> torch.Tensor:
+    if grad_out.numel() == 0:
+        return torch.zeros_like(grad_out)
+    if grad_out.is_cuda and _cuda_ready():
+        return _linear_backward_cuda(grad_out, subsample)
+    module = _native.native() if grad_out.device.type == "cpu" else None
+    if module is None:
+        return _linear_backward_reference(grad_out, subsample)
+    grad_in = torch.empty_like(grad_out)
+    module.jpeg_backward_linear(grad_out.numpy(), grad_in.numpy(), subsample)
+    return grad_in
+
+
+# --------------------------------------------------------------------------- torch ops
+
+
+@torch.library.custom_op("obfgrad::jpeg_roundtrip", mutates_args=())
+def _roundtrip_op(x: torch.Tensor, quality: int, subsample: bool, mode: int) -> torch.Tensor:
+    return _forward_impl(x, quality, subsample)
+
+
+@_roundtrip_op.register_fake
+def _roundtrip_fake(x: torch.Tensor, quality: int, subsample: bool, mode: int) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("obfgrad::jpeg_linear_backward", mutates_args=())
+def _linear_backward_op(grad_out: torch.Tensor, subsample: bool) -> torch.Tensor:
+    return _backward_impl(grad_out.to(torch.float32).contiguous(), subsample)
+
+
+@_linear_backward_op.register_fake
+def _linear_backward_fake(grad_out: torch.Tensor, subsample: bool) -> torch.Tensor:
+    return torch.empty_like(grad_out, dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    _, _, subsample, mode = inputs
+    ctx.subsample = subsample
+    ctx.mode = mode
+
+
+def _roundtrip_backward(ctx, grad_out):
+    if ctx.mode == _MODE_CODE["identity"]:
+        return grad_out, None, None, None
+    return _linear_backward_op(grad_out, ctx.subsample), None, None, None
+
+
+torch.library.register_autograd("obfgrad::jpeg_roundtrip", _roundtrip_backward, setup_context=_setup_context)
+
+
+def jpeg(x: torch.Tensor, quality: int = 75, *, subsampling: str = "4:2:0",
+         backward: str = "identity") -> torch.Tensor:
+    """JPEG-compress and decompress a batch of images, as Pillow does, with a BPDA gradient.
+
+    Forward: ``x`` is quantised to 8 bits as ``floor(255 x + 0.5)``, encoded as baseline JPEG
+    at ``quality`` and decoded, all in libjpeg-turbo's integer arithmetic (islow DCTs, fancy
+    upsampling), and returned as ``v / 255``. It equals
+    ``Image.open(save(Image.fromarray(u8), format="jpeg", quality=quality))`` bit for bit.
+    Guo et al. (ICLR 2018) use JPEG at quality 75 as an input transformation; Athalye, Carlini
+    & Wagner (ICML 2018, Section 5.2) break it with BPDA, the identity on the backward pass.
+
+    Args:
+        x: images in ``[0, 1]``, float (computed in float32; the output has ``x``'s dtype),
+            1 (grayscale) or 3 (RGB) channels, any height and width.
+        quality: IJG quality 1..100 (Pillow's default 75): quantisation tables of the JPEG
+            standard's Annex K scaled by ``5000/q`` percent below 50, ``200 - 2q`` above,
+            clamped to 1..255.
+        subsampling: ``"4:2:0"`` (Pillow's default) or ``"4:4:4"`` (``subsampling=0``).
+        backward: ``"identity"`` (straight through, the paper's choice) or ``"linear"``: the
+            exact gradient of :func:`linear_surrogate`, the round trip without rounding.
+
+    Shape:
+        ``(N, C, H, W) -> (N, C, H, W)``, ``C`` in ``{1, 3}``.
+
+    Example:
+        >>> import torch
+        >>> from obfgrad.ops.jpeg import jpeg
+        >>> x = torch.full((1, 3, 8, 8), 0.5, requires_grad=True)
+        >>> y = jpeg(x, quality=75)
+        >>> round(float(y[0, 0, 0, 0]) * 255)  # flat grey survives JPEG
+        128
+        >>> y.sum().backward()
+        >>> float(x.grad.min()), float(x.grad.max())  # identity backward
+        (1.0, 1.0)
+    """
+    check_images(x, "x", channels=(1, 3))
+    check_int(quality, "quality", low=1, high=100)
+    check_choice(subsampling, "subsampling", SUBSAMPLINGS)
+    check_choice(backward, "backward", BACKWARDS)
+    out = _roundtrip_op(x.to(torch.float32).contiguous(), quality, subsampling == "4:2:0", _MODE_CODE[backward])
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+
+class JPEG(torch.nn.Module):
+    """``nn.Module`` form of :func:`jpeg` (for ``nn.Sequential(JPEG(75), net)``)."""
+
+    def __init__(self, quality: int = 75, subsampling: str = "4:2:0", backward: str = "identity"):
+        super().__init__()
+        self.quality = check_int(quality, "quality", low=1, high=100)
+        self.subsampling = check_choice(subsampling, "subsampling", SUBSAMPLINGS)
+        self.backward_mode = check_choice(backward, "backward", BACKWARDS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return jpeg(x, self.quality, subsampling=self.subsampling, backward=self.backward_mode)
+
+    def extra_repr(self) -> str:
+        return f"quality={self.quality}, subsampling={self.subsampling!r}, backward={self.backward_mode!r}"

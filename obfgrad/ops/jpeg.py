@@ -443,12 +443,49 @@ def _forward_impl(x: torch.Tensor, quality: int, subsample: bool) -> torch.Tenso
     return out
 
 
+def _upsample_h2v2_transpose(grad: torch.Tensor, small_w: int) -> torch.Tensor:
+    """Transpose of :func:`_smooth_upsample_h2v2` for (N, 2h, 2w) gradients."""
+    n, tall_h, wide_w = grad.shape
+    if small_w <= 2:
+        return grad.reshape(n, tall_h // 2, 2, small_w, 2).sum((2, 4))
+
+    def along_last(g: torch.Tensor) -> torch.Tensor:
+        even, odd = g[..., 0::2], g[..., 1::2]
+        size = even.shape[-1]
+        index = torch.arange(size, device=g.device)
+        out = 0.75 * (even + odd)
+        out = out.index_add(-1, (index - 1).clamp(min=0), 0.25 * even)
+        return out.index_add(-1, (index + 1).clamp(max=size - 1), 0.25 * odd)
+
+    return along_last(along_last(grad).transpose(1, 2)).transpose(1, 2)
+
+
+def _replicate_pad_transpose(grad: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Transpose of :func:`_replicate_pad`: fold the repeated rows and columns back."""
+    n, padded_h, padded_w = grad.shape
+    rows = torch.arange(padded_h, device=grad.device).clamp(max=height - 1)
+    cols = torch.arange(padded_w, device=grad.device).clamp(max=width - 1)
+    folded = grad.new_zeros(n, height, padded_w).index_add(1, rows, grad)
+    return grad.new_zeros(n, height, width).index_add(2, cols, folded)
+
+
 def _linear_backward_reference(grad_out: torch.Tensor, subsample: bool) -> torch.Tensor:
-    probe = torch.zeros_like(grad_out, requires_grad=True)
-    with torch.enable_grad():
-        out = linear_surrogate(probe, 75, "4:2:0" if subsample else "4:4:4")
-        (grad,) = torch.autograd.grad(out, probe, grad_out)
-    return grad
+    """Pure-torch transpose of :func:`linear_surrogate` (the fallback of the native kernel)."""
+    if grad_out.shape[1] == 1:
+        return grad_out.clone()
+    encode = torch.tensor(_ENCODE_MATRIX, dtype=grad_out.dtype, device=grad_out.device)
+    decode = torch.tensor(_DECODE_MATRIX, dtype=grad_out.dtype, device=grad_out.device)
+    grad_ycc = torch.einsum("ij,nihw->njhw", decode, grad_out)
+    if subsample:
+        n, _, height, width = grad_out.shape
+        small_h, small_w = -(-height // 2), -(-width // 2)
+        chroma = grad_ycc[:, 1:].reshape(2 * n, height, width)
+        chroma = torch.nn.functional.pad(chroma, (0, 2 * small_w - width, 0, 2 * small_h - height))
+        small = _upsample_h2v2_transpose(chroma, small_w)
+        full = small.repeat_interleave(2, 1).repeat_interleave(2, 2) / 4
+        chroma = _replicate_pad_transpose(full, height, width).reshape(n, 2, height, width)
+        grad_ycc = torch.cat((grad_ycc[:, :1], chroma), 1)
+    return torch.einsum("ij,nihw->njhw", encode, grad_ycc)
 
 
 def _linear_backward_cuda(grad_out: torch.Tensor, subsample: bool) -> torch.Tensor:

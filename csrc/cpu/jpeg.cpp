@@ -16,6 +16,15 @@ namespace {
 
 namespace jp = jpeg;
 
+// The portable build targets baseline x86-64 (SSE2). The hot loops are also compiled for AVX2
+// (8 int32 lanes: one block row per register, and a native 32-bit multiply), picked at load
+// time by the CPU; both clones run the same arithmetic, so results are identical.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__AVX2__)
+#define OBF_CPU_CLONES __attribute__((noinline, target_clones("avx2", "default")))
+#else
+#define OBF_CPU_CLONES __attribute__((noinline))
+#endif
+
 struct ImageShape {
   index_t channels, h, w;
   bool subsample;  // 4:2:0 (colour only)
@@ -54,7 +63,7 @@ void pad_rows(unsigned char* plane, index_t stride, index_t last, index_t rows) 
 
 // Pass 1, colour: RGB -> YCbCr samples; luma (and 4:4:4 chroma) padded to whole blocks;
 // 4:2:0 chroma downsampled row pair by row pair.
-void encode_colour(const float* image, const ImageShape& s, const jp::PlaneGeometry& g, Workspace& ws) {
+OBF_CPU_CLONES void encode_colour(const float* image, const ImageShape& s, const jp::PlaneGeometry& g, Workspace& ws) {
   const index_t plane = s.h * s.w;
   const float *red = image, *green = image + plane, *blue = image + 2 * plane;
   auto convert_row = [&](index_t y, unsigned char* luma_row, int* cb_row, int* cr_row) {
@@ -119,13 +128,13 @@ void encode_gray(const float* image, const ImageShape& s, const jp::PlaneGeometr
 }
 
 // Pass 2: every 8x8 block of a plane, in place.
-void roundtrip_plane(unsigned char* plane, index_t rows, index_t cols, const int* table) {
+OBF_CPU_CLONES void roundtrip_plane(unsigned char* plane, index_t rows, index_t cols, const int* table) {
   for (index_t by = 0; by < rows; by += 8)
     for (index_t bx = 0; bx < cols; bx += 8) jp::roundtrip_block(plane + by * cols + bx, cols, table);
 }
 
 // Pass 3 helper: full-resolution row y of a 4:2:0 chroma plane into `line` (>= W samples).
-void upsample_row(const unsigned char* plane, const jp::PlaneGeometry& g, index_t y, Workspace& ws,
+OBF_CPU_CLONES void upsample_row(const unsigned char* plane, const jp::PlaneGeometry& g, index_t y, Workspace& ws,
                   int* line) {
   const index_t row = y >> 1;
   const unsigned char* near_line = plane + row * g.chroma_w;
@@ -148,7 +157,7 @@ void upsample_row(const unsigned char* plane, const jp::PlaneGeometry& g, index_
 }
 
 // Pass 3, colour: chroma back to full resolution, YCbCr -> RGB, 8-bit -> float.
-void decode_colour(float* out, const ImageShape& s, const jp::PlaneGeometry& g, Workspace& ws) {
+OBF_CPU_CLONES void decode_colour(float* out, const ImageShape& s, const jp::PlaneGeometry& g, Workspace& ws) {
   const index_t plane = s.h * s.w;
   for (index_t y = 0; y < s.h; ++y) {
     const unsigned char* luma = ws.luma.data() + y * g.luma_w;

@@ -22,6 +22,14 @@
 
 #include "obfgrad/common.h"
 
+// The block transform is large; the CPU driver compiles it into per-ISA clones (SSE2, AVX2),
+// which only works if it is inlined into them, so force that on the host.
+#if OBF_ON_DEVICE
+#define OBF_JPEG_HOT OBF_HD
+#else
+#define OBF_JPEG_HOT inline __attribute__((always_inline))
+#endif
+
 namespace obfgrad {
 namespace jpeg {
 
@@ -143,7 +151,7 @@ OBF_HD int descale(int x) { return (x + (1 << (n - 1))) >> n; }
 
 // One pass of the forward DCT. Pass 1 (kFirst) keeps kPass1Bits extra bits; pass 2 removes them.
 template <bool kFirst>
-OBF_HD void fdct_pass(int v[8][8]) {
+OBF_JPEG_HOT void fdct_pass(int v[8][8]) {
   constexpr int shift = kFirst ? kConstBits - kPass1Bits : kConstBits + kPass1Bits;
   for (int l = 0; l < 8; ++l) {
     const int tmp0 = v[0][l] + v[7][l], tmp7 = v[0][l] - v[7][l];
@@ -177,7 +185,7 @@ OBF_HD void fdct_pass(int v[8][8]) {
 // One pass of the inverse DCT. Pass 1 keeps kPass1Bits extra bits; pass 2 removes them and the
 // DCT's factor 8 (3 more bits).
 template <bool kFirst>
-OBF_HD void idct_pass(int v[8][8]) {
+OBF_JPEG_HOT void idct_pass(int v[8][8]) {
   constexpr int shift = kFirst ? kConstBits - kPass1Bits : kConstBits + kPass1Bits + 3;
   for (int l = 0; l < 8; ++l) {
     // Even part.
@@ -205,7 +213,7 @@ OBF_HD void idct_pass(int v[8][8]) {
   }
 }
 
-OBF_HD void transpose8(int v[8][8]) {
+OBF_JPEG_HOT void transpose8(int v[8][8]) {
   for (int i = 0; i < 8; ++i) {
     for (int j = i + 1; j < 8; ++j) {
       const int t = v[i][j];
@@ -218,7 +226,7 @@ OBF_HD void transpose8(int v[8][8]) {
 // Quantise (divide by 8*q rounding half away from zero, jcdctmgr.c) and dequantise (times q).
 // The float32 division is exact here: numerator < 2^17, divisor >= 8, so the rounding error is
 // below 1/divisor, the smallest distance from a non-integer quotient to an integer.
-OBF_HD void quantize_dequantize(int v[8][8], const int* table) {
+OBF_JPEG_HOT void quantize_dequantize(int v[8][8], const int* table) {
   for (int i = 0; i < 8; ++i) {
     for (int j = 0; j < 8; ++j) {
       const int q = table[i * 8 + j];
@@ -231,7 +239,7 @@ OBF_HD void quantize_dequantize(int v[8][8], const int* table) {
 
 // The lossy core on one 8x8 block of a sample plane, in place: level shift, forward DCT (rows
 // then columns), quantise + dequantise, inverse DCT (columns then rows), range limit.
-OBF_HD void roundtrip_block(unsigned char* block, index_t stride, const int* table) {
+OBF_JPEG_HOT void roundtrip_block(unsigned char* block, index_t stride, const int* table) {
   int v[8][8];
   // v[column][row]: pass 1 transforms each row, across the column index.
   for (int r = 0; r < 8; ++r) {

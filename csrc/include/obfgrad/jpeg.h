@@ -133,129 +133,181 @@ OBF_HD int upsampled_chroma_at(const unsigned char* plane, index_t stride, index
 
 // ----------------------------------------------------------------------------- islow DCT
 
-enum : int { kConstBits = 13, kPass1Bits = 2 };
-// FIX(x) = round(x * 2^13) (jfdctint.c, jidctint.c).
-enum : int {
-  kF_0_298 = 2446, kF_0_390 = 3196, kF_0_541 = 4433, kF_0_765 = 6270,
-  kF_0_899 = 7373, kF_1_175 = 9633, kF_1_501 = 12299, kF_1_847 = 15137,
-  kF_1_961 = 16069, kF_2_053 = 16819, kF_2_562 = 20995, kF_3_072 = 25172,
-};
+constexpr int kConstBits = 13, kPass1Bits = 2;
+// FIX(x) = round(x * 2^13) (jfdctint.c, jidctint.c). Plain ints (not enumerators) so they
+// combine with the host vector lanes.
+constexpr int kF_0_298 = 2446, kF_0_390 = 3196, kF_0_541 = 4433, kF_0_765 = 6270;
+constexpr int kF_0_899 = 7373, kF_1_175 = 9633, kF_1_501 = 12299, kF_1_847 = 15137;
+constexpr int kF_1_961 = 16069, kF_2_053 = 16819, kF_2_562 = 20995, kF_3_072 = 25172;
 
-// Shift right by n rounding half up (libjpeg's DESCALE); >> on int is arithmetic here.
-template <int n>
-OBF_HD int descale(int x) { return (x + (1 << (n - 1))) >> n; }
+// The 1-D transforms are templates over the "lane" type L: `int` transforms one line of 8
+// samples (the GPU, one block per thread), a host vector of 8 ints transforms 8 lines at once
+// (the CPU). Same expressions either way, so CPU and GPU round identically.
 
-// Blocks are int v[8][8]; each pass applies the 1-D transform across the first index for all
-// 8 "lanes" of the second index at once (simple loops the compiler vectorises), then the caller
-// transposes so the next pass runs across the other index.
+// Shift right by n rounding half up (libjpeg's DESCALE); >> on signed ints is arithmetic here.
+template <int n, typename L>
+OBF_JPEG_HOT L descale(L x) { return (x + (1 << (n - 1))) >> n; }
 
-// One pass of the forward DCT. Pass 1 (kFirst) keeps kPass1Bits extra bits; pass 2 removes them.
-template <bool kFirst>
-OBF_JPEG_HOT void fdct_pass(int v[8][8]) {
+// One pass of the forward DCT on d[0..7], in place. Pass 1 (kFirst) keeps kPass1Bits extra
+// bits; pass 2 removes them.
+template <bool kFirst, typename L>
+OBF_JPEG_HOT void fdct_1d(L* d) {
   constexpr int shift = kFirst ? kConstBits - kPass1Bits : kConstBits + kPass1Bits;
-  for (int l = 0; l < 8; ++l) {
-    const int tmp0 = v[0][l] + v[7][l], tmp7 = v[0][l] - v[7][l];
-    const int tmp1 = v[1][l] + v[6][l], tmp6 = v[1][l] - v[6][l];
-    const int tmp2 = v[2][l] + v[5][l], tmp5 = v[2][l] - v[5][l];
-    const int tmp3 = v[3][l] + v[4][l], tmp4 = v[3][l] - v[4][l];
-    // Even part.
-    const int tmp10 = tmp0 + tmp3, tmp13 = tmp0 - tmp3;
-    const int tmp11 = tmp1 + tmp2, tmp12 = tmp1 - tmp2;
-    if (kFirst) {
-      v[0][l] = (tmp10 + tmp11) * (1 << kPass1Bits);
-      v[4][l] = (tmp10 - tmp11) * (1 << kPass1Bits);
-    } else {
-      v[0][l] = descale<kPass1Bits>(tmp10 + tmp11);
-      v[4][l] = descale<kPass1Bits>(tmp10 - tmp11);
-    }
-    const int z1e = (tmp12 + tmp13) * kF_0_541;
-    v[2][l] = descale<shift>(z1e + tmp13 * kF_0_765);
-    v[6][l] = descale<shift>(z1e - tmp12 * kF_1_847);
-    // Odd part: the rotations of the Loeffler et al. flow graph.
-    const int z5 = (tmp4 + tmp6 + tmp5 + tmp7) * kF_1_175;
-    const int z1 = (tmp4 + tmp7) * -kF_0_899, z2 = (tmp5 + tmp6) * -kF_2_562;
-    const int z3 = (tmp4 + tmp6) * -kF_1_961 + z5, z4 = (tmp5 + tmp7) * -kF_0_390 + z5;
-    v[7][l] = descale<shift>(tmp4 * kF_0_298 + z1 + z3);
-    v[5][l] = descale<shift>(tmp5 * kF_2_053 + z2 + z4);
-    v[3][l] = descale<shift>(tmp6 * kF_3_072 + z2 + z3);
-    v[1][l] = descale<shift>(tmp7 * kF_1_501 + z1 + z4);
+  const L tmp0 = d[0] + d[7], tmp7 = d[0] - d[7];
+  const L tmp1 = d[1] + d[6], tmp6 = d[1] - d[6];
+  const L tmp2 = d[2] + d[5], tmp5 = d[2] - d[5];
+  const L tmp3 = d[3] + d[4], tmp4 = d[3] - d[4];
+  // Even part.
+  const L tmp10 = tmp0 + tmp3, tmp13 = tmp0 - tmp3;
+  const L tmp11 = tmp1 + tmp2, tmp12 = tmp1 - tmp2;
+  if (kFirst) {
+    d[0] = (tmp10 + tmp11) * (1 << kPass1Bits);
+    d[4] = (tmp10 - tmp11) * (1 << kPass1Bits);
+  } else {
+    d[0] = descale<kPass1Bits>(tmp10 + tmp11);
+    d[4] = descale<kPass1Bits>(tmp10 - tmp11);
   }
+  const L z1e = (tmp12 + tmp13) * kF_0_541;
+  d[2] = descale<shift>(z1e + tmp13 * kF_0_765);
+  d[6] = descale<shift>(z1e - tmp12 * kF_1_847);
+  // Odd part: the rotations of the Loeffler et al. flow graph.
+  const L z5 = (tmp4 + tmp6 + tmp5 + tmp7) * kF_1_175;
+  const L z1 = (tmp4 + tmp7) * -kF_0_899, z2 = (tmp5 + tmp6) * -kF_2_562;
+  const L z3 = (tmp4 + tmp6) * -kF_1_961 + z5, z4 = (tmp5 + tmp7) * -kF_0_390 + z5;
+  d[7] = descale<shift>(tmp4 * kF_0_298 + z1 + z3);
+  d[5] = descale<shift>(tmp5 * kF_2_053 + z2 + z4);
+  d[3] = descale<shift>(tmp6 * kF_3_072 + z2 + z3);
+  d[1] = descale<shift>(tmp7 * kF_1_501 + z1 + z4);
 }
 
-// One pass of the inverse DCT. Pass 1 keeps kPass1Bits extra bits; pass 2 removes them and the
-// DCT's factor 8 (3 more bits).
-template <bool kFirst>
-OBF_JPEG_HOT void idct_pass(int v[8][8]) {
+// One pass of the inverse DCT on d[0..7], in place. Pass 1 keeps kPass1Bits extra bits; pass 2
+// removes them and the DCT's factor 8 (3 more bits).
+template <bool kFirst, typename L>
+OBF_JPEG_HOT void idct_1d(L* d) {
   constexpr int shift = kFirst ? kConstBits - kPass1Bits : kConstBits + kPass1Bits + 3;
-  for (int l = 0; l < 8; ++l) {
-    // Even part.
-    const int z1e = (v[2][l] + v[6][l]) * kF_0_541;
-    const int tmp2e = z1e - v[6][l] * kF_1_847, tmp3e = z1e + v[2][l] * kF_0_765;
-    const int tmp0e = (v[0][l] + v[4][l]) * (1 << kConstBits);
-    const int tmp1e = (v[0][l] - v[4][l]) * (1 << kConstBits);
-    const int tmp10 = tmp0e + tmp3e, tmp13 = tmp0e - tmp3e;
-    const int tmp11 = tmp1e + tmp2e, tmp12 = tmp1e - tmp2e;
-    // Odd part.
-    const int t0 = v[7][l], t1 = v[5][l], t2 = v[3][l], t3 = v[1][l];
-    const int z5 = (t0 + t2 + t1 + t3) * kF_1_175;
-    const int z1 = (t0 + t3) * -kF_0_899, z2 = (t1 + t2) * -kF_2_562;
-    const int z3 = (t0 + t2) * -kF_1_961 + z5, z4 = (t1 + t3) * -kF_0_390 + z5;
-    const int o0 = t0 * kF_0_298 + z1 + z3, o1 = t1 * kF_2_053 + z2 + z4;
-    const int o2 = t2 * kF_3_072 + z2 + z3, o3 = t3 * kF_1_501 + z1 + z4;
-    v[0][l] = descale<shift>(tmp10 + o3);
-    v[7][l] = descale<shift>(tmp10 - o3);
-    v[1][l] = descale<shift>(tmp11 + o2);
-    v[6][l] = descale<shift>(tmp11 - o2);
-    v[2][l] = descale<shift>(tmp12 + o1);
-    v[5][l] = descale<shift>(tmp12 - o1);
-    v[3][l] = descale<shift>(tmp13 + o0);
-    v[4][l] = descale<shift>(tmp13 - o0);
-  }
-}
-
-OBF_JPEG_HOT void transpose8(int v[8][8]) {
-  for (int i = 0; i < 8; ++i) {
-    for (int j = i + 1; j < 8; ++j) {
-      const int t = v[i][j];
-      v[i][j] = v[j][i];
-      v[j][i] = t;
-    }
-  }
+  // Even part.
+  const L z1e = (d[2] + d[6]) * kF_0_541;
+  const L tmp2e = z1e - d[6] * kF_1_847, tmp3e = z1e + d[2] * kF_0_765;
+  const L tmp0e = (d[0] + d[4]) * (1 << kConstBits);
+  const L tmp1e = (d[0] - d[4]) * (1 << kConstBits);
+  const L tmp10 = tmp0e + tmp3e, tmp13 = tmp0e - tmp3e;
+  const L tmp11 = tmp1e + tmp2e, tmp12 = tmp1e - tmp2e;
+  // Odd part.
+  const L t0 = d[7], t1 = d[5], t2 = d[3], t3 = d[1];
+  const L z5 = (t0 + t2 + t1 + t3) * kF_1_175;
+  const L z1 = (t0 + t3) * -kF_0_899, z2 = (t1 + t2) * -kF_2_562;
+  const L z3 = (t0 + t2) * -kF_1_961 + z5, z4 = (t1 + t3) * -kF_0_390 + z5;
+  const L o0 = t0 * kF_0_298 + z1 + z3, o1 = t1 * kF_2_053 + z2 + z4;
+  const L o2 = t2 * kF_3_072 + z2 + z3, o3 = t3 * kF_1_501 + z1 + z4;
+  d[0] = descale<shift>(tmp10 + o3);
+  d[7] = descale<shift>(tmp10 - o3);
+  d[1] = descale<shift>(tmp11 + o2);
+  d[6] = descale<shift>(tmp11 - o2);
+  d[2] = descale<shift>(tmp12 + o1);
+  d[5] = descale<shift>(tmp12 - o1);
+  d[3] = descale<shift>(tmp13 + o0);
+  d[4] = descale<shift>(tmp13 - o0);
 }
 
 // Quantise (divide by 8*q rounding half away from zero, jcdctmgr.c) and dequantise (times q).
 // The float32 division is exact here: numerator < 2^17, divisor >= 8, so the rounding error is
 // below 1/divisor, the smallest distance from a non-integer quotient to an integer.
-OBF_JPEG_HOT void quantize_dequantize(int v[8][8], const int* table) {
-  for (int i = 0; i < 8; ++i) {
-    for (int j = 0; j < 8; ++j) {
-      const int q = table[i * 8 + j];
-      const int magnitude = v[i][j] < 0 ? -v[i][j] : v[i][j];
-      const int level = (int)((float)(magnitude + 4 * q) / (float)(8 * q));
-      v[i][j] = (v[i][j] < 0 ? -level : level) * q;
-    }
-  }
+OBF_HD int quantize_dequantize(int coef, int q) {
+  const int magnitude = coef < 0 ? -coef : coef;
+  const int level = (int)((float)(magnitude + 4 * q) / (float)(8 * q));
+  return (coef < 0 ? -level : level) * q;
 }
 
 // The lossy core on one 8x8 block of a sample plane, in place: level shift, forward DCT (rows
-// then columns), quantise + dequantise, inverse DCT (columns then rows), range limit.
+// then columns), quantise + dequantise, inverse DCT (columns then rows), range limit. Scalar
+// form, one line at a time (the GPU's; the CPU runs roundtrip_block_simd below).
 OBF_JPEG_HOT void roundtrip_block(unsigned char* block, index_t stride, const int* table) {
   int v[8][8];
-  // v[column][row]: pass 1 transforms each row, across the column index.
   for (int r = 0; r < 8; ++r) {
-    for (int c = 0; c < 8; ++c) v[c][r] = (int)block[r * stride + c] - 128;
+    for (int c = 0; c < 8; ++c) v[r][c] = (int)block[r * stride + c] - 128;
   }
-  fdct_pass<true>(v);
-  transpose8(v);  // v[row][horizontal frequency]
-  fdct_pass<false>(v);  // v[vertical frequency][horizontal frequency]: natural order
-  quantize_dequantize(v, table);
-  idct_pass<true>(v);  // columns: v[row][horizontal frequency]
-  transpose8(v);
-  idct_pass<false>(v);  // rows: v[column][row]
-  for (int r = 0; r < 8; ++r) {
-    for (int c = 0; c < 8; ++c) block[r * stride + c] = (unsigned char)clamp_sample(v[c][r] + 128);
+  for (int r = 0; r < 8; ++r) fdct_1d<true>(v[r]);  // rows
+  for (int c = 0; c < 8; ++c) {                       // columns
+    int line[8];
+    for (int k = 0; k < 8; ++k) line[k] = v[k][c];
+    fdct_1d<false>(line);
+    // Natural order: v[vertical frequency][horizontal frequency], as the table.
+    for (int k = 0; k < 8; ++k) line[k] = quantize_dequantize(line[k], table[k * 8 + c]);
+    idct_1d<true>(line);  // inverse: columns first
+    for (int k = 0; k < 8; ++k) v[k][c] = line[k];
+  }
+  for (int r = 0; r < 8; ++r) {  // then rows
+    idct_1d<false>(v[r]);
+    for (int c = 0; c < 8; ++c) block[r * stride + c] = (unsigned char)clamp_sample(v[r][c] + 128);
   }
 }
+
+#if !OBF_ON_DEVICE && defined(__GNUC__)
+// Host form: the same 1-D transforms on GCC vectors of 8 lanes (SSE2 or AVX2 code depending on
+// the function's target), i.e. 8 lines per call. Only the data movement differs from above.
+typedef int lanes8i __attribute__((vector_size(32)));
+typedef float lanes8f __attribute__((vector_size(32)));
+
+// 8x8 transpose of rows held as 8-lane vectors (three rounds of pairwise interleaves).
+OBF_JPEG_HOT void transpose_lanes(lanes8i* m) {
+  lanes8i t[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(m[i], m[i + 1], lanes8i{0, 8, 1, 9, 4, 12, 5, 13});
+    t[i + 1] = __builtin_shuffle(m[i], m[i + 1], lanes8i{2, 10, 3, 11, 6, 14, 7, 15});
+  }
+  lanes8i u[8];
+  for (int i = 0; i < 8; i += 4) {
+    for (int j = 0; j < 2; ++j) {
+      u[i + j] = __builtin_shuffle(t[i + j], t[i + j + 2], lanes8i{0, 1, 8, 9, 4, 5, 12, 13});
+      u[i + j + 2] = __builtin_shuffle(t[i + j], t[i + j + 2], lanes8i{2, 3, 10, 11, 6, 7, 14, 15});
+    }
+  }
+  for (int j = 0; j < 4; ++j) {
+    m[j] = __builtin_shuffle(u[j], u[j + 4], lanes8i{0, 1, 2, 3, 8, 9, 10, 11});
+    m[j + 4] = __builtin_shuffle(u[j], u[j + 4], lanes8i{4, 5, 6, 7, 12, 13, 14, 15});
+  }
+  // After the rounds the rows come out in the order 0, 2, 1, 3, 4, 6, 5, 7.
+  const lanes8i r1 = m[1], r5 = m[5];
+  m[1] = m[2];
+  m[2] = r1;
+  m[5] = m[6];
+  m[6] = r5;
+}
+
+// quantize_dequantize on 8 lanes, in place.
+OBF_JPEG_HOT void quantize_dequantize_lanes(lanes8i& coef, const lanes8i& q) {
+  const lanes8i magnitude = coef < 0 ? -coef : coef;
+  const lanes8f quotient = __builtin_convertvector(magnitude + 4 * q, lanes8f) / __builtin_convertvector(8 * q, lanes8f);
+  const lanes8i level = __builtin_convertvector(quotient, lanes8i);  // truncation, as (int)
+  coef = (coef < 0 ? -level : level) * q;
+}
+
+OBF_JPEG_HOT void roundtrip_block_simd(unsigned char* block, index_t stride, const lanes8i* table_rows) {
+  typedef unsigned char bytes8 __attribute__((vector_size(8)));
+  lanes8i m[8];
+  for (int r = 0; r < 8; ++r) {
+    bytes8 row;
+    __builtin_memcpy(&row, block + r * stride, 8);
+    m[r] = __builtin_convertvector(row, lanes8i) - 128;
+  }
+  transpose_lanes(m);  // m[column]: lanes are rows
+  fdct_1d<true>(m);    // rows (across columns)
+  transpose_lanes(m);  // m[row]: lanes are horizontal frequencies
+  fdct_1d<false>(m);   // columns -> m[vertical frequency][horizontal frequency]
+  for (int k = 0; k < 8; ++k) quantize_dequantize_lanes(m[k], table_rows[k]);
+  idct_1d<true>(m);    // columns
+  transpose_lanes(m);  // m[horizontal frequency]: lanes are rows
+  idct_1d<false>(m);   // rows -> m[column][row]
+  transpose_lanes(m);
+  for (int r = 0; r < 8; ++r) {
+    lanes8i v = m[r] + 128;
+    v = v < 0 ? 0 : v;
+    v = v > 255 ? 255 : v;
+    const bytes8 row = __builtin_convertvector(v, bytes8);
+    __builtin_memcpy(block + r * stride, &row, 8);
+  }
+}
+#endif
 
 // ----------------------------------------------------------------------------- per-sample forward steps
 // (one thread per sample on the GPU; the CPU driver runs row loops over the same functions)

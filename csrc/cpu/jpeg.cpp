@@ -37,7 +37,7 @@ struct ImageShape {
 
 // Per-thread working memory, reused across the images a thread processes.
 struct Workspace {
-  std::vector<unsigned char> luma, cb, cr;       // padded sample planes
+  std::vector<int> luma, cb, cr;                 // padded sample planes (int: whole-vector loads)
   std::vector<int> cb_rows[2], cr_rows[2];      // full-resolution chroma of one row pair
   std::vector<int> colsum, cb_line, cr_line;    // upsampling of one output row
 
@@ -62,19 +62,19 @@ void pad_row(T* row, index_t real, index_t padded) {
 }
 
 // Repeat row `last` of a plane into rows last+1 .. rows-1.
-void pad_rows(unsigned char* plane, index_t stride, index_t last, index_t rows) {
-  for (index_t r = last + 1; r < rows; ++r) std::memcpy(plane + r * stride, plane + last * stride, stride);
+void pad_rows(int* plane, index_t stride, index_t last, index_t rows) {
+  for (index_t r = last + 1; r < rows; ++r) std::memcpy(plane + r * stride, plane + last * stride, stride * sizeof(int));
 }
 
 // Row loops: restrict-qualified pointers and sizes in locals, so the compiler vectorises them.
 
 // One image row: float RGB -> Y samples (padded to `luma_w`) and full-resolution Cb, Cr.
 inline void convert_row(const float* __restrict r, const float* __restrict g, const float* __restrict b,
-                        index_t w, index_t luma_w, unsigned char* __restrict luma, int* __restrict cb,
+                        index_t w, index_t luma_w, int* __restrict luma, int* __restrict cb,
                         int* __restrict cr) {
   for (index_t x = 0; x < w; ++x) {
     const int R = jp::to_sample(r[x]), G = jp::to_sample(g[x]), B = jp::to_sample(b[x]);
-    luma[x] = (unsigned char)jp::rgb_to_y(R, G, B);
+    luma[x] = jp::rgb_to_y(R, G, B);
     cb[x] = jp::rgb_to_cb(R, G, B);
     cr[x] = jp::rgb_to_cr(R, G, B);
   }
@@ -83,9 +83,9 @@ inline void convert_row(const float* __restrict r, const float* __restrict g, co
 
 // One 4:2:0 chroma row from two full-resolution rows.
 inline void downsample_row(const int* __restrict upper, const int* __restrict lower, index_t n,
-                           unsigned char* __restrict out) {
+                           int* __restrict out) {
   for (index_t col = 0; col < n; ++col) {
-    out[col] = (unsigned char)jp::downsample_h2v2(upper[2 * col], upper[2 * col + 1], lower[2 * col],
+    out[col] = jp::downsample_h2v2(upper[2 * col], upper[2 * col + 1], lower[2 * col],
                                                   lower[2 * col + 1], col);
   }
 }
@@ -95,7 +95,7 @@ inline void downsample_row(const int* __restrict upper, const int* __restrict lo
 OBF_CPU_CLONES void encode_colour(const float* image, const ImageShape& s, const jp::PlaneGeometry& g, Workspace& ws) {
   const index_t plane = s.h * s.w, w = s.w;
   const float *red = image, *green = image + plane, *blue = image + 2 * plane;
-  auto convert = [&](index_t y, unsigned char* luma_row, int* cb_row, int* cr_row) {
+  auto convert = [&](index_t y, int* luma_row, int* cb_row, int* cr_row) {
     convert_row(red + y * w, green + y * w, blue + y * w, w, g.luma_w, luma_row, cb_row, cr_row);
   };
   if (s.subsample) {
@@ -117,12 +117,10 @@ OBF_CPU_CLONES void encode_colour(const float* image, const ImageShape& s, const
       int* cb_row = ws.cb_rows[0].data();
       int* cr_row = ws.cr_rows[0].data();
       convert(y, ws.luma.data() + y * g.luma_w, cb_row, cr_row);
-      unsigned char* cb = ws.cb.data() + y * g.chroma_w;
-      unsigned char* cr = ws.cr.data() + y * g.chroma_w;
-      for (index_t x = 0; x < s.w; ++x) {
-        cb[x] = (unsigned char)cb_row[x];
-        cr[x] = (unsigned char)cr_row[x];
-      }
+      int* cb = ws.cb.data() + y * g.chroma_w;
+      int* cr = ws.cr.data() + y * g.chroma_w;
+      std::memcpy(cb, cb_row, s.w * sizeof(int));
+      std::memcpy(cr, cr_row, s.w * sizeof(int));
       pad_row(cb, s.w, g.chroma_w);
       pad_row(cr, s.w, g.chroma_w);
     }
@@ -135,16 +133,16 @@ OBF_CPU_CLONES void encode_colour(const float* image, const ImageShape& s, const
 
 void encode_gray(const float* image, const ImageShape& s, const jp::PlaneGeometry& g, Workspace& ws) {
   for (index_t y = 0; y < s.h; ++y) {
-    unsigned char* row = ws.luma.data() + y * g.luma_w;
+    int* row = ws.luma.data() + y * g.luma_w;
     const float* in = image + y * s.w;
-    for (index_t x = 0; x < s.w; ++x) row[x] = (unsigned char)jp::to_sample(in[x]);
+    for (index_t x = 0; x < s.w; ++x) row[x] = jp::to_sample(in[x]);
     pad_row(row, s.w, g.luma_w);
   }
   pad_rows(ws.luma.data(), g.luma_w, s.h - 1, g.luma_h);
 }
 
 // Pass 2: every 8x8 block of a plane, in place.
-OBF_CPU_CLONES void roundtrip_plane(unsigned char* plane, index_t rows, index_t cols, const int* table) {
+OBF_CPU_CLONES void roundtrip_plane(int* plane, index_t rows, index_t cols, const int* table) {
   jp::lanes8i table_rows[8];
   std::memcpy(table_rows, table, sizeof(table_rows));
   for (index_t by = 0; by < rows; by += 8)
@@ -153,7 +151,7 @@ OBF_CPU_CLONES void roundtrip_plane(unsigned char* plane, index_t rows, index_t 
 
 // Pass 3 helpers. Fancy upsampling of one chroma row: colsum[1 .. n] holds the vertical sums;
 // colsum[0] and colsum[n + 1] repeat the edges, so the horizontal loop has no branches.
-inline void fancy_row(const unsigned char* __restrict near_line, const unsigned char* __restrict far_line,
+inline void fancy_row(const int* __restrict near_line, const int* __restrict far_line,
                       index_t n, int* __restrict colsum, int* __restrict line) {
   for (index_t col = 0; col < n; ++col) colsum[col + 1] = jp::fancy_colsum(near_line[col], far_line[col]);
   colsum[0] = colsum[1];
@@ -165,10 +163,10 @@ inline void fancy_row(const unsigned char* __restrict near_line, const unsigned 
 }
 
 // Full-resolution row y of a 4:2:0 chroma plane into `line` (>= W samples).
-OBF_CPU_CLONES void upsample_row(const unsigned char* plane, const jp::PlaneGeometry& g, index_t y,
+OBF_CPU_CLONES void upsample_row(const int* plane, const jp::PlaneGeometry& g, index_t y,
                                  Workspace& ws, int* line) {
   const index_t row = y >> 1, n = g.small_w;
-  const unsigned char* near_line = plane + row * g.chroma_w;
+  const int* near_line = plane + row * g.chroma_w;
   if (!jp::uses_fancy_upsampling(n)) {
     for (index_t col = 0; col < n; ++col) line[2 * col] = line[2 * col + 1] = near_line[col];
     return;
@@ -178,7 +176,7 @@ OBF_CPU_CLONES void upsample_row(const unsigned char* plane, const jp::PlaneGeom
 }
 
 // YCbCr samples of one row -> float RGB.
-inline void decode_row(const unsigned char* __restrict luma, const int* __restrict cb, const int* __restrict cr,
+inline void decode_row(const int* __restrict luma, const int* __restrict cb, const int* __restrict cr,
                        index_t w, float* __restrict r, float* __restrict g, float* __restrict b) {
   for (index_t x = 0; x < w; ++x) {
     r[x] = jp::from_sample(jp::ycc_to_r(luma[x], cr[x]));
@@ -191,7 +189,7 @@ inline void decode_row(const unsigned char* __restrict luma, const int* __restri
 OBF_CPU_CLONES void decode_colour(float* out, const ImageShape& s, const jp::PlaneGeometry& g, Workspace& ws) {
   const index_t plane = s.h * s.w;
   for (index_t y = 0; y < s.h; ++y) {
-    const unsigned char* luma = ws.luma.data() + y * g.luma_w;
+    const int* luma = ws.luma.data() + y * g.luma_w;
     const int *cb, *cr;
     if (s.subsample) {
       upsample_row(ws.cb.data(), g, y, ws, ws.cb_line.data());
@@ -199,14 +197,8 @@ OBF_CPU_CLONES void decode_colour(float* out, const ImageShape& s, const jp::Pla
       cb = ws.cb_line.data();
       cr = ws.cr_line.data();
     } else {
-      int* cb_line = ws.cb_rows[0].data();
-      int* cr_line = ws.cr_rows[0].data();
-      for (index_t x = 0; x < s.w; ++x) {
-        cb_line[x] = ws.cb[y * g.chroma_w + x];
-        cr_line[x] = ws.cr[y * g.chroma_w + x];
-      }
-      cb = cb_line;
-      cr = cr_line;
+      cb = ws.cb.data() + y * g.chroma_w;
+      cr = ws.cr.data() + y * g.chroma_w;
     }
     decode_row(luma, cb, cr, s.w, out + y * s.w, out + plane + y * s.w, out + 2 * plane + y * s.w);
   }
@@ -214,7 +206,7 @@ OBF_CPU_CLONES void decode_colour(float* out, const ImageShape& s, const jp::Pla
 
 void decode_gray(float* out, const ImageShape& s, const jp::PlaneGeometry& g, const Workspace& ws) {
   for (index_t y = 0; y < s.h; ++y) {
-    const unsigned char* row = ws.luma.data() + y * g.luma_w;
+    const int* row = ws.luma.data() + y * g.luma_w;
     for (index_t x = 0; x < s.w; ++x) out[y * s.w + x] = jp::from_sample(row[x]);
   }
 }

@@ -247,6 +247,8 @@ OBF_JPEG_HOT void roundtrip_block(unsigned char* block, index_t stride, const in
 // the function's target), i.e. 8 lines per call. Only the data movement differs from above.
 typedef int lanes8i __attribute__((vector_size(32)));
 typedef float lanes8f __attribute__((vector_size(32)));
+// Unaligned view of 8 consecutive ints of a plane row (direct vector loads and stores).
+typedef int lanes8i_unaligned __attribute__((vector_size(32), aligned(4), may_alias));
 
 // 8x8 transpose of rows held as 8-lane vectors (three rounds of pairwise interleaves).
 OBF_JPEG_HOT void transpose_lanes(lanes8i* m) {
@@ -282,14 +284,10 @@ OBF_JPEG_HOT void quantize_dequantize_lanes(lanes8i& coef, const lanes8i& q) {
   coef = (coef < 0 ? -level : level) * q;
 }
 
-OBF_JPEG_HOT void roundtrip_block_simd(unsigned char* block, index_t stride, const lanes8i* table_rows) {
-  typedef unsigned char bytes8 __attribute__((vector_size(8)));
+// Same as roundtrip_block, on a plane of int samples (so rows load and store as whole vectors).
+OBF_JPEG_HOT void roundtrip_block_simd(int* block, index_t stride, const lanes8i* table_rows) {
   lanes8i m[8];
-  for (int r = 0; r < 8; ++r) {
-    bytes8 row;
-    __builtin_memcpy(&row, block + r * stride, 8);
-    m[r] = __builtin_convertvector(row, lanes8i) - 128;
-  }
+  for (int r = 0; r < 8; ++r) m[r] = *reinterpret_cast<const lanes8i_unaligned*>(block + r * stride) - 128;
   transpose_lanes(m);  // m[column]: lanes are rows
   fdct_1d<true>(m);    // rows (across columns)
   transpose_lanes(m);  // m[row]: lanes are horizontal frequencies
@@ -303,8 +301,7 @@ OBF_JPEG_HOT void roundtrip_block_simd(unsigned char* block, index_t stride, con
     lanes8i v = m[r] + 128;
     v = v < 0 ? 0 : v;
     v = v > 255 ? 255 : v;
-    const bytes8 row = __builtin_convertvector(v, bytes8);
-    __builtin_memcpy(block + r * stride, &row, 8);
+    *reinterpret_cast<lanes8i_unaligned*>(block + r * stride) = v;
   }
 }
 #endif

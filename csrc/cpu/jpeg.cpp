@@ -265,6 +265,23 @@ void jpeg_forward(const carray<float>& x, carray<float>& out, const carray<int>&
   }
 }
 
+// Chroma parts of Mdec^T g into the interiors of two zero-bordered planes (row stride `stride`).
+OBF_CPU_CLONES void chroma_gradients(const float* grad, index_t h, index_t w, index_t stride, float* cb,
+                                     float* cr) {
+  const index_t plane = h * w;
+  for (index_t y = 0; y < h; ++y) {
+    const float* __restrict r = grad + y * w;
+    const float* __restrict g = grad + plane + y * w;
+    const float* __restrict b = grad + 2 * plane + y * w;
+    float* __restrict cb_row = cb + (y + 1) * stride + 1;
+    float* __restrict cr_row = cr + (y + 1) * stride + 1;
+    for (index_t x = 0; x < w; ++x) {
+      cb_row[x] = jp::mdec_t_cb(r[x], g[x], b[x]);
+      cr_row[x] = jp::mdec_t_cr(r[x], g[x], b[x]);
+    }
+  }
+}
+
 // grad_in = transpose of the linearised round trip applied to grad_out (both (N, C, H, W)).
 void jpeg_backward_linear(const carray<float>& grad_out, carray<float>& grad_in, bool subsample) {
   auto gs = checked_shape(grad_out, "grad_out", 4);
@@ -281,21 +298,27 @@ void jpeg_backward_linear(const carray<float>& grad_out, carray<float>& grad_in,
     return;
   }
   const jp::PlaneGeometry g = jp::plane_geometry(s.h, s.w, s.subsample);
+  // 4:2:0: chroma gradients with a zero border, covering rows -1 .. 2*small_h, cols -1 .. 2*small_w.
+  const index_t border_w = 2 * g.small_w + 2, border_h = 2 * g.small_h + 2;
 #pragma omp parallel
   {
-    std::vector<float> small_cb, small_cr;
+    std::vector<float> small_cb, small_cr, full_cb, full_cr;
     if (s.subsample) {
       small_cb.resize(g.small_h * g.small_w);
       small_cr.resize(g.small_h * g.small_w);
+      full_cb.assign(border_h * border_w, 0.0f);
+      full_cr.assign(border_h * border_w, 0.0f);
     }
 #pragma omp for schedule(dynamic)
     for (index_t i = 0; i < n; ++i) {
       const float* grad = src + i * image;
       if (s.subsample) {
+        chroma_gradients(grad, s.h, s.w, border_w, full_cb.data(), full_cr.data());
+        const jp::ChromaGradFromPlane cb{full_cb.data(), border_w}, cr{full_cr.data(), border_w};
         for (index_t row = 0; row < g.small_h; ++row) {
           for (index_t col = 0; col < g.small_w; ++col) {
-            small_cb[row * g.small_w + col] = jp::upsample_transpose_at(grad, s.h, s.w, g.small_h, g.small_w, row, col, 1);
-            small_cr[row * g.small_w + col] = jp::upsample_transpose_at(grad, s.h, s.w, g.small_h, g.small_w, row, col, 2);
+            small_cb[row * g.small_w + col] = jp::upsample_transpose_at(cb, g.small_h, g.small_w, row, col);
+            small_cr[row * g.small_w + col] = jp::upsample_transpose_at(cr, g.small_h, g.small_w, row, col);
           }
         }
       }

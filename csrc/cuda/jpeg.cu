@@ -83,8 +83,8 @@ extern "C" __global__ void jpeg_linear_upsample_transpose(const float* grad, flo
   const index_t plane = small_h * small_w;
   if (i >= n * 2 * plane) return;
   const index_t image = i / (2 * plane), component = (i / plane) % 2 + 1, at = i % plane;
-  small[i] = jp::upsample_transpose_at(grad + image * 3 * h * w, h, w, small_h, small_w, at / small_w,
-                                       at % small_w, (int)component);
+  const jp::ChromaGradFromRGB fetch{grad + image * 3 * h * w, h, w, (int)component};
+  small[i] = jp::upsample_transpose_at(fetch, small_h, small_w, at / small_w, at % small_w);
 }
 
 // Linear backward, step 2 (colour): one pixel per thread.

@@ -361,36 +361,47 @@ OBF_HD float chroma_grad_at(const float* grad, index_t h, index_t w, index_t y, 
   return component == 1 ? mdec_t_cb(gr, gg, gb) : mdec_t_cr(gr, gg, gb);
 }
 
-// Weights of the smooth 1-D fancy upsampling transpose: small index i feeds outputs 2i and
-// 2i+1 (weight 3/4 each), 2i-1 and 2i+2 (1/4 each, when inside), and itself via the clamped
-// edge (1/4 more at i = 0 from output 0, at i = n-1 from output 2n-1).
-OBF_HD float fancy_weight(index_t out, index_t i, index_t n) {
-  float weight = 0.0f;
-  if (out == 2 * i || out == 2 * i + 1) weight += 0.75f;
-  if (out == 2 * i - 1 || out == 2 * i + 2) weight += 0.25f;
-  if (i == 0 && out == 0) weight += 0.25f;
-  if (i == n - 1 && out == 2 * n - 1) weight += 0.25f;
-  return weight;
+// Where step (1) reads the chroma gradient: straight from the RGB gradient (GPU), or from a
+// plane of chroma_grad_at values with a border of zeros one sample wide (CPU, computed once).
+struct ChromaGradFromRGB {
+  const float* grad;
+  index_t h, w;
+  int component;
+  OBF_HD float operator()(index_t y, index_t x) const { return chroma_grad_at(grad, h, w, y, x, component); }
+};
+struct ChromaGradFromPlane {
+  const float* plane;  // rows -1 .. 2*small_h, columns -1 .. 2*small_w
+  index_t stride;
+  OBF_HD float operator()(index_t y, index_t x) const { return plane[(y + 1) * stride + x + 1]; }
+};
+
+// Weights of the smooth 1-D fancy upsampling's transpose at small index i of n: outputs
+// 2i-1 .. 2i+2 receive 1/4, 3/4, 3/4, 1/4 of it, plus the 1/4 of the clamped edge neighbour at
+// i = 0 (output 0) and i = n-1 (output 2n-1).
+OBF_HD void fancy_transpose_weights(index_t i, index_t n, float* weights) {
+  weights[0] = 0.25f;
+  weights[1] = i == 0 ? 1.0f : 0.75f;
+  weights[2] = i == n - 1 ? 1.0f : 0.75f;
+  weights[3] = 0.25f;
 }
 
-// Step (1) at small sample (row, col).
-OBF_HD float upsample_transpose_at(const float* grad, index_t h, index_t w, index_t small_h,
-                                   index_t small_w, index_t row, index_t col, int component) {
-  float acc = 0.0f;
+// Step (1) at small sample (row, col): all 4x4 terms, always in the same order (terms outside
+// the image are exact zeros), so every driver sums identically.
+template <typename Fetch>
+OBF_HD float upsample_transpose_at(const Fetch& fetch, index_t small_h, index_t small_w, index_t row,
+                                   index_t col) {
   if (!uses_fancy_upsampling(small_w)) {  // 2x2 replication
-    for (index_t y = 2 * row; y < 2 * row + 2; ++y)
-      for (index_t x = 2 * col; x < 2 * col + 2; ++x) acc += chroma_grad_at(grad, h, w, y, x, component);
-    return acc;
+    return fetch(2 * row, 2 * col) + fetch(2 * row, 2 * col + 1) + fetch(2 * row + 1, 2 * col) +
+           fetch(2 * row + 1, 2 * col + 1);
   }
-  for (index_t y = 2 * row - 1; y <= 2 * row + 2; ++y) {
-    const float wy = fancy_weight(y, row, small_h);
-    if (wy == 0.0f) continue;
+  float wy[4], wx[4];
+  fancy_transpose_weights(row, small_h, wy);
+  fancy_transpose_weights(col, small_w, wx);
+  float acc = 0.0f;
+  for (int a = 0; a < 4; ++a) {
     float line = 0.0f;
-    for (index_t x = 2 * col - 1; x <= 2 * col + 2; ++x) {
-      const float wx = fancy_weight(x, col, small_w);
-      if (wx != 0.0f) line += wx * chroma_grad_at(grad, h, w, y, x, component);
-    }
-    acc += wy * line;
+    for (int b = 0; b < 4; ++b) line += wx[b] * fetch(2 * row - 1 + a, 2 * col - 1 + b);
+    acc += wy[a] * line;
   }
   return acc;
 }

@@ -603,7 +603,7 @@ def jpeg(x: torch.Tensor, quality: int = 75, *, subsampling: str = "4:2:0",
         >>> from obfgrad.ops.jpeg import jpeg
         >>> x = torch.full((1, 3, 8, 8), 0.5, requires_grad=True)
         >>> y = jpeg(x, quality=75)
-        >>> round(float(y[0, 0, 0, 0]) * 255)  # flat grey survives JPEG
+        >>> round(float(y[0, 0, 0, 0].detach()) * 255)  # flat grey survives JPEG
         128
         >>> y.sum().backward()
         >>> float(x.grad.min()), float(x.grad.max())  # identity backward

@@ -15,7 +15,14 @@ import torch
 from PIL import Image
 
 from obfgrad import _native
-from obfgrad.ops.jpeg import JPEG, jpeg, linear_surrogate, quantization_tables, reference
+from obfgrad.ops.jpeg import (
+    JPEG,
+    SUBSAMPLINGS,
+    jpeg,
+    linear_surrogate,
+    quantization_tables,
+    reference,
+)
 
 # The module itself (obfgrad.ops may re-export the function under the same name).
 jpeg_module = importlib.import_module("obfgrad.ops.jpeg")
@@ -189,6 +196,17 @@ def test_reference_fallback_without_native(monkeypatch, shape):
     jpeg(x, backward="linear").backward(grad_out)
     expected = torch.autograd.functional.vjp(linear_surrogate, x.detach().double(), grad_out.double())[1]
     torch.testing.assert_close(x.grad.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_references_keep_to_the_input_device(channels):
+    # The fallbacks (used on CUDA without CuPy) must not mix in CPU tensors: on the meta device
+    # any stray CPU tensor raises.
+    x = torch.rand(2, channels, 13, 11, device="meta")
+    for subsampling in SUBSAMPLINGS:
+        assert reference(x, 75, subsampling).device.type == "meta"
+        assert linear_surrogate(x, 75, subsampling).device.type == "meta"
+        assert jpeg_module._linear_backward_reference(x, subsampling == "4:2:0").device.type == "meta"
 
 
 def test_module_form():

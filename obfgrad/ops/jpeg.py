@@ -144,15 +144,15 @@ def _ycbcr_to_rgb(ycc: torch.Tensor) -> torch.Tensor:
 
 def _replicate_pad(plane: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Extend (N, h, w) to (N, height, width) by repeating the last row and column."""
-    rows = torch.arange(height).clamp(max=plane.shape[1] - 1)
-    cols = torch.arange(width).clamp(max=plane.shape[2] - 1)
+    rows = torch.arange(height, device=plane.device).clamp(max=plane.shape[1] - 1)
+    cols = torch.arange(width, device=plane.device).clamp(max=plane.shape[2] - 1)
     return plane[:, rows][:, :, cols]
 
 
 def _downsample_h2v2(plane: torch.Tensor) -> torch.Tensor:
     """2x2 box average with libjpeg's rounding bias 1, 2, 1, 2, ... along each row (jcsample.c)."""
     sums = plane[:, 0::2, 0::2] + plane[:, 0::2, 1::2] + plane[:, 1::2, 0::2] + plane[:, 1::2, 1::2]
-    bias = 1 + (torch.arange(sums.shape[2]) % 2)
+    bias = 1 + (torch.arange(sums.shape[2], device=plane.device) % 2)
     return (sums + bias) >> 2
 
 
@@ -267,12 +267,12 @@ def _upsample_h2v2(small: torch.Tensor) -> torch.Tensor:
     n, h, w = small.shape
     if w <= 2:
         return small.repeat_interleave(2, 1).repeat_interleave(2, 2)
-    rows = torch.arange(h)
+    rows = torch.arange(h, device=small.device)
     above = small[:, (rows - 1).clamp(min=0)]
     below = small[:, (rows + 1).clamp(max=h - 1)]
     # Vertical: 3/4 of the nearer row + 1/4 of the farther one, kept as a sum (x4).
     colsum = torch.stack((3 * small + above, 3 * small + below), 2).reshape(n, 2 * h, w)
-    cols = torch.arange(w)
+    cols = torch.arange(w, device=small.device)
     left = colsum[:, :, (cols - 1).clamp(min=0)]
     right = colsum[:, :, (cols + 1).clamp(max=w - 1)]
     # Horizontal, same weights; biases 8 and 7 alternate the rounding direction.
@@ -285,7 +285,7 @@ def reference(x: torch.Tensor, quality: int = 75, subsampling: str = "4:2:0") ->
 
     Same contract as :func:`jpeg` (no autograd); slow but exact.
     """
-    luma_table, chroma_table = quantization_tables(quality)
+    luma_table, chroma_table = (t.to(x.device) for t in quantization_tables(quality))
     samples = _to_samples(x)
     if samples.shape[1] == 1:
         out = _luma_roundtrip(samples[:, 0], luma_table)[:, None]

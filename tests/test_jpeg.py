@@ -168,6 +168,25 @@ def test_batch_sizes(batch):
         assert torch.equal(y[-1:], jpeg(x[-1:]))
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("subsampling", ["4:2:0", "4:4:4"])
+def test_fewer_images_than_threads_share_rows_among_threads(channels, subsampling):
+    # With fewer images than threads the CPU driver splits each image's rows and blocks among
+    # the threads instead of giving each thread whole images.
+    module = _native.native()
+    if module is None:
+        pytest.skip("native extension not built")
+    previous = module.openmp_max_threads()
+    module.set_num_threads(3)
+    try:
+        for shape in [(1, 1), (5, 7), (37, 45), (64, 48)]:
+            x = random_images((2, channels, *shape), seed=shape[0])
+            for quality in (10, 95):
+                assert torch.equal(jpeg(x, quality, subsampling=subsampling), reference(x, quality, subsampling))
+    finally:
+        module.set_num_threads(previous)
+
+
 def test_empty_images_pass_through():
     x = torch.rand(2, 3, 0, 5)
     assert jpeg(x).shape == x.shape

@@ -9,6 +9,8 @@
 
 #include "obfgrad/jpeg.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -35,23 +37,30 @@ struct ImageShape {
   bool subsample;  // 4:2:0 (colour only)
 };
 
-// Per-thread working memory, reused across the images a thread processes.
-struct Workspace {
-  std::vector<int> luma, cb, cr;                 // padded sample planes (int: whole-vector loads)
-  std::vector<int> cb_rows[2], cr_rows[2];      // full-resolution chroma of one row pair
-  std::vector<int> colsum, cb_line, cr_line;    // upsampling of one output row
+// The padded sample planes of the image being processed (int: whole-vector block loads).
+struct Planes {
+  std::vector<int> luma, cb, cr;
 
   void reserve(const ImageShape& s, const jp::PlaneGeometry& g) {
     luma.resize(g.luma_h * g.luma_w);
     if (s.channels == 3) {
       cb.resize(g.chroma_h * g.chroma_w);
       cr.resize(g.chroma_h * g.chroma_w);
-      for (auto* rows : {cb_rows, cr_rows})
-        for (int k = 0; k < 2; ++k) rows[k].resize(2 * g.chroma_w);
-      colsum.resize(g.small_w + 2);
-      cb_line.resize(2 * g.small_w);
-      cr_line.resize(2 * g.small_w);
     }
+  }
+};
+
+// Per-thread row buffers.
+struct RowScratch {
+  std::vector<int> cb_rows[2], cr_rows[2];  // full-resolution chroma of one row pair
+  std::vector<int> colsum, cb_line, cr_line;  // upsampling of one output row
+
+  void reserve(const jp::PlaneGeometry& g) {
+    for (auto* rows : {cb_rows, cr_rows})
+      for (int k = 0; k < 2; ++k) rows[k].resize(2 * g.chroma_w);
+    colsum.resize(g.small_w + 2);
+    cb_line.resize(2 * g.small_w);
+    cr_line.resize(2 * g.small_w);
   }
 };
 
@@ -85,68 +94,64 @@ inline void convert_row(const float* __restrict r, const float* __restrict g, co
 inline void downsample_row(const int* __restrict upper, const int* __restrict lower, index_t n,
                            int* __restrict out) {
   for (index_t col = 0; col < n; ++col) {
-    out[col] = jp::downsample_h2v2(upper[2 * col], upper[2 * col + 1], lower[2 * col],
-                                                  lower[2 * col + 1], col);
+    out[col] = jp::downsample_h2v2(upper[2 * col], upper[2 * col + 1], lower[2 * col], lower[2 * col + 1], col);
   }
 }
 
-// Pass 1, colour: RGB -> YCbCr samples; luma (and 4:4:4 chroma) padded to whole blocks;
-// 4:2:0 chroma downsampled row pair by row pair.
-OBF_CPU_CLONES void encode_colour(const float* image, const ImageShape& s, const jp::PlaneGeometry& g, Workspace& ws) {
+// Pass 1, one step: colour 4:2:0 -> row pair `row` (two luma rows, one chroma row); colour
+// 4:4:4 -> image row `row`; grayscale -> image row `row`. Rows past the image come later
+// (pad_planes), so steps are independent.
+OBF_CPU_CLONES void encode_step(const float* image, const ImageShape& s, const jp::PlaneGeometry& g,
+                                index_t row, Planes& p, RowScratch& scratch) {
   const index_t plane = s.h * s.w, w = s.w;
+  if (s.channels == 1) {
+    int* out = p.luma.data() + row * g.luma_w;
+    const float* in = image + row * w;
+    for (index_t x = 0; x < w; ++x) out[x] = jp::to_sample(in[x]);
+    pad_row(out, w, g.luma_w);
+    return;
+  }
   const float *red = image, *green = image + plane, *blue = image + 2 * plane;
-  auto convert = [&](index_t y, int* luma_row, int* cb_row, int* cr_row) {
-    convert_row(red + y * w, green + y * w, blue + y * w, w, g.luma_w, luma_row, cb_row, cr_row);
-  };
   if (s.subsample) {
-    const index_t full_w = 2 * g.chroma_w;
-    for (index_t row = 0; row < g.small_h; ++row) {
-      for (int k = 0; k < 2; ++k) {
-        const index_t y = std::min(2 * row + k, s.h - 1);
-        convert(y, ws.luma.data() + (2 * row + k) * g.luma_w, ws.cb_rows[k].data(), ws.cr_rows[k].data());
-        pad_row(ws.cb_rows[k].data(), s.w, full_w);
-        pad_row(ws.cr_rows[k].data(), s.w, full_w);
-      }
-      downsample_row(ws.cb_rows[0].data(), ws.cb_rows[1].data(), g.chroma_w, ws.cb.data() + row * g.chroma_w);
-      downsample_row(ws.cr_rows[0].data(), ws.cr_rows[1].data(), g.chroma_w, ws.cr.data() + row * g.chroma_w);
+    for (int k = 0; k < 2; ++k) {
+      const index_t y = std::min(2 * row + k, s.h - 1);  // an odd last row pairs with itself
+      int *cb = scratch.cb_rows[k].data(), *cr = scratch.cr_rows[k].data();
+      convert_row(red + y * w, green + y * w, blue + y * w, w, g.luma_w, p.luma.data() + (2 * row + k) * g.luma_w,
+                  cb, cr);
+      pad_row(cb, w, 2 * g.chroma_w);
+      pad_row(cr, w, 2 * g.chroma_w);
     }
-    pad_rows(ws.cb.data(), g.chroma_w, g.small_h - 1, g.chroma_h);
-    pad_rows(ws.cr.data(), g.chroma_w, g.small_h - 1, g.chroma_h);
+    downsample_row(scratch.cb_rows[0].data(), scratch.cb_rows[1].data(), g.chroma_w, p.cb.data() + row * g.chroma_w);
+    downsample_row(scratch.cr_rows[0].data(), scratch.cr_rows[1].data(), g.chroma_w, p.cr.data() + row * g.chroma_w);
   } else {
-    for (index_t y = 0; y < s.h; ++y) {
-      int* cb_row = ws.cb_rows[0].data();
-      int* cr_row = ws.cr_rows[0].data();
-      convert(y, ws.luma.data() + y * g.luma_w, cb_row, cr_row);
-      int* cb = ws.cb.data() + y * g.chroma_w;
-      int* cr = ws.cr.data() + y * g.chroma_w;
-      std::memcpy(cb, cb_row, s.w * sizeof(int));
-      std::memcpy(cr, cr_row, s.w * sizeof(int));
-      pad_row(cb, s.w, g.chroma_w);
-      pad_row(cr, s.w, g.chroma_w);
-    }
-    pad_rows(ws.cb.data(), g.chroma_w, s.h - 1, g.chroma_h);
-    pad_rows(ws.cr.data(), g.chroma_w, s.h - 1, g.chroma_h);
+    int* cb = p.cb.data() + row * g.chroma_w;
+    int* cr = p.cr.data() + row * g.chroma_w;
+    convert_row(red + row * w, green + row * w, blue + row * w, w, g.luma_w, p.luma.data() + row * g.luma_w, cb, cr);
+    pad_row(cb, w, g.chroma_w);
+    pad_row(cr, w, g.chroma_w);
   }
-  // Luma rows past the image (the row pairs above may have filled some of them already).
-  pad_rows(ws.luma.data(), g.luma_w, s.h - 1, g.luma_h);
 }
 
-void encode_gray(const float* image, const ImageShape& s, const jp::PlaneGeometry& g, Workspace& ws) {
-  for (index_t y = 0; y < s.h; ++y) {
-    int* row = ws.luma.data() + y * g.luma_w;
-    const float* in = image + y * s.w;
-    for (index_t x = 0; x < s.w; ++x) row[x] = jp::to_sample(in[x]);
-    pad_row(row, s.w, g.luma_w);
-  }
-  pad_rows(ws.luma.data(), g.luma_w, s.h - 1, g.luma_h);
+index_t encode_steps(const ImageShape& s, const jp::PlaneGeometry& g) {
+  return s.subsample ? g.small_h : s.h;
 }
 
-// Pass 2: every 8x8 block of a plane, in place.
-OBF_CPU_CLONES void roundtrip_plane(int* plane, index_t rows, index_t cols, const int* table) {
+// Pass 1, end: rows past the image repeat the last row. For 4:2:0 chroma that is the last
+// *downsampled* row (jcprepct.c pads the downsampled planes to the block height).
+void pad_planes(const ImageShape& s, const jp::PlaneGeometry& g, Planes& p) {
+  pad_rows(p.luma.data(), g.luma_w, s.h - 1, g.luma_h);
+  if (s.channels == 3) {
+    pad_rows(p.cb.data(), g.chroma_w, g.small_h - 1, g.chroma_h);
+    pad_rows(p.cr.data(), g.chroma_w, g.small_h - 1, g.chroma_h);
+  }
+}
+
+// Pass 2, one step: the 8x8 blocks of one block row of a plane, in place.
+OBF_CPU_CLONES void roundtrip_block_row(int* plane, index_t block_row, index_t cols, const int* table) {
   jp::lanes8i table_rows[8];
   std::memcpy(table_rows, table, sizeof(table_rows));
-  for (index_t by = 0; by < rows; by += 8)
-    for (index_t bx = 0; bx < cols; bx += 8) jp::roundtrip_block_simd(plane + by * cols + bx, cols, table_rows);
+  int* row = plane + block_row * 8 * cols;
+  for (index_t bx = 0; bx < cols; bx += 8) jp::roundtrip_block_simd(row + bx, cols, table_rows);
 }
 
 // Pass 3 helpers. Fancy upsampling of one chroma row: colsum[1 .. n] holds the vertical sums;
@@ -163,8 +168,7 @@ inline void fancy_row(const int* __restrict near_line, const int* __restrict far
 }
 
 // Full-resolution row y of a 4:2:0 chroma plane into `line` (>= W samples).
-OBF_CPU_CLONES void upsample_row(const int* plane, const jp::PlaneGeometry& g, index_t y,
-                                 Workspace& ws, int* line) {
+inline void upsample_row(const int* plane, const jp::PlaneGeometry& g, index_t y, int* colsum, int* line) {
   const index_t row = y >> 1, n = g.small_w;
   const int* near_line = plane + row * g.chroma_w;
   if (!jp::uses_fancy_upsampling(n)) {
@@ -172,12 +176,12 @@ OBF_CPU_CLONES void upsample_row(const int* plane, const jp::PlaneGeometry& g, i
     return;
   }
   const index_t far_row = (y & 1) ? std::min(row + 1, g.small_h - 1) : std::max<index_t>(row - 1, 0);
-  fancy_row(near_line, plane + far_row * g.chroma_w, n, ws.colsum.data(), line);
+  fancy_row(near_line, plane + far_row * g.chroma_w, n, colsum, line);
 }
 
 // YCbCr samples of one row -> float RGB.
-inline void decode_row(const int* __restrict luma, const int* __restrict cb, const int* __restrict cr,
-                       index_t w, float* __restrict r, float* __restrict g, float* __restrict b) {
+inline void ycc_row_to_rgb(const int* __restrict luma, const int* __restrict cb, const int* __restrict cr,
+                           index_t w, float* __restrict r, float* __restrict g, float* __restrict b) {
   for (index_t x = 0; x < w; ++x) {
     r[x] = jp::from_sample(jp::ycc_to_r(luma[x], cr[x]));
     g[x] = jp::from_sample(jp::ycc_to_g(luma[x], cb[x], cr[x]));
@@ -185,47 +189,60 @@ inline void decode_row(const int* __restrict luma, const int* __restrict cb, con
   }
 }
 
-// Pass 3, colour: chroma back to full resolution, YCbCr -> RGB, 8-bit -> float.
-OBF_CPU_CLONES void decode_colour(float* out, const ImageShape& s, const jp::PlaneGeometry& g, Workspace& ws) {
+// Pass 3, one step: output row y (chroma back to full resolution, YCbCr -> RGB, 8-bit -> float).
+OBF_CPU_CLONES void decode_step(float* out, const ImageShape& s, const jp::PlaneGeometry& g, index_t y,
+                                const Planes& p, RowScratch& scratch) {
   const index_t plane = s.h * s.w;
-  for (index_t y = 0; y < s.h; ++y) {
-    const int* luma = ws.luma.data() + y * g.luma_w;
-    const int *cb, *cr;
-    if (s.subsample) {
-      upsample_row(ws.cb.data(), g, y, ws, ws.cb_line.data());
-      upsample_row(ws.cr.data(), g, y, ws, ws.cr_line.data());
-      cb = ws.cb_line.data();
-      cr = ws.cr_line.data();
-    } else {
-      cb = ws.cb.data() + y * g.chroma_w;
-      cr = ws.cr.data() + y * g.chroma_w;
-    }
-    decode_row(luma, cb, cr, s.w, out + y * s.w, out + plane + y * s.w, out + 2 * plane + y * s.w);
-  }
-}
-
-void decode_gray(float* out, const ImageShape& s, const jp::PlaneGeometry& g, const Workspace& ws) {
-  for (index_t y = 0; y < s.h; ++y) {
-    const int* row = ws.luma.data() + y * g.luma_w;
-    for (index_t x = 0; x < s.w; ++x) out[y * s.w + x] = jp::from_sample(row[x]);
-  }
-}
-
-void roundtrip_image(const float* image, float* out, const ImageShape& s, const int* luma_table,
-                     const int* chroma_table, Workspace& ws) {
-  const jp::PlaneGeometry g = jp::plane_geometry(s.h, s.w, s.subsample);
-  ws.reserve(s, g);
+  const int* luma = p.luma.data() + y * g.luma_w;
   if (s.channels == 1) {
-    encode_gray(image, s, g, ws);
-    roundtrip_plane(ws.luma.data(), g.luma_h, g.luma_w, luma_table);
-    decode_gray(out, s, g, ws);
+    for (index_t x = 0; x < s.w; ++x) out[y * s.w + x] = jp::from_sample(luma[x]);
     return;
   }
-  encode_colour(image, s, g, ws);
-  roundtrip_plane(ws.luma.data(), g.luma_h, g.luma_w, luma_table);
-  roundtrip_plane(ws.cb.data(), g.chroma_h, g.chroma_w, chroma_table);
-  roundtrip_plane(ws.cr.data(), g.chroma_h, g.chroma_w, chroma_table);
-  decode_colour(out, s, g, ws);
+  const int *cb = p.cb.data() + y * g.chroma_w, *cr = p.cr.data() + y * g.chroma_w;
+  if (s.subsample) {
+    upsample_row(p.cb.data(), g, y, scratch.colsum.data(), scratch.cb_line.data());
+    upsample_row(p.cr.data(), g, y, scratch.colsum.data(), scratch.cr_line.data());
+    cb = scratch.cb_line.data();
+    cr = scratch.cr_line.data();
+  }
+  ycc_row_to_rgb(luma, cb, cr, s.w, out + y * s.w, out + plane + y * s.w, out + 2 * plane + y * s.w);
+}
+
+// Loop policies for the steps of one image: run them all on the calling thread (OpenMP is
+// spread over images), or share them among the threads of the enclosing parallel region
+// (fewer images than threads). Each worksharing loop ends with a barrier, so a pass sees the
+// previous pass complete.
+struct SerialSteps {
+  template <typename Step>
+  void operator()(index_t count, const Step& step) const {
+    for (index_t i = 0; i < count; ++i) step(i);
+  }
+};
+struct SharedSteps {
+  template <typename Step>
+  void operator()(index_t count, const Step& step) const {
+#pragma omp for schedule(static)
+    for (index_t i = 0; i < count; ++i) step(i);
+  }
+};
+
+template <typename Steps>
+void roundtrip_image(const float* image, float* out, const ImageShape& s, const jp::PlaneGeometry& g,
+                     const int* luma_table, const int* chroma_table, Planes& p, RowScratch& scratch,
+                     const Steps& steps) {
+  steps(encode_steps(s, g), [&](index_t row) { encode_step(image, s, g, row, p, scratch); });
+  steps(1, [&](index_t) { pad_planes(s, g, p); });
+  const index_t luma_rows = g.luma_h / 8, chroma_rows = s.channels == 3 ? g.chroma_h / 8 : 0;
+  steps(luma_rows + 2 * chroma_rows, [&](index_t r) {
+    if (r < luma_rows) {
+      roundtrip_block_row(p.luma.data(), r, g.luma_w, luma_table);
+    } else {
+      r -= luma_rows;
+      int* plane = r < chroma_rows ? p.cb.data() : p.cr.data();
+      roundtrip_block_row(plane, r % chroma_rows, g.chroma_w, chroma_table);
+    }
+  });
+  steps(s.h, [&](index_t y) { decode_step(out, s, g, y, p, scratch); });
 }
 
 ImageShape image_shape(const std::vector<long long>& xs, bool subsample) {
@@ -254,13 +271,32 @@ void jpeg_forward(const carray<float>& x, carray<float>& out, const carray<int>&
   if (n == 0 || image == 0) return;
   const float* src = x.data();
   float* dst = out.mutable_data();
+  const jp::PlaneGeometry g = jp::plane_geometry(s.h, s.w, s.subsample);
   py::gil_scoped_release release;
+  if (n >= omp_get_max_threads()) {
 #pragma omp parallel
-  {
-    Workspace ws;
+    {
+      Planes planes;
+      RowScratch scratch;
+      planes.reserve(s, g);
+      scratch.reserve(g);
 #pragma omp for schedule(dynamic)
-    for (index_t i = 0; i < n; ++i) {
-      roundtrip_image(src + i * image, dst + i * image, s, luma.data(), chroma.data(), ws);
+      for (index_t i = 0; i < n; ++i) {
+        roundtrip_image(src + i * image, dst + i * image, s, g, luma.data(), chroma.data(), planes, scratch,
+                        SerialSteps{});
+      }
+    }
+  } else {
+    Planes planes;  // one image at a time, its rows and blocks shared among the threads
+    planes.reserve(s, g);
+#pragma omp parallel
+    {
+      RowScratch scratch;
+      scratch.reserve(g);
+      for (index_t i = 0; i < n; ++i) {
+        roundtrip_image(src + i * image, dst + i * image, s, g, luma.data(), chroma.data(), planes, scratch,
+                        SharedSteps{});
+      }
     }
   }
 }

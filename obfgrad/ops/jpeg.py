@@ -11,6 +11,17 @@ Entropy coding is lossless and skipped. The formulas and constants below are tho
 published in the IJG/libjpeg-turbo sources and the JFIF specification; this module
 re-implements them from their description.
 
+What Pillow does (checked against Pillow 13 / libjpeg-turbo, tests/test_jpeg.py): ``save``
+uses libjpeg's defaults, i.e. the islow DCT and 4:2:0 chroma subsampling at *every* quality
+(``subsampling=0`` gives 4:4:4), and quantisation tables clamped to 255 (baseline); ``open``
+decodes with the islow IDCT and fancy upsampling. Grayscale ("L") images are one component,
+without colour conversion or subsampling. Edge blocks are padded by repeating the last column
+and row, as libjpeg does (for 4:2:0 chroma: full-resolution columns, downsampled rows).
+
+Float to 8 bits: ``floor(255 x + 0.5)`` computed in float32 (round half up; users who feed
+Pillow ``(255 x).round()`` differ only on exact halves). The result is ``v / 255`` in float32.
+Results are bit-identical to Pillow on every image and quality tested.
+
 Two backwards (BPDA, Athalye, Carlini & Wagner, ICML 2018, Section 4.1):
 
 * ``"identity"``: the gradient passes straight through (the paper's choice for JPEG);

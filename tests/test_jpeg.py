@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from obfgrad import _native
@@ -144,6 +146,14 @@ def test_native_matches_reference(channels, subsampling, shape):
     x = random_images((3, channels, *shape), seed=shape[0] * 7 + shape[1])
     for quality in (1, 10, 50, 75, 95, 100):
         assert torch.equal(jpeg(x, quality, subsampling=subsampling), reference(x, quality, subsampling))
+
+
+@settings(max_examples=30, deadline=None)
+@given(height=st.integers(1, 40), width=st.integers(1, 40), channels=st.sampled_from([1, 3]),
+       quality=st.integers(1, 100), subsampling=st.sampled_from(SUBSAMPLINGS), seed=st.integers(0, 2**16))
+def test_native_matches_reference_property(height, width, channels, quality, subsampling, seed):
+    x = random_images((2, channels, height, width), seed=seed)
+    assert torch.equal(jpeg(x, quality, subsampling=subsampling), reference(x, quality, subsampling))
 
 
 def test_native_matches_reference_on_flat_and_extreme_images():

@@ -11,6 +11,11 @@ Contenders, all from the same float NCHW batch to the same float NCHW result:
   * reference: the pure-torch integer reference (the fallback without the native build);
   * native_linear_backward: the `linear` BPDA backward kernel on the same batch.
 
+On a machine shared with other busy processes (more runnable threads than cores), OpenMP's
+spin-waiting threads fight the other processes for the cores; ``OMP_WAIT_POLICY=passive``
+keeps the native timings meaningful there. ``--benchmark-timer=time.process_time`` reports CPU
+time instead of wall time (for native, the sum over its threads).
+
 ``python benchmarks/bench_jpeg.py`` prints the fidelity table instead: for each image set and
 quality, the fraction of 8-bit values where native and Pillow differ by 0, 1, 2, >2.
 """

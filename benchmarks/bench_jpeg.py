@@ -18,6 +18,7 @@ time instead of wall time (for native, the sum over its threads).
 
 ``python benchmarks/bench_jpeg.py`` prints the fidelity table instead: for each image set and
 quality, the fraction of 8-bit values where native and Pillow differ by 0, 1, 2, >2.
+``python benchmarks/bench_jpeg.py --cpu-time`` prints single-thread CPU times of every contender.
 """
 
 import io
@@ -155,5 +156,35 @@ def fidelity_report(file=sys.stdout):
             print(f"{name:28s} {quality:3d} {cells}", file=file)
 
 
+def cpu_time_report(file=sys.stdout, repeats=7):
+    """Single-thread CPU time per contender (median of `repeats`): robust to other load."""
+    import time
+
+    from obfgrad import _native
+
+    torch.set_num_threads(1)
+    module = _native.native()
+    if module is not None:
+        module.set_num_threads(1)
+    contenders = {"native": lambda x: jpeg(x, QUALITY), "pillow": pillow_loop, "simplejpeg": simplejpeg_loop,
+                  "reference": lambda x: reference(x, QUALITY)}
+    for name, shape in SHAPES.items():
+        x = _batch(shape)
+        times = {}
+        for contender, fn in contenders.items():
+            fn(x)
+            runs = []
+            for _ in range(repeats if contender != "reference" else 1):
+                start = time.process_time()
+                fn(x)
+                runs.append(time.process_time() - start)
+            times[contender] = sorted(runs)[len(runs) // 2]
+        cells = ", ".join(f"{k} {v * 1e3:.2f} ms ({times[k] / times['native']:.1f}x native)" for k, v in times.items())
+        print(f"{name}: {cells}", file=file)
+
+
 if __name__ == "__main__":
-    fidelity_report()
+    if "--cpu-time" in sys.argv:
+        cpu_time_report()
+    else:
+        fidelity_report()

@@ -1,0 +1,503 @@
+// CPU driver of image quilting: exact k-nearest-neighbour patch search and raster-order
+// stitching (bodies in csrc/include/obfgrad/quilt.h).
+//
+// The search never forms the query x database distance matrix. Queries are sorted by norm
+// and packed into panels of 32 (dimension-major); the database is walked in cache blocks of
+// 480 rows. For each (panel, block) pair a register-blocked micro-kernel computes
+//     approx = |q|^2 + |d|^2 - 2 q.d
+// for a tile of rows x 32 queries, and flags the pairs whose approx is under the query's
+// running K-th distance (plus a rounding slack). Flagged pairs are re-scored with the
+// canonical distance (quilt_distance) and inserted into the running top-K: the result is
+// exactly the brute-force answer under the canonical distance, ties to the smaller index.
+//
+// Exact pruning: |q - d| >= | |q| - |d| |, so a (panel, block) pair is skipped when, for
+// every query of the panel, the gap between its norm and the block's norm range exceeds its
+// running K-th distance. Blocks are visited outwards from the panel group's median norm, so
+// the running K-th distances shrink early; with the database stored sorted by norm (as
+// obfgrad.ops.quilt_db writes it) the blocks have narrow norm ranges and most are skipped.
+//
+// The micro-kernel is compiled for AVX-512 and AVX2+FMA with function-level target
+// attributes and picked at run time, so a portable build still uses the wide units; a
+// generic C++ kernel covers other CPUs. Only the filter uses the micro-kernel's (fused)
+// arithmetic; the reported distances always come from the canonical body.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define OBF_QUILT_X86 1
+#else
+#define OBF_QUILT_X86 0
+#endif
+
+#include "buffers.h"
+#include "obfgrad/quilt.h"
+#include "registry.h"
+
+namespace obfgrad {
+namespace {
+
+constexpr int kPanel = 32;        // queries per packed panel (two AVX-512 vectors)
+constexpr int kBlockRows = 480;   // database rows per cache block: a multiple of every kernel's rows
+constexpr int kGroupPanels = 8;   // panels that share one walk over the database blocks
+
+// ------------------------------------------------------------------ micro-kernels
+// Each kernel takes `rows` database rows (contiguous, `dim` floats each), a packed panel
+// (panel[j * 32 + q] = query q's element j), the rows' squared norms, the panel's squared
+// norms and thresholds, and writes for every row a 32-bit mask of the queries whose approx
+// distance is <= their threshold. Returns whether any bit is set.
+
+struct GenericKernel {
+  static constexpr int kRows = 4;
+  static bool tile(const float* rows, int dim, const float* panel, const float* row_sq, const float* q_sq,
+                   const float* thr, uint32_t* masks) {
+    float acc[kRows][kPanel] = {};
+    for (int j = 0; j < dim; ++j) {
+      const float* b = panel + (index_t)j * kPanel;
+      for (int r = 0; r < kRows; ++r) {
+        float a = rows[(index_t)r * dim + j];
+        for (int q = 0; q < kPanel; ++q) acc[r][q] += a * b[q];
+      }
+    }
+    uint32_t any = 0;
+    for (int r = 0; r < kRows; ++r) {
+      uint32_t mask = 0;
+      for (int q = 0; q < kPanel; ++q) {
+        float approx = q_sq[q] + row_sq[r] - 2.f * acc[r][q];
+        mask |= (uint32_t)(approx <= thr[q]) << q;
+      }
+      masks[r] = mask;
+      any |= mask;
+    }
+    return any != 0;
+  }
+};
+
+#if OBF_QUILT_X86
+struct Avx2Kernel {
+  static constexpr int kRows = 3;  // 3 rows x 4 vectors of 8 = 12 accumulators
+  __attribute__((target("avx2,fma"))) static bool tile(const float* rows, int dim, const float* panel,
+                                                       const float* row_sq, const float* q_sq,
+                                                       const float* thr, uint32_t* masks) {
+    __m256 acc[kRows][4];
+#pragma GCC unroll 3
+    for (int r = 0; r < kRows; ++r)
+      for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_setzero_ps();
+    for (int j = 0; j < dim; ++j) {
+      const float* b = panel + (index_t)j * kPanel;
+      __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+      __m256 b2 = _mm256_loadu_ps(b + 16), b3 = _mm256_loadu_ps(b + 24);
+#pragma GCC unroll 3
+      for (int r = 0; r < kRows; ++r) {
+        __m256 a = _mm256_broadcast_ss(rows + (index_t)r * dim + j);
+        acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+        acc[r][2] = _mm256_fmadd_ps(a, b2, acc[r][2]);
+        acc[r][3] = _mm256_fmadd_ps(a, b3, acc[r][3]);
+      }
+    }
+    const __m256 minus_two = _mm256_set1_ps(-2.f);
+    uint32_t any = 0;
+    for (int r = 0; r < kRows; ++r) {
+      __m256 row = _mm256_set1_ps(row_sq[r]);
+      uint32_t mask = 0;
+      for (int v = 0; v < 4; ++v) {
+        __m256 base = _mm256_add_ps(_mm256_loadu_ps(q_sq + 8 * v), row);
+        __m256 approx = _mm256_fmadd_ps(acc[r][v], minus_two, base);
+        __m256 hit = _mm256_cmp_ps(approx, _mm256_loadu_ps(thr + 8 * v), _CMP_LE_OQ);
+        mask |= (uint32_t)_mm256_movemask_ps(hit) << (8 * v);
+      }
+      masks[r] = mask;
+      any |= mask;
+    }
+    return any != 0;
+  }
+};
+
+struct Avx512Kernel {
+  static constexpr int kRows = 12;  // 12 rows x 2 vectors of 16 = 24 accumulators
+  __attribute__((target("avx512f"))) static bool tile(const float* rows, int dim, const float* panel,
+                                                      const float* row_sq, const float* q_sq,
+                                                      const float* thr, uint32_t* masks) {
+    __m512 acc[kRows][2];
+#pragma GCC unroll 12
+    for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int j = 0; j < dim; ++j) {
+      const float* b = panel + (index_t)j * kPanel;
+      __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+#pragma GCC unroll 12
+      for (int r = 0; r < kRows; ++r) {
+        __m512 a = _mm512_set1_ps(rows[(index_t)r * dim + j]);
+        acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+      }
+    }
+    const __m512 minus_two = _mm512_set1_ps(-2.f);
+    const __m512 q0 = _mm512_loadu_ps(q_sq), q1 = _mm512_loadu_ps(q_sq + 16);
+    const __m512 t0 = _mm512_loadu_ps(thr), t1 = _mm512_loadu_ps(thr + 16);
+    uint32_t any = 0;
+#pragma GCC unroll 12
+    for (int r = 0; r < kRows; ++r) {
+      __m512 row = _mm512_set1_ps(row_sq[r]);
+      __m512 approx0 = _mm512_fmadd_ps(acc[r][0], minus_two, _mm512_add_ps(q0, row));
+      __m512 approx1 = _mm512_fmadd_ps(acc[r][1], minus_two, _mm512_add_ps(q1, row));
+      uint32_t mask = (uint32_t)_mm512_cmp_ps_mask(approx0, t0, _CMP_LE_OQ) |
+                      ((uint32_t)_mm512_cmp_ps_mask(approx1, t1, _CMP_LE_OQ) << 16);
+      masks[r] = mask;
+      any |= mask;
+    }
+    return any != 0;
+  }
+};
+#endif
+
+// ------------------------------------------------------------------ search state
+
+struct AlignedFloats {  // 64-byte aligned scratch, so panel loads never split cache lines
+  float* data = nullptr;
+  explicit AlignedFloats(size_t n) {
+    size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
+    data = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
+    if (!data) throw std::bad_alloc();
+    std::memset(data, 0, bytes);
+  }
+  ~AlignedFloats() { std::free(data); }
+  AlignedFloats(const AlignedFloats&) = delete;
+  AlignedFloats& operator=(const AlignedFloats&) = delete;
+};
+
+struct Search {
+  const float* queries;
+  const float* db;
+  const float* db_sq;
+  index_t num_queries, num_db;
+  int dim, k;
+  float* out_dist;
+  long long* out_index;
+  // Rounding slack of the filter (see slack_for): |approx - exact| <= slack_scale * (|q|^2 + |d|^2).
+  float slack_scale, kth_scale;
+  // Packed queries, sorted by norm: slot s of panel p holds query order[p * 32 + s] (-1: padding).
+  index_t num_panels;
+  std::vector<index_t> order;
+  std::vector<float> slot_sq, slot_norm;
+  // Database blocks: norm range (sqrt) and largest squared norm.
+  index_t num_blocks;
+  std::vector<float> block_min, block_max, block_max_sq;
+};
+
+// Bound on the error of approx = |q|^2 + |d|^2 - 2 q.d (float32, any summation order, fused or
+// not) against the canonical distance: each of the three dot products errs by at most
+// gamma_dim * (|q|^2 + |d|^2) / ... (Higham, "Accuracy and Stability of Numerical Algorithms",
+// eq. 3.5, gamma_n = n u / (1 - n u)); we take twice the sum of those bounds plus the final
+// additions, and the canonical distance's own error through kth_scale.
+void set_slack(Search& s) {
+  const double unit = std::ldexp(1.0, -24);
+  const double gamma = (s.dim + 2) * unit / (1.0 - (s.dim + 2) * unit);
+  s.slack_scale = (float)(2.0 * (2.0 * gamma + 4.0 * unit));
+  s.kth_scale = (float)(1.0 + 2.0 * gamma);
+}
+
+void pack_queries(Search& s, AlignedFloats& packed) {
+  std::vector<float> sq(s.num_queries);
+  for (index_t q = 0; q < s.num_queries; ++q) {
+    const float* v = s.queries + q * s.dim;
+    float sum = 0.f;
+    for (int j = 0; j < s.dim; ++j) sum += v[j] * v[j];
+    sq[q] = sum;
+  }
+  std::vector<index_t> sorted(s.num_queries);
+  for (index_t q = 0; q < s.num_queries; ++q) sorted[q] = q;
+  std::sort(sorted.begin(), sorted.end(), [&](index_t a, index_t b) { return sq[a] < sq[b] || (sq[a] == sq[b] && a < b); });
+  s.num_panels = (s.num_queries + kPanel - 1) / kPanel;
+  s.order.assign(s.num_panels * kPanel, -1);
+  s.slot_sq.assign(s.num_panels * kPanel, 0.f);
+  s.slot_norm.assign(s.num_panels * kPanel, 0.f);
+  for (index_t slot = 0; slot < s.num_queries; ++slot) {
+    index_t q = sorted[slot];
+    s.order[slot] = q;
+    s.slot_sq[slot] = sq[q];
+    s.slot_norm[slot] = std::sqrt(sq[q]);
+    index_t panel = slot / kPanel, lane = slot % kPanel;
+    float* dst = packed.data + panel * (index_t)s.dim * kPanel + lane;
+    for (int j = 0; j < s.dim; ++j) dst[(index_t)j * kPanel] = s.queries[q * s.dim + j];
+  }
+}
+
+void summarise_blocks(Search& s) {
+  s.num_blocks = (s.num_db + kBlockRows - 1) / kBlockRows;
+  s.block_min.assign(s.num_blocks, 0.f);
+  s.block_max.assign(s.num_blocks, 0.f);
+  s.block_max_sq.assign(s.num_blocks, 0.f);
+  for (index_t b = 0; b < s.num_blocks; ++b) {
+    index_t begin = b * kBlockRows, end = std::min(s.num_db, begin + kBlockRows);
+    float lo = std::numeric_limits<float>::infinity(), hi = 0.f;
+    for (index_t r = begin; r < end; ++r) {
+      lo = std::min(lo, s.db_sq[r]);
+      hi = std::max(hi, s.db_sq[r]);
+    }
+    s.block_min[b] = std::sqrt(lo);
+    s.block_max[b] = std::sqrt(hi);
+    s.block_max_sq[b] = hi;
+  }
+}
+
+// Current K-th distance of the query in `slot` (+inf while its list is not full).
+inline float kth_of(const Search& s, index_t slot) {
+  index_t q = s.order[slot];
+  return s.out_dist[q * s.k + s.k - 1];
+}
+
+// Per-slot filter thresholds for block b; -inf (never a candidate) for padding and for the
+// queries the norm bound rules out. Returns whether any query of the panel needs the block.
+bool panel_thresholds(const Search& s, index_t panel, index_t b, float* thr) {
+  bool needed = false;
+  for (int lane = 0; lane < kPanel; ++lane) {
+    index_t slot = panel * kPanel + lane;
+    thr[lane] = -std::numeric_limits<float>::infinity();
+    if (s.order[slot] < 0) continue;
+    float kth = kth_of(s, slot);
+    float slack = s.slack_scale * (s.slot_sq[slot] + s.block_max_sq[b]);
+    float norm = s.slot_norm[slot];
+    float gap = std::max(0.f, std::max(s.block_min[b] - norm, norm - s.block_max[b]));
+    // Norm bound, loosened by the same slack: a true neighbour is never skipped.
+    if (gap * gap > kth * s.kth_scale + slack) continue;
+    thr[lane] = kth * s.kth_scale + slack;
+    needed = true;
+  }
+  return needed;
+}
+
+// Re-score the flagged (row, query) pairs with the canonical distance and update the lists.
+void handle_candidates(const Search& s, index_t panel, index_t b, index_t first_row, int rows,
+                       const uint32_t* masks, float* thr) {
+  for (int r = 0; r < rows; ++r) {
+    uint32_t mask = masks[r];
+    index_t row = first_row + r;
+    while (mask) {
+      int lane = __builtin_ctz(mask);
+      mask &= mask - 1;
+      index_t slot = panel * kPanel + lane;
+      index_t q = s.order[slot];
+      float dist = quilt_distance(s.queries + q * s.dim, s.db + row * s.dim, s.dim);
+      if (quilt_topk_insert(dist, row, s.out_dist + q * s.k, s.out_index + q * s.k, s.k)) {
+        thr[lane] = kth_of(s, slot) * s.kth_scale + s.slack_scale * (s.slot_sq[slot] + s.block_max_sq[b]);
+      }
+    }
+  }
+}
+
+template <class Kernel>
+void scan_block(const Search& s, const float* packed_panel, index_t panel, index_t b, float* thr,
+                float* tail_rows, float* tail_sq) {
+  constexpr int R = Kernel::kRows;
+  uint32_t masks[R];
+  index_t begin = b * kBlockRows, end = std::min(s.num_db, begin + kBlockRows);
+  const float* panel_sq = s.slot_sq.data() + panel * kPanel;
+  index_t row = begin;
+  for (; row + R <= end; row += R) {
+    if (Kernel::tile(s.db + row * s.dim, s.dim, packed_panel, s.db_sq + row, panel_sq, thr, masks))
+      handle_candidates(s, panel, b, row, R, masks, thr);
+  }
+  if (row < end) {  // last rows of the database: zero-padded copy, padding rows ignored
+    int valid = (int)(end - row);
+    std::memset(tail_rows, 0, sizeof(float) * R * s.dim);
+    std::memcpy(tail_rows, s.db + row * s.dim, sizeof(float) * valid * s.dim);
+    for (int r = 0; r < R; ++r) tail_sq[r] = r < valid ? s.db_sq[row + r] : 0.f;
+    if (Kernel::tile(tail_rows, s.dim, packed_panel, tail_sq, panel_sq, thr, masks))
+      handle_candidates(s, panel, b, row, valid, masks, thr);
+  }
+}
+
+// Blocks in the order a group visits them: by distance of their norm range from the group's
+// median query norm (closest first, ties by block index).
+std::vector<index_t> visit_order(const Search& s, float centre) {
+  std::vector<std::pair<float, index_t>> keyed(s.num_blocks);
+  for (index_t b = 0; b < s.num_blocks; ++b) {
+    float gap = std::max(0.f, std::max(s.block_min[b] - centre, centre - s.block_max[b]));
+    keyed[b] = {gap, b};
+  }
+  std::sort(keyed.begin(), keyed.end());
+  std::vector<index_t> order(s.num_blocks);
+  for (index_t b = 0; b < s.num_blocks; ++b) order[b] = keyed[b].second;
+  return order;
+}
+
+template <class Kernel>
+void search_all(const Search& s, const AlignedFloats& packed, index_t* pairs_scanned) {
+  const index_t num_groups = (s.num_panels + kGroupPanels - 1) / kGroupPanels;
+  const index_t panel_floats = (index_t)s.dim * kPanel;
+  index_t scanned = 0;
+#pragma omp parallel reduction(+ : scanned)
+  {
+    AlignedFloats tail_rows((size_t)Kernel::kRows * s.dim);
+    float tail_sq[Kernel::kRows];
+    alignas(64) float thr[kPanel];
+#pragma omp for schedule(dynamic, 1)
+    for (index_t g = 0; g < num_groups; ++g) {
+      index_t first = g * kGroupPanels, last = std::min(s.num_panels, first + kGroupPanels);
+      index_t mid_slot = std::min(s.num_queries - 1, (first * kPanel + last * kPanel) / 2);
+      for (index_t b : visit_order(s, s.slot_norm[mid_slot])) {
+        for (index_t p = first; p < last; ++p) {
+          if (!panel_thresholds(s, p, b, thr)) continue;
+          scan_block<Kernel>(s, packed.data + p * panel_floats, p, b, thr, tail_rows.data, tail_sq);
+          ++scanned;
+        }
+      }
+    }
+  }
+  *pairs_scanned = scanned;
+}
+
+std::string best_isa() {
+#if OBF_QUILT_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return "avx512";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
+#endif
+  return "generic";
+}
+
+// ------------------------------------------------------------------ bindings
+
+void check_database(const std::vector<long long>& db_shape, const std::vector<long long>& sq_shape) {
+  if (db_shape[0] < 1 || db_shape[1] < 1) throw py::value_error("database: expected a non-empty (N, D) array");
+  require_shape(sq_shape, {db_shape[0]}, "database_sq_norms");
+}
+
+// Exact k nearest neighbours (canonical squared l2) of every query row among the database rows.
+py::dict knn(carray<float> queries, carray<float> database, carray<float> database_sq_norms, int k,
+             carray<long long> out_index, carray<float> out_dist, const std::string& isa) {
+  auto q_shape = checked_shape(queries, "queries", 2);
+  auto db_shape = checked_shape(database, "database", 2);
+  check_database(db_shape, checked_shape(database_sq_norms, "database_sq_norms", 1));
+  if (q_shape[1] != db_shape[1])
+    throw py::value_error("queries: expected " + std::to_string(db_shape[1]) + " columns (the database's), got " +
+                          std::to_string(q_shape[1]));
+  if (k < 1 || k > db_shape[0])
+    throw py::value_error("k: expected 1 <= k <= database size (" + std::to_string(db_shape[0]) + "), got " +
+                          std::to_string(k));
+  require_shape(checked_shape(out_index, "out_index", 2), {q_shape[0], k}, "out_index");
+  require_shape(checked_shape(out_dist, "out_dist", 2), {q_shape[0], k}, "out_dist");
+  require_writable(out_index, "out_index");
+  require_writable(out_dist, "out_dist");
+  std::string chosen = isa == "auto" ? best_isa() : isa;
+  if (chosen != "generic" && chosen != "avx2" && chosen != "avx512")
+    throw py::value_error("isa: expected 'auto', 'generic', 'avx2' or 'avx512', got '" + isa + "'");
+  if (chosen != "generic" && best_isa() != chosen && !(chosen == "avx2" && best_isa() == "avx512"))
+    throw py::value_error("isa: this CPU does not support " + chosen);
+
+  Search s;
+  s.queries = queries.data();
+  s.db = database.data();
+  s.db_sq = database_sq_norms.data();
+  s.num_queries = q_shape[0];
+  s.num_db = db_shape[0];
+  s.dim = (int)q_shape[1];
+  s.k = k;
+  s.out_dist = out_dist.mutable_data();
+  s.out_index = out_index.mutable_data();
+  index_t scanned = 0;
+  {
+    py::gil_scoped_release release;
+    set_slack(s);
+    for (index_t q = 0; q < s.num_queries; ++q) quilt_topk_reset(s.out_dist + q * k, s.out_index + q * k, k);
+    AlignedFloats packed((size_t)((s.num_queries + kPanel - 1) / kPanel) * kPanel * s.dim);
+    pack_queries(s, packed);
+    summarise_blocks(s);
+    if (s.num_queries > 0) {
+#if OBF_QUILT_X86
+      if (chosen == "avx512") search_all<Avx512Kernel>(s, packed, &scanned);
+      else if (chosen == "avx2") search_all<Avx2Kernel>(s, packed, &scanned);
+      else search_all<GenericKernel>(s, packed, &scanned);
+#else
+      search_all<GenericKernel>(s, packed, &scanned);
+#endif
+    }
+  }
+  py::dict stats;
+  stats["isa"] = chosen;
+  stats["block_pairs_scanned"] = scanned;
+  stats["block_pairs_total"] = (long long)(((s.num_queries + kPanel - 1) / kPanel) * ((s.num_db + kBlockRows - 1) / kBlockRows));
+  return stats;
+}
+
+void sq_norms(carray<float> database, carray<float> out) {
+  auto shape = checked_shape(database, "database", 2);
+  require_shape(checked_shape(out, "out", 1), {shape[0]}, "out");
+  require_writable(out, "out");
+  const float* db = database.data();
+  float* dst = out.mutable_data();
+  const index_t n = shape[0], dim = shape[1];
+  py::gil_scoped_release release;
+#pragma omp parallel for schedule(static)
+  for (index_t r = 0; r < n; ++r) {
+    float sum = 0.f;
+    for (index_t j = 0; j < dim; ++j) sum += db[r * dim + j] * db[r * dim + j];
+    dst[r] = sum;
+  }
+}
+
+// Stitch every image of the batch from its patches' neighbour lists.
+void assemble(carray<float> database, carray<long long> neighbours, unsigned long long seed, carray<float> out,
+              int size, int overlap) {
+  auto db_shape = checked_shape(database, "database", 2);
+  auto nb_shape = checked_shape(neighbours, "neighbours", 3);
+  auto out_shape = checked_shape(out, "out", 4);
+  require_writable(out, "out");
+  if (size < 2 || size > OBF_QUILT_MAX_PATCH)
+    throw py::value_error("size: expected 2 <= size <= " + std::to_string(OBF_QUILT_MAX_PATCH));
+  if (overlap < 1 || overlap >= size) throw py::value_error("overlap: expected 1 <= overlap < size");
+  const long long batch = out_shape[0], channels = out_shape[1], height = out_shape[2], width = out_shape[3];
+  const int stride = size - overlap;
+  if (height < size || width < size || (height - size) % stride || (width - size) % stride)
+    throw py::value_error("out: height and width must be size + n * (size - overlap)");
+  const long long rows = (height - size) / stride + 1, cols = (width - size) / stride + 1;
+  if (db_shape[1] != channels * size * size)
+    throw py::value_error("database: expected rows of channels*size*size = " + std::to_string(channels * size * size) +
+                          " values, got " + std::to_string(db_shape[1]));
+  if (nb_shape[0] != batch || nb_shape[1] != rows * cols || nb_shape[2] < 1)
+    throw py::value_error("neighbours: expected shape (" + std::to_string(batch) + ", " + std::to_string(rows * cols) +
+                          ", K)");
+  const int k = (int)nb_shape[2];
+  const long long* nb = neighbours.data();
+  const index_t total = batch * rows * cols * k;
+  for (index_t i = 0; i < total; ++i)
+    if (nb[i] < 0 || nb[i] >= db_shape[0]) throw py::value_error("neighbours: index out of the database's range");
+  const float* db = database.data();
+  float* dst = out.mutable_data();
+  py::gil_scoped_release release;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (long long n = 0; n < batch; ++n) {
+    float* image = dst + n * channels * height * width;
+    std::fill(image, image + channels * height * width, 0.f);
+    quilt_assemble_image(image, (int)channels, (int)height, (int)width, db, nb + n * rows * cols * k, k, size,
+                         overlap, (int)rows, (int)cols, seed, n);
+  }
+}
+
+void register_quilt(py::module_& m) {
+  m.def("quilt_knn", &knn, py::arg("queries"), py::arg("database"), py::arg("database_sq_norms"), py::arg("k"),
+        py::arg("out_index"), py::arg("out_dist"), py::arg("isa") = "auto",
+        "Exact k nearest neighbours (canonical squared l2, ties to the smaller index) of each query row; "
+        "fills out_index/out_dist (ascending) and returns search statistics.");
+  m.def("quilt_sq_norms", &sq_norms, py::arg("database"), py::arg("out"), "Squared l2 norm of every row.");
+  m.def("quilt_assemble", &assemble, py::arg("database"), py::arg("neighbours"), py::arg("seed"), py::arg("out"),
+        py::arg("size"), py::arg("overlap"),
+        "Stitch each image from its patches' K neighbours (one picked per patch by Philox(seed)) along "
+        "minimum-error boundary cuts.");
+  m.def("quilt_best_isa", &best_isa, "The k-NN micro-kernel this CPU runs: avx512, avx2 or generic.");
+}
+
+}  // namespace
+
+OBF_REGISTER_OP(quilt, register_quilt);
+
+}  // namespace obfgrad

@@ -276,12 +276,14 @@ bool panel_thresholds(const Search& s, index_t panel, index_t b, float* thr) {
 }
 
 // Re-score the flagged (row, query) pairs with the canonical distance and update the lists.
-void handle_candidates(const Search& s, index_t panel, index_t b, index_t first_row, int rows,
-                       const uint32_t* masks, float* thr) {
+index_t handle_candidates(const Search& s, index_t panel, index_t b, index_t first_row, int rows,
+                          const uint32_t* masks, float* thr) {
+  index_t rescored = 0;
   for (int r = 0; r < rows; ++r) {
     uint32_t mask = masks[r];
     index_t row = first_row + r;
     while (mask) {
+      ++rescored;
       int lane = __builtin_ctz(mask);
       mask &= mask - 1;
       index_t slot = panel * kPanel + lane;
@@ -292,11 +294,14 @@ void handle_candidates(const Search& s, index_t panel, index_t b, index_t first_
       }
     }
   }
+  return rescored;
 }
 
+// Returns the number of pairs re-scored with the canonical distance.
 template <class Kernel>
-void scan_block(const Search& s, const float* packed_panel, index_t panel, index_t b, float* thr,
-                float* tail_rows, float* tail_sq) {
+index_t scan_block(const Search& s, const float* packed_panel, index_t panel, index_t b, float* thr,
+                   float* tail_rows, float* tail_sq) {
+  index_t rescored = 0;
   constexpr int R = Kernel::kRows;
   uint32_t masks[R];
   index_t begin = b * kBlockRows, end = std::min(s.num_db, begin + kBlockRows);
@@ -304,7 +309,7 @@ void scan_block(const Search& s, const float* packed_panel, index_t panel, index
   index_t row = begin;
   for (; row + R <= end; row += R) {
     if (Kernel::tile(s.db + row * s.dim, s.dim, packed_panel, s.db_sq + row, panel_sq, thr, masks))
-      handle_candidates(s, panel, b, row, R, masks, thr);
+      rescored += handle_candidates(s, panel, b, row, R, masks, thr);
   }
   if (row < end) {  // last rows of the database: zero-padded copy, padding rows ignored
     int valid = (int)(end - row);
@@ -312,8 +317,9 @@ void scan_block(const Search& s, const float* packed_panel, index_t panel, index
     std::memcpy(tail_rows, s.db + row * s.dim, sizeof(float) * valid * s.dim);
     for (int r = 0; r < R; ++r) tail_sq[r] = r < valid ? s.db_sq[row + r] : 0.f;
     if (Kernel::tile(tail_rows, s.dim, packed_panel, tail_sq, panel_sq, thr, masks))
-      handle_candidates(s, panel, b, row, valid, masks, thr);
+      rescored += handle_candidates(s, panel, b, row, valid, masks, thr);
   }
+  return rescored;
 }
 
 // Blocks in the order a group visits them: by distance of their norm range from the group's
@@ -331,11 +337,11 @@ std::vector<index_t> visit_order(const Search& s, float centre) {
 }
 
 template <class Kernel>
-void search_all(const Search& s, const AlignedFloats& packed, index_t* pairs_scanned) {
+void search_all(const Search& s, const AlignedFloats& packed, index_t* pairs_scanned, index_t* pairs_rescored) {
   const index_t num_groups = (s.num_panels + kGroupPanels - 1) / kGroupPanels;
   const index_t panel_floats = (index_t)s.dim * kPanel;
-  index_t scanned = 0;
-#pragma omp parallel reduction(+ : scanned)
+  index_t scanned = 0, rescored = 0;
+#pragma omp parallel reduction(+ : scanned, rescored)
   {
     AlignedFloats tail_rows((size_t)Kernel::kRows * s.dim);
     float tail_sq[Kernel::kRows];
@@ -347,13 +353,14 @@ void search_all(const Search& s, const AlignedFloats& packed, index_t* pairs_sca
       for (index_t b : visit_order(s, s.slot_norm[mid_slot])) {
         for (index_t p = first; p < last; ++p) {
           if (!panel_thresholds(s, p, b, thr)) continue;
-          scan_block<Kernel>(s, packed.data + p * panel_floats, p, b, thr, tail_rows.data, tail_sq);
+          rescored += scan_block<Kernel>(s, packed.data + p * panel_floats, p, b, thr, tail_rows.data, tail_sq);
           ++scanned;
         }
       }
     }
   }
   *pairs_scanned = scanned;
+  *pairs_rescored = rescored;
 }
 
 std::string best_isa() {
@@ -404,7 +411,7 @@ py::dict knn(carray<float> queries, carray<float> database, carray<float> databa
   s.k = k;
   s.out_dist = out_dist.mutable_data();
   s.out_index = out_index.mutable_data();
-  index_t scanned = 0;
+  index_t scanned = 0, rescored = 0;
   {
     py::gil_scoped_release release;
     set_slack(s);
@@ -414,17 +421,18 @@ py::dict knn(carray<float> queries, carray<float> database, carray<float> databa
     summarise_blocks(s);
     if (s.num_queries > 0) {
 #if OBF_QUILT_X86
-      if (chosen == "avx512") search_all<Avx512Kernel>(s, packed, &scanned);
-      else if (chosen == "avx2") search_all<Avx2Kernel>(s, packed, &scanned);
-      else search_all<GenericKernel>(s, packed, &scanned);
+      if (chosen == "avx512") search_all<Avx512Kernel>(s, packed, &scanned, &rescored);
+      else if (chosen == "avx2") search_all<Avx2Kernel>(s, packed, &scanned, &rescored);
+      else search_all<GenericKernel>(s, packed, &scanned, &rescored);
 #else
-      search_all<GenericKernel>(s, packed, &scanned);
+      search_all<GenericKernel>(s, packed, &scanned, &rescored);
 #endif
     }
   }
   py::dict stats;
   stats["isa"] = chosen;
   stats["block_pairs_scanned"] = scanned;
+  stats["pairs_rescored"] = rescored;
   stats["block_pairs_total"] = (long long)(((s.num_queries + kPanel - 1) / kPanel) * ((s.num_db + kBlockRows - 1) / kBlockRows));
   return stats;
 }
@@ -483,7 +491,19 @@ void assemble(carray<float> database, carray<long long> neighbours, unsigned lon
   }
 }
 
+// One minimum-error boundary cut (exposed so tests can compare it with an exhaustive search).
+void min_cut(carray<float> err, carray<int> out_cut) {
+  auto shape = checked_shape(err, "err", 2);
+  require_shape(checked_shape(out_cut, "out_cut", 1), {shape[0]}, "out_cut");
+  require_writable(out_cut, "out_cut");
+  if (shape[0] < 1 || shape[1] < 1) throw py::value_error("err: expected a non-empty strip");
+  std::vector<float> cum(shape[0] * shape[1]);
+  quilt_min_cut(err.data(), (int)shape[0], (int)shape[1], cum.data(), out_cut.mutable_data());
+}
+
 void register_quilt(py::module_& m) {
+  m.def("quilt_min_cut", &min_cut, py::arg("err"), py::arg("out_cut"),
+        "Minimum-error boundary cut through err (length x width): out_cut[l] = column at row l.");
   m.def("quilt_knn", &knn, py::arg("queries"), py::arg("database"), py::arg("database_sq_norms"), py::arg("k"),
         py::arg("out_index"), py::arg("out_dist"), py::arg("isa") = "auto",
         "Exact k nearest neighbours (canonical squared l2, ties to the smaller index) of each query row; "

@@ -129,7 +129,7 @@ def quilt(
     Paper: C. Guo, M. Rana, M. Cisse, L. van der Maaten, "Countering Adversarial Images using
     Input Transformations", ICLR 2018; broken with BPDA in Athalye et al., ICML 2018 (row 3).
     """
-    check_images(x, "x", in_unit_range=True)
+    check_images(x.detach() if isinstance(x, torch.Tensor) else x, "x", in_unit_range=True)
     if x.dtype != torch.float32:
         raise TypeError(f"x: expected float32 images, got {x.dtype}")
     flat, sq, channels, size = _database_tensors(database, x.device)

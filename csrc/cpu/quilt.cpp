@@ -482,7 +482,7 @@ void assemble(carray<float> database, carray<long long> neighbours, unsigned lon
   const float* db = database.data();
   float* dst = out.mutable_data();
   py::gil_scoped_release release;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (batch > 1)
   for (long long n = 0; n < batch; ++n) {
     float* image = dst + n * channels * height * width;
     std::fill(image, image + channels * height * width, 0.f);

@@ -15,6 +15,7 @@ from obfgrad.ops.quilt_db import (
     build_patch_database,
     load_patch_database,
     save_patch_database,
+    search_projections,
 )
 
 C = native()
@@ -22,12 +23,13 @@ needs_native = pytest.mark.skipif(C is None, reason="obfgrad._C is not built")
 ISAS = ["generic"] + ([] if C is None else {"avx512": ["avx2", "avx512"], "avx2": ["avx2"]}.get(C.quilt_best_isa(), []))
 
 
-def native_knn(queries: np.ndarray, database: np.ndarray, k: int, isa: str = "auto"):
+def native_knn(queries: np.ndarray, database: np.ndarray, k: int, isa: str = "auto", channels: int = 3):
     sq = np.empty(len(database), np.float32)
     C.quilt_sq_norms(database, sq)
+    proj = search_projections(database, channels)
     index = np.empty((len(queries), k), np.int64)
     dist = np.empty((len(queries), k), np.float32)
-    C.quilt_knn(queries, database, sq, k, index, dist, isa)
+    C.quilt_knn(queries, database, sq, proj, channels, k, index, dist, isa)
     return index, dist
 
 
@@ -50,12 +52,12 @@ def image_tensor(image: np.ndarray, size: int) -> torch.Tensor:
 @needs_native
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("num_queries,num_db,dim,k", [(50, 1000, 75, 10), (33, 487, 27, 5), (70, 2900, 75, 1),
-                                                      (5, 13, 75, 13), (40, 961, 12, 7)])
+                                                      (5, 13, 75, 13), (40, 961, 12, 7), (30, 1200, 10, 4)])
 def test_knn_equals_brute_force_on_random_data(isa, num_queries, num_db, dim, k):
     rng = np.random.default_rng(num_db)
     queries = rng.random((num_queries, dim), dtype=np.float32)
     database = rng.random((num_db, dim), dtype=np.float32)
-    index, dist = native_knn(queries, database, k, isa)
+    index, dist = native_knn(queries, database, k, isa, channels=1 if dim == 10 else 3)
     want_index, want_dist = knn_reference(torch.from_numpy(queries), torch.from_numpy(database), k)
     np.testing.assert_array_equal(index, want_index.numpy())
     np.testing.assert_array_equal(dist, want_dist.numpy())
@@ -115,8 +117,11 @@ def test_knn_rejects_bad_sizes():
     with pytest.raises(ValueError, match="queries"):
         native_knn(np.zeros((4, 12), np.float32), database, 2)
     with pytest.raises(ValueError, match="out_index"):
-        C.quilt_knn(queries, database, np.zeros(10, np.float32), 2, np.zeros((4, 3), np.int64),
-                    np.zeros((4, 2), np.float32))
+        C.quilt_knn(queries, database, np.zeros(10, np.float32), search_projections(database, 3), 3, 2,
+                    np.zeros((4, 3), np.int64), np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match="database_projections"):
+        C.quilt_knn(queries, database, np.zeros(10, np.float32), np.zeros((10, 2), np.float32), 3, 2,
+                    np.zeros((4, 2), np.int64), np.zeros((4, 2), np.float32))
 
 
 # ------------------------------------------------------------------------ boundary cut
@@ -217,7 +222,8 @@ def test_custom_op_passes_opcheck():
     database = torch.rand(200, 3, 5, 5)
     flat = database.reshape(200, -1)
     x = torch.rand(1, 3, 14, 14, requires_grad=True)
-    torch.library.opcheck(_quilt_op, (x, flat, (flat * flat).sum(1), 5, 4, 2, 7),
+    proj = torch.from_numpy(search_projections(flat.numpy(), 3))
+    torch.library.opcheck(_quilt_op, (x, flat, (flat * flat).sum(1), proj, 5, 4, 2, 7),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
@@ -283,7 +289,6 @@ def test_database_build_is_seeded_sorted_and_in_range():
     assert np.array_equal(first.patches, second.patches)
     assert not np.array_equal(first.patches, small_database(seed=2).patches)
     assert first.patches.shape == (2000, 3, 5, 5) and first.patches.dtype == np.float32
-    assert (np.diff(first.sq_norms) >= 0).all()  # stored sorted by norm
     assert first.patches.min() >= 0 and first.patches.max() <= 1
     assert first.meta["count"] == 2000 and first.meta["seed"] == 1 and first.meta["source"] == "test images"
 

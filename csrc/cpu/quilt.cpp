@@ -174,57 +174,146 @@ struct AlignedFloats {  // 64-byte aligned scratch, so panel loads never split c
   AlignedFloats& operator=(const AlignedFloats&) = delete;
 };
 
+// ------------------------------------------------------------------ pruning projections
+// Orthonormal directions u_i in patch space (channel-major, C x P x P): mean level, linear
+// ramps in x and y, two colour contrasts (R - B, R + B - 2G), and the quadratic x^2, y^2 and
+// xy shapes. For any orthonormal set, |q - d|^2 >= sum_i (u_i.q - u_i.d)^2 (Bessel), so a
+// bounding box of the database block in these coordinates bounds every distance into it.
+// Natural-image patches put most of their energy in exactly these low-order components.
+constexpr int kMaxProjections = 8;
+
+int projection_basis(int dim, int channels, std::vector<float>& basis) {
+  basis.clear();
+  int size = 0;
+  if (channels > 0 && dim % channels == 0) {
+    size = (int)std::lround(std::sqrt((double)(dim / channels)));
+    if (size * size * channels != dim) size = 0;
+  }
+  std::vector<std::vector<double>> dirs;
+  std::vector<double> dc(dim, 1.0);
+  dirs.push_back(dc);
+  if (size >= 2) {
+    double mid = (size - 1) / 2.0, second = 0;
+    for (int t = 0; t < size; ++t) second += (t - mid) * (t - mid) / size;
+    std::vector<double> ramp_x(dim), ramp_y(dim), quad_x(dim), quad_y(dim), cross(dim), rb(dim), rgb(dim);
+    for (int c = 0; c < channels; ++c)
+      for (int y = 0; y < size; ++y)
+        for (int x = 0; x < size; ++x) {
+          int j = (c * size + y) * size + x;
+          ramp_x[j] = x - mid;
+          ramp_y[j] = y - mid;
+          quad_x[j] = (x - mid) * (x - mid) - second;
+          quad_y[j] = (y - mid) * (y - mid) - second;
+          cross[j] = (x - mid) * (y - mid);
+          rb[j] = channels == 3 ? (c == 0) - (c == 2) : 0.0;
+          rgb[j] = channels == 3 ? (c == 0) + (c == 2) - 2.0 * (c == 1) : 0.0;
+        }
+    for (auto* d : {&ramp_x, &ramp_y, &rb, &rgb, &quad_x, &quad_y, &cross}) dirs.push_back(*d);
+  }
+  for (auto& d : dirs) {
+    double norm = 0;
+    for (double v : d) norm += v * v;
+    if (norm == 0 || (int)basis.size() / dim == kMaxProjections) continue;
+    for (double v : d) basis.push_back((float)(v / std::sqrt(norm)));
+  }
+  return (int)(basis.size() / dim);
+}
+
+void project_rows(const float* rows, index_t n, int dim, const std::vector<float>& basis, int m, float* out) {
+#pragma omp parallel for schedule(static)
+  for (index_t r = 0; r < n; ++r) {
+    float acc[kMaxProjections] = {};
+    const float* v = rows + r * dim;
+    for (int j = 0; j < dim; ++j)
+      for (int i = 0; i < m; ++i) acc[i] += basis[(size_t)i * dim + j] * v[j];
+    for (int i = 0; i < m; ++i) out[r * m + i] = acc[i];
+  }
+}
+
+// Order points so that every run of `leaf` consecutive points (and every aligned power-of-two
+// run of leaves) is compact in projection space: a k-d tree split at leaf multiples, each time
+// along the coordinate of largest spread, ties by index.
+void kd_order(const float* proj, int m, index_t* idx, index_t n, index_t leaf) {
+  if (n <= leaf) return;
+  int axis = 0;
+  float widest = -1.f;
+  for (int i = 0; i < m; ++i) {
+    float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+    for (index_t t = 0; t < n; ++t) {
+      lo = std::min(lo, proj[idx[t] * m + i]);
+      hi = std::max(hi, proj[idx[t] * m + i]);
+    }
+    if (hi - lo > widest) widest = hi - lo, axis = i;
+  }
+  index_t leaves = (n + leaf - 1) / leaf;
+  index_t half = ((leaves + 1) / 2) * leaf;
+  std::nth_element(idx, idx + half, idx + n, [&](index_t a, index_t b) {
+    float pa = proj[a * m + axis], pb = proj[b * m + axis];
+    return pa < pb || (pa == pb && a < b);
+  });
+  kd_order(proj, m, idx, half, leaf);
+  kd_order(proj, m, idx + half, n - half, leaf);
+}
+
+// ------------------------------------------------------------------ search state
+
 struct Search {
   const float* queries;
   const float* db;
   const float* db_sq;
+  const float* db_proj;  // num_db x num_proj
   index_t num_queries, num_db;
-  int dim, k;
+  int dim, k, num_proj;
   float* out_dist;
   long long* out_index;
-  // Rounding slack of the filter (see slack_for): |approx - exact| <= slack_scale * (|q|^2 + |d|^2).
-  float slack_scale, kth_scale;
-  // Packed queries, sorted by norm: slot s of panel p holds query order[p * 32 + s] (-1: padding).
+  // Rounding slack of the filter (see set_slack): |approx - exact| <= slack_scale * (|q|^2 + |d|^2).
+  float slack_scale, kth_scale, gamma;
+  // Packed queries in k-d order: slot s of panel p holds query order[p * 32 + s] (-1: padding).
   index_t num_panels;
   std::vector<index_t> order;
-  std::vector<float> slot_sq, slot_norm;
-  // Database blocks: norm range (sqrt) and largest squared norm.
+  std::vector<float> slot_sq, slot_norm, slot_proj;
+  // Database blocks: norm range (sqrt), largest squared norm, projection box.
   index_t num_blocks;
-  std::vector<float> block_min, block_max, block_max_sq;
+  std::vector<float> block_min, block_max, block_max_sq, block_lo, block_hi;
 };
 
 // Bound on the error of approx = |q|^2 + |d|^2 - 2 q.d (float32, any summation order, fused or
-// not) against the canonical distance: each of the three dot products errs by at most
-// gamma_dim * (|q|^2 + |d|^2) / ... (Higham, "Accuracy and Stability of Numerical Algorithms",
-// eq. 3.5, gamma_n = n u / (1 - n u)); we take twice the sum of those bounds plus the final
-// additions, and the canonical distance's own error through kth_scale.
+// not) against the canonical distance: each dot product of length n errs by at most
+// gamma_n * sum |a_j b_j| (Higham, "Accuracy and Stability of Numerical Algorithms", eq. 3.5,
+// gamma_n = n u / (1 - n u)), so the three products err by <= 2 gamma (|q|^2 + |d|^2) and the
+// final additions by <= 4 u (|q|^2 + |d|^2); we double that, and cover the canonical
+// distance's own error through kth_scale.
 void set_slack(Search& s) {
   const double unit = std::ldexp(1.0, -24);
   const double gamma = (s.dim + 2) * unit / (1.0 - (s.dim + 2) * unit);
   s.slack_scale = (float)(2.0 * (2.0 * gamma + 4.0 * unit));
   s.kth_scale = (float)(1.0 + 2.0 * gamma);
+  s.gamma = (float)(4.0 * gamma);
 }
 
-void pack_queries(Search& s, AlignedFloats& packed) {
-  std::vector<float> sq(s.num_queries);
+void pack_queries(Search& s, AlignedFloats& packed, const std::vector<float>& basis) {
+  std::vector<float> sq(s.num_queries), proj((size_t)s.num_queries * s.num_proj);
   for (index_t q = 0; q < s.num_queries; ++q) {
     const float* v = s.queries + q * s.dim;
     float sum = 0.f;
     for (int j = 0; j < s.dim; ++j) sum += v[j] * v[j];
     sq[q] = sum;
   }
+  project_rows(s.queries, s.num_queries, s.dim, basis, s.num_proj, proj.data());
   std::vector<index_t> sorted(s.num_queries);
   for (index_t q = 0; q < s.num_queries; ++q) sorted[q] = q;
-  std::sort(sorted.begin(), sorted.end(), [&](index_t a, index_t b) { return sq[a] < sq[b] || (sq[a] == sq[b] && a < b); });
+  kd_order(proj.data(), s.num_proj, sorted.data(), s.num_queries, kPanel);
   s.num_panels = (s.num_queries + kPanel - 1) / kPanel;
   s.order.assign(s.num_panels * kPanel, -1);
   s.slot_sq.assign(s.num_panels * kPanel, 0.f);
   s.slot_norm.assign(s.num_panels * kPanel, 0.f);
+  s.slot_proj.assign(s.num_panels * kPanel * s.num_proj, 0.f);
   for (index_t slot = 0; slot < s.num_queries; ++slot) {
     index_t q = sorted[slot];
     s.order[slot] = q;
     s.slot_sq[slot] = sq[q];
     s.slot_norm[slot] = std::sqrt(sq[q]);
+    for (int i = 0; i < s.num_proj; ++i) s.slot_proj[slot * s.num_proj + i] = proj[q * s.num_proj + i];
     index_t panel = slot / kPanel, lane = slot % kPanel;
     float* dst = packed.data + panel * (index_t)s.dim * kPanel + lane;
     for (int j = 0; j < s.dim; ++j) dst[(index_t)j * kPanel] = s.queries[q * s.dim + j];
@@ -232,16 +321,27 @@ void pack_queries(Search& s, AlignedFloats& packed) {
 }
 
 void summarise_blocks(Search& s) {
+  const int m = s.num_proj;
   s.num_blocks = (s.num_db + kBlockRows - 1) / kBlockRows;
   s.block_min.assign(s.num_blocks, 0.f);
   s.block_max.assign(s.num_blocks, 0.f);
   s.block_max_sq.assign(s.num_blocks, 0.f);
+  s.block_lo.assign(s.num_blocks * m, 0.f);
+  s.block_hi.assign(s.num_blocks * m, 0.f);
+#pragma omp parallel for schedule(static)
   for (index_t b = 0; b < s.num_blocks; ++b) {
     index_t begin = b * kBlockRows, end = std::min(s.num_db, begin + kBlockRows);
     float lo = std::numeric_limits<float>::infinity(), hi = 0.f;
+    float* box_lo = &s.block_lo[b * m];
+    float* box_hi = &s.block_hi[b * m];
+    for (int i = 0; i < m; ++i) box_lo[i] = std::numeric_limits<float>::infinity(), box_hi[i] = -box_lo[i];
     for (index_t r = begin; r < end; ++r) {
       lo = std::min(lo, s.db_sq[r]);
       hi = std::max(hi, s.db_sq[r]);
+      for (int i = 0; i < m; ++i) {
+        box_lo[i] = std::min(box_lo[i], s.db_proj[r * m + i]);
+        box_hi[i] = std::max(box_hi[i], s.db_proj[r * m + i]);
+      }
     }
     s.block_min[b] = std::sqrt(lo);
     s.block_max[b] = std::sqrt(hi);
@@ -255,8 +355,23 @@ inline float kth_of(const Search& s, index_t slot) {
   return s.out_dist[q * s.k + s.k - 1];
 }
 
+// Lower bound on the squared distance from a point (norm, projections) to any row of block b:
+// the larger of the norm-gap bound and the projection-box bound, each gap shrunk by `margin`
+// (rounding of the projections and norms) so that the bound never exceeds the truth.
+inline float block_lower_bound(const Search& s, index_t b, float norm, const float* proj, float margin) {
+  float gap = std::max(0.f, std::max(s.block_min[b] - norm, norm - s.block_max[b]) - margin);
+  float box = 0.f;
+  const float* lo = &s.block_lo[b * s.num_proj];
+  const float* hi = &s.block_hi[b * s.num_proj];
+  for (int i = 0; i < s.num_proj; ++i) {
+    float g = std::max(0.f, std::max(lo[i] - proj[i], proj[i] - hi[i]) - margin);
+    box += g * g;
+  }
+  return std::max(gap * gap, box);
+}
+
 // Per-slot filter thresholds for block b; -inf (never a candidate) for padding and for the
-// queries the norm bound rules out. Returns whether any query of the panel needs the block.
+// queries the bounds rule out. Returns whether any query of the panel needs the block.
 bool panel_thresholds(const Search& s, index_t panel, index_t b, float* thr) {
   bool needed = false;
   for (int lane = 0; lane < kPanel; ++lane) {
@@ -264,12 +379,10 @@ bool panel_thresholds(const Search& s, index_t panel, index_t b, float* thr) {
     thr[lane] = -std::numeric_limits<float>::infinity();
     if (s.order[slot] < 0) continue;
     float kth = kth_of(s, slot);
-    float slack = s.slack_scale * (s.slot_sq[slot] + s.block_max_sq[b]);
-    float norm = s.slot_norm[slot];
-    float gap = std::max(0.f, std::max(s.block_min[b] - norm, norm - s.block_max[b]));
-    // Norm bound, loosened by the same slack: a true neighbour is never skipped.
-    if (gap * gap > kth * s.kth_scale + slack) continue;
-    thr[lane] = kth * s.kth_scale + slack;
+    float limit = kth * s.kth_scale + s.slack_scale * (s.slot_sq[slot] + s.block_max_sq[b]);
+    float margin = s.gamma * (s.slot_norm[slot] + s.block_max[b]);
+    if (block_lower_bound(s, b, s.slot_norm[slot], &s.slot_proj[slot * s.num_proj], margin) > limit) continue;
+    thr[lane] = limit;
     needed = true;
   }
   return needed;
@@ -322,14 +435,22 @@ index_t scan_block(const Search& s, const float* packed_panel, index_t panel, in
   return rescored;
 }
 
-// Blocks in the order a group visits them: by distance of their norm range from the group's
-// median query norm (closest first, ties by block index).
-std::vector<index_t> visit_order(const Search& s, float centre) {
-  std::vector<std::pair<float, index_t>> keyed(s.num_blocks);
-  for (index_t b = 0; b < s.num_blocks; ++b) {
-    float gap = std::max(0.f, std::max(s.block_min[b] - centre, centre - s.block_max[b]));
-    keyed[b] = {gap, b};
+// Blocks in the order a group of panels visits them: by lower bound from the group's mean
+// point (closest first, ties by block index), so the running K-th distances shrink early.
+std::vector<index_t> visit_order(const Search& s, index_t first_slot, index_t last_slot) {
+  std::vector<float> centre(s.num_proj, 0.f);
+  float norm = 0.f;
+  index_t count = 0;
+  for (index_t slot = first_slot; slot < last_slot; ++slot) {
+    if (s.order[slot] < 0) continue;
+    for (int i = 0; i < s.num_proj; ++i) centre[i] += s.slot_proj[slot * s.num_proj + i];
+    norm += s.slot_norm[slot];
+    ++count;
   }
+  for (int i = 0; i < s.num_proj; ++i) centre[i] /= (float)std::max<index_t>(count, 1);
+  norm /= (float)std::max<index_t>(count, 1);
+  std::vector<std::pair<float, index_t>> keyed(s.num_blocks);
+  for (index_t b = 0; b < s.num_blocks; ++b) keyed[b] = {block_lower_bound(s, b, norm, centre.data(), 0.f), b};
   std::sort(keyed.begin(), keyed.end());
   std::vector<index_t> order(s.num_blocks);
   for (index_t b = 0; b < s.num_blocks; ++b) order[b] = keyed[b].second;
@@ -349,8 +470,7 @@ void search_all(const Search& s, const AlignedFloats& packed, index_t* pairs_sca
 #pragma omp for schedule(dynamic, 1)
     for (index_t g = 0; g < num_groups; ++g) {
       index_t first = g * kGroupPanels, last = std::min(s.num_panels, first + kGroupPanels);
-      index_t mid_slot = std::min(s.num_queries - 1, (first * kPanel + last * kPanel) / 2);
-      for (index_t b : visit_order(s, s.slot_norm[mid_slot])) {
+      for (index_t b : visit_order(s, first * kPanel, last * kPanel)) {
         for (index_t p = first; p < last; ++p) {
           if (!panel_thresholds(s, p, b, thr)) continue;
           rescored += scan_block<Kernel>(s, packed.data + p * panel_floats, p, b, thr, tail_rows.data, tail_sq);
@@ -380,8 +500,9 @@ void check_database(const std::vector<long long>& db_shape, const std::vector<lo
 }
 
 // Exact k nearest neighbours (canonical squared l2) of every query row among the database rows.
-py::dict knn(carray<float> queries, carray<float> database, carray<float> database_sq_norms, int k,
-             carray<long long> out_index, carray<float> out_dist, const std::string& isa) {
+py::dict knn(carray<float> queries, carray<float> database, carray<float> database_sq_norms,
+             carray<float> database_projections, int channels, int k, carray<long long> out_index,
+             carray<float> out_dist, const std::string& isa) {
   auto q_shape = checked_shape(queries, "queries", 2);
   auto db_shape = checked_shape(database, "database", 2);
   check_database(db_shape, checked_shape(database_sq_norms, "database_sq_norms", 1));
@@ -411,13 +532,18 @@ py::dict knn(carray<float> queries, carray<float> database, carray<float> databa
   s.k = k;
   s.out_dist = out_dist.mutable_data();
   s.out_index = out_index.mutable_data();
+  std::vector<float> basis;
+  s.num_proj = projection_basis(s.dim, channels, basis);
+  require_shape(checked_shape(database_projections, "database_projections", 2), {db_shape[0], s.num_proj},
+                "database_projections");
+  s.db_proj = database_projections.data();
   index_t scanned = 0, rescored = 0;
   {
     py::gil_scoped_release release;
     set_slack(s);
     for (index_t q = 0; q < s.num_queries; ++q) quilt_topk_reset(s.out_dist + q * k, s.out_index + q * k, k);
     AlignedFloats packed((size_t)((s.num_queries + kPanel - 1) / kPanel) * kPanel * s.dim);
-    pack_queries(s, packed);
+    pack_queries(s, packed, basis);
     summarise_blocks(s);
     if (s.num_queries > 0) {
 #if OBF_QUILT_X86
@@ -491,6 +617,36 @@ void assemble(carray<float> database, carray<long long> neighbours, unsigned lon
   }
 }
 
+// Rows' coordinates along the pruning directions (see projection_basis), and the basis size.
+void projections(carray<float> database, int channels, carray<float> out) {
+  auto shape = checked_shape(database, "database", 2);
+  std::vector<float> basis;
+  int m = projection_basis((int)shape[1], channels, basis);
+  require_shape(checked_shape(out, "out", 2), {shape[0], m}, "out");
+  require_writable(out, "out");
+  const float* rows = database.data();
+  float* dst = out.mutable_data();
+  py::gil_scoped_release release;
+  project_rows(rows, shape[0], (int)shape[1], basis, m, dst);
+}
+
+int num_projections(int dim, int channels) {
+  std::vector<float> basis;
+  return projection_basis(dim, channels, basis);
+}
+
+// Storage order for a database: k-d order of its projections with leaves of one cache block.
+void storage_order(carray<float> projections, carray<long long> out) {
+  auto shape = checked_shape(projections, "projections", 2);
+  require_shape(checked_shape(out, "out", 1), {shape[0]}, "out");
+  require_writable(out, "out");
+  const float* proj = projections.data();
+  long long* idx = out.mutable_data();
+  py::gil_scoped_release release;
+  for (index_t i = 0; i < shape[0]; ++i) idx[i] = i;
+  kd_order(proj, (int)shape[1], idx, shape[0], kBlockRows);
+}
+
 // One minimum-error boundary cut (exposed so tests can compare it with an exhaustive search).
 void min_cut(carray<float> err, carray<int> out_cut) {
   auto shape = checked_shape(err, "err", 2);
@@ -504,10 +660,16 @@ void min_cut(carray<float> err, carray<int> out_cut) {
 void register_quilt(py::module_& m) {
   m.def("quilt_min_cut", &min_cut, py::arg("err"), py::arg("out_cut"),
         "Minimum-error boundary cut through err (length x width): out_cut[l] = column at row l.");
-  m.def("quilt_knn", &knn, py::arg("queries"), py::arg("database"), py::arg("database_sq_norms"), py::arg("k"),
-        py::arg("out_index"), py::arg("out_dist"), py::arg("isa") = "auto",
+  m.def("quilt_knn", &knn, py::arg("queries"), py::arg("database"), py::arg("database_sq_norms"),
+        py::arg("database_projections"), py::arg("channels"), py::arg("k"), py::arg("out_index"),
+        py::arg("out_dist"), py::arg("isa") = "auto",
         "Exact k nearest neighbours (canonical squared l2, ties to the smaller index) of each query row; "
         "fills out_index/out_dist (ascending) and returns search statistics.");
+  m.def("quilt_projections", &projections, py::arg("database"), py::arg("channels"), py::arg("out"),
+        "Coordinates of each row along the search's pruning directions (out: N x quilt_num_projections).");
+  m.def("quilt_num_projections", &num_projections, py::arg("dim"), py::arg("channels"));
+  m.def("quilt_storage_order", &storage_order, py::arg("projections"), py::arg("out"),
+        "Permutation that makes every 480-row block of the database compact in projection space.");
   m.def("quilt_sq_norms", &sq_norms, py::arg("database"), py::arg("out"), "Squared l2 norm of every row.");
   m.def("quilt_assemble", &assemble, py::arg("database"), py::arg("neighbours"), py::arg("seed"), py::arg("out"),
         py::arg("size"), py::arg("overlap"),

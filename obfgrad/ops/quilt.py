@@ -35,7 +35,7 @@ import torch
 
 from obfgrad._checks import check_images, check_int
 from obfgrad._native import launch_cuda, native
-from obfgrad.ops.quilt_db import PatchDatabase
+from obfgrad.ops.quilt_db import PatchDatabase, search_projections
 
 __all__ = ["quilt", "reference", "knn_reference", "philox_uniform_reference", "MAX_PATCH_SIZE"]
 
@@ -48,11 +48,13 @@ DatabaseLike = Union[PatchDatabase, torch.Tensor, np.ndarray]
 # ------------------------------------------------------------------------ validation
 
 
-def _database_tensors(database: DatabaseLike, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """(flat (N, D) float32, squared norms (N,), channels, patch size) on ``device``."""
+def _database_tensors(database: DatabaseLike, device: torch.device):
+    """(flat (N, D) float32, squared norms (N,), search projections (N, m), channels, patch
+    size); the projections only for CPU searches (else (N, 0))."""
     if isinstance(database, PatchDatabase):
         flat, sq = database.on_device(device)
-        return flat, sq, database.channels, database.patch_size
+        proj = database.projections() if device.type == "cpu" else np.zeros((len(database), 0), np.float32)
+        return flat, sq, torch.from_numpy(proj), database.channels, database.patch_size
     if isinstance(database, np.ndarray):
         database = torch.from_numpy(database)
     if not isinstance(database, torch.Tensor):
@@ -64,7 +66,12 @@ def _database_tensors(database: DatabaseLike, device: torch.device) -> tuple[tor
     if not bool(torch.isfinite(database).all()):
         raise ValueError("database: contains NaN or Inf")
     flat = database.reshape(database.shape[0], -1).to(device).contiguous()
-    return flat, (flat * flat).sum(1), int(database.shape[1]), int(database.shape[2])
+    channels = int(database.shape[1])
+    if device.type == "cpu":
+        proj = torch.from_numpy(search_projections(flat.numpy(), channels))
+    else:
+        proj = torch.zeros((flat.shape[0], 0))
+    return flat, (flat * flat).sum(1), proj, channels, int(database.shape[2])
 
 
 def _draw_seed(seed: Optional[int], generator: Optional[torch.Generator]) -> int:
@@ -132,7 +139,7 @@ def quilt(
     check_images(x.detach() if isinstance(x, torch.Tensor) else x, "x", in_unit_range=True)
     if x.dtype != torch.float32:
         raise TypeError(f"x: expected float32 images, got {x.dtype}")
-    flat, sq, channels, size = _database_tensors(database, x.device)
+    flat, sq, proj, channels, size = _database_tensors(database, x.device)
     if channels != x.shape[1]:
         raise ValueError(f"database: has {channels}-channel patches, but x has {x.shape[1]} channels")
     if size > MAX_PATCH_SIZE:
@@ -142,12 +149,12 @@ def quilt(
     seed = _draw_seed(seed, generator)
     if x.numel() == 0:
         return x.clone()
-    return _quilt_op(x, flat, sq, size, k, overlap, seed)
+    return _quilt_op(x, flat, sq, proj, size, k, overlap, seed)
 
 
 @torch.library.custom_op("obfgrad::quilt", mutates_args=())
-def _quilt_op(x: torch.Tensor, database: torch.Tensor, database_sq_norms: torch.Tensor, size: int, k: int,
-              overlap: int, seed: int) -> torch.Tensor:
+def _quilt_op(x: torch.Tensor, database: torch.Tensor, database_sq_norms: torch.Tensor,
+              database_projections: torch.Tensor, size: int, k: int, overlap: int, seed: int) -> torch.Tensor:
     stride = size - overlap
     height, width = x.shape[2], x.shape[3]
     padded_h, padded_w = _tiled_size(height, size, stride), _tiled_size(width, size, stride)
@@ -159,7 +166,8 @@ def _quilt_op(x: torch.Tensor, database: torch.Tensor, database_sq_norms: torch.
     if x.device.type == "cuda":
         out = _quilt_cuda(xp, queries, database, size, k, overlap, seed)
     elif module is not None:
-        out = _quilt_cpu(module, xp, queries, database, database_sq_norms, size, k, overlap, seed)
+        out = _quilt_cpu(module, xp, queries, database, database_sq_norms, database_projections, size, k, overlap,
+                         seed)
     else:
         out = _quilt_reference_padded(xp, database.reshape(database.shape[0], x.shape[1], size, size), k, overlap,
                                       seed)
@@ -167,13 +175,13 @@ def _quilt_op(x: torch.Tensor, database: torch.Tensor, database_sq_norms: torch.
 
 
 @_quilt_op.register_fake
-def _(x, database, database_sq_norms, size, k, overlap, seed):
+def _(x, database, database_sq_norms, database_projections, size, k, overlap, seed):
     return torch.empty_like(x)
 
 
 def _quilt_backward(ctx, grad):
     # BPDA with the identity (Athalye et al. section 4.1; the paper's choice for quilting).
-    return grad, None, None, None, None, None, None
+    return grad, None, None, None, None, None, None, None
 
 
 _quilt_op.register_autograd(_quilt_backward)
@@ -186,11 +194,12 @@ def _extract_patches(x: torch.Tensor, size: int, stride: int) -> torch.Tensor:
     return patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, channels * size * size).contiguous()
 
 
-def _quilt_cpu(module, xp, queries, database, database_sq_norms, size, k, overlap, seed):
+def _quilt_cpu(module, xp, queries, database, database_sq_norms, database_projections, size, k, overlap, seed):
     db = database.detach().numpy()
     index = np.empty((queries.shape[0], k), dtype=np.int64)
     dist = np.empty((queries.shape[0], k), dtype=np.float32)
-    module.quilt_knn(queries.detach().numpy(), db, database_sq_norms.detach().numpy(), k, index, dist)
+    module.quilt_knn(queries.detach().numpy(), db, database_sq_norms.detach().numpy(),
+                     database_projections.detach().numpy(), xp.shape[1], k, index, dist)
     out = torch.empty_like(xp)
     module.quilt_assemble(db, index.reshape(xp.shape[0], -1, k), seed, out.numpy(), size, overlap)
     return out
@@ -305,7 +314,7 @@ def reference(x: torch.Tensor, database: DatabaseLike, *, k: int = 10, overlap: 
     """Pure torch/numpy quilting (brute-force search, Python stitching): the tests' oracle.
     Same definitions and outputs as :func:`quilt`; practical for small images only."""
     check_images(x, "x", in_unit_range=True)
-    flat, _, channels, size = _database_tensors(database, torch.device("cpu"))
+    flat, _, _, channels, size = _database_tensors(database, torch.device("cpu"))
     if channels != x.shape[1]:
         raise ValueError(f"database: has {channels}-channel patches, but x has {x.shape[1]} channels")
     check_int(k, "k", low=1, high=int(flat.shape[0]))

@@ -15,9 +15,11 @@ Grayscale images are repeated to three channels and alpha channels dropped, as i
 
 File format: one ``.npy`` array plus a JSON sidecar.
 
-* ``<name>.npy`` holds float32 patches of shape (N, C, P, P) in C order, **sorted by
-  squared norm** (ascending; the k-NN search prunes by norm, and the sort is a permutation the
-  sampling does not care about). ``.npy`` is self-describing (dtype, shape, order), is read
+* ``<name>.npy`` holds float32 patches of shape (N, C, P, P) in C order, **stored in search
+  order**: a k-d tree order that makes every block of 480 consecutive patches compact along
+  the native search's pruning directions (mean level, ramps, colour contrasts), so the exact
+  k-NN search can skip whole blocks. Any order gives the same neighbours (as patches); this one
+  gives speed. (Without the native extension the patches are sorted by norm instead.) ``.npy`` is self-describing (dtype, shape, order), is read
   zero-copy with ``numpy.load(mmap_mode="r")`` -- a 1,000,000-patch file (300 MB) opens in
   milliseconds and pages in on demand -- and any numpy reads it without obfgrad. An ``.npz``
   would be compressed or zipped and could not be memory-mapped.
@@ -69,7 +71,7 @@ class PatchDatabaseError(ValueError):
 
 @dataclass
 class PatchDatabase:
-    """Patches (N, C, P, P) float32 in [0, 1], sorted by squared norm, and how they were made.
+    """Patches (N, C, P, P) float32 in [0, 1] in search order, and how they were made.
 
     ``patches`` may be a read-only memory map. ``sq_norms`` are the rows' squared l2 norms
     (the search's pruning input), computed on load.
@@ -83,6 +85,13 @@ class PatchDatabase:
 
     def __post_init__(self) -> None:
         self.sq_norms = _sq_norms(self.flat())
+        self._projections: Optional[np.ndarray] = None
+
+    def projections(self) -> np.ndarray:
+        """Coordinates along the native search's pruning directions (computed once)."""
+        if self._projections is None:
+            self._projections = search_projections(self.flat(), self.channels)
+        return self._projections
 
     def __len__(self) -> int:
         return int(self.patches.shape[0])
@@ -128,6 +137,34 @@ def _sq_norms(flat: np.ndarray) -> np.ndarray:
     else:
         np.einsum("ij,ij->i", flat, flat, out=out)
     return out
+
+
+def search_projections(flat: np.ndarray, channels: int) -> np.ndarray:
+    """(N, m) coordinates of the rows along the native search's pruning directions
+    (``quilt.cpp``: mean, ramps, colour contrasts, quadratic shapes); (N, 0) without ``_C``."""
+    from obfgrad._native import native
+
+    module = native()
+    if module is None:
+        return np.zeros((flat.shape[0], 0), dtype=np.float32)
+    flat = np.ascontiguousarray(flat, dtype=np.float32)
+    out = np.empty((flat.shape[0], module.quilt_num_projections(flat.shape[1], channels)), dtype=np.float32)
+    module.quilt_projections(flat, channels, out)
+    return out
+
+
+def _storage_order(patches: np.ndarray) -> np.ndarray:
+    """The order patches are stored in: compact 480-patch blocks in the search's projection
+    space (a k-d tree order; see quilt_storage_order), or by squared norm without ``_C``."""
+    from obfgrad._native import native
+
+    flat = patches.reshape(patches.shape[0], -1)
+    module = native()
+    if module is None:
+        return np.argsort(_sq_norms(flat), kind="stable")
+    order = np.empty(flat.shape[0], dtype=np.int64)
+    module.quilt_storage_order(search_projections(flat, patches.shape[1]), order)
+    return order
 
 
 def cache_dir() -> Path:
@@ -204,7 +241,7 @@ def build_patch_database(
         source: free-text description stored with the database.
 
     Returns:
-        An in-memory :class:`PatchDatabase`, sorted by squared norm.
+        An in-memory :class:`PatchDatabase`, in search order.
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count: expected a positive int, got {count!r}")
@@ -231,8 +268,7 @@ def build_patch_database(
         xs = (left[:, None] + offsets)[:, None, :]  # (n, 1, P)
         crops = image[ys, xs]  # (n, P, P, C)
         patches[rows] = np.transpose(crops, (0, 3, 1, 2))
-    norms = _sq_norms(patches.reshape(count, -1))
-    patches = patches[np.argsort(norms, kind="stable")]
+    patches = patches[_storage_order(patches)]
     meta = {
         "format_version": FORMAT_VERSION,
         "patch_size": patch_size,
@@ -242,12 +278,18 @@ def build_patch_database(
         "long_side": long_side,
         "source": source or f"{len(prepared)} images",
         "source_images": len(prepared),
-        "order": "ascending squared l2 norm",
+        "order": "k-d blocks of 480 in the search's projection space" if _native_loaded() else "ascending squared norm",
         "dtype": "float32",
         "shape": list(patches.shape),
     }
     meta["sha256"] = _checksum(patches)
     return PatchDatabase(patches, meta)
+
+
+def _native_loaded() -> bool:
+    from obfgrad._native import native
+
+    return native() is not None
 
 
 def _checksum(patches: np.ndarray) -> str:
@@ -355,7 +397,8 @@ def skimage_patch_database(count: int, *, patch_size: int = 5, seed: int = 0,
     ``cache_dir()/quilt`` (keyed by its build parameters)."""
     import skimage.data
 
-    name = f"skimage-p{patch_size}-n{count}-s{seed}-l{long_side}.npy"
+    order = "kd" if _native_loaded() else "norm"
+    name = f"skimage-p{patch_size}-n{count}-s{seed}-l{long_side}-{order}.npy"
     path = cache_dir() / "quilt" / name
     if path.is_file() and _sidecar(path).is_file():
         return load_patch_database(path, verify=verify, patch_size=patch_size, channels=3)

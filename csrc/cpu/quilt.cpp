@@ -272,6 +272,7 @@ struct Search {
   index_t num_panels;
   std::vector<index_t> order;
   std::vector<float> slot_sq, slot_norm, slot_proj;
+  std::vector<float> panel_lo, panel_hi, panel_norm_lo, panel_norm_hi, panel_sq_max;  // per-panel boxes
   // Database blocks: norm range (sqrt), largest squared norm, projection box.
   index_t num_blocks;
   std::vector<float> block_min, block_max, block_max_sq, block_lo, block_hi;
@@ -289,6 +290,28 @@ void set_slack(Search& s) {
   s.slack_scale = (float)(2.0 * (2.0 * gamma + 4.0 * unit));
   s.kth_scale = (float)(1.0 + 2.0 * gamma);
   s.gamma = (float)(4.0 * gamma);
+}
+
+// Bounding box of each panel's queries (projections and norms), for the panel-level bound.
+void summarise_panels(Search& s) {
+  const int m = s.num_proj;
+  const float inf = std::numeric_limits<float>::infinity();
+  s.panel_lo.assign(s.num_panels * m, inf);
+  s.panel_hi.assign(s.num_panels * m, -inf);
+  s.panel_norm_lo.assign(s.num_panels, inf);
+  s.panel_norm_hi.assign(s.num_panels, -inf);
+  s.panel_sq_max.assign(s.num_panels, 0.f);
+  for (index_t slot = 0; slot < s.num_panels * kPanel; ++slot) {
+    if (s.order[slot] < 0) continue;
+    index_t p = slot / kPanel;
+    for (int i = 0; i < m; ++i) {
+      s.panel_lo[p * m + i] = std::min(s.panel_lo[p * m + i], s.slot_proj[slot * m + i]);
+      s.panel_hi[p * m + i] = std::max(s.panel_hi[p * m + i], s.slot_proj[slot * m + i]);
+    }
+    s.panel_norm_lo[p] = std::min(s.panel_norm_lo[p], s.slot_norm[slot]);
+    s.panel_norm_hi[p] = std::max(s.panel_norm_hi[p], s.slot_norm[slot]);
+    s.panel_sq_max[p] = std::max(s.panel_sq_max[p], s.slot_sq[slot]);
+  }
 }
 
 void pack_queries(Search& s, AlignedFloats& packed, const std::vector<float>& basis) {
@@ -318,6 +341,7 @@ void pack_queries(Search& s, AlignedFloats& packed, const std::vector<float>& ba
     float* dst = packed.data + panel * (index_t)s.dim * kPanel + lane;
     for (int j = 0; j < s.dim; ++j) dst[(index_t)j * kPanel] = s.queries[q * s.dim + j];
   }
+  summarise_panels(s);
 }
 
 void summarise_blocks(Search& s) {
@@ -373,6 +397,26 @@ inline float block_lower_bound(const Search& s, index_t b, float norm, const flo
 // Per-slot filter thresholds for block b; -inf (never a candidate) for padding and for the
 // queries the bounds rule out. Returns whether any query of the panel needs the block.
 bool panel_thresholds(const Search& s, index_t panel, index_t b, float* thr) {
+  // Panel-level test first: box-to-box bound against the panel's loosest limit.
+  float worst = 0.f;
+  for (int lane = 0; lane < kPanel; ++lane) {
+    index_t slot = panel * kPanel + lane;
+    if (s.order[slot] >= 0) worst = std::max(worst, kth_of(s, slot));
+  }
+  {
+    const int m = s.num_proj;
+    float limit = worst * s.kth_scale + s.slack_scale * (s.panel_sq_max[panel] + s.block_max_sq[b]);
+    float margin = s.gamma * (s.panel_norm_hi[panel] + s.block_max[b]);
+    float gap = std::max(0.f, std::max(s.block_min[b] - s.panel_norm_hi[panel],
+                                       s.panel_norm_lo[panel] - s.block_max[b]) - margin);
+    float box = 0.f;
+    for (int i = 0; i < m; ++i) {
+      float g = std::max(0.f, std::max(s.block_lo[b * m + i] - s.panel_hi[panel * m + i],
+                                       s.panel_lo[panel * m + i] - s.block_hi[b * m + i]) - margin);
+      box += g * g;
+    }
+    if (std::max(gap * gap, box) > limit) return false;
+  }
   bool needed = false;
   for (int lane = 0; lane < kPanel; ++lane) {
     index_t slot = panel * kPanel + lane;

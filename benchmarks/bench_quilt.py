@@ -44,6 +44,7 @@ def held_out_images(count: int) -> torch.Tensor:
 @pytest.fixture(scope="module", params=list(SIZES))
 def search_case(request):
     database = skimage_patch_database(SIZES[request.param])
+    database.projections()  # computed once per database, like the norms
     queries = _extract_patches(held_out_images(1), 5, 3).numpy()
     return request.param, database, np.ascontiguousarray(database.flat()), queries
 
@@ -51,7 +52,7 @@ def search_case(request):
 def obfgrad_search(database, flat, queries):
     index = np.empty((len(queries), 10), np.int64)
     dist = np.empty((len(queries), 10), np.float32)
-    stats = C.quilt_knn(queries, flat, database.sq_norms, 10, index, dist)
+    stats = C.quilt_knn(queries, flat, database.sq_norms, database.projections(), 3, 10, index, dist)
     return index, dist, stats
 
 

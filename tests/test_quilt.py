@@ -14,6 +14,7 @@ from obfgrad.ops.quilt_db import (
     PatchDatabaseError,
     build_patch_database,
     load_patch_database,
+    patch_database_from_array,
     save_patch_database,
     search_projections,
 )
@@ -236,6 +237,7 @@ def test_custom_op_passes_opcheck():
     ("db_nan", {}, ValueError, "database: contains NaN"),
     ("db_shape", {}, ValueError, "database: expected a non-empty"),
     ("db_patch", {}, ValueError, "database: patch size 17"),
+    (None, {"patch_size": 4}, ValueError, "database: has 5x5 patches, expected patch_size=4"),
     (None, {"k": 51}, ValueError, "k: expected an int <= 50"),
     (None, {"k": 0}, ValueError, "k: expected an int >= 1"),
     (None, {"overlap": 5}, ValueError, "overlap"),
@@ -302,6 +304,15 @@ def test_database_patches_are_crops_of_the_resized_images():
     assert all(patch.tobytes() in crops for patch in scaled)
     gray = build_patch_database([image[:, :, 0]], 10, seed=0, long_side=300)  # 300 x 150, repeated to RGB
     assert gray.channels == 3 and np.array_equal(gray.patches[:, 0], gray.patches[:, 2])
+
+
+def test_database_from_an_nhwc_array_keeps_the_patches():
+    hwc = np.random.default_rng(3).random((700, 5, 5, 3), dtype=np.float32)
+    database = patch_database_from_array(hwc, layout="NHWC", source="quilt_db.npy")
+    want = sorted(np.ascontiguousarray(hwc.transpose(0, 3, 1, 2)).reshape(700, -1).tolist())
+    assert sorted(database.flat().tolist()) == want
+    with pytest.raises(ValueError, match="patches"):
+        patch_database_from_array(hwc[:, :, :4], layout="NHWC")
 
 
 def test_database_roundtrip_is_memory_mapped(tmp_path):

@@ -689,6 +689,10 @@ void storage_order(carray<float> projections, carray<long long> out) {
   py::gil_scoped_release release;
   for (index_t i = 0; i < shape[0]; ++i) idx[i] = i;
   kd_order(proj, (int)shape[1], idx, shape[0], kBlockRows);
+  // The blocks' contents are fixed by the (total) order used to split; their internal order
+  // is whatever nth_element left, which differs between standard libraries: sort it.
+  for (index_t begin = 0; begin < shape[0]; begin += kBlockRows)
+    std::sort(idx + begin, idx + std::min<index_t>(shape[0], begin + kBlockRows));
 }
 
 // One minimum-error boundary cut (exposed so tests can compare it with an exhaustive search).

@@ -96,6 +96,7 @@ def quilt(
     *,
     k: int = 10,
     overlap: int = 2,
+    patch_size: Optional[int] = None,
     seed: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
@@ -112,6 +113,7 @@ def quilt(
             tensor of patches with C equal to the images' channels.
         k: neighbours to pick from (paper: 10), 1 <= k <= N.
         overlap: pixels shared by adjacent patches (paper: 2), 1 <= overlap < P.
+        patch_size: when given, the database's patch side P must equal it (paper: 5).
         seed: key of the random pick (same seed -> same output on CPU and GPU); drawn from
             ``generator`` (or torch's default generator) when None.
         generator: torch generator used to draw the seed.
@@ -144,6 +146,8 @@ def quilt(
         raise ValueError(f"database: has {channels}-channel patches, but x has {x.shape[1]} channels")
     if size > MAX_PATCH_SIZE:
         raise ValueError(f"database: patch size {size} exceeds the supported maximum {MAX_PATCH_SIZE}")
+    if patch_size is not None and check_int(patch_size, "patch_size", low=2) != size:
+        raise ValueError(f"database: has {size}x{size} patches, expected patch_size={patch_size}")
     check_int(k, "k", low=1, high=int(flat.shape[0]))
     check_int(overlap, "overlap", low=1, high=size - 1)
     seed = _draw_seed(seed, generator)

@@ -53,6 +53,7 @@ __all__ = [
     "PatchDatabase",
     "PatchDatabaseError",
     "build_patch_database",
+    "patch_database_from_array",
     "save_patch_database",
     "load_patch_database",
     "cache_dir",
@@ -284,6 +285,40 @@ def build_patch_database(
     }
     meta["sha256"] = _checksum(patches)
     return PatchDatabase(patches, meta)
+
+
+def patch_database_from_array(patches: np.ndarray, *, layout: str = "NCHW", source: str = "") -> PatchDatabase:
+    """Wrap existing patches, e.g. Athalye et al.'s released ``quilt_db.npy`` ((1000000, 5, 5, 3),
+    ``layout="NHWC"``), as a :class:`PatchDatabase` in search order (saved with
+    :func:`save_patch_database`)."""
+    if layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"layout: expected 'NCHW' or 'NHWC', got {layout!r}")
+    array = np.asarray(patches, dtype=np.float32)
+    if array.ndim != 4:
+        raise ValueError(f"patches: expected a 4-D array, got shape {array.shape}")
+    if layout == "NHWC":
+        array = np.transpose(array, (0, 3, 1, 2))
+    if array.shape[0] < 1 or array.shape[2] != array.shape[3] or array.shape[1] not in (1, 3):
+        raise ValueError(f"patches: expected (N, C, P, P) with C in (1, 3), got {array.shape} ({layout})")
+    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+        raise ValueError("patches: expected finite values in [0, 1]")
+    array = np.ascontiguousarray(array)
+    array = array[_storage_order(array)]
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "patch_size": int(array.shape[2]),
+        "channels": int(array.shape[1]),
+        "count": int(array.shape[0]),
+        "seed": None,
+        "long_side": None,
+        "source": source or "imported array",
+        "source_images": None,
+        "order": "k-d blocks of 480 in the search's projection space" if _native_loaded() else "ascending squared norm",
+        "dtype": "float32",
+        "shape": list(array.shape),
+    }
+    meta["sha256"] = _checksum(array)
+    return PatchDatabase(array, meta)
 
 
 def _native_loaded() -> bool:

@@ -174,6 +174,16 @@ def test_quilt_equals_reference(shape, k, overlap):
     assert torch.equal(got, want)
 
 
+def test_without_the_native_extension_quilt_falls_back_to_the_reference(monkeypatch):
+    import obfgrad.ops.quilt as quilt_module
+
+    torch.manual_seed(12)
+    database = torch.rand(300, 3, 5, 5)
+    x = torch.rand(1, 3, 13, 16)
+    monkeypatch.setattr(quilt_module, "native", lambda: None)
+    assert torch.equal(quilt(x, database, k=4, seed=2), reference(x, database, k=4, seed=2))
+
+
 def test_quilt_with_k1_returns_an_image_whose_patches_are_in_the_database():
     x = image_tensor(skimage.data.chelsea(), 32)  # 32 = 5 + 9 * 3: tiles exactly
     own = x.unfold(2, 5, 3).unfold(3, 5, 3).permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, 5, 5)

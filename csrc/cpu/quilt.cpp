@@ -1,7 +1,7 @@
 // CPU driver of image quilting: exact k-nearest-neighbour patch search and raster-order
 // stitching (bodies in csrc/include/obfgrad/quilt.h).
 //
-// The search never forms the query x database distance matrix. Queries are sorted by norm
+// The search never forms the query x database distance matrix. Queries are put in k-d order
 // and packed into panels of 32 (dimension-major); the database is walked in cache blocks of
 // 480 rows. For each (panel, block) pair a register-blocked micro-kernel computes
 //     approx = |q|^2 + |d|^2 - 2 q.d
@@ -10,11 +10,16 @@
 // canonical distance (quilt_distance) and inserted into the running top-K: the result is
 // exactly the brute-force answer under the canonical distance, ties to the smaller index.
 //
-// Exact pruning: |q - d| >= | |q| - |d| |, so a (panel, block) pair is skipped when, for
-// every query of the panel, the gap between its norm and the block's norm range exceeds its
-// running K-th distance. Blocks are visited outwards from the panel group's median norm, so
-// the running K-th distances shrink early; with the database stored sorted by norm (as
-// obfgrad.ops.quilt_db writes it) the blocks have narrow norm ranges and most are skipped.
+// Exact pruning: for orthonormal directions u_i, |q - d|^2 >= sum_i (u_i.q - u_i.d)^2, and
+// |q - d| >= | |q| - |d| |. Each block keeps the bounding box of its rows along eight fixed
+// directions (mean level, ramps, colour contrasts, quadratic shapes: where natural patches put
+// their energy) and its norm range; a (panel, block) pair is skipped when the bound exceeds
+// the running K-th distance of every query in the panel (a panel-level box test first, then
+// per query). Each group of 8 panels visits the blocks nearest to it first, so the K-th
+// distances shrink early. The database is stored in k-d order with 480-row leaves
+// (quilt_storage_order, used by obfgrad.ops.quilt_db), which makes the blocks' boxes tight;
+// any order gives the same neighbours, only slower. All bounds are loosened by the rounding
+// error of the float computations (set_slack), so no true neighbour is ever skipped.
 //
 // The micro-kernel is compiled for AVX-512 and AVX2+FMA with function-level target
 // attributes and picked at run time, so a portable build still uses the wide units; a

@@ -13,7 +13,9 @@ Definitions that make the op exact and reproducible:
   (distance, database index): ties go to the smaller index. The native search is exact under
   this distance (its fast filter only proposes candidates), so CPU, GPU and :func:`reference`
   return identical neighbours.
-* Pick: neighbour ``floor(u * K)`` with ``u = philox_uniform(seed, image, patch)``.
+* Pick: neighbour ``floor(u * K)`` of the sorted list, with ``u = philox_uniform(seed, n, p)``
+  for image ``n`` of the batch (its position) and patch ``p`` (raster index): a uniform choice
+  among the K, like the paper's ``np.random.choice`` over TF's ``top_k``, but replayable.
 * Stitching: patch (i, j) overwrites the image except, in its left overlap (j > 0), the
   pixels left of the minimum vertical cut through the squared-error strip and, in its top
   overlap (i > 0), the pixels above the minimum horizontal cut; in the corner the patch keeps a

@@ -52,7 +52,7 @@ OBF_HD bool quilt_before(float d1, long long i1, float d2, long long i2) {
 }
 
 OBF_HD float quilt_infinity() {
-#if OBF_ON_DEVICE
+#if defined(__CUDA_ARCH__)  // device code (NVRTC, or nvcc's device pass)
   return __int_as_float(0x7f800000);
 #else
   return __builtin_huge_valf();

@@ -296,7 +296,7 @@ def small_database(**kwargs):
     return build_patch_database(natural_images(), **args)
 
 
-def test_database_build_is_seeded_sorted_and_in_range():
+def test_database_build_is_seeded_and_in_range():
     first, second = small_database(), small_database()
     assert np.array_equal(first.patches, second.patches)
     assert not np.array_equal(first.patches, small_database(seed=2).patches)

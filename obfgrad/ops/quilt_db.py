@@ -58,6 +58,7 @@ __all__ = [
     "load_patch_database",
     "cache_dir",
     "skimage_patch_database",
+    "search_projections",
 ]
 
 FORMAT_VERSION = 1

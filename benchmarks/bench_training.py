@@ -32,7 +32,7 @@ PGD_TRAIN = {"eps": 0.1, "steps": 7, "step_size": 0.025, "distance": "linf"}
 SMOKE_NATURAL = make_recipe(arch="small_cnn", arch_kwargs={"width": 16, "batch_norm": True}, dataset="fashion-mnist",
                             train_limit=None, epochs=2, batch_size=128, optimizer="adam", lr=1e-3, seed=0)
 SMOKE_ADVERSARIAL = make_recipe(arch="small_cnn", arch_kwargs={"width": 16, "batch_norm": True}, dataset="fashion-mnist",
-                                train_limit=20000, epochs=3, batch_size=128, optimizer="adam", lr=1e-3, seed=0,
+                                train_limit=10000, epochs=3, batch_size=128, optimizer="adam", lr=1e-3, seed=0,
                                 adversarial=PGD_TRAIN)
 
 

@@ -1,9 +1,10 @@
 """Small, fast CNNs for the smoke profile (1×28×28 Fashion-MNIST/MNIST, 3×32×32 CIFAR-sized).
 
-Two conv blocks (3×3 conv, ReLU, 2×2 max-pool; ``width`` then ``2·width`` channels) and a
-two-layer head. At ``width=16`` it trains to about 90% Fashion-MNIST test accuracy in well
-under a minute on 2 CPU threads (see ``benchmarks/bench_training.py``). It stands in for the
-paper's architectures where the smoke profile needs a model trained on the fly.
+Two conv blocks (3×3 conv, batch norm, ReLU, 2×2 max-pool; ``width`` then ``2·width``
+channels) and a two-layer head. At ``width=16``, 2 epochs of Adam (lr 1e-3, batch 128) on the
+60,000 Fashion-MNIST training images reach 89.5–89.7% test accuracy for about 42 CPU-seconds of
+one core (measured in ``benchmarks/bench_training.py``). It stands in for the paper's
+architectures where the smoke profile needs a model trained on the fly.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ class SmallCNN(nn.Module):
         hidden: units of the hidden dense layer.
         image_size: input side (28 or 32).
         num_classes: logits.
-        batch_norm: batch norm after each conv (off by default: plain nets keep attacks simple).
+        batch_norm: batch norm after each conv (it speeds up training; in eval mode it is a
+            fixed affine map, so attacks see a plain feed-forward net).
 
     Example:
         >>> SmallCNN(in_channels=3, image_size=32)(torch.rand(2, 3, 32, 32)).shape
@@ -29,7 +31,7 @@ class SmallCNN(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, width: int = 16, hidden: int = 128, image_size: int = 28,
-                 num_classes: int = 10, batch_norm: bool = False):
+                 num_classes: int = 10, batch_norm: bool = True):
         super().__init__()
         if image_size % 4:
             raise ValueError(f"image_size: expected a multiple of 4, got {image_size}")

@@ -11,6 +11,8 @@ A recipe is a plain JSON-able dict; :func:`make_recipe` fills in defaults::
 it is part of the key, so a PGD-trained net and its natural twin are different cache entries.
 The adversary itself is code the caller passes (``adversary(model, x, y) -> x_adv``); as in
 Madry et al.'s ``train.py``, every training batch is replaced by its adversarial version.
+The adversary's code is not part of the key: a change to the attack that should invalidate
+cached models needs a new ``version`` or another field in the recipe.
 
 Determinism: on CPU the same recipe gives bit-identical weights (same torch build and thread
 count): model initialisation, shuffling, dropout and the adversary's random starts all draw

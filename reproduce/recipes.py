@@ -10,18 +10,23 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-SMOKE_TRAIN_LIMIT = 30000
+# Measured on this project's 2-core machine (obfgrad/benchmarks/bench_training.py): natural,
+# 60k images x 2 epochs: ~42 CPU-s, 89.7% test accuracy; PGD-7 adversarial, 20k x 3 epochs:
+# ~142 CPU-s, 78% clean / 64% under PGD-20 at eps 0.1.
+NATURAL_TRAIN_LIMIT = None  # all 60k
+ADVERSARIAL_TRAIN_LIMIT = 20000
 
 
 def smoke_classifier(adversarial: Optional[Dict[str, Any]] = None, *, epochs: Optional[int] = None,
                      in_channels: int = 1) -> Dict[str, Any]:
-    """Small CNN (width 16) on the first 30k Fashion-MNIST training images, Adam 1e-3."""
+    """Small CNN (width 16, batch norm) on Fashion-MNIST, Adam 1e-3: all 60k images for 2 epochs
+    (natural) or the first 20k for 3 epochs (PGD adversarial training)."""
     return {
         "arch": "small_cnn",
         "arch_kwargs": {"in_channels": in_channels, "width": 16, "image_size": 28},
         "dataset": "fashion-mnist",
-        "train_limit": SMOKE_TRAIN_LIMIT,
-        "epochs": epochs if epochs is not None else (4 if adversarial else 3),
+        "train_limit": ADVERSARIAL_TRAIN_LIMIT if adversarial else NATURAL_TRAIN_LIMIT,
+        "epochs": epochs if epochs is not None else (3 if adversarial else 2),
         "batch_size": 128,
         "optimizer": "adam",
         "lr": 1e-3,

@@ -9,8 +9,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from obfgrad.attacks import PGD
 from obfgrad.atomic import atomic_write_json
+from obfgrad.attacks import PGD
 from obfgrad.data import load_dataset
 from obfgrad.eval import EvalResult, evaluate
 from obfgrad.models.training import build_seeded, make_recipe, train_or_load

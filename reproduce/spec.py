@@ -81,9 +81,9 @@ class RowSpec:
     targeted: bool = False
     config: Dict[str, Any] = field(default_factory=dict)  # every setting, JSON
     choices: List[str] = field(default_factory=list)  # where protocol.md is UNCONFIRMED
-    run: Optional[Callable[["RowSpec", RunContext], Dict[str, Any]]] = None
+    run: Optional[Callable[[RowSpec, RunContext], Dict[str, Any]]] = None
     # Builds the defense for other tools (obfgrad diagnose): (spec, ctx, n_examples) -> bundle.
-    build_defense: Optional[Callable[["RowSpec", RunContext, int], DefenseBundle]] = None
+    build_defense: Optional[Callable[[RowSpec, RunContext, int], DefenseBundle]] = None
 
     @property
     def implemented(self) -> bool:

@@ -58,6 +58,7 @@ def _row_names() -> List[str]:
 
 def _run_context(args: argparse.Namespace):
     import torch
+
     from reproduce.spec import RunContext
 
     return RunContext(profile=args.profile, device=torch.device(args.device), seed=args.seed,

@@ -92,7 +92,7 @@ class DiagnoseBudget:
     tolerance: float = 0.05
     batch_size: int = 256
 
-    def validated(self) -> "DiagnoseBudget":
+    def validated(self) -> DiagnoseBudget:
         for name in ("examples", "steps", "random_samples", "grad_repeats", "judge_samples", "eot_samples",
                      "probe_directions", "batch_size"):
             check_int(getattr(self, name), f"budget.{name}", low=1)
@@ -305,7 +305,7 @@ def _raw_gradient(model: Model, x, y) -> Tuple[Optional[torch.Tensor], str]:
 
 
 def _gradient_probes(model: Model, judge: _Judge, setting: _Setting, x, y, generator) -> Dict[str, Any]:
-    budget, eps, distance = setting.budget, setting.eps, setting.distance
+    budget, distance = setting.budget, setting.distance
     grads, reason = [], ""
     for _ in range(budget.grad_repeats if setting.randomized else 1):
         grad, reason = _raw_gradient(model, x, y)

@@ -212,3 +212,14 @@ def test_cli_rejects_unknown_defense_and_missing_eps(tmp_path):
     torch.save({"x": torch.rand(2, 1, 2, 2), "y": torch.zeros(2, dtype=torch.long)}, tmp_path / "d.pt")
     with pytest.raises(SystemExit, match="--eps"):
         cli_main(["diagnose", "--model", f"{factory}:build", "--data", str(tmp_path / "d.pt")])
+
+
+def test_cli_builds_a_table1_row_through_reproduce(tmp_path, capsys):
+    # --dry-run: the row's untrained models on synthetic data (proves the code path in seconds).
+    code = cli_main(["diagnose", "--defense", "madry", "--dry-run", "--examples", "20", "--steps", "3",
+                     "--random-samples", "2", "--quiet", "--out-dir", str(tmp_path)])
+    assert code == 0
+    report = json.loads((tmp_path / "madry.json").read_text())
+    assert report["config"]["defense"] == "madry" and report["config"]["n"] == 20
+    assert (tmp_path / "madry.png").is_file()
+    assert "paper: none" in capsys.readouterr().out

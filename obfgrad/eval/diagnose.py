@@ -223,7 +223,7 @@ def _pgd(setting: _Setting, eps: float, one_step: bool = False) -> PGD:
     steps = setting.budget.steps
     # A randomized model's own verdict at one draw is noise: run every step, judge afterwards.
     return PGD(distance=setting.distance, eps=eps, steps=steps, step_size=2.5 * eps / steps, loss="margin",
-               kappa=None, early_stop=not setting.randomized, generator_seed=setting.seed)
+               kappa=None, early_stop=not setting.randomized)
 
 
 def _succeeds(judge: _Judge, setting: _Setting, x, x_adv, y, eps: float) -> torch.Tensor:
@@ -270,11 +270,11 @@ def _surrogate_network(channels: int, classes: int) -> nn.Module:
     )
 
 
-def train_surrogate(judge: _Judge, x: torch.Tensor, eps: float, classes: int, steps: int, seed: int,
-                    copies: int = 4) -> nn.Module:
+def _train_surrogate(judge: _Judge, x: torch.Tensor, eps: float, classes: int, steps: int, seed: int,
+                     copies: int = 4, batch_size: int = 128) -> nn.Module:
     """An undefended substitute (Papernot et al. 2017): a small CNN fitted to the defended
     model's labels on the batch and on ``copies`` random eps-perturbations of it (black-box:
-    only predictions are used). Full-batch heavy-ball descent, no ``torch.optim`` start-up."""
+    only predictions are used). Minibatch heavy-ball descent, no ``torch.optim`` start-up."""
     generator = torch.Generator().manual_seed(seed)
     noise = (2 * torch.rand((copies,) + tuple(x.shape), generator=generator) - 1).to(x.device, x.dtype)
     pool = torch.cat([x] + [(x + eps * n).clamp(0, 1) for n in noise])
@@ -284,7 +284,8 @@ def train_surrogate(judge: _Judge, x: torch.Tensor, eps: float, classes: int, st
     params = list(network.parameters())
     velocity = [torch.zeros_like(p) for p in params]
     for _ in range(steps):
-        loss = nn.functional.cross_entropy(network(pool), labels)
+        rows = torch.randperm(pool.shape[0], generator=generator)[:batch_size].to(x.device)
+        loss = nn.functional.cross_entropy(network(pool[rows]), labels[rows])
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             for p, v, g in zip(params, velocity, grads):
@@ -685,7 +686,7 @@ def _run(defended, judge, setting: _Setting, x, y, surrogate, preprocess, classi
         if surrogate is None:
             bar.set_postfix_str("training surrogate")
             classes = judge.log_probs(x[:1]).shape[1]
-            surrogate = train_surrogate(judge, x, eps, classes, budget.surrogate_steps, setting.seed)
+            surrogate = _train_surrogate(judge, x, eps, classes, budget.surrogate_steps, setting.seed)
         bar.update(1)
         guarded_surrogate = _Guarded(surrogate)
         bar.set_postfix_str("remedies")

@@ -216,14 +216,16 @@ class _Setting:
     seed: int
 
 
-def _pgd(setting: _Setting, eps: float, one_step: bool = False) -> PGD:
+def _pgd(setting: _Setting, eps: float, one_step: bool = False, high_confidence: bool = False) -> PGD:
+    """PGD on the margin with no floor. ``high_confidence`` runs every step (no early stop), pushing
+    the margin far past the boundary: what a transfer attack needs to carry over to another model."""
     if one_step:  # FGSM / fast gradient l2: one full-size step
         return PGD(distance=setting.distance, eps=eps, steps=1, step_size=eps, loss="margin", kappa=None,
                    early_stop=False)
     steps = setting.budget.steps
     # A randomized model's own verdict at one draw is noise: run every step, judge afterwards.
     return PGD(distance=setting.distance, eps=eps, steps=steps, step_size=2.5 * eps / steps, loss="margin",
-               kappa=None, early_stop=not setting.randomized)
+               kappa=None, early_stop=not (setting.randomized or high_confidence))
 
 
 def _succeeds(judge: _Judge, setting: _Setting, x, x_adv, y, eps: float) -> torch.Tensor:
@@ -706,7 +708,8 @@ def _run(defended, judge, setting: _Setting, x, y, surrogate, preprocess, classi
             results = {
                 "one-step": _attack_success(guarded, judge, setting, x, y, budget_eps, one_step=True),
                 "iterative (white-box)": _attack_success(guarded, judge, setting, x, y, budget_eps),
-                "transfer": _succeeds(judge, setting, x, _pgd(setting, budget_eps)(guarded_surrogate, x, y).x_adv,
+                "transfer": _succeeds(judge, setting, x,
+                                      _pgd(setting, budget_eps, high_confidence=True)(guarded_surrogate, x, y).x_adv,
                                       y, budget_eps),
                 "random sampling": _random_success(judge, setting, x, y, budget_eps, generator),
             }

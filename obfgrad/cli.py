@@ -1,14 +1,24 @@
 """The ``obfgrad`` command.
 
     obfgrad info        what backend is active (native extension, OpenMP threads, CUDA/CuPy)
+    obfgrad diagnose    check a defense for obfuscated gradients (Athalye et al. 2018, Sec. 3):
+                        --defense NAME (a Table 1 row, "undefended" or "all"; needs a source
+                        checkout with reproduce/) or --model path.py:factory (your own module)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+#: ``--defense`` names besides the Table 1 rows.
+UNDEFENDED = "undefended"
+ALL = "all"
 
 
 def _info(_args: argparse.Namespace) -> int:
@@ -18,16 +28,251 @@ def _info(_args: argparse.Namespace) -> int:
     return 0
 
 
+# -- diagnose: where the defense comes from -------------------------------------------------------
+
+def _import_reproduce():
+    """The ``reproduce`` package of a source checkout: importable already, or found in the current
+    directory or next to the ``obfgrad`` package (a checkout built in place)."""
+    import obfgrad
+
+    for root in (None, Path.cwd(), Path(obfgrad.__file__).resolve().parent.parent):
+        if root is not None:
+            if not (root / "reproduce" / "rows" / "__init__.py").is_file():
+                continue
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+        try:
+            return importlib.import_module("reproduce.rows")
+        except ImportError:
+            continue
+    raise SystemExit("obfgrad diagnose --defense: the Table 1 defenses are built by the reproduce/ package of a "
+                     "source checkout (git clone, then run from its root); with an installed obfgrad only, use "
+                     "--model path.py:factory")
+
+
+def _row_names() -> List[str]:
+    from reproduce.spec import ROW_NAMES
+
+    return list(ROW_NAMES)
+
+
+def _run_context(args: argparse.Namespace):
+    import torch
+
+    from reproduce.spec import RunContext
+
+    return RunContext(profile=args.profile, device=torch.device(args.device), seed=args.seed,
+                      data_dir=args.data_dir, dry_run=args.dry_run, progress=False if args.quiet else None,
+                      log=lambda message: print(message, file=sys.stderr))
+
+
+def _undefended_case(ctx, args: argparse.Namespace) -> Dict[str, Any]:
+    """The profile's naturally trained classifier: the Madry row's ``natural_twin`` recipe."""
+    from reproduce import pipeline
+    from reproduce.rows import row_spec
+
+    spec = row_spec("madry", args.profile, args.dry_run)
+    x, y = pipeline.test_set(ctx, spec.dataset, args.examples)
+    model = pipeline.classifier(ctx, spec.config["natural_twin"])
+    return {"model": model, "x": x, "y": y, "distance": spec.distance, "eps": spec.eps, "surrogate": None,
+            "expected": "none"}
+
+
+def _defense_case(name: str, args: argparse.Namespace) -> Dict[str, Any]:
+    """diagnose() arguments for a Table 1 row (through its ``build_defense``) or the undefended model."""
+    from reproduce.rows import row_spec
+
+    ctx = _run_context(args)
+    if name == UNDEFENDED:
+        return _undefended_case(ctx, args)
+    spec = row_spec(name, args.profile, args.dry_run)
+    if spec.build_defense is None:
+        state = "is not implemented yet" if not spec.implemented else "has no build_defense"
+        raise SystemExit(f"obfgrad diagnose --defense {name}: the row {state} in this checkout")
+    bundle = spec.build_defense(spec, ctx, args.examples)
+    return {"model": bundle.model, "x": bundle.x, "y": bundle.y, "distance": bundle.distance, "eps": bundle.eps,
+            "surrogate": bundle.undefended, "adaptive_model": bundle.adaptive_model,
+            "randomized": True if bundle.randomized else None, "expected": bundle.obfuscation}
+
+
+def _available_defenses(args: argparse.Namespace) -> List[str]:
+    from reproduce.rows import row_spec
+
+    names = [name for name in _row_names() if row_spec(name, args.profile, args.dry_run).build_defense is not None]
+    return names + [UNDEFENDED]
+
+
+def _load_callable(reference: str, option: str):
+    path, sep, attribute = reference.rpartition(":")
+    if not sep or not path or not attribute:
+        raise SystemExit(f"{option}: expected path/to/file.py:function, got {reference!r}")
+    if not Path(path).is_file():
+        raise SystemExit(f"{option}: no such file {path!r}")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise SystemExit(f"{option}: {path} has no callable {attribute!r}")
+    return factory
+
+
+def _model_case(args: argparse.Namespace) -> Dict[str, Any]:
+    """``--model file.py:factory``: the factory returns an nn.Module, or a dict with ``model`` and any
+    of ``x``, ``y``, ``preprocess``, ``surrogate``, ``adaptive_model``, ``randomized``, ``distance``,
+    ``eps``."""
+    import torch
+
+    made = _load_callable(args.model, "--model")()
+    case: Dict[str, Any] = dict(made) if isinstance(made, dict) else {"model": made}
+    if "model" not in case:
+        raise SystemExit("--model: the factory's dict needs a 'model' entry")
+    if args.data is not None:
+        data = torch.load(args.data, map_location="cpu", weights_only=True)
+        if not isinstance(data, dict) or "x" not in data or "y" not in data:
+            raise SystemExit(f"--data: expected a torch.save'd dict with tensors 'x' and 'y' in {args.data}")
+        case["x"], case["y"] = data["x"], data["y"]
+    elif args.dataset is not None:
+        from obfgrad.data import load_dataset
+
+        images, labels = load_dataset(args.dataset, "test", data_dir=args.data_dir)
+        case["x"], case["y"] = images[:args.examples], labels[:args.examples]
+    if "x" not in case or "y" not in case:
+        raise SystemExit("--model: give the labelled batch with --data file.pt or --dataset NAME "
+                         "(or return 'x' and 'y' from the factory)")
+    for key in ("distance", "eps"):
+        if getattr(args, key) is not None:
+            case[key] = getattr(args, key)
+    if case.get("eps") is None:
+        raise SystemExit("--model: the threat model needs --eps (and --distance, default linf)")
+    case.setdefault("distance", "linf")
+    case.setdefault("expected", None)
+    device = torch.device(args.device)
+    case["x"], case["y"] = case["x"].to(device), case["y"].to(device)
+    return case
+
+
+# -- diagnose: running and printing --------------------------------------------------------------
+
+def _budget(args: argparse.Namespace):
+    from obfgrad.eval.diagnose import DiagnoseBudget
+
+    fields = {"examples": args.examples, "steps": args.steps, "random_samples": args.random_samples,
+              "eot_samples": args.eot_samples, "judge_samples": args.judge_samples,
+              "grad_repeats": args.grad_repeats, "surrogate_steps": args.surrogate_steps,
+              "tolerance": args.tolerance}
+    return DiagnoseBudget(**{key: value for key, value in fields.items() if value is not None})
+
+
+def _diagnose_case(name: str, case: Dict[str, Any], args: argparse.Namespace, out_dir: Optional[Path]):
+    from obfgrad.eval.diagnose import diagnose
+
+    report = diagnose(case["model"], case["x"], case["y"], distance=case["distance"], eps=case["eps"],
+                      surrogate=case.get("surrogate"), preprocess=case.get("preprocess"),
+                      adaptive_model=case.get("adaptive_model"), randomized=case.get("randomized"),
+                      budget=_budget(args), seed=args.seed, progress=not args.quiet)
+    report.config["defense"] = name
+    report.config["expected_obfuscation"] = case.get("expected")
+    report.config["model"] = name
+    print(report.to_text())
+    if case.get("expected") is not None:
+        print(f"paper: {case['expected']}")
+    targets = {"json": args.json, "plot": args.plot} if out_dir is None else {
+        "json": out_dir / f"{name}.json", "plot": out_dir / f"{name}.png"}
+    if targets["json"] is not None:
+        report.save_json(targets["json"])
+    if targets["plot"] is not None:
+        report.plot(targets["plot"])
+    return report
+
+
+def _verdict_table(rows: List[Dict[str, Any]]) -> str:
+    lines = ["| defense | paper | verdict | obfuscation found | failed checks |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['defense']} | {row['expected'] or '-'} | {row['verdict']} | "
+                     f"{', '.join(row['types']) or '-'} | {', '.join(row['failed']) or '-'} |")
+    return "\n".join(lines)
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    if args.model is not None:
+        reports = [_diagnose_case(Path(args.model.rpartition(":")[0]).stem, _model_case(args), args, None)]
+    else:
+        _import_reproduce()
+        known = _row_names() + [UNDEFENDED, ALL]
+        if args.defense not in known:
+            raise SystemExit(f"--defense: unknown {args.defense!r}; choose from {', '.join(known)}")
+        names = _available_defenses(args) if args.defense == ALL else [args.defense]
+        out_dir = args.out_dir if args.defense == ALL or args.out_dir is not None else None
+        reports = []
+        for name in names:
+            print(f"== {name} ==")
+            reports.append(_diagnose_case(name, _defense_case(name, args), args, out_dir))
+            print()
+    rows = [{"defense": r.config["defense"], "expected": r.config.get("expected_obfuscation"),
+             "verdict": r.verdict, "types": r.obfuscation_types,
+             "failed": [c.name for c in r.checks if c.verdict == "fail"]} for r in reports]
+    if len(rows) > 1:
+        print(_verdict_table(rows))
+    if args.out_dir is not None and len(rows) > 1:
+        from obfgrad.atomic import atomic_write_text
+
+        atomic_write_text(args.out_dir / "verdicts.md", _verdict_table(rows) + "\n")
+    if args.strict and any(row["verdict"] != "pass" for row in rows):
+        return 2
+    return 0
+
+
+def _add_diagnose(commands) -> None:
+    diagnose = commands.add_parser(
+        "diagnose", help="check a defense for obfuscated gradients (the paper's Sec. 3 checks + gradient probes)",
+        description="Run the five characteristic-behaviour checks of Athalye, Carlini & Wagner (2018, Sec. 3) and "
+                    "gradient probes on a defense; print a verdict per check and the likely obfuscation type.")
+    source = diagnose.add_mutually_exclusive_group(required=True)
+    source.add_argument("--defense", help="a Table 1 row (thermometer, lid, guo, sap, xie, pixeldefend, defensegan, "
+                                          "madry, na), 'undefended', or 'all' (needs a source checkout)")
+    source.add_argument("--model", help="path/to/file.py:factory returning your nn.Module (or a dict, see docs)")
+    diagnose.add_argument("--profile", choices=("smoke", "paper"), default="smoke", help="row profile (default smoke)")
+    diagnose.add_argument("--dry-run", action="store_true", help="untrained models, synthetic data (code path only)")
+    diagnose.add_argument("--data", type=Path, help="with --model: a torch.save'd dict {'x': images, 'y': labels}")
+    diagnose.add_argument("--dataset", help="with --model: use the test split of mnist, fashion-mnist or cifar10")
+    diagnose.add_argument("--data-dir", type=Path, default=None, help="where datasets are (searched first)")
+    diagnose.add_argument("--distance", default=None, help="with --model: linf (default), l2, l2_rms_pixels, ...")
+    diagnose.add_argument("--eps", type=float, default=None, help="with --model: the budget")
+    diagnose.add_argument("--examples", type=int, default=100, help="examples to diagnose (default 100)")
+    diagnose.add_argument("--steps", type=int, default=None, help="iterations per attack (default 100)")
+    diagnose.add_argument("--random-samples", type=int, default=None, help="random points per example (default 64)")
+    diagnose.add_argument("--eot-samples", type=int, default=None, help="draws per EOT gradient (default 10)")
+    diagnose.add_argument("--judge-samples", type=int, default=None,
+                          help="draws averaged to judge a randomized model (default 8)")
+    diagnose.add_argument("--grad-repeats", type=int, default=None, help="repeated gradient calls (default 8)")
+    diagnose.add_argument("--surrogate-steps", type=int, default=None,
+                          help="training steps of a substitute model when none is given (default 300)")
+    diagnose.add_argument("--tolerance", type=float, default=None, help="success-rate gap that fails (default 0.05)")
+    diagnose.add_argument("--seed", type=int, default=0)
+    diagnose.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    diagnose.add_argument("--json", type=Path, default=None, help="write the report as JSON")
+    diagnose.add_argument("--plot", type=Path, default=None, help="write the figure (PNG; needs matplotlib)")
+    diagnose.add_argument("--out-dir", type=Path, default=None,
+                          help="write <defense>.json and <defense>.png here (and verdicts.md with --defense all)")
+    diagnose.add_argument("--strict", action="store_true", help="exit with status 2 unless every verdict is pass")
+    diagnose.add_argument("--quiet", action="store_true", help="no progress bars")
+    diagnose.set_defaults(handler=_diagnose)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="obfgrad", description="Adaptive attacks on adversarial-example defenses.")
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="show the active backend (native kernels, threads, CUDA)")
     info.set_defaults(handler=_info)
+    _add_diagnose(commands)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "examples", 1) is not None and getattr(args, "examples", 1) < 1:
+        raise SystemExit("--examples: expected a positive number of examples")
     return args.handler(args)
 
 

@@ -1,7 +1,10 @@
-"""Evaluation: robust accuracy under the robustml threat-model rule, confidence intervals, targets."""
+"""Evaluation: robust accuracy under the robustml threat-model rule, confidence intervals, targets,
+and the obfuscated-gradient diagnosis (Athalye et al. 2018, Section 3)."""
 
 from obfgrad.eval.confidence import clopper_pearson, wilson
+from obfgrad.eval.diagnose import DiagnoseBudget, DiagnosisReport, diagnose
 from obfgrad.eval.robustness import EvalResult, evaluate
 from obfgrad.eval.targets import random_targets
 
-__all__ = ["evaluate", "EvalResult", "clopper_pearson", "wilson", "random_targets"]
+__all__ = ["evaluate", "EvalResult", "clopper_pearson", "wilson", "random_targets", "diagnose",
+           "DiagnoseBudget", "DiagnosisReport"]

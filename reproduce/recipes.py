@@ -8,6 +8,7 @@ al.'s CIFAR-10 schedule (80k steps of batch 128 = 205 epochs; lr 0.1 / 0.01 / 0.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Optional
 
 # Measured on this project's 2-core machine (obfgrad/benchmarks/bench_training.py): natural,
@@ -15,6 +16,18 @@ from typing import Any, Dict, Optional
 # ~142 CPU-s, 78% clean / 64% under PGD-20 at eps 0.1.
 NATURAL_TRAIN_LIMIT = None  # all 60k
 ADVERSARIAL_TRAIN_LIMIT = 20000
+# OBFGRAD_SMOKE_TRAIN_LIMIT caps the smoke classifiers' training images (CI's quick end-to-end
+# check uses it). It changes the recipe, so such models never mix with the full ones in the cache.
+TRAIN_LIMIT_CAP_ENV = "OBFGRAD_SMOKE_TRAIN_LIMIT"
+
+
+def train_limit(default: Optional[int]) -> Optional[int]:
+    cap = os.environ.get(TRAIN_LIMIT_CAP_ENV)
+    if not cap:
+        return default
+    if not cap.isdigit() or int(cap) < 1:
+        raise ValueError(f"{TRAIN_LIMIT_CAP_ENV}: expected a positive integer, got {cap!r}")
+    return int(cap) if default is None else min(default, int(cap))
 
 
 def smoke_classifier(adversarial: Optional[Dict[str, Any]] = None, *, epochs: Optional[int] = None,
@@ -25,7 +38,7 @@ def smoke_classifier(adversarial: Optional[Dict[str, Any]] = None, *, epochs: Op
         "arch": "small_cnn",
         "arch_kwargs": {"in_channels": in_channels, "width": 16, "image_size": 28},
         "dataset": "fashion-mnist",
-        "train_limit": ADVERSARIAL_TRAIN_LIMIT if adversarial else NATURAL_TRAIN_LIMIT,
+        "train_limit": train_limit(ADVERSARIAL_TRAIN_LIMIT if adversarial else NATURAL_TRAIN_LIMIT),
         "epochs": epochs if epochs is not None else (3 if adversarial else 2),
         "batch_size": 128,
         "optimizer": "adam",

@@ -29,7 +29,7 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
     eps = PAPER_EPS if paper else SMOKE_EPS
     source = madry.spec(profile, dry_run).config["classifier"]
     base = (recipes.madry_cifar_wide_resnet(None) if paper
-            else {**recipes.smoke_classifier(None, epochs=3), "train_limit": recipes.ADVERSARIAL_TRAIN_LIMIT})
+            else {**recipes.smoke_classifier(None, epochs=3), "train_limit": recipes.train_limit(recipes.ADVERSARIAL_TRAIN_LIMIT)})
     source_eps = source["adversarial"]["eps"]
     cascade = {**CASCADE_DEFAULTS, "one_step_eps": source_eps, "source": source,
                "source_attack": {"eps": source_eps, "steps": 2 if dry_run else 10,

@@ -67,3 +67,14 @@ def test_max_positions_purifies_only_the_first_pixels_in_raster_order():
     partial = PixelDefend(model, 32 / 255, max_positions=7)(x)
     assert torch.equal(partial.flatten(1)[:, :7], full.flatten(1)[:, :7])
     assert torch.equal(partial.flatten(1)[:, 7:], x.flatten(1)[:, 7:])
+
+
+def test_memoised_purification_equals_a_fresh_one_and_skips_repeats():
+    model = _model(1, seed=3)
+    x = torch.rand(3, 1, 4, 4)
+    defense = PixelDefend(model, 16 / 255)
+    first = defense(x)
+    assert torch.equal(first, purify(model, x, 16 / 255))
+    again = defense(torch.cat([x[1:], torch.rand(1, 1, 4, 4)]))
+    assert defense.last_stats["memo_hits"] == 2 and defense.last_stats["images"] == 1
+    assert torch.equal(again[:2], first[1:])

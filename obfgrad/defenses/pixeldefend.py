@@ -113,26 +113,48 @@ class PixelDefend(nn.Module):
         eps_defend: purification radius on [0, 1] (16/255 in the paper, for an 8/255 attack).
         max_positions: purify only the first pixels in raster order (None = all; dry runs only).
         batch_size: images purified per call of :func:`purify` (bounds memory).
+        memo: remember the purification of every 8-bit image seen (purification is deterministic
+            and per image): attacks and the evaluator purify the same image several times (the
+            clean batch in each evaluation, an attack's last iterate and the evaluator's check of
+            it), and each repeat would cost H·W network evaluations.
     """
 
     def __init__(self, pixelcnn: PixelCNN, eps_defend: float = EPS_DEFEND, max_positions: Optional[int] = None,
-                 batch_size: int = 256):
+                 batch_size: int = 256, memo: bool = True):
         super().__init__()
         self.pixelcnn = pixelcnn.eval()
         self.eps_defend = eps_defend
         self.max_positions = max_positions
         self.batch_size = batch_size
         self.last_stats: Dict[str, int] = {}
+        self.memo: Optional[Dict[bytes, torch.Tensor]] = {} if memo else None
 
     def extra_repr(self) -> str:
         return f"eps_defend={self.eps_defend:.4f}, max_positions={self.max_positions}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts, totals = [], {"evaluations": 0, "image_rows": 0}
-        for start in range(0, x.shape[0], self.batch_size):
-            stats: Dict[str, int] = {}
-            parts.append(purify(self.pixelcnn, x[start:start + self.batch_size], self.eps_defend,
-                                self.max_positions, stats=stats))
-            totals = {k: totals[k] + stats[k] for k in totals}
+        keys = None
+        if self.memo is not None:
+            levels = (x.detach() * (LEVELS - 1)).round().to(torch.uint8).cpu()
+            keys = [levels[k].numpy().tobytes() for k in range(x.shape[0])]
+            todo = [k for k, key in enumerate(keys) if key not in self.memo]
+        else:
+            todo = list(range(x.shape[0]))
+        totals = {"evaluations": 0, "image_rows": 0, "images": len(todo), "memo_hits": x.shape[0] - len(todo)}
+        fresh = x.new_empty((0, *x.shape[1:]))
+        if todo:
+            index = torch.tensor(todo, device=x.device)
+            parts = []
+            for start in range(0, len(todo), self.batch_size):
+                stats: Dict[str, int] = {}
+                parts.append(purify(self.pixelcnn, x[index[start:start + self.batch_size]], self.eps_defend,
+                                    self.max_positions, stats=stats))
+                totals["evaluations"] += stats["evaluations"]
+                totals["image_rows"] += stats["image_rows"]
+            fresh = torch.cat(parts)
         self.last_stats = totals
-        return torch.cat(parts) if parts else x.clone()
+        if keys is None:
+            return fresh
+        for k, out in zip(todo, fresh):
+            self.memo[keys[k]] = out.detach().cpu()
+        return torch.stack([self.memo[key] for key in keys]).to(x.device) if keys else x.clone()

@@ -4,8 +4,15 @@ import math
 
 import torch
 
-from obfgrad.models.pixelcnn import (PixelCNN, bin_log_probs, bits_per_dim, discretized_mix_log_prob,
-                                     num_mixture_params, pixelcnn_recipe, train_pixelcnn)
+from obfgrad.models.pixelcnn import (
+    PixelCNN,
+    bin_log_probs,
+    bits_per_dim,
+    discretized_mix_log_prob,
+    num_mixture_params,
+    pixelcnn_recipe,
+    train_pixelcnn,
+)
 
 
 def _model(channels=3, seed=0, stages=2):

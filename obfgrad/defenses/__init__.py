@@ -3,3 +3,5 @@ hyperparameters as defaults."""
 
 from obfgrad.defenses.defensegan import DefenseGAN, project  # noqa: E402
 from obfgrad.defenses.pixeldefend import PixelDefend, purify  # noqa: E402
+
+__all__ = ["DefenseGAN", "project", "PixelDefend", "purify"]

@@ -32,7 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from obfgrad.cache import CheckpointError, cached_path, load_checkpoint, normalize_recipe, save_checkpoint
+from obfgrad.cache import (
+    CheckpointError,
+    cached_path,
+    load_checkpoint,
+    normalize_recipe,
+    save_checkpoint,
+)
 
 __all__ = ["PixelCNN", "discretized_mix_log_prob", "bin_log_probs", "bits_per_dim", "train_pixelcnn",
            "pixelcnn_recipe", "pixelcnn_train_or_load", "num_mixture_params"]

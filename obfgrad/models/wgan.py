@@ -23,7 +23,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from obfgrad.cache import CheckpointError, cached_path, load_checkpoint, normalize_recipe, save_checkpoint
+from obfgrad.cache import (
+    CheckpointError,
+    cached_path,
+    load_checkpoint,
+    normalize_recipe,
+    save_checkpoint,
+)
 
 __all__ = ["Generator", "Critic", "LATENT_DIM", "wgan_recipe", "build_wgan", "train_wgan_gp",
            "wgan_train_or_load"]

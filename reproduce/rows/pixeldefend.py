@@ -23,7 +23,12 @@ from obfgrad.attacks import BPDA, PGD
 from obfgrad.attacks.result import AttackResult
 from obfgrad.data import load_dataset
 from obfgrad.defenses.pixeldefend import PixelDefend
-from obfgrad.models.pixelcnn import bits_per_dim, build_pixelcnn, pixelcnn_recipe, pixelcnn_train_or_load
+from obfgrad.models.pixelcnn import (
+    bits_per_dim,
+    build_pixelcnn,
+    pixelcnn_recipe,
+    pixelcnn_train_or_load,
+)
 from reproduce import pipeline, recipes
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 

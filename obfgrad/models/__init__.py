@@ -22,6 +22,12 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
     "small_cnn": SmallCNN,  # smoke profile
 }
 
+from obfgrad.models.pixelcnn import PixelCNN  # noqa: E402
+from obfgrad.models.wgan import Generator  # noqa: E402
+
+MODELS["pixelcnn"] = PixelCNN  # row 6 (PixelDefend's density model)
+MODELS["wgan_generator"] = Generator  # row 7 (Defense-GAN's generator)
+
 
 def build_model(arch: str, **kwargs) -> nn.Module:
     """A fresh model of architecture ``arch`` (one of :data:`MODELS`).

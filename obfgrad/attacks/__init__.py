@@ -11,4 +11,4 @@ __all__ = ["PGD", "CarliniWagnerL2", "BPDA", "EOT", "AttackResult", "loss_and_gr
 
 from obfgrad.attacks.lspga import LSPGA  # noqa: E402
 
-__all__.append("LSPGA")
+__all__ += ["LSPGA"]

@@ -26,7 +26,13 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from obfgrad.cache import CheckpointError, cached_path, load_checkpoint, normalize_recipe, save_checkpoint
+from obfgrad.cache import (
+    CheckpointError,
+    cached_path,
+    load_checkpoint,
+    normalize_recipe,
+    save_checkpoint,
+)
 
 Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -159,7 +159,7 @@ class LIDDetector:
             raise RuntimeError("LIDDetector: call fit() first")
         return (np.asarray(features, float) - self._low) / self._range
 
-    def fit(self, clean: np.ndarray, noisy: np.ndarray, adversarial: np.ndarray) -> "LIDDetector":
+    def fit(self, clean: np.ndarray, noisy: np.ndarray, adversarial: np.ndarray) -> LIDDetector:
         negatives = np.concatenate([clean, noisy])
         features = np.concatenate([negatives, adversarial]).astype(float)
         labels = np.concatenate([np.zeros(len(negatives)), np.ones(len(adversarial))])

@@ -51,13 +51,13 @@ class ThermometerDefense(nn.Module):
         self.gradient = check_choice(gradient, "gradient", GRADIENTS)
 
     @classmethod
-    def from_sequential(cls, model: nn.Sequential, gradient: str = "bpda") -> "ThermometerDefense":
+    def from_sequential(cls, model: nn.Sequential, gradient: str = "bpda") -> ThermometerDefense:
         """Wrap a trained ``nn.Sequential(Thermometer(L), classifier)`` (the training layout)."""
         if not (isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[0], Thermometer)):
             raise TypeError("model: expected nn.Sequential(Thermometer(L), classifier)")
         return cls(model[1], model[0].levels, gradient)
 
-    def with_gradient(self, gradient: str) -> "ThermometerDefense":
+    def with_gradient(self, gradient: str) -> ThermometerDefense:
         """The same model (shared weights) seen through another gradient."""
         return ThermometerDefense(self.classifier, self.levels, gradient)
 

@@ -72,7 +72,6 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         paper_dataset="CIFAR-10",
         paper_bound="0.031 (ℓ∞)",
         paper_accuracy=0.05,
-        paper_note="robust = classified correctly or flagged by the detector",
         n_examples=1000 if paper else 400,
         config=config,
         choices=[

@@ -8,6 +8,13 @@ from obfgrad.attacks.pgd import PGD
 from obfgrad.attacks.result import AttackResult
 
 __all__ = ["PGD", "CarliniWagnerL2", "BPDA", "EOT", "AttackResult", "loss_and_grad", "make_objective"]
+
 from obfgrad.attacks.latent import LatentAttack, invert  # noqa: E402
 
 __all__ += ["LatentAttack", "invert"]
+
+
+from obfgrad.attacks.lspga import LSPGA  # noqa: E402
+
+__all__ += ["LSPGA"]
+

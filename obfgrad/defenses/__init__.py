@@ -1,7 +1,11 @@
 """The defenses of Table 1, each an ``nn.Module`` (or a training method) with its paper's
 hyperparameters as defaults."""
 
-from obfgrad.defenses.defensegan import DefenseGAN, project  # noqa: E402
-from obfgrad.defenses.pixeldefend import PixelDefend, purify  # noqa: E402
+from obfgrad.defenses.defensegan import DefenseGAN, project
+from obfgrad.defenses.lid import LIDDetector, lid_features, lid_mle
+from obfgrad.defenses.pixeldefend import PixelDefend, purify
+from obfgrad.defenses.sap import SAP, sap_prune
+from obfgrad.defenses.thermometer import ThermometerDefense
 
-__all__ = ["DefenseGAN", "project", "PixelDefend", "purify"]
+__all__ = ["DefenseGAN", "project", "LIDDetector", "lid_features", "lid_mle", "PixelDefend", "purify",
+           "SAP", "sap_prune", "ThermometerDefense"]

@@ -144,5 +144,5 @@ def reproduce(session: nox.Session) -> None:
     _install_torch(session)
     # Editable: `python -m reproduce` runs from the repo root, where ./obfgrad is first on
     # sys.path; an editable install builds obfgrad._C right there.
-    session.install("-e", ".")
+    session.install("-e", ".[reproduce]")
     session.run("python", "-m", "reproduce", *session.posargs)

@@ -1,20 +1,14 @@
-"""Attacks: PGD, Carlini-Wagner l2, and the BPDA / EOT wrappers that make them adaptive."""
+"""Attacks: PGD, Carlini-Wagner l2, LS-PGA, the latent-space (reparameterization) attack, and the
+BPDA / EOT wrappers that make them adaptive."""
 
 from obfgrad.attacks.bpda import BPDA
 from obfgrad.attacks.cw import CarliniWagnerL2
 from obfgrad.attacks.eot import EOT
+from obfgrad.attacks.latent import LatentAttack, invert
 from obfgrad.attacks.losses import loss_and_grad, make_objective
+from obfgrad.attacks.lspga import LSPGA
 from obfgrad.attacks.pgd import PGD
 from obfgrad.attacks.result import AttackResult
 
-__all__ = ["PGD", "CarliniWagnerL2", "BPDA", "EOT", "AttackResult", "loss_and_grad", "make_objective"]
-
-from obfgrad.attacks.latent import LatentAttack, invert  # noqa: E402
-
-__all__ += ["LatentAttack", "invert"]
-
-
-from obfgrad.attacks.lspga import LSPGA  # noqa: E402
-
-__all__ += ["LSPGA"]
-
+__all__ = ["PGD", "CarliniWagnerL2", "BPDA", "EOT", "LSPGA", "LatentAttack", "invert", "AttackResult",
+           "loss_and_grad", "make_objective"]

@@ -1,0 +1,193 @@
+// Image quilting (Guo, Rana, Cisse & van der Maaten, "Countering Adversarial Images using
+// Input Transformations", ICLR 2018; Efros & Freeman, "Image Quilting for Texture Synthesis
+// and Transfer", SIGGRAPH 2001): every 5x5 patch of the image (stride 3, overlap 2) is
+// replaced by one of its K nearest neighbours in a database of natural-image patches, and
+// neighbouring patches are stitched along minimum-error boundary cuts.
+//
+// This header holds the per-element bodies shared by the CPU driver (csrc/cpu/quilt.cpp)
+// and the CUDA driver (csrc/cuda/quilt.cu):
+//   * quilt_distance      the canonical squared l2 distance (fixed summation order, so the
+//                         CPU and the GPU rank neighbours identically);
+//   * quilt_topk_insert   a running top-K ordered by (distance, index): ties go to the
+//                         smaller database index;
+//   * quilt_pick          the uniform pick among the K neighbours (Philox, keyed by seed);
+//   * quilt_min_cut       Efros & Freeman's minimum-error boundary cut (dynamic programming);
+//   * quilt_assemble_image  raster-order stitching of one image.
+#pragma once
+
+#include "obfgrad/common.h"
+#include "obfgrad/rng.h"
+
+namespace obfgrad {
+
+// Patch sizes the stitching supports: its scratch arrays live on the stack (GPU: registers
+// or local memory), so they have a compile-time bound.
+#define OBF_QUILT_MAX_PATCH 16
+
+// ---------------------------------------------------------------------------- k-NN pieces
+
+// Canonical squared distance between two vectors of length `dim`. Eight interleaved partial
+// sums (element j goes to lane j mod 8), each accumulated in order, then a fixed pairwise
+// tree: the order is part of the definition, so the host compiler may vectorise it and the
+// GPU computes the same float bits (both built without fused multiply-add).
+OBF_HD float quilt_distance(const float* a, const float* b, int dim) {
+  float lane[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  int j = 0;
+  for (; j + 8 <= dim; j += 8) {
+    for (int l = 0; l < 8; ++l) {
+      float diff = a[j + l] - b[j + l];
+      lane[l] += diff * diff;
+    }
+  }
+  for (int l = 0; j + l < dim; ++l) {
+    float diff = a[j + l] - b[j + l];
+    lane[l] += diff * diff;
+  }
+  return ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
+}
+
+// (d1, i1) strictly before (d2, i2): smaller distance first, then smaller index.
+OBF_HD bool quilt_before(float d1, long long i1, float d2, long long i2) {
+  return d1 < d2 || (d1 == d2 && i1 < i2);
+}
+
+OBF_HD float quilt_infinity() {
+#if defined(__CUDA_ARCH__)  // device code (NVRTC, or nvcc's device pass)
+  return __int_as_float(0x7f800000);
+#else
+  return __builtin_huge_valf();
+#endif
+}
+
+// Empty top-K list: +inf distances and an index no database entry has.
+OBF_HD void quilt_topk_reset(float* top_dist, long long* top_index, int k) {
+  for (int i = 0; i < k; ++i) {
+    top_dist[i] = quilt_infinity();
+    top_index[i] = 0x7fffffffffffffffLL;
+  }
+}
+
+// Insert (dist, index) into the ascending list top[0..k); returns whether it entered.
+OBF_HD bool quilt_topk_insert(float dist, long long index, float* top_dist, long long* top_index, int k) {
+  if (!quilt_before(dist, index, top_dist[k - 1], top_index[k - 1])) return false;
+  int pos = k - 1;
+  while (pos > 0 && quilt_before(dist, index, top_dist[pos - 1], top_index[pos - 1])) {
+    top_dist[pos] = top_dist[pos - 1];
+    top_index[pos] = top_index[pos - 1];
+    --pos;
+  }
+  top_dist[pos] = dist;
+  top_index[pos] = index;
+  return true;
+}
+
+// Which of the K neighbours patch `patch` of image `image` uses: uniform on {0..k-1}, a pure
+// function of (seed, image, patch) -- stream = image, counter = patch.
+OBF_HD int quilt_pick(unsigned long long seed, long long image, long long patch, int k) {
+  float u = philox_uniform(seed, (unsigned long long)image, (unsigned long long)patch);
+  int choice = (int)(u * (float)k);
+  return choice < k - 1 ? choice : k - 1;
+}
+
+// ------------------------------------------------------------------------ boundary cuts
+
+// Minimum-error boundary cut through an error strip err[length][width] (row-major): a path
+// with one position per row, moving at most one column between consecutive rows, whose
+// summed error is minimal (Efros & Freeman 2001, section 2.1). Dynamic programming from row 0
+// downwards (cum[l][w] = err[l][w] + min of cum[l-1][w-1..w+1]), then a backtrace from the
+// cheapest end. Ties go to the smaller column, so the cut is deterministic.
+// `cum` is scratch of length*width floats; cut[l] receives the column of row l.
+OBF_HD void quilt_min_cut(const float* err, int length, int width, float* cum, int* cut) {
+  for (int w = 0; w < width; ++w) cum[w] = err[w];
+  for (int l = 1; l < length; ++l) {
+    for (int w = 0; w < width; ++w) {
+      float best = cum[(l - 1) * width + w];
+      if (w > 0 && cum[(l - 1) * width + w - 1] < best) best = cum[(l - 1) * width + w - 1];
+      if (w + 1 < width && cum[(l - 1) * width + w + 1] < best) best = cum[(l - 1) * width + w + 1];
+      cum[l * width + w] = err[l * width + w] + best;
+    }
+  }
+  int pos = 0;
+  for (int w = 1; w < width; ++w) {
+    if (cum[(length - 1) * width + w] < cum[(length - 1) * width + pos]) pos = w;
+  }
+  cut[length - 1] = pos;
+  for (int l = length - 2; l >= 0; --l) {
+    int next = cut[l + 1];
+    int best = next > 0 ? next - 1 : next;
+    int last = next + 1 < width ? next + 1 : next;
+    for (int w = best + 1; w <= last; ++w) {
+      if (cum[l * width + w] < cum[l * width + best]) best = w;
+    }
+    cut[l] = best;
+  }
+}
+
+// Squared colour difference between the patch and the image under it at patch pixel (y, x):
+// the overlap error of the boundary cut, summed over channels in order.
+OBF_HD float quilt_pixel_error(const float* image, int channels, int height, int width,
+                               const float* patch, int size, int top, int left, int y, int x) {
+  float sum = 0.f;
+  for (int c = 0; c < channels; ++c) {
+    float diff = patch[(c * size + y) * size + x] -
+                 image[((index_t)c * height + top + y) * width + left + x];
+    sum += diff * diff;
+  }
+  return sum;
+}
+
+// Stitch one patch (channels x size x size) into `image` at (top, left). The pixels already
+// placed in the left overlap (columns [0, overlap), when has_left) and the top overlap (rows
+// [0, overlap), when has_top) are kept on the image's side of the minimum-error cut:
+//   left only  -> vertical cut, the patch covers x >= cut_v[y];
+//   top only   -> horizontal cut, the patch covers y >= cut_h[x];
+//   both       -> the corner is the intersection: the patch covers a pixel iff it lies on the
+//                 patch side of both cuts (each cut runs the full length of the patch).
+OBF_HD void quilt_place_patch(float* image, int channels, int height, int width, const float* patch,
+                              int size, int overlap, int top, int left, bool has_top, bool has_left) {
+  float err[OBF_QUILT_MAX_PATCH * OBF_QUILT_MAX_PATCH];
+  float cum[OBF_QUILT_MAX_PATCH * OBF_QUILT_MAX_PATCH];
+  int cut_v[OBF_QUILT_MAX_PATCH];
+  int cut_h[OBF_QUILT_MAX_PATCH];
+  if (has_left) {  // strip err[y][x], y along the patch, x across the overlap
+    for (int y = 0; y < size; ++y)
+      for (int x = 0; x < overlap; ++x)
+        err[y * overlap + x] = quilt_pixel_error(image, channels, height, width, patch, size, top, left, y, x);
+    quilt_min_cut(err, size, overlap, cum, cut_v);
+  }
+  if (has_top) {  // transposed strip err[x][y], x along the patch, y across the overlap
+    for (int x = 0; x < size; ++x)
+      for (int y = 0; y < overlap; ++y)
+        err[x * overlap + y] = quilt_pixel_error(image, channels, height, width, patch, size, top, left, y, x);
+    quilt_min_cut(err, size, overlap, cum, cut_h);
+  }
+  for (int y = 0; y < size; ++y) {
+    for (int x = 0; x < size; ++x) {
+      bool take = (!has_left || x >= cut_v[y]) && (!has_top || y >= cut_h[x]);
+      if (!take) continue;
+      for (int c = 0; c < channels; ++c)
+        image[((index_t)c * height + top + y) * width + left + x] = patch[(c * size + y) * size + x];
+    }
+  }
+}
+
+// Quilt one image in raster order. `neighbours` holds, for each of the rows x cols patch
+// positions (row-major), its k database indices; the patch used is neighbours[p][pick].
+// `image` (channels x height x width) is the output, filled completely since the patches
+// tile it exactly: height = size + (rows - 1) * stride, and likewise for the width.
+OBF_HD void quilt_assemble_image(float* image, int channels, int height, int width, const float* database,
+                                 const long long* neighbours, int k, int size, int overlap, int rows,
+                                 int cols, unsigned long long seed, long long image_index) {
+  int stride = size - overlap;
+  index_t patch_len = (index_t)channels * size * size;
+  for (int py = 0; py < rows; ++py) {
+    for (int px = 0; px < cols; ++px) {
+      long long p = (long long)py * cols + px;
+      long long chosen = neighbours[p * k + quilt_pick(seed, image_index, p, k)];
+      quilt_place_patch(image, channels, height, width, database + chosen * patch_len, size, overlap,
+                        py * stride, px * stride, py > 0, px > 0);
+    }
+  }
+}
+
+}  // namespace obfgrad

@@ -1,0 +1,445 @@
+"""The patch database of image quilting: random square crops of natural images.
+
+Guo et al. (ICLR 2018) quilt images from a database of 1,000,000 5x5 patches; Athalye et al.'s
+``quilt_preprocess.py`` (obfuscated-gradients, ``inputtransformations/``) draws each from a
+random ImageNet training image resized so its long side is 300 pixels. :func:`build_patch_database`
+follows that recipe for any collection of images and any count (thousands for tests and the
+smoke profile, 1,000,000 at paper scale).
+
+Resizing rule. Every source image is resized (Pillow bicubic, Pillow's default) so that its
+long side is ``long_side`` pixels, keeping the aspect ratio; ``long_side=None`` keeps the
+source resolution -- use it for small images (CIFAR-10, Fashion-MNIST), where the defended
+images themselves are small and patches should come at their scale. (The original script skips
+the resize for square images; here every image is resized, so the patch scale is uniform.)
+Grayscale images are repeated to three channels and alpha channels dropped, as in the script.
+
+File format: one ``.npy`` array plus a JSON sidecar.
+
+* ``<name>.npy`` holds float32 patches of shape (N, C, P, P) in C order, **stored in search
+  order**: a k-d tree order that makes every block of 480 consecutive patches compact along
+  the native search's pruning directions (mean level, ramps, colour contrasts), so the exact
+  k-NN search can skip whole blocks. Any order gives the same neighbours (as patches); this one
+  gives speed. (Without the native extension the patches are sorted by norm instead.) ``.npy`` is self-describing (dtype, shape, order), is read
+  zero-copy with ``numpy.load(mmap_mode="r")`` -- a 1,000,000-patch file (300 MB) opens in
+  milliseconds and pages in on demand -- and any numpy reads it without obfgrad. An ``.npz``
+  would be compressed or zipped and could not be memory-mapped.
+* ``<name>.json`` records how it was built (format version, patch size, channels, count,
+  seed, long side, source description) and a SHA-256 of the array's data bytes. Loading
+  checks shape and dtype against it and, unless ``verify=False``, the checksum (about 1.4 s
+  per GB; done once per file per process); a missing, truncated, corrupt or mismatched file
+  raises :class:`PatchDatabaseError` saying what differs.
+
+Files are written with :mod:`obfgrad.atomic` (array first, sidecar last), so a crash never
+leaves a sidecar describing a partial array.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from obfgrad.atomic import atomic_write, atomic_write_json
+
+__all__ = [
+    "PatchDatabase",
+    "PatchDatabaseError",
+    "build_patch_database",
+    "patch_database_from_array",
+    "save_patch_database",
+    "load_patch_database",
+    "cache_dir",
+    "skimage_patch_database",
+    "search_projections",
+]
+
+FORMAT_VERSION = 1
+_HASH_CHUNK = 1 << 24
+
+PathLike = Union[str, os.PathLike]
+
+
+class PatchDatabaseError(ValueError):
+    """A patch database file is missing, corrupt, or not what the caller asked for."""
+
+
+@dataclass
+class PatchDatabase:
+    """Patches (N, C, P, P) float32 in [0, 1] in search order, and how they were made.
+
+    ``patches`` may be a read-only memory map. ``sq_norms`` are the rows' squared l2 norms
+    (the search's pruning input), computed on load.
+    """
+
+    patches: np.ndarray
+    meta: dict
+    path: Optional[Path] = None
+    sq_norms: np.ndarray = field(init=False, repr=False)
+    _device_copies: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.sq_norms = _sq_norms(self.flat())
+        self._projections: Optional[np.ndarray] = None
+
+    def projections(self) -> np.ndarray:
+        """Coordinates along the native search's pruning directions (computed once)."""
+        if self._projections is None:
+            self._projections = search_projections(self.flat(), self.channels)
+        return self._projections
+
+    def __len__(self) -> int:
+        return int(self.patches.shape[0])
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.patches.shape[2])
+
+    @property
+    def channels(self) -> int:
+        return int(self.patches.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return self.channels * self.patch_size * self.patch_size
+
+    def flat(self) -> np.ndarray:
+        """The patches as an (N, C*P*P) view (channel-major rows, as the search uses them)."""
+        return self.patches.reshape(self.patches.shape[0], -1)
+
+    def on_device(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flat patches, squared norms) as tensors on ``device``; GPU copies are cached."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            with warnings.catch_warnings():  # a read-only memory map: the ops never write to it
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.from_numpy(np.asarray(self.flat())), torch.from_numpy(self.sq_norms)
+        key = str(device)
+        if key not in self._device_copies:
+            flat = torch.from_numpy(np.ascontiguousarray(self.flat())).to(device)
+            self._device_copies[key] = (flat, torch.from_numpy(self.sq_norms).to(device))
+        return self._device_copies[key]
+
+
+def _sq_norms(flat: np.ndarray) -> np.ndarray:
+    from obfgrad._native import native
+
+    flat = np.ascontiguousarray(flat, dtype=np.float32)
+    out = np.empty(flat.shape[0], dtype=np.float32)
+    module = native()
+    if module is not None and flat.shape[0] > 0:
+        module.quilt_sq_norms(flat, out)
+    else:
+        np.einsum("ij,ij->i", flat, flat, out=out)
+    return out
+
+
+def search_projections(flat: np.ndarray, channels: int) -> np.ndarray:
+    """(N, m) coordinates of the rows along the native search's pruning directions
+    (``quilt.cpp``: mean, ramps, colour contrasts, quadratic shapes); (N, 0) without ``_C``."""
+    from obfgrad._native import native
+
+    module = native()
+    if module is None:
+        return np.zeros((flat.shape[0], 0), dtype=np.float32)
+    flat = np.ascontiguousarray(flat, dtype=np.float32)
+    out = np.empty((flat.shape[0], module.quilt_num_projections(flat.shape[1], channels)), dtype=np.float32)
+    module.quilt_projections(flat, channels, out)
+    return out
+
+
+def _storage_order(patches: np.ndarray) -> np.ndarray:
+    """The order patches are stored in: compact 480-patch blocks in the search's projection
+    space (a k-d tree order; see quilt_storage_order), or by squared norm without ``_C``."""
+    from obfgrad._native import native
+
+    flat = patches.reshape(patches.shape[0], -1)
+    module = native()
+    if module is None:
+        return np.argsort(_sq_norms(flat), kind="stable")
+    order = np.empty(flat.shape[0], dtype=np.int64)
+    module.quilt_storage_order(search_projections(flat, patches.shape[1]), order)
+    return order
+
+
+def cache_dir() -> Path:
+    """``$OBFGRAD_CACHE`` or ``~/.cache/obfgrad``."""
+    return Path(os.environ.get("OBFGRAD_CACHE") or Path.home() / ".cache" / "obfgrad")
+
+
+# ------------------------------------------------------------------------------ building
+
+
+def _to_hwc_float(image: Any, channels: int) -> np.ndarray:
+    """An (H, W, C) float32 array in [0, 1] from a uint8/bool/float HxW, HxWxC or CxHxW image."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    if array.dtype == bool:
+        array = array.astype(np.float32)
+    elif array.dtype == np.uint8:
+        array = array.astype(np.float32) / 255.0
+    else:
+        array = array.astype(np.float32)
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[2] not in (1, 3, 4):
+        array = np.transpose(array, (1, 2, 0))  # CHW -> HWC
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise ValueError(f"images: expected HxW, HxWxC or CxHxW arrays, got shape {array.shape}")
+    if array.shape[2] == 4:
+        array = array[:, :, :3]  # drop alpha, as quilt_preprocess.py does
+    if array.shape[2] == 1 and channels == 3:
+        array = np.repeat(array, 3, axis=2)
+    elif array.shape[2] == 3 and channels == 1:
+        array = array.mean(axis=2, keepdims=True, dtype=np.float32)
+    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+        raise ValueError("images: expected finite values in [0, 1] (or uint8)")
+    return np.ascontiguousarray(array)
+
+
+def _resize_long_side(image: np.ndarray, long_side: Optional[int]) -> np.ndarray:
+    if long_side is None:
+        return image
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    scale = long_side / max(height, width)
+    size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
+    planes = [np.asarray(Image.fromarray(image[:, :, c], mode="F").resize(size, Image.BICUBIC))
+              for c in range(image.shape[2])]
+    return np.clip(np.stack(planes, axis=2), 0.0, 1.0).astype(np.float32)
+
+
+def build_patch_database(
+    images: Sequence[Any],
+    count: int,
+    *,
+    patch_size: int = 5,
+    channels: int = 3,
+    seed: int = 0,
+    long_side: Optional[int] = 300,
+    source: str = "",
+) -> PatchDatabase:
+    """Sample ``count`` random ``patch_size`` crops from ``images``, as quilt_preprocess.py does.
+
+    Each patch comes from an image drawn uniformly (with replacement) and a uniformly random
+    position in it, after the image is resized to ``long_side`` (see the module docstring).
+
+    Args:
+        images: arrays or tensors, HxW, HxWxC or CxHxW, uint8 or float in [0, 1].
+        count: number of patches (>= 1).
+        patch_size: side P of the square patches.
+        channels: 3 (colour; grayscale repeated) or 1 (colour averaged).
+        seed: seed of the numpy generator that draws images and positions.
+        long_side: pixels of each image's long side after resizing; None keeps the size.
+        source: free-text description stored with the database.
+
+    Returns:
+        An in-memory :class:`PatchDatabase`, in search order.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count: expected a positive int, got {count!r}")
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 2:
+        raise ValueError(f"patch_size: expected an int >= 2, got {patch_size!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
+    prepared = [_resize_long_side(_to_hwc_float(image, channels), long_side) for image in images]
+    prepared = [image for image in prepared if min(image.shape[:2]) >= patch_size]
+    if not prepared:
+        raise ValueError(f"images: expected at least one image of at least {patch_size}x{patch_size} pixels")
+    rng = np.random.default_rng(seed)
+    which = rng.integers(0, len(prepared), size=count)
+    patches = np.empty((count, channels, patch_size, patch_size), dtype=np.float32)
+    for index, image in enumerate(prepared):
+        rows = np.flatnonzero(which == index)
+        if rows.size == 0:
+            continue
+        height, width = image.shape[:2]
+        top = rng.integers(0, height - patch_size + 1, size=rows.size)
+        left = rng.integers(0, width - patch_size + 1, size=rows.size)
+        offsets = np.arange(patch_size)
+        ys = (top[:, None] + offsets)[:, :, None]  # (n, P, 1)
+        xs = (left[:, None] + offsets)[:, None, :]  # (n, 1, P)
+        crops = image[ys, xs]  # (n, P, P, C)
+        patches[rows] = np.transpose(crops, (0, 3, 1, 2))
+    patches = patches[_storage_order(patches)]
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "patch_size": patch_size,
+        "channels": channels,
+        "count": count,
+        "seed": seed,
+        "long_side": long_side,
+        "source": source or f"{len(prepared)} images",
+        "source_images": len(prepared),
+        "order": "k-d blocks of 480 in the search's projection space" if _native_loaded() else "ascending squared norm",
+        "dtype": "float32",
+        "shape": list(patches.shape),
+    }
+    meta["sha256"] = _checksum(patches)
+    return PatchDatabase(patches, meta)
+
+
+def patch_database_from_array(patches: np.ndarray, *, layout: str = "NCHW", source: str = "") -> PatchDatabase:
+    """Wrap existing patches, e.g. Athalye et al.'s released ``quilt_db.npy`` ((1000000, 5, 5, 3),
+    ``layout="NHWC"``), as a :class:`PatchDatabase` in search order (saved with
+    :func:`save_patch_database`)."""
+    if layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"layout: expected 'NCHW' or 'NHWC', got {layout!r}")
+    array = np.asarray(patches, dtype=np.float32)
+    if array.ndim != 4:
+        raise ValueError(f"patches: expected a 4-D array, got shape {array.shape}")
+    if layout == "NHWC":
+        array = np.transpose(array, (0, 3, 1, 2))
+    if array.shape[0] < 1 or array.shape[2] != array.shape[3] or array.shape[1] not in (1, 3):
+        raise ValueError(f"patches: expected (N, C, P, P) with C in (1, 3), got {array.shape} ({layout})")
+    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+        raise ValueError("patches: expected finite values in [0, 1]")
+    array = np.ascontiguousarray(array)
+    array = array[_storage_order(array)]
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "patch_size": int(array.shape[2]),
+        "channels": int(array.shape[1]),
+        "count": int(array.shape[0]),
+        "seed": None,
+        "long_side": None,
+        "source": source or "imported array",
+        "source_images": None,
+        "order": "k-d blocks of 480 in the search's projection space" if _native_loaded() else "ascending squared norm",
+        "dtype": "float32",
+        "shape": list(array.shape),
+    }
+    meta["sha256"] = _checksum(array)
+    return PatchDatabase(array, meta)
+
+
+def _native_loaded() -> bool:
+    from obfgrad._native import native
+
+    return native() is not None
+
+
+def _checksum(patches: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    flat = np.ascontiguousarray(patches).reshape(-1).view(np.uint8)
+    for start in range(0, flat.size, _HASH_CHUNK):
+        digest.update(flat[start:start + _HASH_CHUNK])
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------- files
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def save_patch_database(database: PatchDatabase, path: PathLike) -> Path:
+    """Write ``database`` to ``path`` (``.npy``) and its sidecar (``.json``), atomically."""
+    path = Path(path)
+    if path.suffix != ".npy":
+        raise ValueError(f"path: expected a .npy file name, got {path}")
+    patches = np.ascontiguousarray(database.patches, dtype=np.float32)
+    atomic_write(path, lambda handle: np.save(handle, patches, allow_pickle=False))
+    atomic_write_json(_sidecar(path), database.meta)
+    database.path = path
+    return path
+
+
+_verified: dict[tuple[str, int, int], str] = {}
+_verified_lock = threading.Lock()
+
+
+def load_patch_database(
+    path: PathLike,
+    *,
+    verify: bool = True,
+    patch_size: Optional[int] = None,
+    channels: Optional[int] = None,
+) -> PatchDatabase:
+    """Memory-map a database written by :func:`save_patch_database`.
+
+    Args:
+        path: the ``.npy`` file (its ``.json`` sidecar must sit beside it).
+        verify: check the SHA-256 of the data (once per file version per process).
+        patch_size, channels: when given, the database must have them.
+
+    Raises:
+        PatchDatabaseError: the file or sidecar is missing, unreadable, inconsistent with the
+            sidecar, fails the checksum, or has the wrong patch size or channels.
+    """
+    path = Path(path)
+    sidecar = _sidecar(path)
+    if not path.is_file():
+        raise PatchDatabaseError(f"path: no patch database at {path}")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except FileNotFoundError:
+        raise PatchDatabaseError(f"path: {path} has no sidecar {sidecar.name} (incomplete write?)") from None
+    except json.JSONDecodeError as exc:
+        raise PatchDatabaseError(f"path: sidecar {sidecar} is not valid JSON ({exc})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise PatchDatabaseError(f"path: {sidecar} has format version {meta.get('format_version')!r}, "
+                                 f"expected {FORMAT_VERSION}")
+    try:
+        patches = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise PatchDatabaseError(f"path: {path} is not a readable .npy array ({exc})") from None
+    expected_shape = (meta["count"], meta["channels"], meta["patch_size"], meta["patch_size"])
+    if patches.dtype != np.float32 or patches.shape != expected_shape or not patches.flags.c_contiguous:
+        raise PatchDatabaseError(
+            f"path: {path} holds {patches.dtype} {patches.shape}, but its sidecar describes "
+            f"float32 {expected_shape} (mismatched or corrupt file)")
+    if patch_size is not None and meta["patch_size"] != patch_size:
+        raise PatchDatabaseError(f"path: database has {meta['patch_size']}x{meta['patch_size']} patches, "
+                                 f"expected {patch_size}x{patch_size}")
+    if channels is not None and meta["channels"] != channels:
+        raise PatchDatabaseError(f"path: database has {meta['channels']} channels, expected {channels}")
+    if verify:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        with _verified_lock:
+            known = _verified.get(key)
+        if known != meta.get("sha256"):
+            actual = _checksum(patches)
+            if actual != meta.get("sha256"):
+                raise PatchDatabaseError(f"path: {path} fails its checksum (corrupt file): sha256 {actual}, "
+                                         f"sidecar says {meta.get('sha256')}")
+            with _verified_lock:
+                _verified[key] = actual
+    return PatchDatabase(patches, meta, path)
+
+
+# ----------------------------------------------------------------- bundled images
+
+# scikit-image's bundled natural photographs (no download needed); "astronaut" and "coffee"
+# are left out so benchmarks can query with images the database has not seen.
+SKIMAGE_SOURCES = ("brick", "camera", "chelsea", "clock", "coins", "grass", "gravel", "hubble_deep_field",
+                   "immunohistochemistry", "moon", "page", "retina", "rocket", "text", "colorwheel")
+
+
+def skimage_patch_database(count: int, *, patch_size: int = 5, seed: int = 0,
+                           long_side: Optional[int] = 300, verify: bool = True) -> PatchDatabase:
+    """A database from scikit-image's bundled photographs, built once and cached under
+    ``cache_dir()/quilt`` (keyed by its build parameters)."""
+    import skimage.data
+
+    order = "kd" if _native_loaded() else "norm"
+    name = f"skimage-p{patch_size}-n{count}-s{seed}-l{long_side}-{order}.npy"
+    path = cache_dir() / "quilt" / name
+    if path.is_file() and _sidecar(path).is_file():
+        return load_patch_database(path, verify=verify, patch_size=patch_size, channels=3)
+    images = [getattr(skimage.data, n)() for n in SKIMAGE_SOURCES]
+    database = build_patch_database(images, count, patch_size=patch_size, seed=seed, long_side=long_side,
+                                    source="scikit-image data: " + ", ".join(SKIMAGE_SOURCES))
+    save_patch_database(database, path)
+    return database

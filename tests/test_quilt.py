@@ -1,0 +1,397 @@
+"""Image quilting: exact k-NN, boundary cuts, stitching, the patch database file, BPDA."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+from obfgrad._native import native
+from obfgrad.ops.quilt import _quilt_op, knn_reference, quilt, reference
+from obfgrad.ops.quilt_db import (
+    PatchDatabaseError,
+    build_patch_database,
+    load_patch_database,
+    patch_database_from_array,
+    save_patch_database,
+    search_projections,
+)
+
+C = native()
+needs_native = pytest.mark.skipif(C is None, reason="obfgrad._C is not built")
+ISAS = ["generic"] + ([] if C is None else {"avx512": ["avx2", "avx512"], "avx2": ["avx2"]}.get(C.quilt_best_isa(), []))
+
+
+def native_knn(queries: np.ndarray, database: np.ndarray, k: int, isa: str = "auto", channels: int = 3):
+    sq = np.empty(len(database), np.float32)
+    C.quilt_sq_norms(database, sq)
+    proj = search_projections(database, channels)
+    index = np.empty((len(queries), k), np.int64)
+    dist = np.empty((len(queries), k), np.float32)
+    C.quilt_knn(queries, database, sq, proj, channels, k, index, dist, isa)
+    return index, dist
+
+
+def natural_images():
+    return [skimage.data.camera(), skimage.data.chelsea(), skimage.data.coins(), skimage.data.rocket()]
+
+
+def image_tensor(image: np.ndarray, size: int) -> torch.Tensor:
+    from PIL import Image
+
+    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+    if resized.ndim == 2:
+        resized = np.repeat(resized[:, :, None], 3, axis=2)
+    return torch.from_numpy(resized).permute(2, 0, 1)[None].contiguous()
+
+
+# ------------------------------------------------------------------------------ k-NN
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("num_queries,num_db,dim,k", [(50, 1000, 75, 10), (33, 487, 27, 5), (70, 2900, 75, 1),
+                                                      (5, 13, 75, 13), (40, 961, 12, 7), (30, 1200, 10, 4)])
+def test_knn_equals_brute_force_on_random_data(isa, num_queries, num_db, dim, k):
+    rng = np.random.default_rng(num_db)
+    queries = rng.random((num_queries, dim), dtype=np.float32)
+    database = rng.random((num_db, dim), dtype=np.float32)
+    index, dist = native_knn(queries, database, k, isa, channels=1 if dim == 10 else 3)
+    want_index, want_dist = knn_reference(torch.from_numpy(queries), torch.from_numpy(database), k)
+    np.testing.assert_array_equal(index, want_index.numpy())
+    np.testing.assert_array_equal(dist, want_dist.numpy())
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_knn_ties_go_to_the_smaller_index(isa):
+    rng = np.random.default_rng(1)
+    database = rng.random((1500, 75), dtype=np.float32)
+    database[[1400, 3, 977, 12]] = database[701]  # five identical rows, scattered over blocks
+    database[100:1100:50] = 0.25  # twenty identical flat patches
+    queries = np.stack([database[701], database[100], database[701] + 1e-3, np.full(75, 0.25, np.float32)])
+    index, dist = native_knn(queries, database, 8, isa)
+    np.testing.assert_array_equal(index[0, :5], [3, 12, 701, 977, 1400])
+    np.testing.assert_array_equal(index[1], list(range(100, 500, 50)))
+    np.testing.assert_array_equal(index[3], list(range(100, 500, 50)))
+    assert (dist[0, :5] == 0).all() and (dist[1] == 0).all()
+    want_index, _ = knn_reference(torch.from_numpy(queries), torch.from_numpy(database), 8)
+    np.testing.assert_array_equal(index, want_index.numpy())
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_knn_equals_brute_force_on_natural_patches(isa):
+    # Natural patches are where the norm pruning skips blocks: it must not lose neighbours.
+    database = build_patch_database(natural_images(), 6000, seed=3, long_side=120)
+    queries = quilt_queries(image_tensor(skimage.data.astronaut(), 41))
+    flat = np.ascontiguousarray(database.flat())
+    index, dist = native_knn(queries, flat, 10, isa)
+    want_index, want_dist = knn_reference(torch.from_numpy(queries), torch.from_numpy(flat), 10)
+    np.testing.assert_array_equal(index, want_index.numpy())
+    np.testing.assert_array_equal(dist, want_dist.numpy())
+
+
+def quilt_queries(x: torch.Tensor, size: int = 5, stride: int = 3) -> np.ndarray:
+    patches = x.unfold(2, size, stride).unfold(3, size, stride).permute(0, 2, 3, 1, 4, 5)
+    return np.ascontiguousarray(patches.reshape(-1, x.shape[1] * size * size).numpy())
+
+
+@needs_native
+def test_knn_distances_are_squared_l2():
+    rng = np.random.default_rng(2)
+    queries = rng.random((20, 75), dtype=np.float32)
+    database = rng.random((300, 75), dtype=np.float32)
+    index, dist = native_knn(queries, database, 3)
+    exact = ((queries[:, None, :].astype(np.float64) - database[index].astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_allclose(dist, exact, rtol=1e-5)
+
+
+@needs_native
+def test_knn_rejects_bad_sizes():
+    queries = np.zeros((4, 75), np.float32)
+    database = np.zeros((10, 75), np.float32)
+    with pytest.raises(ValueError, match="k"):
+        native_knn(queries, database, 11)
+    with pytest.raises(ValueError, match="queries"):
+        native_knn(np.zeros((4, 12), np.float32), database, 2)
+    with pytest.raises(ValueError, match="out_index"):
+        C.quilt_knn(queries, database, np.zeros(10, np.float32), search_projections(database, 3), 3, 2,
+                    np.zeros((4, 3), np.int64), np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match="database_projections"):
+        C.quilt_knn(queries, database, np.zeros(10, np.float32), np.zeros((10, 2), np.float32), 3, 2,
+                    np.zeros((4, 2), np.int64), np.zeros((4, 2), np.float32))
+
+
+# ------------------------------------------------------------------------ boundary cut
+
+
+def exhaustive_min_cut(err: np.ndarray) -> list:
+    """Every path with one column per row and steps of at most one column; the cheapest."""
+    length, width = err.shape
+    best, best_path = None, None
+    for path in itertools.product(range(width), repeat=length):
+        if any(abs(a - b) > 1 for a, b in zip(path, path[1:])):
+            continue
+        cost = sum(float(err[row, col]) for row, col in enumerate(path))
+        if best is None or cost < best:
+            best, best_path = cost, list(path)
+    return best_path
+
+
+@needs_native
+@pytest.mark.parametrize("length,width", [(5, 2), (5, 3), (6, 4), (7, 1), (1, 3), (8, 3)])
+def test_min_cut_equals_exhaustive_search(length, width):
+    rng = np.random.default_rng(length * 10 + width)
+    for _ in range(20):
+        err = rng.random((length, width), dtype=np.float32)
+        cut = np.empty(length, np.int32)
+        C.quilt_min_cut(err, cut)
+        assert list(cut) == exhaustive_min_cut(err)
+
+
+@needs_native
+def test_min_cut_ties_go_to_the_smaller_column():
+    cut = np.empty(5, np.int32)
+    C.quilt_min_cut(np.zeros((5, 3), np.float32), cut)
+    assert list(cut) == [0, 0, 0, 0, 0]
+
+
+# ------------------------------------------------------------------------------ quilting
+
+
+@pytest.mark.parametrize("shape,k,overlap", [((2, 3, 20, 20), 10, 2), ((1, 3, 23, 17), 3, 2), ((2, 1, 14, 14), 5, 1),
+                                             ((1, 3, 26, 26), 1, 3), ((1, 3, 4, 9), 2, 2)])
+def test_quilt_equals_reference(shape, k, overlap):
+    torch.manual_seed(sum(shape) + k)
+    database = torch.rand(700, shape[1], 5 if overlap < 3 else 6, 5 if overlap < 3 else 6)
+    x = torch.rand(shape)
+    got = quilt(x, database, k=k, overlap=overlap, seed=11)
+    want = reference(x, database, k=k, overlap=overlap, seed=11)
+    assert got.shape == x.shape
+    assert torch.equal(got, want)
+
+
+def test_without_the_native_extension_quilt_falls_back_to_the_reference(monkeypatch):
+    import obfgrad.ops.quilt as quilt_module
+
+    torch.manual_seed(12)
+    database = torch.rand(300, 3, 5, 5)
+    x = torch.rand(1, 3, 13, 16)
+    monkeypatch.setattr(quilt_module, "native", lambda: None)
+    assert torch.equal(quilt(x, database, k=4, seed=2), reference(x, database, k=4, seed=2))
+
+
+def test_quilt_with_k1_returns_an_image_whose_patches_are_in_the_database():
+    x = image_tensor(skimage.data.chelsea(), 32)  # 32 = 5 + 9 * 3: tiles exactly
+    own = x.unfold(2, 5, 3).unfold(3, 5, 3).permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, 5, 5)
+    distractors = torch.rand(300, 3, 5, 5)
+    database = torch.cat([distractors, own])[torch.randperm(300 + own.shape[0], generator=torch.Generator().manual_seed(0))]
+    assert torch.equal(quilt(x, database, k=1, seed=0), x)
+
+
+def test_quilt_output_is_made_of_database_pixels():
+    torch.manual_seed(4)
+    database = torch.rand(400, 3, 5, 5)
+    y = quilt(torch.rand(1, 3, 20, 20), database, seed=2)
+    assert set(y.flatten().tolist()) <= set(database.flatten().tolist())
+
+
+def test_same_seed_same_quilt_and_other_seeds_differ():
+    torch.manual_seed(5)
+    database = torch.rand(600, 3, 5, 5)
+    x = torch.rand(2, 3, 29, 29)
+    first = quilt(x, database, seed=123)
+    assert torch.equal(first, quilt(x, database, seed=123))
+    assert not torch.equal(first, quilt(x, database, seed=124))
+    a = quilt(x, database, generator=torch.Generator().manual_seed(9))
+    b = quilt(x, database, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(a, b)
+
+
+def test_sizes_that_do_not_tile_are_edge_padded_then_cropped():
+    torch.manual_seed(6)
+    database = torch.rand(500, 3, 5, 5)
+    x = torch.rand(1, 3, 22, 19)  # tiled sizes are 23 and 20
+    padded = torch.nn.functional.pad(x, (0, 1, 0, 1), mode="replicate")
+    assert torch.equal(quilt(x, database, seed=3), quilt(padded, database, seed=3)[:, :, :22, :19])
+    tiny = torch.rand(1, 3, 3, 2)  # smaller than one patch
+    assert quilt(tiny, database, seed=3).shape == tiny.shape
+
+
+def test_backward_is_the_identity():
+    database = torch.rand(300, 3, 5, 5)
+    x = torch.rand(1, 3, 17, 17, requires_grad=True)
+    weights = torch.randn(1, 3, 17, 17)
+    (quilt(x, database, seed=0) * weights).sum().backward()
+    assert torch.equal(x.grad, weights)
+
+
+def test_custom_op_passes_opcheck():
+    database = torch.rand(200, 3, 5, 5)
+    flat = database.reshape(200, -1)
+    x = torch.rand(1, 3, 14, 14, requires_grad=True)
+    proj = torch.from_numpy(search_projections(flat.numpy(), 3))
+    torch.library.opcheck(_quilt_op, (x, flat, (flat * flat).sum(1), proj, 5, 4, 2, 7),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("bad,kwargs,error,match", [
+    ("x_nan", {}, ValueError, "x: contains NaN"),
+    ("x_range", {}, ValueError, "x: expected values in"),
+    ("x_rank", {}, ValueError, "x: expected a 4-D"),
+    ("x_dtype", {}, TypeError, "x: expected float32"),
+    ("db_channels", {}, ValueError, "database: has 1-channel"),
+    ("db_nan", {}, ValueError, "database: contains NaN"),
+    ("db_shape", {}, ValueError, "database: expected a non-empty"),
+    ("db_patch", {}, ValueError, "database: patch size 17"),
+    (None, {"patch_size": 4}, ValueError, "database: has 5x5 patches, expected patch_size=4"),
+    (None, {"k": 51}, ValueError, "k: expected an int <= 50"),
+    (None, {"k": 0}, ValueError, "k: expected an int >= 1"),
+    (None, {"overlap": 5}, ValueError, "overlap"),
+    (None, {"seed": -1}, ValueError, "seed"),
+])
+def test_bad_input_is_rejected(bad, kwargs, error, match):
+    x = torch.rand(1, 3, 11, 11)
+    database = torch.rand(50, 3, 5, 5)
+    if bad == "x_nan":
+        x[0, 0, 3, 3] = float("nan")
+    elif bad == "x_range":
+        x = x + 1
+    elif bad == "x_rank":
+        x = x[0]
+    elif bad == "x_dtype":
+        x = x.double()
+    elif bad == "db_channels":
+        database = database[:, :1].contiguous()
+    elif bad == "db_nan":
+        database[3, 0, 0, 0] = float("nan")
+    elif bad == "db_shape":
+        database = database[:, :, :4]
+    elif bad == "db_patch":
+        database = torch.rand(50, 3, 17, 17)
+    with pytest.raises(error, match=match):
+        quilt(x, database, **kwargs)
+
+
+@needs_native
+def test_native_assemble_rejects_out_of_range_neighbours():
+    database = np.random.default_rng(0).random((10, 75), dtype=np.float32)
+    neighbours = np.zeros((1, 4, 2), np.int64)
+    neighbours[0, 2, 1] = 10
+    with pytest.raises(ValueError, match="neighbours"):
+        C.quilt_assemble(database, neighbours, 0, np.zeros((1, 3, 8, 8), np.float32), 5, 2)
+    with pytest.raises(ValueError, match="out"):
+        C.quilt_assemble(database, np.zeros((1, 4, 2), np.int64), 0, np.zeros((1, 3, 9, 8), np.float32), 5, 2)
+
+
+# ------------------------------------------------------------------------ database file
+
+
+def small_database(**kwargs):
+    args = dict(count=2000, seed=1, long_side=64, source="test images")
+    args.update(kwargs)
+    return build_patch_database(natural_images(), **args)
+
+
+def test_database_build_is_seeded_and_in_range():
+    first, second = small_database(), small_database()
+    assert np.array_equal(first.patches, second.patches)
+    assert not np.array_equal(first.patches, small_database(seed=2).patches)
+    assert first.patches.shape == (2000, 3, 5, 5) and first.patches.dtype == np.float32
+    assert first.patches.min() >= 0 and first.patches.max() <= 1
+    assert first.meta["count"] == 2000 and first.meta["seed"] == 1 and first.meta["source"] == "test images"
+
+
+def test_database_patches_are_crops_of_the_resized_images():
+    image = np.random.default_rng(0).integers(0, 256, (40, 20, 3), dtype=np.uint8)
+    database = build_patch_database([image], 50, seed=0, long_side=None)
+    crops = {np.ascontiguousarray(image[y:y + 5, x:x + 5].transpose(2, 0, 1)).astype(np.float32).tobytes()
+             for y in range(36) for x in range(16)}
+    scaled = (database.patches * 255).round().astype(np.float32)
+    assert all(patch.tobytes() in crops for patch in scaled)
+    gray = build_patch_database([image[:, :, 0]], 10, seed=0, long_side=300)  # 300 x 150, repeated to RGB
+    assert gray.channels == 3 and np.array_equal(gray.patches[:, 0], gray.patches[:, 2])
+
+
+def test_database_from_an_nhwc_array_keeps_the_patches():
+    hwc = np.random.default_rng(3).random((700, 5, 5, 3), dtype=np.float32)
+    database = patch_database_from_array(hwc, layout="NHWC", source="quilt_db.npy")
+    want = sorted(np.ascontiguousarray(hwc.transpose(0, 3, 1, 2)).reshape(700, -1).tolist())
+    assert sorted(database.flat().tolist()) == want
+    with pytest.raises(ValueError, match="patches"):
+        patch_database_from_array(hwc[:, :, :4], layout="NHWC")
+
+
+def test_database_roundtrip_is_memory_mapped(tmp_path):
+    database = small_database()
+    path = save_patch_database(database, tmp_path / "db.npy")
+    loaded = load_patch_database(path, patch_size=5, channels=3)
+    assert isinstance(loaded.patches, np.memmap) and not loaded.patches.flags.writeable
+    assert np.array_equal(loaded.patches, database.patches)
+    assert loaded.meta == json.loads((tmp_path / "db.json").read_text()) == database.meta
+    x = torch.rand(1, 3, 11, 11)
+    assert torch.equal(quilt(x, loaded, seed=1), quilt(x, torch.from_numpy(database.patches.copy()), seed=1))
+
+
+def test_database_refuses_corrupt_truncated_or_mismatched_files(tmp_path):
+    path = save_patch_database(small_database(), tmp_path / "db.npy")
+    raw = bytearray(path.read_bytes())
+    raw[-7] ^= 0x40  # one flipped bit in the data
+    (tmp_path / "bad.npy").write_bytes(bytes(raw))
+    (tmp_path / "bad.json").write_text((tmp_path / "db.json").read_text())
+    with pytest.raises(PatchDatabaseError, match="checksum"):
+        load_patch_database(tmp_path / "bad.npy")
+    (tmp_path / "short.npy").write_bytes(path.read_bytes()[:-1000])
+    (tmp_path / "short.json").write_text((tmp_path / "db.json").read_text())
+    with pytest.raises(PatchDatabaseError, match="short.npy"):
+        load_patch_database(tmp_path / "short.npy")
+    meta = json.loads((tmp_path / "db.json").read_text())
+    meta["count"] = 1999
+    (tmp_path / "db.json").write_text(json.dumps(meta))
+    with pytest.raises(PatchDatabaseError, match="sidecar describes"):
+        load_patch_database(path)
+    (tmp_path / "db.json").unlink()
+    with pytest.raises(PatchDatabaseError, match="no sidecar"):
+        load_patch_database(path)
+    with pytest.raises(PatchDatabaseError, match="no patch database"):
+        load_patch_database(tmp_path / "missing.npy")
+
+
+def test_database_of_the_wrong_patch_size_or_channels_is_refused(tmp_path):
+    path = save_patch_database(small_database(patch_size=4, count=300), tmp_path / "p4.npy")
+    with pytest.raises(PatchDatabaseError, match="4x4 patches, expected 5x5"):
+        load_patch_database(path, patch_size=5)
+    with pytest.raises(PatchDatabaseError, match="3 channels, expected 1"):
+        load_patch_database(path, channels=1)
+
+
+def test_database_build_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="count"):
+        build_patch_database(natural_images(), 0)
+    with pytest.raises(ValueError, match="images"):
+        build_patch_database([np.zeros((3, 3), np.uint8)], 10, long_side=None)
+    with pytest.raises(ValueError, match="images"):
+        build_patch_database([np.full((8, 8), np.nan, np.float32)], 10)
+
+
+# ---------------------------------------------------------------------------------- GPU
+
+
+def test_cuda_driver_compiles_with_nvrtc():
+    pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy (NVRTC) is not installed")
+    from obfgrad._native import compile_cuda_source
+
+    assert compile_cuda_source("quilt", "sm_80")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_equals_cpu():
+    torch.manual_seed(8)
+    database = torch.rand(900, 3, 5, 5)
+    x = torch.rand(2, 3, 26, 31)
+    cpu = quilt(x, database, seed=17)
+    gpu = quilt(x.cuda(), database.cuda(), seed=17)
+    assert torch.equal(gpu.cpu(), cpu)

@@ -94,8 +94,8 @@ class BitDepthReduction(InputTransform):
 
     Example:
         >>> import torch
-        >>> BitDepthReduction(3)(torch.tensor([[[[0.0, 0.5, 1.0]]]])).tolist()
-        [[[[0.0, 0.501960813999176, 0.878431379795074]]]]
+        >>> [round(v * 255) for v in BitDepthReduction(3)(torch.tensor([[[[0.0, 0.5, 1.0]]]])).flatten().tolist()]
+        [0, 96, 224]
     """
 
     def __init__(self, bits: int = 3, bpda: bool = True):

@@ -38,7 +38,7 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
     samples = 2 if dry_run else (30 if paper else 10)
     return {
         "eps": eps,
-        "classifier": guo.imagenet_classifier_recipe() if paper else recipes.smoke_classifier(None),
+        "classifier": guo.imagenet_classifier_recipe(dry_run) if paper else recipes.smoke_classifier(None),
         "targeted": paper,
         "transform": {"min_size": 299, "max_size": 331, "padded": 331, "pad_value": 0.5, "resize_back": True}
         if paper else {"min_size": 28, "max_size": 31, "padded": 31, "pad_value": 0.5, "resize_back": True},
@@ -54,7 +54,7 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
                             # against 23% single-draw with early stopping, 30 smoke images).
                             "early_stop": False},
         "strict_draws": 2 if dry_run else 10,
-        "dry_run_reductions": "2 examples, 2 steps, 2 EOT draws, 2 judging draws" if dry_run else None,
+        "dry_run_reductions": "2 examples, 2 steps, 2 EOT draws, 2 judging draws, InceptionV3 fed at 75x75" if dry_run else None,
     }
 
 

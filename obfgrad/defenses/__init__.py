@@ -2,10 +2,22 @@
 hyperparameters as defaults."""
 
 from obfgrad.defenses.defensegan import DefenseGAN, project
+from obfgrad.defenses.input_transforms import (
+    BitDepthReduction,
+    CropRescale,
+    ImageQuilting,
+    InputTransform,
+    JPEGCompression,
+    TransformedClassifier,
+    TVMinimization,
+)
 from obfgrad.defenses.lid import LIDDetector, lid_features, lid_mle
 from obfgrad.defenses.pixeldefend import PixelDefend, purify
+from obfgrad.defenses.randomization import RandomResizePad
 from obfgrad.defenses.sap import SAP, sap_prune
 from obfgrad.defenses.thermometer import ThermometerDefense
 
-__all__ = ["DefenseGAN", "project", "LIDDetector", "lid_features", "lid_mle", "PixelDefend", "purify",
-           "SAP", "sap_prune", "ThermometerDefense"]
+__all__ = ["BitDepthReduction", "CropRescale", "ImageQuilting", "InputTransform", "JPEGCompression",
+           "TransformedClassifier", "TVMinimization", "RandomResizePad", "DefenseGAN", "project",
+           "LIDDetector", "lid_features", "lid_mle", "PixelDefend", "purify", "SAP", "sap_prune",
+           "ThermometerDefense"]

@@ -10,6 +10,7 @@ from typing import Callable, Dict
 
 from torch import nn
 
+from obfgrad.models.inception_v3 import InceptionV3
 from obfgrad.models.lid_cnn import LidCNN
 from obfgrad.models.mnist_cnn import MnistCNN
 from obfgrad.models.small_cnn import SmallCNN
@@ -20,6 +21,7 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
     "lid_cnn": LidCNN,  # row 2
     "mnist_cnn": MnistCNN,  # row 7
     "small_cnn": SmallCNN,  # smoke profile
+    "inception_v3": InceptionV3,  # rows 3, 5 (Guo et al., Xie et al.; ImageNet)
 }
 
 from obfgrad.models.pixelcnn import PixelCNN  # noqa: E402
@@ -41,4 +43,4 @@ def build_model(arch: str, **kwargs) -> nn.Module:
     return MODELS[arch](**kwargs)
 
 
-__all__ = ["MODELS", "build_model", "LidCNN", "MnistCNN", "SmallCNN", "WideResNet"]
+__all__ = ["MODELS", "build_model", "InceptionV3", "LidCNN", "MnistCNN", "SmallCNN", "WideResNet"]

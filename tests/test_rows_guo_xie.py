@@ -1,0 +1,66 @@
+"""Dry runs of the Guo et al. and Xie et al. rows in the paper profile: an untrained
+InceptionV3 at 299x299 on CPU, 2 examples, 2 steps, 2 EOT draws/crops, a small synthetic quilting
+database; the runner writes each row's result with the fields Table 1 needs."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # reproduce/ is a top-level directory of the repo, not installed
+    sys.path.append(str(ROOT))
+
+from reproduce import runner  # noqa: E402
+from reproduce.rows import all_specs  # noqa: E402
+from reproduce.spec import RunContext  # noqa: E402
+
+GUO_TRANSFORMS = ("bit_depth", "jpeg", "crop_rescale", "tv", "quilting")
+
+
+def _dry_run(tmp_path, name):
+    ctx = RunContext(profile="paper", dry_run=True, results_dir=tmp_path / "results", progress=False,
+                     log=lambda message: None)
+    runner.run_table(all_specs([name], "paper", dry_run=True), ctx)
+    return json.loads((ctx.results_dir / "table1.json").read_text())["rows"][name]
+
+
+def _check_fractions(result):
+    for field in ("clean_accuracy", "own_attack_accuracy", "adaptive_accuracy"):
+        assert 0.0 <= result[field] <= 1.0
+    lo, hi = result["adaptive_ci95"]
+    assert 0.0 <= lo <= result["adaptive_accuracy"] <= hi <= 1.0
+
+
+def test_guo_dry_run_in_the_paper_profile_evaluates_all_five_transformations(tmp_path):
+    row = _dry_run(tmp_path, "guo")
+    _check_fractions(row)
+    assert row["n"] == 2 if "n" in row else True
+    transforms = row["transforms"]
+    assert set(transforms) == set(GUO_TRANSFORMS)
+    assert row["strongest_transform"] in GUO_TRANSFORMS
+    strongest = transforms[row["strongest_transform"]]
+    assert row["adaptive_accuracy"] == max(t["adaptive_accuracy"] for t in transforms.values())
+    assert row["adaptive_accuracy"] == strongest["adaptive_accuracy"]
+    for result in transforms.values():
+        _check_fractions(result)
+        assert result["attacks"]["adaptive"]["n"] == 2
+
+
+def test_xie_dry_run_in_the_paper_profile_reports_the_ten_of_ten_accuracy(tmp_path):
+    row = _dry_run(tmp_path, "xie")
+    _check_fractions(row)
+    assert 0.0 <= row["adaptive_single_draw_accuracy"] <= 1.0
+    assert row["attacks"]["adaptive_10_of_10"]["draws"] == 2
+
+
+@pytest.mark.parametrize("name", ["guo", "xie"])
+def test_smoke_specs_scale_the_paper_settings(name):
+    (smoke,) = all_specs([name], "smoke")
+    (paper,) = all_specs([name], "paper")
+    assert smoke.dataset == "fashion-mnist" and paper.dataset == "imagenet"
+    assert paper.targeted and not smoke.targeted
+    assert smoke.n_examples == 100 and paper.n_examples == 1000
+    assert smoke.choices and paper.choices
+    json.dumps(smoke.describe()), json.dumps(paper.describe())  # every setting is JSON

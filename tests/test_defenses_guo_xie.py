@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from obfgrad.attacks import EOT, PenalizedGradientDescent, TransferAttack
-from obfgrad.defenses import (BitDepthReduction, CropRescale, ImageQuilting, JPEGCompression, RandomResizePad,
-                              TransformedClassifier, TVMinimization)
+from obfgrad.defenses import (
+    BitDepthReduction,
+    CropRescale,
+    ImageQuilting,
+    JPEGCompression,
+    RandomResizePad,
+    TransformedClassifier,
+    TVMinimization,
+)
 from obfgrad.models import InceptionV3, build_model
 
 

@@ -26,8 +26,15 @@ from torch import nn
 
 from obfgrad.attacks import EOT, PGD, PenalizedGradientDescent, TransferAttack
 from obfgrad.cache import cache_dir
-from obfgrad.defenses.input_transforms import (GUO_TRANSFORMS, BitDepthReduction, CropRescale, ImageQuilting,
-                                               JPEGCompression, TransformedClassifier, TVMinimization)
+from obfgrad.defenses.input_transforms import (
+    GUO_TRANSFORMS,
+    BitDepthReduction,
+    CropRescale,
+    ImageQuilting,
+    JPEGCompression,
+    TransformedClassifier,
+    TVMinimization,
+)
 from obfgrad.eval import random_targets
 from reproduce import pipeline, recipes
 from reproduce.spec import DefenseBundle, RowSpec, RunContext

@@ -9,7 +9,9 @@ pulls the adversarial image's embedding (the input of the last linear layer) tow
 one's (the clean embedding is the pivot and gets no gradient from this term):
 
 .. math::  L = \\frac{\\sum_{clean} CE + \\lambda \\sum_{adv} CE}{m - k + \\lambda k}
-           + \\lambda_2 \\frac{1}{k} \\sum_{adv} \\| e(x_{adv}) - \\mathrm{sg}(e(x)) \\|_2^2 .
+           + \\lambda_2 \\frac{1}{k} \\sum_{adv} \\| \\hat e(x_{adv}) - \\mathrm{sg}(\\hat e(x)) \\|_2^2 ,
+
+with :math:`\\hat e = e / \\|e\\|_2`.
 
 Choices where the paper's values are not confirmed here (protocol.md row 9): λ = 0.3 and
 k = m/2 (Kurakin et al.'s adversarial-training weighting, which Na et al. build on), λ₂ = 0.1,
@@ -82,8 +84,12 @@ def cascade_loss(model: nn.Module, clean: torch.Tensor, adversarial: torch.Tenso
     weight = settings["adv_weight"]
     classification = (ce[:m].sum() + weight * ce[m:].sum()) / (m + weight * k)
     # Pivot: the clean embedding of the same image (the first k clean images were perturbed).
-    pivot = embeddings[:k].detach()
-    embedding = ((embeddings[m:] - pivot) ** 2).sum(dim=1).mean()
+    # Embeddings are compared after L2 normalisation, so the term is bounded (<= 4) whatever the
+    # scale of the layer: with raw squared distances even lambda_2 = 1e-3 let this term swamp
+    # the cross-entropy of a small CNN (clean accuracy 35% instead of 88%, measured).
+    unit = F.normalize(embeddings, dim=1)
+    pivot = unit[:k].detach()
+    embedding = ((unit[m:] - pivot) ** 2).sum(dim=1).mean()
     return classification + settings["embedding_weight"] * embedding
 
 

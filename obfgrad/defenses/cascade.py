@@ -42,6 +42,7 @@ CASCADE_DEFAULTS: Dict[str, Any] = {
     "adv_weight": 0.3,  # lambda
     "embedding_weight": 0.1,  # lambda_2
     "one_step_eps": 0.1,  # max epsilon of the one-step images (per image uniform in [0, max])
+    "embedding_distance": "normalized_l2",  # recorded in the recipe: cached models follow the rule
 }
 
 

@@ -75,14 +75,21 @@ def test_a_changed_spec_invalidates_its_cached_result(tmp_path):
 
 
 def test_pending_rows_are_listed_not_run(tmp_path):
-    from reproduce.rows import row_spec
-
-    spec = row_spec("thermometer", "smoke")
-    if spec.implemented:
-        pytest.skip("thermometer row is implemented")
-    outcome = runner.run_table([spec], _ctx(tmp_path))
+    pending = RowSpec(name="thermometer", defense="a row without code yet", dataset="-", distance="-", eps=0.0,
+                      paper_dataset="CIFAR-10", paper_bound="0.031 (ℓ∞)", paper_accuracy=0.0, run=None)
+    outcome = runner.run_table([pending], _ctx(tmp_path))
     assert json.loads(outcome["paths"]["json"].read_text())["pending"] == ["thermometer"]
     assert "pending" in outcome["paths"]["md"].read_text()
+
+
+def test_every_table_row_has_a_spec_in_both_profiles():
+    from reproduce.rows import all_specs
+    from reproduce.spec import ROW_NAMES
+
+    for profile in ("smoke", "paper"):
+        specs = all_specs(list(ROW_NAMES), profile)
+        assert [spec.name for spec in specs] == list(ROW_NAMES)
+        assert all(spec.implemented and spec.build_defense is not None for spec in specs)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -26,13 +26,19 @@ def verdict(result: Dict[str, Any]) -> str:
     return "broken" if drop > 0.2 or (own > 0 and drop > own / 2) else "holds"
 
 
+def _footnote_mark(note: str) -> str:
+    """Only the footnote marks (``*``, ``**``) go into the table cell; the note's text is in the
+    JSON and the footnotes under the table."""
+    return note[: len(note) - len(note.lstrip("*"))]
+
+
 def _pct(value: Optional[float]) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
 def _row_line(spec: RowSpec, result: Optional[Dict[str, Any]]) -> List[str]:
     paper = [f"{spec.defense}", spec.paper_dataset, spec.paper_bound,
-             f"{100 * spec.paper_accuracy:.0f}%{spec.paper_note}"]
+             f"{100 * spec.paper_accuracy:.0f}%{_footnote_mark(spec.paper_note)}"]
     if result is None:
         return paper + ["pending", "—", "—", "—", "—", "—", "—"]
     lo, hi = result["adaptive_ci95"]

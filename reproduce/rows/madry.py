@@ -77,7 +77,8 @@ def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
     return DefenseBundle(model=model, undefended=twin, x=x, y=y, distance=row.distance, eps=row.eps)
 
 
-def _pgd(settings: Dict[str, Any], eps: float, seed: int) -> PGD:
+def linf_pgd(settings: Dict[str, Any], eps: float, seed: int) -> PGD:
+    """The l-inf PGD of a row config's attack entry (shared with the Na row)."""
     return PGD(distance="linf", eps=eps, steps=settings["steps"], step_size=settings["step_size"],
                loss=settings["loss"], random_start=settings["random_start"], restarts=settings["restarts"],
                kappa=None, generator_seed=seed)
@@ -87,12 +88,12 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
     x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     model = pipeline.classifier(ctx, config["classifier"], row="madry")
-    own = pipeline.run_attack(ctx, row, "own_pgd20_ce", model, _pgd(config["own_attack"], row.eps, ctx.seed), x, y)
+    own = pipeline.run_attack(ctx, row, "own_pgd20_ce", model, linf_pgd(config["own_attack"], row.eps, ctx.seed), x, y)
     adaptive = pipeline.run_attack(ctx, row, "adaptive_pgd100x5_margin", model,
-                                   _pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
+                                   linf_pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
     twin = pipeline.classifier(ctx, config["natural_twin"], row=None)
     twin_adaptive = pipeline.run_attack(ctx, row, "natural_twin_adaptive", twin,
-                                        _pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
+                                        linf_pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
     return {
         "clean_accuracy": own["clean_accuracy"],
         "own_attack_accuracy": own["accuracy"],

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from obfgrad.attacks import PGD
 from obfgrad.defenses.cascade import CASCADE_DEFAULTS, cascade_train_or_load
 from obfgrad.models.training import build_seeded, make_recipe
 from reproduce import pipeline, recipes
@@ -61,7 +60,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         choices=[
             "Architecture: Madry's wide ResNet (Na et al.'s ResNet variant is UNCONFIRMED)." if paper else
             "Smoke: Fashion-MNIST at eps 0.05, small CNN; cascade source = the Madry row's adversarially trained CNN.",
-            "Loss weights λ = 0.3 (adversarial CE), λ₂ = 0.1 (embedding), k = m/2 adversarial images per batch, "
+            "Loss weights λ = 0.3 (adversarial CE), λ₂ = 0.1 (squared distance of L2-normalised embeddings), k = m/2 adversarial images per batch, "
             "half from the cascade source (10-step PGD) and half one-step least-likely (UNCONFIRMED in the paper).",
             "Adaptive attack: 100-step PGD on the CW margin with 5 random restarts (the paper reports the defense's "
             "own CW evaluation; 16% in the recalled text vs 15% in the table).",
@@ -77,12 +76,6 @@ def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
     plain = {k: v for k, v in row.config["classifier"].items() if k != "cascade"}
     return DefenseBundle(model=model, undefended=pipeline.classifier(ctx, plain), x=x, y=y,
                          distance=row.distance, eps=row.eps)
-
-
-def _pgd(settings: Dict[str, Any], eps: float, seed: int) -> PGD:
-    return PGD(distance="linf", eps=eps, steps=settings["steps"], step_size=settings["step_size"],
-               loss=settings["loss"], random_start=settings["random_start"], restarts=settings["restarts"],
-               kappa=None, generator_seed=seed)
 
 
 def _cascade_classifier(ctx: RunContext, recipe_fields: Dict[str, Any]):
@@ -106,9 +99,9 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
     x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     model = _cascade_classifier(ctx, config["classifier"])
-    own = pipeline.run_attack(ctx, row, "own_pgd20_ce", model, _pgd(config["own_attack"], row.eps, ctx.seed), x, y)
+    own = pipeline.run_attack(ctx, row, "own_pgd20_ce", model, madry.linf_pgd(config["own_attack"], row.eps, ctx.seed), x, y)
     adaptive = pipeline.run_attack(ctx, row, "adaptive_pgd100x5_margin", model,
-                                   _pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
+                                   madry.linf_pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
     return {
         "clean_accuracy": own["clean_accuracy"],
         "own_attack_accuracy": own["accuracy"],

@@ -85,21 +85,36 @@ def _defense_case(name: str, args: argparse.Namespace) -> Dict[str, Any]:
     ctx = _run_context(args)
     if name == UNDEFENDED:
         return _undefended_case(ctx, args)
-    spec = row_spec(name, args.profile, args.dry_run)
+    row, _, variant = name.partition(":")
+    spec = row_spec(row, args.profile, args.dry_run)
     if spec.build_defense is None:
         state = "is not implemented yet" if not spec.implemented else "has no build_defense"
         raise SystemExit(f"obfgrad diagnose --defense {name}: the row {state} in this checkout")
-    bundle = spec.build_defense(spec, ctx, args.examples)
+    if variant and variant not in spec.variants:
+        raise SystemExit(f"--defense {name}: row {row} has no variant {variant!r}; choose from "
+                         f"{', '.join(spec.variants) or '(none)'}")
+    options = {"variant": variant} if variant else {}
+    bundle = spec.build_defense(spec, ctx, args.examples, **options)
     return {"model": bundle.model, "x": bundle.x, "y": bundle.y, "distance": bundle.distance, "eps": bundle.eps,
             "surrogate": bundle.undefended, "adaptive_model": bundle.adaptive_model,
             "randomized": True if bundle.randomized else None, "expected": bundle.obfuscation}
+
+
+def _expand(name: str, args: argparse.Namespace) -> List[str]:
+    """A row with variants (Guo's five transformations) stands for all of them: ``guo:jpeg``, ..."""
+    from reproduce.rows import row_spec
+
+    if name == UNDEFENDED or ":" in name:
+        return [name]
+    spec = row_spec(name, args.profile, args.dry_run)
+    return [f"{name}:{variant}" for variant in spec.variants] or [name]
 
 
 def _available_defenses(args: argparse.Namespace) -> List[str]:
     from reproduce.rows import row_spec
 
     names = [name for name in _row_names() if row_spec(name, args.profile, args.dry_run).build_defense is not None]
-    return names + [UNDEFENDED]
+    return [expanded for name in names for expanded in _expand(name, args)] + [UNDEFENDED]
 
 
 def _load_callable(reference: str, option: str):
@@ -178,7 +193,7 @@ def _diagnose_case(name: str, case: Dict[str, Any], args: argparse.Namespace, ou
     if case.get("expected") is not None:
         print(f"paper: {case['expected']}")
     targets = {"json": args.json, "plot": args.plot} if out_dir is None else {
-        "json": out_dir / f"{name}.json", "plot": out_dir / f"{name}.png"}
+        "json": out_dir / f"{name.replace(':', '-')}.json", "plot": out_dir / f"{name.replace(':', '-')}.png"}
     if targets["json"] is not None:
         report.save_json(targets["json"])
     if targets["plot"] is not None:
@@ -200,9 +215,10 @@ def _diagnose(args: argparse.Namespace) -> int:
     else:
         _import_reproduce()
         known = _row_names() + [UNDEFENDED, ALL]
-        if args.defense not in known:
-            raise SystemExit(f"--defense: unknown {args.defense!r}; choose from {', '.join(known)}")
-        names = _available_defenses(args) if args.defense == ALL else [args.defense]
+        if args.defense.partition(":")[0] not in known:
+            raise SystemExit(f"--defense: unknown {args.defense!r}; choose from {', '.join(known)} "
+                             "(a row with variants also takes ROW:VARIANT, e.g. guo:jpeg)")
+        names = _available_defenses(args) if args.defense == ALL else _expand(args.defense, args)
         out_dir = args.out_dir if args.defense == ALL or args.out_dir is not None else None
         reports = []
         for name in names:
@@ -230,7 +246,8 @@ def _add_diagnose(commands) -> None:
                     "gradient probes on a defense; print a verdict per check and the likely obfuscation type.")
     source = diagnose.add_mutually_exclusive_group(required=True)
     source.add_argument("--defense", help="a Table 1 row (thermometer, lid, guo, sap, xie, pixeldefend, defensegan, "
-                                          "madry, na), 'undefended', or 'all' (needs a source checkout)")
+                                          "madry, na; guo:bit_depth ... for one of Guo's five transformations, guo for all five), "
+                                          "'undefended', or 'all' (needs a source checkout)")
     source.add_argument("--model", help="path/to/file.py:factory returning your nn.Module (or a dict, see docs)")
     diagnose.add_argument("--profile", choices=("smoke", "paper"), default="smoke", help="row profile (default smoke)")
     diagnose.add_argument("--dry-run", action="store_true", help="untrained models, synthetic data (code path only)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -82,8 +82,11 @@ class RowSpec:
     config: Dict[str, Any] = field(default_factory=dict)  # every setting, JSON
     choices: List[str] = field(default_factory=list)  # where protocol.md is UNCONFIRMED
     run: Optional[Callable[[RowSpec, RunContext], Dict[str, Any]]] = None
-    # Builds the defense for other tools (obfgrad diagnose): (spec, ctx, n_examples) -> bundle.
-    build_defense: Optional[Callable[[RowSpec, RunContext, int], DefenseBundle]] = None
+    # Builds the defense for other tools (obfgrad diagnose): (spec, ctx, n_examples) -> bundle;
+    # a row with several defenses (Guo's five transformations) names them in ``variants`` and
+    # takes ``variant=NAME`` (the first variant is the default).
+    build_defense: Optional[Callable[..., DefenseBundle]] = None
+    variants: Tuple[str, ...] = ()
 
     @property
     def implemented(self) -> bool:

@@ -231,6 +231,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         ],
         run=run,
         build_defense=build_defense,
+        variants=("quilting",) + tuple(name for name in GUO_TRANSFORMS if name != "quilting"),
     )
 
 
@@ -299,7 +300,16 @@ def _draws_per_pass(ctx: RunContext) -> Optional[int]:
     return 1 if ctx.profile == "paper" else None
 
 
-def build_defense(row: RowSpec, ctx: RunContext, n: int, transform: str = "quilting") -> DefenseBundle:
+#: What each transformation obfuscates (Athalye et al., Sec. 5.2.2): bit-depth and JPEG shatter
+#: gradients, crop-rescale is random but differentiable, TV and quilting are both.
+OBFUSCATION = {"bit_depth": "shattered", "jpeg": "shattered", "crop_rescale": "stochastic",
+               "tv": "shattered+stochastic", "quilting": "shattered+stochastic"}
+
+
+def build_defense(row: RowSpec, ctx: RunContext, n: int, variant: str = "quilting") -> DefenseBundle:
+    if variant not in GUO_TRANSFORMS:
+        raise ValueError(f"variant: expected one of {', '.join(GUO_TRANSFORMS)}, got {variant!r}")
+    transform = variant
     x, y = test_set(ctx, row.dataset, n)
     net = classifier(ctx, row)
     database = quilt_database(ctx, row.config["transforms"]["quilting"]) if transform == "quilting" else None
@@ -308,7 +318,7 @@ def build_defense(row: RowSpec, ctx: RunContext, n: int, transform: str = "quilt
                          adaptive_model=adaptive_model(transform, row.config, net, database,
                                                        draws_per_pass=_draws_per_pass(ctx)),
                          randomized=transform in ("crop_rescale", "tv", "quilting"),
-                         obfuscation="shattered" if transform in ("bit_depth", "jpeg") else "shattered+stochastic")
+                         obfuscation=OBFUSCATION[transform])
 
 
 def _evaluate_transform(row: RowSpec, ctx: RunContext, name: str, net: nn.Module, x, y, targets, database):

@@ -14,6 +14,7 @@ from obfgrad.attacks import PGD
 from obfgrad.data import load_dataset
 from obfgrad.eval import EvalResult, evaluate
 from obfgrad.models.training import build_seeded, make_recipe, train_or_load
+from reproduce import distributed
 from reproduce.spec import RowSpec, RunContext
 
 # Image shapes at paper resolution, for the dry run's synthetic stand-in data.
@@ -75,8 +76,9 @@ def classifier(ctx: RunContext, recipe_fields: Mapping[str, Any], *, row: Option
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
         return model.to(ctx.device).eval()
     started = time.perf_counter()
-    model = train_or_load(recipe, data_fn=training_data(ctx), adversary_fn=pgd_adversary,
-                          progress=ctx.progress is not False)
+    with distributed.main_first():  # several ranks: rank 0 trains and caches, the others load
+        model = train_or_load(recipe, data_fn=training_data(ctx), adversary_fn=pgd_adversary,
+                              progress=ctx.progress is not False)
     elapsed = time.perf_counter() - started
     if elapsed > 5:
         ctx.log(f"  trained {recipe['arch']} ({'adversarial' if recipe['adversarial'] else 'natural'}) "
@@ -90,15 +92,33 @@ def run_attack(ctx: RunContext, spec: RowSpec, label: str, model: Callable, atta
                targets: Optional[torch.Tensor] = None) -> Dict[str, Any]:
     """Evaluate ``attack`` on ``model`` (``predict`` judges the result; default: ``model``'s
     argmax); write per-example records to ``results/records/<row>.<label>.json``; return the
-    summary that goes into the row's result."""
+    summary that goes into the row's result. Under torchrun the batches are split across the
+    ranks and every rank returns the merged summary (see ``reproduce.distributed``)."""
+    return _run_attack(ctx, spec, label, model, attack, x, y, predict=predict, eps=eps, distance=distance,
+                       targets=targets, keep_x_adv=False)[0]
+
+
+def run_attack_keeping_x_adv(ctx: RunContext, spec: RowSpec, label: str, model: Callable, attack: Any,
+                             x: torch.Tensor, y: torch.Tensor, *, predict: Optional[Callable] = None,
+                             eps: Optional[float] = None, distance: Optional[str] = None,
+                             targets: Optional[torch.Tensor] = None) -> Tuple[Dict[str, Any], torch.Tensor]:
+    """:func:`run_attack`, plus the attack's ``x_adv`` of every example (N, C, H, W) (to judge it
+    again under other rules); under torchrun gathered from all ranks."""
+    return _run_attack(ctx, spec, label, model, attack, x, y, predict=predict, eps=eps, distance=distance,
+                       targets=targets, keep_x_adv=True)
+
+
+def _run_attack(ctx, spec, label, model, attack, x, y, *, predict, eps, distance, targets, keep_x_adv):
     started = time.perf_counter()
     result: EvalResult = evaluate(model, attack, x, y, distance=distance or spec.distance,
                                   eps=spec.eps if eps is None else eps, targets=targets,
-                                  predict=predict, progress=ctx.progress is not False)
+                                  predict=predict, progress=ctx.progress is not False and distributed.is_main(),
+                                  keep_x_adv=keep_x_adv, distributed=distributed.world() > 1)
     seconds = time.perf_counter() - started
     records_path = ctx.results_dir / "records" / f"{spec.name}.{label}.json"
-    atomic_write_json(records_path, {"row": spec.name, "attack": label, "settings": repr(attack),
-                                     **result.to_dict()})
+    if distributed.is_main():
+        atomic_write_json(records_path, {"row": spec.name, "attack": label, "settings": repr(attack),
+                                         **result.to_dict()})
     summary = {
         "attack": repr(attack),
         "accuracy": result.robust_accuracy,
@@ -112,7 +132,7 @@ def run_attack(ctx: RunContext, spec: RowSpec, label: str, model: Callable, atta
     }
     ctx.log(f"  {label:<28} accuracy {summary['accuracy']:.3f} "
             f"[{summary['ci95'][0]:.3f}, {summary['ci95'][1]:.3f}]  ({seconds:.0f} s)")
-    return summary
+    return summary, result.x_adv
 
 
 def clean_accuracy(model: Callable, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:

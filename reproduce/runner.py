@@ -21,7 +21,7 @@ import torch
 import obfgrad
 from obfgrad.atomic import atomic_write_json
 from obfgrad.cache import recipe_key
-from reproduce import environment, table
+from reproduce import distributed, environment, table
 from reproduce.rows import all_specs
 from reproduce.spec import PROFILES, ROW_NAMES, RowSpec, RunContext
 
@@ -94,18 +94,20 @@ def run_row(spec: RowSpec, ctx: RunContext, resume: bool = True) -> Dict[str, An
     path = ctx.results_dir / "rows" / f"{spec.name}.json"
     key = row_key(spec, ctx)
     if resume:
-        cached = _cached_result(path, key)
+        cached = distributed.from_main(lambda: _cached_result(path, key))  # one decision for all ranks
         if cached is not None:
             ctx.log(f"[{spec.name}] cached result reused ({path})")
             return cached
     ctx.log(f"[{spec.name}] {spec.defense} — {spec.dataset}, ε = {spec.eps:.4g} ({spec.distance})")
+    distributed.fill_caches(spec, ctx)  # several ranks: rank 0 trains the row's models first
     torch.manual_seed(ctx.seed)
     started = time.perf_counter()
     result = spec.run(spec, ctx)
     result["wall_seconds"] = round(time.perf_counter() - started, 2)
     result.setdefault("n", ctx.examples(spec.n_examples))
     result["paper_accuracy"] = spec.paper_accuracy
-    atomic_write_json(path, {"key": key, "spec": spec.describe(), "result": result})
+    if distributed.is_main():
+        atomic_write_json(path, {"key": key, "spec": spec.describe(), "result": result})
     return result
 
 
@@ -119,6 +121,8 @@ def run_table(specs: List[RowSpec], ctx: RunContext, *, resume: bool = True,
         results[spec.name] = run_row(spec, ctx, resume)
         if on_row is not None:
             on_row(spec, results[spec.name])
+    if not distributed.is_main():
+        return {"results": results, "paths": {}}
     env = environment.capture(ctx.device, ctx.seed, ctx.profile)
     paths = table.write_tables(ctx.results_dir, specs, results, env, ctx.profile)
     return {"results": results, "paths": paths}
@@ -126,11 +130,17 @@ def run_table(specs: List[RowSpec], ctx: RunContext, *, resume: bool = True,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    ctx = RunContext(profile=args.profile, device=_device(args.device), seed=args.seed, limit=args.limit,
+    device = distributed.init(_device(args.device))  # under torchrun: join the group, cuda:LOCAL_RANK
+    main_rank = distributed.is_main()  # the other ranks attack their share quietly and write nothing
+    ctx = RunContext(profile=args.profile, device=device, seed=args.seed, limit=args.limit,
                      data_dir=args.data_dir, results_dir=args.results_dir, dry_run=args.dry_run,
-                     progress=False if args.quiet else None, weights=args.weights)
+                     progress=False if args.quiet or not main_rank else None, weights=args.weights,
+                     log=print if main_rank else (lambda message: None))
     specs = all_specs(args.rows, args.profile, args.dry_run)
     outcome = run_table(specs, ctx, resume=args.resume)
+    distributed.shutdown()
+    if not main_rank:
+        return 0
     print()
     print(outcome["paths"]["md"].read_text())
     print("Wrote " + ", ".join(str(path) for path in outcome["paths"].values()))

@@ -12,6 +12,11 @@
 
 In targeted mode (the paper's ImageNet rows) the attack succeeds when ``predict(x_final)`` equals
 the target; accuracy is still measured against the true label.
+
+Randomness (random starts, EOT draws, stochastic defenses that use torch's global generator) is
+seeded per batch from ``(seed, batch index)``, so a batch's outcome does not depend on which
+batches ran before it: with ``distributed=True`` the batches are split across the ranks of
+``torch.distributed`` and the merged result equals a single-process run.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -59,6 +65,9 @@ class EvalResult:
     targeted: bool = False
     config: Dict[str, Any] = field(default_factory=dict)
     meta: Dict[str, Any] = field(default_factory=dict)
+    #: the attack's ``x_adv`` for every example (N, C, H, W), when ``evaluate(keep_x_adv=True)``;
+    #: not part of :meth:`to_dict` (records files hold numbers, not images).
+    x_adv: Optional[torch.Tensor] = field(default=None, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -192,10 +201,43 @@ def _batch_records(start, xb, yb, tb, result, clean_pred, distance: Distance, ep
     return records
 
 
+_SEED_RANGE = 2 ** 62  # base seeds; base + batch index stays inside torch.manual_seed's range
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device):
+    """torch's global generators seeded with ``seed`` for the body, restored afterwards."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _shard(distributed: bool) -> Tuple[int, int]:
+    """(rank, world size) of this process's share of the batches."""
+    if not distributed:
+        return 0, 1
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("distributed: torch.distributed has no process group (start with torchrun and "
+                         "call torch.distributed.init_process_group first)")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _gather_batches(local: List[Tuple[int, List[Dict[str, Any]], Optional[torch.Tensor]]], world: int):
+    """Every rank's (batch index, records, x_adv) triples, on every rank, in batch order."""
+    if world > 1:
+        shares: List[Any] = [None] * world
+        dist.all_gather_object(shares, [(i, r, None if a is None else a.cpu()) for i, r, a in local])
+        local = [batch for share in shares for batch in share]
+    return sorted(local, key=lambda batch: batch[0])
+
+
 def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union[str, Distance], eps: float,
              targets: Optional[torch.Tensor] = None, batch_size: int = 128,
              predict: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, seed: Optional[int] = None, keep_x_adv: bool = False,
+             distributed: bool = False) -> EvalResult:
     """Clean and robust accuracy of ``model`` under ``attack`` within ``distance(x, x_adv) <= eps``.
 
     Args:
@@ -207,7 +249,14 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
         batch_size: examples per attack call.
         predict: ``inputs -> predicted labels``; default argmax of ``model(inputs)``. Pass e.g.
             ``lambda v: EOT(model, 10)(v).argmax(1)`` for a randomised model.
-        progress: a tqdm bar over the batches (quiet off a terminal).
+        progress: a tqdm bar over the batches (quiet off a terminal; only on rank 0).
+        seed: base seed: batch ``b`` runs with torch's global generators seeded ``seed + b``
+            (restored afterwards). None draws the base from torch's global generator (one draw).
+        keep_x_adv: also return the attack's ``x_adv`` of every example (``EvalResult.x_adv``).
+        distributed: split the batches across the ranks of torch.distributed's default group
+            (rank ``r`` of ``W`` attacks batches ``r, r + W, ...``) and all-gather the records; every
+            rank must call ``evaluate`` with the same arguments and gets the merged result, equal
+            to a single-process run.
 
     Returns:
         :class:`EvalResult` with per-example records.
@@ -225,21 +274,31 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
     if not callable(attack):
         raise TypeError(f"attack: expected a callable attack(model, x, y, target=None), got {type(attack).__name__}")
     predict = predict if predict is not None else _argmax_predictor(model)
+    rank, world = _shard(distributed)
+    # Drawn on every rank alike (same global generator state), before any rank-specific work.
+    seed = int(torch.randint(0, _SEED_RANGE, ())) if seed is None else check_int(seed, "seed", low=0,
+                                                                                high=_SEED_RANGE - 1)
 
     started = time.perf_counter()
-    records: List[Dict[str, Any]] = []
+    batches = list(enumerate(range(0, x.shape[0], batch_size)))[rank::world]
+    local = []
     with _eval_mode(model):
-        for start in tqdm(range(0, x.shape[0], batch_size), desc="evaluate", disable=None if progress else True):
+        for index, start in tqdm(batches, desc="evaluate", disable=None if progress and rank == 0 else True):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             tb = targets[start:start + batch_size] if targeted else None
-            clean_pred = predict(xb).to(xb.device)
-            result = attack(model, xb, yb, target=tb) if targeted else attack(model, xb, yb)
-            result = _check_attack_result(result, xb)
-            records.extend(_batch_records(start, xb, yb, tb, result, clean_pred, distance, eps, predict, targeted))
+            with _seeded(seed + index, x.device):
+                clean_pred = predict(xb).to(xb.device)
+                result = attack(model, xb, yb, target=tb) if targeted else attack(model, xb, yb)
+                result = _check_attack_result(result, xb)
+                records = _batch_records(start, xb, yb, tb, result, clean_pred, distance, eps, predict, targeted)
+            local.append((index, records, result.x_adv.detach() if keep_x_adv else None))
+    merged = _gather_batches(local, world)
 
     config = {"distance": distance.name, "eps": eps, "targeted": targeted, "batch_size": batch_size,
-              "attack": repr(attack), "model": type(model).__name__}
+              "attack": repr(attack), "model": type(model).__name__, "seed": seed}
     meta = {"wall_time_s": time.perf_counter() - started, "obfgrad_version": obfgrad.__version__,
             "torch_version": torch.__version__, "device": str(x.device), "python": platform.python_version(),
-            "machine": platform.machine()}
-    return EvalResult(records=records, targeted=targeted, config=config, meta=meta)
+            "machine": platform.machine(), "world_size": world}
+    x_adv = torch.cat([a for _, _, a in merged]).to(x.device) if keep_x_adv and merged else None
+    return EvalResult(records=[r for _, batch, _ in merged for r in batch], targeted=targeted, config=config,
+                      meta=meta, x_adv=x_adv)

@@ -100,21 +100,6 @@ def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
     return DefenseBundle(model=model, undefended=model, x=x, y=y, distance=row.distance, eps=row.eps)
 
 
-class _Recording:
-    """An attack that keeps every batch's ``x_adv``."""
-
-    def __init__(self, attack):
-        self.attack, self.batches = attack, []
-
-    def __call__(self, model, x, y, target=None):
-        result = self.attack(model, x, y)
-        self.batches.append(result.x_adv)
-        return result
-
-    def __repr__(self) -> str:
-        return repr(self.attack)
-
-
 def _cw(settings: Dict[str, Any]) -> CarliniWagnerL2:
     return CarliniWagnerL2(steps=settings["steps"], lr=settings["lr"], binary_search_steps=settings["binary_search_steps"],
                            initial_const=settings["initial_const"], kappa=settings["kappa"])
@@ -187,9 +172,8 @@ def _judge(ctx: RunContext, row: RowSpec, label: str, model, detector: LIDDetect
 
 
 def _attack_and_judge(ctx, row, label, model, detector, attack, x, y, clean_features, distance, eps):
-    recording = _Recording(attack)
-    classifier_summary = pipeline.run_attack(ctx, row, label, model, recording, x, y, distance=distance, eps=eps)
-    x_adv = torch.cat(recording.batches)
+    classifier_summary, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, label, model, attack, x, y,
+                                                                  distance=distance, eps=eps)
     within = get_distance(distance).within(x, x_adv, eps)
     return {**_judge(ctx, row, label, model, detector, x, y, x_adv, clean_features, within),
             "classifier_only": classifier_summary}

@@ -90,21 +90,6 @@ def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
                          obfuscation="stochastic")
 
 
-class _Recording:
-    """An attack that keeps every batch's ``x_adv`` (to judge it again under other prediction rules)."""
-
-    def __init__(self, attack):
-        self.attack, self.batches = attack, []
-
-    def __call__(self, model, x, y, target=None):
-        result = self.attack(model, x, y) if target is None else self.attack(model, x, y, target=target)
-        self.batches.append(result.x_adv)
-        return result
-
-    def __repr__(self) -> str:
-        return repr(self.attack)
-
-
 @torch.no_grad()
 def _vote_accuracies(sap: SAP, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, eps: float, draws: int,
                      batch_size: int = 250) -> Dict[str, Any]:
@@ -151,10 +136,9 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
         for label, settings, model in (("own_single_sample", config["own_attack"], sap),
                                        ("adaptive_eot", config["adaptive_attack"],
                                         EOT(sap, config["adaptive_attack"]["samples"]))):
-            recording = _Recording(_attack(settings, row.eps))
-            summary = pipeline.run_attack(ctx, row, label, model, recording, x, y, predict=_single_draw(sap))
-            summary["other_prediction_rules"] = _vote_accuracies(sap, x, torch.cat(recording.batches), y, row.eps,
-                                                                 config["vote_draws"])
+            summary, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, label, model, _attack(settings, row.eps),
+                                                               x, y, predict=_single_draw(sap))
+            summary["other_prediction_rules"] = _vote_accuracies(sap, x, x_adv, y, row.eps, config["vote_draws"])
             summaries.append(summary)
         own, adaptive = summaries
         results["undefended_clean_accuracy"] = pipeline.clean_accuracy(natural, x, y)

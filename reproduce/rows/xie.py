@@ -110,21 +110,6 @@ def _adaptive_model(config: Dict[str, Any], defended: TransformedClassifier, ctx
                draws_per_pass=1 if ctx.profile == "paper" else None)
 
 
-class _Recording:
-    """An attack that keeps every batch's x_adv (to judge it again with several draws)."""
-
-    def __init__(self, attack):
-        self.attack, self.batches = attack, []
-
-    def __repr__(self) -> str:
-        return repr(self.attack)
-
-    def __call__(self, model, x, y, target=None):
-        result = self.attack(model, x, y) if target is None else self.attack(model, x, y, target=target)
-        self.batches.append(result.x_adv)
-        return result
-
-
 def correct_in_any_draw(defended, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
     """Per example: some of ``draws`` fresh draws of the randomized defense predicts ``y``."""
     correct = torch.zeros_like(y, dtype=torch.bool)
@@ -154,12 +139,13 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     own = pipeline.run_attack(ctx, row, "own_transfer", defended, TransferAttack(own_pgd, net), x, y,
                               predict=predict, targets=targets)
     settings = config["adaptive_attack"]
-    recording = _Recording(PGD(distance="linf", eps=row.eps, steps=settings["steps"],
-                               step_size=settings["step_size"], loss=settings["loss"], targeted=row.targeted,
-                               update=settings["update"], early_stop=settings["early_stop"]))
-    adaptive = pipeline.run_attack(ctx, row, "adaptive_eot", _adaptive_model(config, defended, ctx), recording,
-                                   x, y, predict=predict, targets=targets)
-    strict = _strict_accuracy(row, defended, x, y, torch.cat(recording.batches), config["strict_draws"])
+    pgd = PGD(distance="linf", eps=row.eps, steps=settings["steps"], step_size=settings["step_size"],
+              loss=settings["loss"], targeted=row.targeted, update=settings["update"],
+              early_stop=settings["early_stop"])
+    adaptive, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, "adaptive_eot",
+                                                        _adaptive_model(config, defended, ctx), pgd, x, y,
+                                                        predict=predict, targets=targets)
+    strict = _strict_accuracy(row, defended, x, y, x_adv, config["strict_draws"])
     ctx.log(f"  {'adaptive, 10 of 10 draws':<28} accuracy {strict['accuracy']:.3f} "
             f"[{strict['ci95'][0]:.3f}, {strict['ci95'][1]:.3f}]")
     clean_any: List[bool] = correct_in_any_draw(defended, x, y, config["strict_draws"]).tolist()

@@ -26,7 +26,7 @@ from obfgrad.defenses import LIDDetector, lid_features
 from obfgrad.defenses.lid import roc_auc
 from obfgrad.distances import get_distance
 from obfgrad.eval import clopper_pearson
-from reproduce import pipeline, recipes
+from reproduce import distributed, pipeline, recipes
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
 PAPER_EPS = 8 / 255
@@ -161,9 +161,10 @@ def _judge(ctx: RunContext, row: RowSpec, label: str, model, detector: LIDDetect
         "n": n,
     }
     path = ctx.results_dir / "records" / f"{row.name}.{label}.detector.json"
-    atomic_write_json(path, {"row": row.name, "attack": label, **summary,
-                             "records": [{"index": i, "correct": bool(c), "flagged": bool(f), "score": float(s)}
-                                         for i, (c, f, s) in enumerate(zip(correct, flagged, adv_scores))]})
+    if distributed.is_main():  # every rank holds the same records (torchrun); one writes them
+        atomic_write_json(path, {"row": row.name, "attack": label, **summary,
+                                 "records": [{"index": i, "correct": bool(c), "flagged": bool(f), "score": float(s)}
+                                             for i, (c, f, s) in enumerate(zip(correct, flagged, adv_scores))]})
     summary["detector_records"] = str(path)
     ctx.log(f"  {label:<28} robust (correct or flagged) {summary['accuracy']:.3f}; detected: adversarial "
             f"{summary['detection_rate_adversarial']:.3f}, clean {summary['detection_rate_clean']:.3f}; "

@@ -15,7 +15,7 @@ the single-draw accuracy is kept beside it.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -54,6 +54,11 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
                             # against 23% single-draw with early stopping, 30 smoke images).
                             "early_stop": False},
         "strict_draws": 2 if dry_run else 10,
+        # Smoke: the 10-of-10 accuracy at larger bounds on the first examples. The small CNN on
+        # 28x28 images keeps some accuracy at 0.1 under the rule; whether that falls with eps
+        # (a real but small robustness gain, as the paper found none at 299x299) or stays (the
+        # attack is stuck, a sign of obfuscation) is what this sweep shows.
+        "strict_eps_sweep": None if (paper or dry_run) else {"eps_factors": [1.5, 2.0], "examples": 50},
         "dry_run_reductions": "2 examples, 2 steps, 2 EOT draws, 2 judging draws, InceptionV3 fed at 75x75" if dry_run else None,
     }
 
@@ -84,7 +89,8 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             "Smoke: Fashion-MNIST, r in [28, 31), padded to 31, resized back to 28 (299/331 scaled to 28); "
             "l-inf 0.1 (the Madry row's smoke bound standing in for 0.031); adaptive steps are sign steps of "
             "eps/10 (raw gradients of the small CNN stall on confident examples), 10 EOT draws per step (30 in the "
-            "paper profile), all 50 steps run (no early stop).",
+            "paper profile), all 50 steps run (no early stop); the 10-of-10 accuracy is also measured at 1.5 and 2 "
+            "times the bound on the first 50 examples (does it fall with eps?).",
             "Own evaluation: 10-step l-inf PGD (eps/4 sign steps, cross-entropy) on the undefended classifier.",
         ],
         run=run,
@@ -119,8 +125,9 @@ def correct_in_any_draw(defended, x: torch.Tensor, y: torch.Tensor, draws: int) 
     return correct
 
 
-def _strict_accuracy(row: RowSpec, defended, x, y, x_adv: torch.Tensor, draws: int) -> Dict[str, Any]:
-    within = get_distance(row.distance).within(x, x_adv, row.eps)
+def _strict_accuracy(row: RowSpec, defended, x, y, x_adv: torch.Tensor, draws: int,
+                     eps: Optional[float] = None) -> Dict[str, Any]:
+    within = get_distance(row.distance).within(x, x_adv, row.eps if eps is None else eps)
     x_final = torch.where(within.view(-1, 1, 1, 1), x_adv, x)  # over budget: judged on the clean image
     correct = int(correct_in_any_draw(defended, x_final, y, draws).sum())
     return {"accuracy": correct / x.shape[0], "ci95": list(clopper_pearson(correct, x.shape[0])), "draws": draws}
@@ -138,16 +145,14 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
                   loss=own_settings["loss"], targeted=row.targeted, update=own_settings["update"])
     own = pipeline.run_attack(ctx, row, "own_transfer", defended, TransferAttack(own_pgd, net), x, y,
                               predict=predict, targets=targets)
-    settings = config["adaptive_attack"]
-    pgd = PGD(distance="linf", eps=row.eps, steps=settings["steps"], step_size=settings["step_size"],
-              loss=settings["loss"], targeted=row.targeted, update=settings["update"],
-              early_stop=settings["early_stop"])
+    pgd = _adaptive_pgd(row, row.eps)
     adaptive, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, "adaptive_eot",
                                                         _adaptive_model(config, defended, ctx), pgd, x, y,
                                                         predict=predict, targets=targets)
     strict = _strict_accuracy(row, defended, x, y, x_adv, config["strict_draws"])
     ctx.log(f"  {'adaptive, 10 of 10 draws':<28} accuracy {strict['accuracy']:.3f} "
             f"[{strict['ci95'][0]:.3f}, {strict['ci95'][1]:.3f}]")
+    sweep = _strict_eps_sweep(ctx, row, defended, x, y, targets, predict) if config["strict_eps_sweep"] else []
     clean_any: List[bool] = correct_in_any_draw(defended, x, y, config["strict_draws"]).tolist()
     return {
         "clean_accuracy": own["clean_accuracy"],
@@ -158,4 +163,30 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
         "adaptive_single_draw_ci95": adaptive["ci95"],
         "clean_accuracy_any_draw": sum(clean_any) / max(1, len(clean_any)),
         "attacks": {"own": own, "adaptive": adaptive, "adaptive_10_of_10": strict},
+        "adaptive_10_of_10_eps_sweep": sweep,
     }
+
+
+def _adaptive_pgd(row: RowSpec, eps: float) -> PGD:
+    settings = row.config["adaptive_attack"]
+    return PGD(distance="linf", eps=eps, steps=settings["steps"], step_size=settings["step_size"] * eps / row.eps,
+               loss=settings["loss"], targeted=row.targeted, update=settings["update"],
+               early_stop=settings["early_stop"])
+
+
+def _strict_eps_sweep(ctx: RunContext, row: RowSpec, defended, x, y, targets, predict) -> List[Dict[str, Any]]:
+    """The adaptive attack (step size scaled with the bound) and the 10-of-10 rule at larger bounds."""
+    sweep_settings, config = row.config["strict_eps_sweep"], row.config
+    n = min(sweep_settings["examples"], x.shape[0])
+    x, y = x[:n], y[:n]
+    targets = None if targets is None else targets[:n]
+    sweep = []
+    for factor in sweep_settings["eps_factors"]:
+        eps = row.eps * factor
+        summary, x_adv = pipeline.run_attack_keeping_x_adv(
+            ctx, row, f"adaptive_eot.eps_x{factor:g}", _adaptive_model(config, defended, ctx), _adaptive_pgd(row, eps),
+            x, y, predict=predict, targets=targets, eps=eps)
+        strict = _strict_accuracy(row, defended, x, y, x_adv, config["strict_draws"], eps=eps)
+        ctx.log(f"  {f'10 of 10 at eps {eps:.3g}':<28} accuracy {strict['accuracy']:.3f} (n = {n})")
+        sweep.append({"eps": eps, "n": n, "single_draw_accuracy": summary["accuracy"], "accuracy_10_of_10": strict})
+    return sweep

@@ -105,7 +105,8 @@ def run_row(spec: RowSpec, ctx: RunContext, resume: bool = True) -> Dict[str, An
     result["wall_seconds"] = round(time.perf_counter() - started, 2)
     result.setdefault("n", ctx.examples(spec.n_examples))
     result["paper_accuracy"] = spec.paper_accuracy
-    atomic_write_json(path, {"key": key, "spec": spec.describe(), "result": result})
+    atomic_write_json(path, {"key": key, "spec": spec.describe(), "result": result,
+                             "environment": environment.capture(ctx.device, ctx.seed, ctx.profile)})
     return result
 
 

@@ -34,6 +34,7 @@ def test_paper_profile_dry_run_of_all_nine_rows_through_the_runner(tmp_path, mon
         assert low <= row["adaptive_accuracy"] <= high, name
         stored = json.loads((results / "rows" / f"{name}.json").read_text())
         assert stored["spec"]["config"] == json.loads(json.dumps(all_specs([name], "paper", True)[0].config))
+        assert stored["environment"]["profile"] == "paper" and "extension" in stored["environment"]
     with paths["csv"].open() as handle:
         assert [line["row"] for line in csv.DictReader(handle)] == list(ROW_NAMES)
     markdown = paths["md"].read_text()

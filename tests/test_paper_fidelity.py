@@ -23,12 +23,12 @@ from reproduce.spec import ROW_NAMES  # noqa: E402
 TABLE = fidelity.read_paper_settings()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _specs():
     return {spec.name: spec for spec in all_specs(list(ROW_NAMES), "paper", False)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resolved():
     return fidelity.resolve(specs=_specs())
 

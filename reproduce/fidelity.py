@@ -209,7 +209,9 @@ def _defensegan_bpda(spec: RowSpec) -> Dict[str, Any]:
     projection, generator = spec.config["projection"], spec.config["generator"]
     return {**_attack(spec, spec.config["adaptive_attack"]),
             **{f"projection.{key}": projection[key] for key in ("steps", "restarts", "lr")},
-            "generator.dim": generator["dim"], "generator.kind": generator["kind"]}
+            "generator.dim": generator["dim"], "generator.kind": generator["kind"],
+            **{f"classifier.{key}": spec.config["classifier"][key]
+               for key in ("arch", "optimizer", "batch_size", "epochs")}}
 
 
 def _defensegan_latent(spec: RowSpec) -> Dict[str, Any]:

@@ -2,7 +2,7 @@
 
 ``reproduce/paper_settings.md`` lists, for every Table 1 row (Guo's five transformations and
 Defense-GAN's two attacks separately; Madry's adversarial training as its own entry), the
-settings of ``/work/shared/protocol.md`` with a citation each: dataset, ε, norm and its
+settings of protocol.md (``../shared/protocol.md``) with a citation each: dataset, ε, norm and its
 normalisation, steps, step size, update rule, EOT samples, restarts, examples, targeted, loss,
 plus the row's defense constants (``defense.*``, ``classifier.*``, ...). This module resolves the
 same flat fields from the rows' paper-profile specs (``reproduce.rows.all_specs(..., "paper")``;

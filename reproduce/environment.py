@@ -1,11 +1,14 @@
-"""What a results file records about where it was made: versions, native backend, hardware,
-git revision, device and seed, so a number can be traced and rerun."""
+"""What a results file records about where it was made: versions, native backend and the build of
+the extension, hardware, git revision, device and seed, so a number can be traced and rerun."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
+import sys
+import sysconfig
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict
@@ -40,6 +43,31 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _build_flavour_stamp(extension: Path) -> str:
+    """The flavour (release, debug, march-native, sanitize) setup.py stamps into
+    ``build/temp.<platform>-<python>/last-flavour`` of an in-place build (``python setup.py
+    build_ext --inplace``); installed wheels carry no stamp."""
+    tag = f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
+    stamp = extension.resolve().parent.parent / "build" / tag / "last-flavour"
+    try:
+        return stamp.read_text().strip()
+    except OSError:
+        return "unknown (no in-place build stamp)"
+
+
+def extension_build() -> Dict[str, Any]:
+    """The compiled extension that is loaded: its build info (compiler, SIMD level, sanitizers,
+    OpenMP), the build flavour, and the SHA-256 of the binary (two builds with different flags
+    differ there even where the build info does not)."""
+    cpu = obfgrad.backend_info()["cpu"]
+    if not cpu.get("native"):
+        return {"native": False, "error": cpu.get("error")}
+    path = Path(cpu["path"])
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "unknown"
+    return {"native": True, "version": cpu["version"], "build": cpu["build"], "flavour": _build_flavour_stamp(path),
+            "file": path.name, "sha256": digest}
+
+
 def capture(device: torch.device, seed: int, profile: str) -> Dict[str, Any]:
     hardware: Dict[str, Any] = {"cpu": _cpu_model(), "cores": os.cpu_count(), "machine": platform.machine()}
     if device.type == "cuda":
@@ -51,6 +79,7 @@ def capture(device: torch.device, seed: int, profile: str) -> Dict[str, Any]:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "backend": obfgrad.backend_info(),
+        "extension": extension_build(),
         "hardware": hardware,
         "device": str(device),
         "seed": seed,

@@ -107,7 +107,8 @@ def run_row(spec: RowSpec, ctx: RunContext, resume: bool = True) -> Dict[str, An
     result.setdefault("n", ctx.examples(spec.n_examples))
     result["paper_accuracy"] = spec.paper_accuracy
     if distributed.is_main():
-        atomic_write_json(path, {"key": key, "spec": spec.describe(), "result": result})
+        atomic_write_json(path, {"key": key, "spec": spec.describe(), "result": result,
+                                 "environment": environment.capture(ctx.device, ctx.seed, ctx.profile)})
     return result
 
 

@@ -1,0 +1,386 @@
+"""Paper-profile fidelity: does each row's paper-profile spec use the paper's settings?
+
+``reproduce/paper_settings.md`` lists, for every Table 1 row (Guo's five transformations and
+Defense-GAN's two attacks separately; Madry's adversarial training as its own entry), the
+settings of protocol.md (``../shared/protocol.md``) with a citation each: dataset, ε, norm and its
+normalisation, steps, step size, update rule, EOT samples, restarts, examples, targeted, loss,
+plus the row's defense constants (``defense.*``, ``classifier.*``, ...). This module resolves the
+same flat fields from the rows' paper-profile specs (``reproduce.rows.all_specs(..., "paper")``;
+configs differ per row, so each entry has its own extractor) and compares the two.
+
+    python -m reproduce.fidelity            # the resolved table, one line per entry
+    python -m reproduce.fidelity --fields   # every field: paper value, code value, verdict
+
+Table cells: the first backquoted token is the value (``8/255`` is a fraction, ``a,b`` a tuple,
+``-`` "not a setting of the row config"); ``UNCONFIRMED`` in the cell means protocol.md has no
+confirmed value and the table records the row's choice; ``MISMATCH`` means the row's code
+disagrees with protocol.md (the test expects the protocol value and is marked xfail).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from reproduce.rows import all_specs
+from reproduce.spec import RowSpec
+
+SETTINGS_FILE = Path(__file__).with_name("paper_settings.md")
+
+#: The fields every entry has (extras such as ``defense.levels`` follow them).
+CORE_FIELDS = ("dataset", "eps", "norm", "normalisation", "steps", "step_size", "update", "eot_samples",
+               "restarts", "examples", "targeted", "loss")
+
+NOT_A_SETTING = "-"  # the table's value for a field the row config does not carry
+
+
+# ---------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class PaperSetting:
+    """One cell of ``paper_settings.md``: the paper's value and where protocol.md says so."""
+
+    value: Any
+    citation: str
+    unconfirmed: bool = False
+    mismatch: bool = False  # the row's code is known to disagree (reported to the lead)
+    text: str = ""  # the whole cell, for messages
+
+
+_HEADING = re.compile(r"^###\s+`([^`]+)`")
+_ROW = re.compile(r"^\|(.+)\|\s*$")
+_TOKEN = re.compile(r"`([^`]*)`")
+
+
+def parse_value(token: str) -> Any:
+    """A table token as a value: ``true``/``false``, integers, floats, fractions ``a/b``,
+    comma-separated tuples, ``-`` (not a setting), else the string itself."""
+    token = token.strip()
+    if token == NOT_A_SETTING:
+        return NOT_A_SETTING
+    if "," in token:
+        return tuple(parse_value(part) for part in token.split(","))
+    if token in ("true", "false"):
+        return token == "true"
+    if re.fullmatch(r"[+-]?\d+", token):
+        return int(token)
+    fraction = re.fullmatch(r"([\d.e+-]+)/([\d.e+-]+)", token)
+    if fraction:
+        return float(fraction.group(1)) / float(fraction.group(2))
+    try:
+        return float(token)
+    except ValueError:
+        return token
+
+
+def read_paper_settings(path: Path = SETTINGS_FILE) -> Dict[str, Dict[str, PaperSetting]]:
+    """``{entry: {field: PaperSetting}}`` from the markdown tables of ``paper_settings.md``."""
+    entries: Dict[str, Dict[str, PaperSetting]] = {}
+    current: Optional[str] = None
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        heading = _HEADING.match(line)
+        if heading:
+            current = heading.group(1)
+            if current in entries:
+                raise ValueError(f"{path}:{number}: entry {current!r} appears twice")
+            entries[current] = {}
+            continue
+        row = _ROW.match(line)
+        if current is None or not row:
+            continue
+        cells = [cell.strip() for cell in row.group(1).split("|")]
+        if len(cells) != 3 or cells[0] in ("field", "") or set(cells[0]) <= set("-: "):
+            continue
+        field, cell, citation = cells
+        field = field.strip("`")
+        token = _TOKEN.search(cell)
+        if token is None:
+            raise ValueError(f"{path}:{number}: {current}.{field}: the value cell has no `value`")
+        if not citation:
+            raise ValueError(f"{path}:{number}: {current}.{field}: no protocol.md citation")
+        entries[current][field] = PaperSetting(parse_value(token.group(1)), citation,
+                                               unconfirmed="UNCONFIRMED" in cell, mismatch="MISMATCH" in cell,
+                                               text=cell)
+    return entries
+
+
+# ---------------------------------------------------------------------------- extraction from specs
+
+
+def _norm(distance: str) -> Tuple[str, str]:
+    """(norm, normalisation) of a spec's distance name (see ``obfgrad.distances``)."""
+    if distance == "linf":
+        return "linf", "none"
+    if distance.startswith("l2"):
+        return "l2", distance[3:] or "none"
+    raise ValueError(f"distance: unexpected {distance!r}")
+
+
+def _common(spec: RowSpec) -> Dict[str, Any]:
+    norm, normalisation = _norm(spec.distance)
+    return {"dataset": spec.dataset, "eps": spec.eps, "norm": norm, "normalisation": normalisation,
+            "examples": spec.n_examples, "targeted": spec.targeted}
+
+
+def _update(settings: Dict[str, Any], norm: str) -> str:
+    """The step rule, named independently of the attack class: ``sign``, ``adam_sign``, ``adam``,
+    ``raw_grad`` (x += lr·g) or ``l2_normalized_grad`` (x += lr·g/‖g‖)."""
+    if "normalize" in settings:  # PenalizedGradientDescent (Guo)
+        return "l2_normalized_grad" if settings["normalize"] else "raw_grad"
+    update = settings.get("update") or ("sign" if norm == "linf" else "grad")  # PGD's default
+    if update == "grad":
+        return "raw_grad" if norm == "linf" else "l2_normalized_grad"
+    return update
+
+
+def _attack(spec: RowSpec, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """The core fields of a PGD-like attack entry of a row config."""
+    fields = _common(spec)
+    fields.update({
+        "steps": settings["steps"],
+        "step_size": settings["step_size"] if "step_size" in settings else settings["lr"],
+        "update": _update(settings, fields["norm"]),
+        "eot_samples": settings.get("eot_samples", settings.get("samples", 1)),
+        "restarts": settings.get("restarts", 1),
+        "loss": settings["loss"] + (f"+{settings['penalty']:g}*l2sq_ratio" if settings.get("penalty") else ""),
+    })
+    return fields
+
+
+def _classifier(recipe: Dict[str, Any]) -> Dict[str, Any]:
+    fields = {"classifier.arch": recipe["arch"],
+              "classifier.adversarial_training": recipe.get("adversarial") is not None}
+    if recipe["arch"] == "wide_resnet":
+        fields["classifier.widths"] = tuple(recipe["arch_kwargs"]["widths"])
+        fields["classifier.units_per_stage"] = recipe["arch_kwargs"]["units_per_stage"]
+    return fields
+
+
+def _thermometer(spec: RowSpec) -> Dict[str, Any]:
+    attack = spec.config["adaptive_attack"]
+    return {**_attack(spec, attack), **_classifier(spec.config["classifier"]),
+            "defense.levels": spec.config["encoder"]["levels"],
+            "attack.random_start": attack["random_start"], "attack.backward": attack["backward"]}
+
+
+def _lid(spec: RowSpec) -> Dict[str, Any]:
+    attack = spec.config["adaptive_attack"]
+    return {**_attack(spec, attack), **_classifier(spec.config["classifier"]),
+            "lid.k": spec.config["lid"]["k"], "lid.batch_size": spec.config["lid"]["batch_size"],
+            "attack.random_start": attack["random_start"], "attack.early_stop": attack["early_stop"]}
+
+
+def _guo(transform: str) -> Callable[[RowSpec], Dict[str, Any]]:
+    def extract(spec: RowSpec) -> Dict[str, Any]:
+        defense = {f"defense.{key}": value for key, value in spec.config["transforms"][transform].items()
+                   if key not in ("seed", "source", "file")}
+        attack = spec.config["adaptive_attack"][transform]
+        return {**_attack(spec, attack), "attack.project": attack["project"],
+                "classifier.arch": spec.config["classifier"]["arch"], **defense}
+    return extract
+
+
+def _sap(spec: RowSpec) -> Dict[str, Any]:
+    sap = spec.config["sap"]
+    return {**_attack(spec, spec.config["adaptive_attack"]), **_classifier(spec.config["classifier"]),
+            "defense.draws_factor": sap["draws_factor"], "defense.eps": sap["eps"]}
+
+
+def _xie(spec: RowSpec) -> Dict[str, Any]:
+    transform = {f"defense.{key}": value for key, value in spec.config["transform"].items()}
+    return {**_attack(spec, spec.config["adaptive_attack"]), "classifier.arch": spec.config["classifier"]["arch"],
+            **transform, "judge.strict_draws": spec.config["strict_draws"]}
+
+
+def _pixeldefend(spec: RowSpec) -> Dict[str, Any]:
+    pixelcnn = spec.config["pixelcnn"]["arch_kwargs"]
+    return {**_attack(spec, spec.config["adaptive_attack"]), **_classifier(spec.config["classifier"]),
+            "defense.eps_defend": spec.config["eps_defend"],
+            **{f"pixelcnn.{key}": pixelcnn[key] for key in ("nr_resnet", "nr_filters", "nr_logistic_mix")}}
+
+
+def _defensegan_bpda(spec: RowSpec) -> Dict[str, Any]:
+    projection, generator = spec.config["projection"], spec.config["generator"]
+    return {**_attack(spec, spec.config["adaptive_attack"]),
+            **{f"projection.{key}": projection[key] for key in ("steps", "restarts", "lr")},
+            "generator.dim": generator["dim"], "generator.kind": generator["kind"],
+            **{f"classifier.{key}": spec.config["classifier"][key]
+               for key in ("arch", "optimizer", "batch_size", "epochs")}}
+
+
+def _defensegan_latent(spec: RowSpec) -> Dict[str, Any]:
+    latent = spec.config["latent_attack"]
+    fields = _common(spec)
+    fields.update({"steps": latent["steps"], "step_size": latent["lr"], "eot_samples": 1,
+                   "restarts": latent["inversion_restarts"]})
+    fields.update({f"latent.{key}": latent[key]
+                   for key in ("inversion_steps", "inversion_lr", "binary_search_steps", "initial_const")})
+    return fields
+
+
+def _madry(spec: RowSpec) -> Dict[str, Any]:
+    attack = spec.config["own_attack"]
+    return {**_attack(spec, attack), **_classifier(spec.config["classifier"]),
+            "attack.random_start": attack["random_start"]}
+
+
+def _madry_training(spec: RowSpec) -> Dict[str, Any]:
+    recipe = spec.config["classifier"]
+    adversary = recipe["adversarial"]
+    norm, normalisation = _norm(adversary["distance"])
+    return {"dataset": recipe["dataset"], "eps": adversary["eps"], "norm": norm, "normalisation": normalisation,
+            "steps": adversary["steps"], "step_size": adversary["step_size"],
+            **{f"training.{key}": recipe[key] for key in ("batch_size", "epochs", "lr", "momentum", "weight_decay")},
+            "training.lr_milestones": tuple(recipe["lr_milestones"]), "classifier.arch": recipe["arch"]}
+
+
+def _na(spec: RowSpec) -> Dict[str, Any]:
+    attack = spec.config["adaptive_attack"]
+    return {**_attack(spec, attack), "attack.random_start": attack["random_start"]}
+
+
+#: entry -> (row, extractor). Table 1 order; an entry is a row, or one of its attacks/transformations.
+ENTRIES: Dict[str, Tuple[str, Callable[[RowSpec], Dict[str, Any]]]] = {
+    "thermometer": ("thermometer", _thermometer),
+    "lid": ("lid", _lid),
+    **{f"guo/{name}": ("guo", _guo(name)) for name in ("bit_depth", "jpeg", "crop_rescale", "tv", "quilting")},
+    "sap": ("sap", _sap),
+    "xie": ("xie", _xie),
+    "pixeldefend": ("pixeldefend", _pixeldefend),
+    "defensegan/bpda": ("defensegan", _defensegan_bpda),
+    "defensegan/latent": ("defensegan", _defensegan_latent),
+    "madry": ("madry", _madry),
+    "madry/adversarial_training": ("madry", _madry_training),
+    "na": ("na", _na),
+}
+
+
+def entries_of(row: str) -> List[str]:
+    return [entry for entry, (name, _) in ENTRIES.items() if name == row]
+
+
+def resolve(entries: Optional[Sequence[str]] = None, specs: Optional[Dict[str, RowSpec]] = None
+            ) -> Dict[str, Dict[str, Any]]:
+    """``{entry: {field: value}}`` from the paper-profile specs (not a dry run)."""
+    entries = list(ENTRIES) if entries is None else list(entries)
+    rows = sorted({ENTRIES[entry][0] for entry in entries})
+    if specs is None:
+        specs = {spec.name: spec for spec in all_specs(rows, "paper", False)}
+    return {entry: ENTRIES[entry][1](specs[ENTRIES[entry][0]]) for entry in entries}
+
+
+# ---------------------------------------------------------------------------- comparison
+
+
+def same_value(expected: Any, actual: Any) -> bool:
+    """Equality for table values: floats to 1e-9 relative, bools never equal to numbers."""
+    if isinstance(expected, tuple) or isinstance(actual, tuple):
+        return (isinstance(expected, tuple) and isinstance(actual, tuple) and len(expected) == len(actual)
+                and all(same_value(e, a) for e, a in zip(expected, actual)))
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return type(expected) is type(actual) and expected == actual
+    if isinstance(expected, (int, float)) and isinstance(actual, (int, float)):
+        return math.isclose(expected, actual, rel_tol=1e-9, abs_tol=1e-12)
+    return expected == actual
+
+
+@dataclass(frozen=True)
+class FieldCheck:
+    entry: str
+    field: str
+    paper: Any  # NOT_A_SETTING when the row config has no such field
+    code: Any  # NOT_A_SETTING when the extractor gives none
+    setting: Optional[PaperSetting]
+
+    @property
+    def agrees(self) -> bool:
+        return same_value(self.paper, self.code)
+
+    @property
+    def verdict(self) -> str:
+        if self.setting is None:
+            return "NOT IN TABLE"
+        if self.agrees:
+            return "ok (UNCONFIRMED)" if self.setting.unconfirmed else "ok"
+        return "MISMATCH (known)" if self.setting.mismatch else "MISMATCH"
+
+
+def check(paper: Dict[str, Dict[str, PaperSetting]], resolved: Dict[str, Dict[str, Any]]) -> List[FieldCheck]:
+    """Every field of every entry, table against code (fields of either side)."""
+    checks = []
+    for entry, code in resolved.items():
+        table = paper.get(entry, {})
+        for field in list(table) + [field for field in code if field not in table]:
+            setting = table.get(field)
+            checks.append(FieldCheck(entry, field, setting.value if setting else NOT_A_SETTING,
+                                     code.get(field, NOT_A_SETTING), setting))
+    return checks
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if value == float(f"{value:.3g}"):  # a short decimal: 0.1, 0.015, 1e-08
+            return f"{value:.3g}"
+        for denominator in (255, 299):  # pixel fractions: 8/255, 0.5/255, 90/299
+            tenths = value * denominator * 10
+            if abs(tenths - round(tenths)) < 1e-6:
+                return f"{round(tenths) / 10:g}/{denominator}"
+        return f"{value:.6g}"
+    if isinstance(value, tuple):
+        return ",".join(format_value(v) for v in value)
+    return str(value)
+
+
+def render_summary(resolved: Dict[str, Dict[str, Any]]) -> str:
+    """One markdown line per entry with the core fields."""
+    header = "| entry | " + " | ".join(CORE_FIELDS) + " |"
+    lines = [header, "|" + "---|" * (len(CORE_FIELDS) + 1)]
+    for entry, fields in resolved.items():
+        cells = [format_value(fields.get(field, NOT_A_SETTING)) for field in CORE_FIELDS]
+        lines.append(f"| {entry} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_checks(checks: List[FieldCheck]) -> str:
+    lines = ["| entry | field | paper (protocol.md) | code (paper profile) | verdict |", "|---|---|---|---|---|"]
+    for item in checks:
+        lines.append(f"| {item.entry} | {item.field} | {format_value(item.paper)} | {format_value(item.code)} | "
+                     f"{item.verdict} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reproduce.fidelity",
+                                     description="The paper-profile settings of every Table 1 row, resolved from the "
+                                                 "row specs and checked against reproduce/paper_settings.md.")
+    parser.add_argument("--entries", default=None,
+                        help=f"comma-separated entries or rows (default all: {','.join(ENTRIES)})")
+    parser.add_argument("--fields", action="store_true", help="every field with its paper value and verdict")
+    args = parser.parse_args(argv)
+    entries = list(ENTRIES)
+    if args.entries:
+        wanted = [name.strip() for name in args.entries.split(",") if name.strip()]
+        unknown = [name for name in wanted if name not in ENTRIES and not entries_of(name)]
+        if unknown:
+            parser.error(f"--entries: unknown {', '.join(unknown)}; choose from {', '.join(ENTRIES)}")
+        entries = [entry for entry in ENTRIES if entry in wanted or ENTRIES[entry][0] in wanted]
+    resolved = resolve(entries)
+    checks = check(read_paper_settings(), resolved)
+    print(render_checks(checks) if args.fields else render_summary(resolved))
+    disagreeing = [item for item in checks if not item.agrees]
+    print()
+    print(f"{len(checks) - len(disagreeing)} of {len(checks)} settings match {SETTINGS_FILE.name}"
+          + (": " + ", ".join(f"{item.entry}.{item.field}" for item in disagreeing) if disagreeing else "."))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -21,7 +21,7 @@ import torch
 import obfgrad
 from obfgrad.atomic import atomic_write_json
 from obfgrad.cache import recipe_key
-from reproduce import environment, table
+from reproduce import curves, environment, figures, table
 from reproduce.rows import all_specs
 from reproduce.spec import PROFILES, ROW_NAMES, RowSpec, RunContext
 
@@ -97,7 +97,7 @@ def run_row(spec: RowSpec, ctx: RunContext, resume: bool = True) -> Dict[str, An
         cached = _cached_result(path, key)
         if cached is not None:
             ctx.log(f"[{spec.name}] cached result reused ({path})")
-            return cached
+            return _with_eps_curve(spec, ctx, path, key, cached)
     ctx.log(f"[{spec.name}] {spec.defense} — {spec.dataset}, ε = {spec.eps:.4g} ({spec.distance})")
     torch.manual_seed(ctx.seed)
     started = time.perf_counter()
@@ -106,6 +106,16 @@ def run_row(spec: RowSpec, ctx: RunContext, resume: bool = True) -> Dict[str, An
     result.setdefault("n", ctx.examples(spec.n_examples))
     result["paper_accuracy"] = spec.paper_accuracy
     atomic_write_json(path, {"key": key, "spec": spec.describe(), "result": result})
+    return _with_eps_curve(spec, ctx, path, key, result)
+
+
+def _with_eps_curve(spec: RowSpec, ctx: RunContext, path: Path, key: str, result: Dict[str, Any]) -> Dict[str, Any]:
+    """Adds the row's accuracy-vs-eps curve unless ``result`` holds it for these settings, and
+    rewrites the row file: the row's number is saved first (a failing curve never costs a row),
+    and a warm rerun recomputes nothing."""
+    if curves.needs_curve(spec, ctx, result):
+        result["eps_curve"] = curves.row_eps_curve(spec, ctx)
+        atomic_write_json(path, {"key": key, "spec": spec.describe(), "result": result})
     return result
 
 
@@ -121,6 +131,7 @@ def run_table(specs: List[RowSpec], ctx: RunContext, *, resume: bool = True,
             on_row(spec, results[spec.name])
     env = environment.capture(ctx.device, ctx.seed, ctx.profile)
     paths = table.write_tables(ctx.results_dir, specs, results, env, ctx.profile)
+    paths.update(figures.write_figures(ctx.results_dir, specs, results, log=ctx.log))
     return {"results": results, "paths": paths}
 
 

@@ -84,6 +84,9 @@ class RowSpec:
     run: Optional[Callable[[RowSpec, RunContext], Dict[str, Any]]] = None
     # Builds the defense for other tools (obfgrad diagnose): (spec, ctx, n_examples) -> bundle.
     build_defense: Optional[Callable[[RowSpec, RunContext, int], DefenseBundle]] = None
+    # Budget of the row's accuracy-vs-eps curve (reproduce.curves), e.g. {"examples": 20, "steps": 10}
+    # for rows whose adaptive model is slow; None: the profile's default.
+    curve: Optional[Dict[str, Any]] = None
 
     @property
     def implemented(self) -> bool:

@@ -13,6 +13,7 @@ runner recomputes it only when those settings change (:func:`needs_curve`).
 
 from __future__ import annotations
 
+import time
 from typing import Any, Dict, Optional
 
 import torch
@@ -31,6 +32,8 @@ NOTES = {
     "lid": "classifier accuracy (the LID detector is not applied; the table counts correct-or-flagged)",
     "guo": "input transformation: quilting (the row's build_defense default)",
 }
+#: The variant of a row with several (``result["transforms"][variant]``) that the curve measures.
+VARIANTS = {"guo": "quilting"}
 
 
 def curve_settings(spec: RowSpec, ctx: RunContext) -> Dict[str, Any]:
@@ -58,13 +61,15 @@ def _eval_mode(model: Any) -> None:
 
 
 def row_eps_curve(spec: RowSpec, ctx: RunContext) -> Optional[Dict[str, Any]]:
-    """The row's curve as stored in its result: eps, accuracy, n, steps, attack, judged, seconds,
-    settings. None when the row has no ``build_defense``."""
+    """The row's curve as stored in its result: eps, accuracy, n, steps, attack, judged, seconds
+    (the attacks), build_seconds (``build_defense``), settings. None when the row has no ``build_defense``."""
     if spec.build_defense is None:
         return None
     settings = curve_settings(spec, ctx)
     torch.manual_seed(ctx.seed)  # the defense's own randomness: the same curve on a rerun
+    started = time.perf_counter()
     bundle = spec.build_defense(spec, ctx, settings["examples"])
+    build_seconds = time.perf_counter() - started
     for model in (bundle.model, bundle.adaptive_model):
         _eval_mode(model)
     x, y = bundle.x[:settings["examples"]], bundle.y[:settings["examples"]]
@@ -74,8 +79,10 @@ def row_eps_curve(spec: RowSpec, ctx: RunContext) -> Optional[Dict[str, Any]]:
     judged = "deployed model, one draw per judgement" if bundle.randomized else "deployed model"
     if spec.name in NOTES:
         judged += "; " + NOTES[spec.name]
+    if spec.targeted:
+        judged += "; untargeted (the table's attack is targeted)"
     adaptive = "the adaptive model (BPDA/EOT)" if bundle.adaptive_model is not None else "the model itself"
     ctx.log(f"  eps curve ({curve.n} examples, {curve.steps} steps): "
-            + ", ".join(f"{a:.2f}" for a in curve.accuracy) + f"  ({curve.seconds:.0f} s)")
+            + ", ".join(f"{a:.2f}" for a in curve.accuracy) + f"  ({curve.seconds:.0f} s + {build_seconds:.0f} s building)")
     return {**curve.to_dict(), "attack": f"{curve.attack} on {adaptive}", "judged": judged,
-            "settings": settings}
+            "build_seconds": round(build_seconds, 2), "variant": VARIANTS.get(spec.name), "settings": settings}

@@ -2,7 +2,7 @@
 
 * ``own_vs_adaptive.png``: per row, accuracy under the defense's own evaluation beside accuracy
   under the adaptive attack (95% Clopper-Pearson intervals as error bars where the result has
-  them), the paper's number as a black tick, clean accuracy as an open circle, and the verdict.
+  them), the paper's number as a gold diamond, clean accuracy as an open circle, and the verdict.
 * ``eps_curves.png``: one panel per row (one file, so the rows can be compared at a glance; each
   panel keeps its own x axis because the rows' distances and budgets differ): accuracy vs eps
   from the row's ``eps_curve`` (:mod:`reproduce.curves`), the row's eps as a dashed line and the
@@ -70,8 +70,8 @@ def own_vs_adaptive(figure_class, rows: List[Tuple[RowSpec, Dict[str, Any]]]):
         axes.bar(index + width / 2, adaptive, width, color=ADAPTIVE_COLOR,
                  yerr=[[e] for e in _error_bar(adaptive, result.get("adaptive_ci95"))], capsize=3,
                  label="adaptive attack (ours, 95% CI)" if first else None)
-        axes.plot(index + width / 2, spec.paper_accuracy, marker="_", markersize=22, markeredgewidth=2.5,
-                  color="black", linestyle="none", label="paper (adaptive)" if first else None)
+        axes.plot(index + width / 2, spec.paper_accuracy, marker="D", markersize=7, markerfacecolor="gold",
+                  markeredgecolor="black", linestyle="none", zorder=3, label="paper (adaptive)" if first else None)
         axes.plot(index - width / 2, result["clean_accuracy"], marker="o", markerfacecolor="none",
                   color="gray", linestyle="none", label="clean" if first else None)
         axes.text(index, 1.03, verdict(result), ha="center", fontsize=8, style="italic")
@@ -92,12 +92,16 @@ def _curve_panel(axes, spec: RowSpec, result: Dict[str, Any]) -> None:
         axes.set_title(title, fontsize=9)
         axes.text(0.5, 0.5, "no curve\n(the row has no build_defense)", ha="center", va="center",
                   transform=axes.transAxes, fontsize=8)
+        axes.set_xticks([])
+        axes.set_yticks([])
         return
     axes.plot(curve["eps"], curve["accuracy"], marker="o", color=CURVE_COLOR,
               label=f"PGD-{curve['steps']} margin, n={curve['n']}")
     axes.axvline(spec.eps, color="gray", linestyle="--", linewidth=1)
-    axes.plot(spec.eps, result["adaptive_accuracy"], marker="*", markersize=11, color=ADAPTIVE_COLOR,
-              linestyle="none", label="table: adaptive attack")
+    variant = curve.get("variant")
+    table_row = (result.get("transforms") or {}).get(variant, result)  # the variant the curve measures
+    axes.plot(spec.eps, table_row["adaptive_accuracy"], marker="*", markersize=11, color=ADAPTIVE_COLOR,
+              linestyle="none", label="table: adaptive attack" + (f" ({variant})" if variant else ""))
     axes.set_ylim(-0.03, 1.03)
     axes.set_xlim(left=0)
     judged = textwrap.fill(curve.get("judged", ""), 48)

@@ -107,8 +107,11 @@ def _assert_png(path: Path):
 
 
 def test_figures_are_written_from_a_results_dict(tmp_path):
-    specs = [_spec("thermometer"), _spec("lid"), _spec("madry")]  # madry pending: no result, no panel
-    results = {"thermometer": _fake_result(True), "lid": _fake_result(False)}
+    specs = [_spec("thermometer"), _spec("lid"), _spec("guo"), _spec("madry")]  # madry pending: no panel
+    guo = _fake_result(True)
+    guo["eps_curve"]["variant"] = "quilting"  # a row with several variants: the star is the curve's variant
+    guo["transforms"] = {"quilting": {"adaptive_accuracy": 0.0}}
+    results = {"thermometer": _fake_result(True), "lid": _fake_result(False), "guo": guo}
     paths = figures.write_figures(tmp_path, specs, results, log=lambda message: None)
     assert set(paths) == {"own_vs_adaptive", "eps_curves"}
     assert paths["own_vs_adaptive"] == tmp_path / "figures" / "own_vs_adaptive.png"

@@ -83,6 +83,7 @@ def row_eps_curve(spec: RowSpec, ctx: RunContext) -> Optional[Dict[str, Any]]:
         judged += "; untargeted (the table's attack is targeted)"
     adaptive = "the adaptive model (BPDA/EOT)" if bundle.adaptive_model is not None else "the model itself"
     ctx.log(f"  eps curve ({curve.n} examples, {curve.steps} steps): "
-            + ", ".join(f"{a:.2f}" for a in curve.accuracy) + f"  ({curve.seconds:.0f} s + {build_seconds:.0f} s building)")
+            + ", ".join(f"{a:.2f}" for a in curve.accuracy)
+            + f"  ({curve.seconds:.0f} s + {build_seconds:.0f} s building)")
     return {**curve.to_dict(), "attack": f"{curve.attack} on {adaptive}", "judged": judged,
             "build_seconds": round(build_seconds, 2), "variant": VARIANTS.get(spec.name), "settings": settings}

@@ -161,7 +161,8 @@ def test_runner_adds_the_curve_once_and_to_cached_results_without_rerunning_the_
     (tmp_path / "rows" / "sap.json").write_text(json.dumps(stored))
     runner.run_table([spec], ctx)
     assert runs == ["sap"]
-    assert json.loads((tmp_path / "rows" / "sap.json").read_text())["result"]["eps_curve"]["accuracy"] == curve["accuracy"]
+    refreshed = json.loads((tmp_path / "rows" / "sap.json").read_text())["result"]["eps_curve"]
+    assert refreshed["accuracy"] == curve["accuracy"]
 
     # Warm: nothing is recomputed.
     monkeypatch.setattr(curves, "row_eps_curve", lambda spec, ctx: pytest.fail("curve recomputed"))
@@ -171,7 +172,8 @@ def test_runner_adds_the_curve_once_and_to_cached_results_without_rerunning_the_
 
 def test_curve_budget_follows_the_profile_the_row_override_and_the_limit():
     spec, plain = _spec("guo", curve={"examples": 20, "steps": 10}), _spec("madry")
-    assert curves.curve_settings(plain, RunContext(profile="smoke"))["examples"] == curves.DEFAULT_BUDGET["smoke"]["examples"]
+    smoke_default = curves.DEFAULT_BUDGET["smoke"]["examples"]
+    assert curves.curve_settings(plain, RunContext(profile="smoke"))["examples"] == smoke_default
     assert curves.curve_settings(spec, RunContext(profile="smoke"))["steps"] == 10
     assert curves.curve_settings(spec, RunContext(profile="smoke", limit=5))["examples"] == 5
     dry = curves.curve_settings(spec, RunContext(profile="paper", dry_run=True))

@@ -79,7 +79,8 @@ def _checked_grid(eps_grid: Sequence[float]) -> List[float]:
 
 
 def accuracy_vs_eps(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[str, Distance],
-                    eps_grid: Sequence[float], steps: int, predict: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                    eps_grid: Sequence[float], steps: int,
+                    predict: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                     attack_model: Optional[Model] = None, early_stop: bool = True,
                     batch_size: int = 128) -> EpsCurve:
     """Accuracy of ``model`` under :func:`margin_pgd` at each budget of ``eps_grid``.

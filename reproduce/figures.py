@@ -46,16 +46,25 @@ def _save(figure, canvas_class, path: Path) -> Path:
     return path
 
 
-def _error_bar(value: float, ci: Optional[List[float]]) -> Tuple[float, float]:
-    """(below, above) of a CI around ``value``; (0, 0) without one."""
+def _error_bar(value: float, ci: Optional[List[float]]) -> Optional[List[List[float]]]:
+    """Matplotlib's ``yerr`` for a CI around ``value`` ([[below], [above]]); None without one."""
     if not ci:
-        return 0.0, 0.0
-    return max(0.0, value - ci[0]), max(0.0, ci[1] - value)
+        return None
+    return [[max(0.0, value - ci[0])], [max(0.0, ci[1] - value)]]
 
 
 def _own_ci(result: Dict[str, Any]) -> Optional[List[float]]:
-    own = (result.get("attacks") or {}).get("own")
-    return own.get("ci95") if isinstance(own, dict) else None
+    """The own evaluation's CI: ``own_ci95``, else the attack summary named ``own`` (or
+    ``own_*``) whose accuracy is the row's own-evaluation number; None if there is none."""
+    if result.get("own_ci95"):
+        return result["own_ci95"]
+    attacks = result.get("attacks") or {}
+    for name in sorted(attacks, key=lambda name: name != "own"):  # "own" first
+        summary = attacks[name]
+        if (name.startswith("own") and isinstance(summary, dict) and summary.get("ci95")
+                and summary.get("accuracy") == result["own_attack_accuracy"]):
+            return summary["ci95"]
+    return None
 
 
 def own_vs_adaptive(figure_class, rows: List[Tuple[RowSpec, Dict[str, Any]]]):
@@ -65,10 +74,10 @@ def own_vs_adaptive(figure_class, rows: List[Tuple[RowSpec, Dict[str, Any]]]):
     for index, (spec, result) in enumerate(rows):
         own, adaptive = result["own_attack_accuracy"], result["adaptive_accuracy"]
         first = index == 0  # label each artist once in the legend
-        axes.bar(index - width / 2, own, width, color=OWN_COLOR, yerr=[[e] for e in _error_bar(own, _own_ci(result))],
+        axes.bar(index - width / 2, own, width, color=OWN_COLOR, yerr=_error_bar(own, _own_ci(result)),
                  capsize=3, label="defense's own evaluation" if first else None)
         axes.bar(index + width / 2, adaptive, width, color=ADAPTIVE_COLOR,
-                 yerr=[[e] for e in _error_bar(adaptive, result.get("adaptive_ci95"))], capsize=3,
+                 yerr=_error_bar(adaptive, result.get("adaptive_ci95")), capsize=3,
                  label="adaptive attack (ours, 95% CI)" if first else None)
         axes.plot(index + width / 2, spec.paper_accuracy, marker="D", markersize=7, markerfacecolor="gold",
                   markeredgecolor="black", linestyle="none", zorder=3, label="paper (adaptive)" if first else None)

@@ -190,3 +190,14 @@ def test_dry_run_writes_the_figures(tmp_path, capsys):
     curve = json.loads((results_dir / "rows" / "madry.json").read_text())["result"]["eps_curve"]
     assert (curve["n"], curve["steps"], len(curve["eps"])) == (2, 2, 6)
     assert "eps_curves.png" in capsys.readouterr().out
+
+
+def test_own_evaluation_ci_is_found_under_the_rows_attack_names():
+    thermometer = {"own_attack_accuracy": 0.65,
+                   "attacks": {"own_plain_gradient": {"accuracy": 0.9, "ci95": [0.68, 0.98]},
+                               "own_lspga": {"accuracy": 0.65, "ci95": [0.41, 0.85]},
+                               "adaptive": {"accuracy": 0.05, "ci95": [0.0, 0.25]}}}
+    assert figures._own_ci(thermometer) == [0.41, 0.85]
+    assert figures._own_ci({"own_attack_accuracy": 0.5, "attacks": {"adaptive": {"accuracy": 0.5, "ci95": [0, 1]}}}) is None
+    assert figures._error_bar(0.5, None) is None
+    assert figures._error_bar(0.5, [0.25, 0.75]) == [[0.25], [0.25]]

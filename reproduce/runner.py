@@ -3,8 +3,10 @@
 For each requested row it builds the row's spec for the profile, reuses the cached row result
 when the spec, example count, seed and profile are unchanged (``--no-resume`` recomputes), else
 runs the row and writes its result atomically to ``results/rows/<row>.json``; an interrupted run
-therefore leaves no partial file and the next run repeats no finished row. At the end it writes
-``results/table1.{md,json,csv}`` and prints the table.
+therefore leaves no partial file and the next run repeats no finished row. Each row with a
+``build_defense`` also gets its accuracy-vs-eps curve (``reproduce.curves``), stored in the same
+file. At the end it writes ``results/table1.{md,json,csv}`` and the figures
+(``results/figures/*.png``, ``reproduce.figures``) and prints the table.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import obfgrad
 from obfgrad.atomic import atomic_write_json
 from obfgrad.cache import recipe_key
-from reproduce import distributed, environment, table
+from reproduce import curves, distributed, environment, figures, table
 from reproduce.rows import all_specs
 from reproduce.spec import PROFILES, ROW_NAMES, RowSpec, RunContext
 
@@ -97,7 +99,7 @@ def run_row(spec: RowSpec, ctx: RunContext, resume: bool = True) -> Dict[str, An
         cached = distributed.from_main(lambda: _cached_result(path, key))  # one decision for all ranks
         if cached is not None:
             ctx.log(f"[{spec.name}] cached result reused ({path})")
-            return cached
+            return _with_eps_curve(spec, ctx, path, key, cached)
     ctx.log(f"[{spec.name}] {spec.defense} — {spec.dataset}, ε = {spec.eps:.4g} ({spec.distance})")
     distributed.fill_caches(spec, ctx)  # several ranks: rank 0 trains the row's models first
     torch.manual_seed(ctx.seed)
@@ -106,9 +108,23 @@ def run_row(spec: RowSpec, ctx: RunContext, resume: bool = True) -> Dict[str, An
     result["wall_seconds"] = round(time.perf_counter() - started, 2)
     result.setdefault("n", ctx.examples(spec.n_examples))
     result["paper_accuracy"] = spec.paper_accuracy
-    if distributed.is_main():
+    _write_row(path, key, spec, ctx, result)
+    return _with_eps_curve(spec, ctx, path, key, result)
+
+
+def _write_row(path: Path, key: str, spec: RowSpec, ctx: RunContext, result: Dict[str, Any]) -> None:
+    if distributed.is_main():  # under torchrun every rank holds the same result; one writes it
         atomic_write_json(path, {"key": key, "spec": spec.describe(), "result": result,
                                  "environment": environment.capture(ctx.device, ctx.seed, ctx.profile)})
+
+
+def _with_eps_curve(spec: RowSpec, ctx: RunContext, path: Path, key: str, result: Dict[str, Any]) -> Dict[str, Any]:
+    """Adds the row's accuracy-vs-eps curve unless ``result`` holds it for these settings, and
+    rewrites the row file: the row's number is saved first (a failing curve never costs a row),
+    and a warm rerun recomputes nothing."""
+    if curves.needs_curve(spec, ctx, result):
+        result["eps_curve"] = curves.row_eps_curve(spec, ctx)
+        _write_row(path, key, spec, ctx, result)
     return result
 
 
@@ -126,6 +142,7 @@ def run_table(specs: List[RowSpec], ctx: RunContext, *, resume: bool = True,
         return {"results": results, "paths": {}}
     env = environment.capture(ctx.device, ctx.seed, ctx.profile)
     paths = table.write_tables(ctx.results_dir, specs, results, env, ctx.profile)
+    paths.update(figures.write_figures(ctx.results_dir, specs, results, log=ctx.log))
     return {"results": results, "paths": paths}
 
 

@@ -87,6 +87,9 @@ class RowSpec:
     # takes ``variant=NAME`` (the first variant is the default).
     build_defense: Optional[Callable[..., DefenseBundle]] = None
     variants: Tuple[str, ...] = ()
+    # Budget of the row's accuracy-vs-eps curve (reproduce.curves), e.g. {"examples": 20, "steps": 10}
+    # for rows whose adaptive model is slow; None: the profile's default.
+    curve: Optional[Dict[str, Any]] = None
 
     @property
     def implemented(self) -> bool:

@@ -49,6 +49,7 @@ from obfgrad.attacks.losses import loss_and_grad, margin
 from obfgrad.attacks.pgd import PGD
 from obfgrad.distances import L2, Distance, get_distance
 from obfgrad.eval.diagnose_report import REMEDIES, CheckResult, DiagnosisReport, Obfuscation
+from obfgrad.eval.eps_curve import margin_pgd
 
 __all__ = ["DiagnoseBudget", "diagnose", "DiagnosisReport", "CheckResult", "Obfuscation"]
 
@@ -222,10 +223,9 @@ def _pgd(setting: _Setting, eps: float, one_step: bool = False, high_confidence:
     if one_step:  # FGSM / fast gradient l2: one full-size step
         return PGD(distance=setting.distance, eps=eps, steps=1, step_size=eps, loss="margin", kappa=None,
                    early_stop=False)
-    steps = setting.budget.steps
     # A randomized model's own verdict at one draw is noise: run every step, judge afterwards.
-    return PGD(distance=setting.distance, eps=eps, steps=steps, step_size=2.5 * eps / steps, loss="margin",
-               kappa=None, early_stop=not (setting.randomized or high_confidence))
+    return margin_pgd(setting.distance, eps, setting.budget.steps,
+                      early_stop=not (setting.randomized or high_confidence))
 
 
 def _succeeds(judge: _Judge, setting: _Setting, x, x_adv, y, eps: float) -> torch.Tensor:

@@ -26,6 +26,7 @@ EPS_MULTIPLES = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 #: Examples and PGD steps per budget, by profile (``RowSpec.curve`` overrides them per row).
 DEFAULT_BUDGET = {"smoke": {"examples": 50, "steps": 20}, "paper": {"examples": 100, "steps": 50}}
 DRY_RUN_BUDGET = {"examples": 2, "steps": 2}
+DRY_RUN_EPS_MULTIPLES = (0.0, 1.0)  # a dry run proves the path; two points keep CI's dry runs short
 
 #: What a row's curve measures when it is not simply the defended model's accuracy.
 NOTES = {
@@ -44,7 +45,7 @@ def curve_settings(spec: RowSpec, ctx: RunContext) -> Dict[str, Any]:
         budget = {**DEFAULT_BUDGET[ctx.profile], **(spec.curve or {})}
         budget["examples"] = ctx.examples(int(budget["examples"]))
     return {"examples": int(budget["examples"]), "steps": int(budget["steps"]),
-            "eps_multiples": list(EPS_MULTIPLES)}
+            "eps_multiples": list(DRY_RUN_EPS_MULTIPLES if ctx.dry_run else EPS_MULTIPLES)}
 
 
 def needs_curve(spec: RowSpec, ctx: RunContext, result: Dict[str, Any]) -> bool:

@@ -89,6 +89,8 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             "returns the last one), judged against a perfect projection (the classifier on G(z)).",
             "n = first 100 test images (robustml default).",
         ],
+        # The eps curve's budget (its EOT/projection steps dominate the curve's time).
+        curve=None if paper else {"examples": 50, "steps": 10},
         run=run,
         build_defense=build_defense,
     )

@@ -99,6 +99,8 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             "Purification covers every pixel.",
             "n = first 100 CIFAR-10 test images (robustml)." if paper else "n = first 50 Fashion-MNIST test images.",
         ],
+        # The eps curve's budget: each attack step purifies every image (784 sequential PixelCNN calls).
+        curve={"examples": 10, "steps": 2} if not paper else {"examples": 100, "steps": 10},
         run=run,
         build_defense=build_defense,
     )

@@ -72,6 +72,8 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             "Primary prediction rule: one stochastic forward pass (robustml); mean softmax and majority vote over "
             "10 draws reported beside it.",
         ],
+        # The eps curve's budget (its EOT/projection steps dominate the curve's time).
+        curve=None if paper else {"examples": 50, "steps": 10},
         run=run,
         build_defense=build_defense,
     )

@@ -188,7 +188,7 @@ def test_dry_run_writes_the_figures(tmp_path, capsys):
     for name in ("own_vs_adaptive.png", "eps_curves.png"):
         _assert_png(results_dir / "figures" / name)
     curve = json.loads((results_dir / "rows" / "madry.json").read_text())["result"]["eps_curve"]
-    assert (curve["n"], curve["steps"], len(curve["eps"])) == (2, 2, 6)
+    assert (curve["n"], curve["steps"], len(curve["eps"])) == (2, 2, len(curves.DRY_RUN_EPS_MULTIPLES))
     assert "eps_curves.png" in capsys.readouterr().out
 
 

@@ -30,6 +30,13 @@ def train_limit(default: Optional[int]) -> Optional[int]:
     return int(cap) if default is None else min(default, int(cap))
 
 
+def train_steps(default: int, images: int) -> int:
+    """``default`` optimisation steps of a model trained on ``images`` images, scaled down by the
+    same fraction as its images when ``OBFGRAD_SMOKE_TRAIN_LIMIT`` caps them (at least 1)."""
+    limit = train_limit(images)
+    return max(1, default * limit // images)
+
+
 def smoke_classifier(adversarial: Optional[Dict[str, Any]] = None, *, epochs: Optional[int] = None,
                      in_channels: int = 1) -> Dict[str, Any]:
     """Small CNN (width 16, batch norm) on Fashion-MNIST, Adam 1e-3: all 60k images for 2 epochs

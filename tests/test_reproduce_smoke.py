@@ -1,7 +1,8 @@
 """`python -m reproduce` end to end on the real Fashion-MNIST (the Debian package
-dataset-fashion-mnist, which CI installs): the Madry and Na rows with a capped training set
-and a few examples, so the whole pipeline (data, training, cascade, attacks, tables) runs in a
-minute or two. Skipped with a reason where the dataset is absent."""
+dataset-fashion-mnist, which CI installs): all nine rows with capped training sets
+(``OBFGRAD_SMOKE_TRAIN_LIMIT``) and a few examples, so the whole pipeline (data, training of
+every model, every defense and attack, tables, curves, figures) runs in a few minutes. Skipped
+with a reason where the dataset is absent."""
 
 import json
 import sys
@@ -16,6 +17,7 @@ if str(ROOT) not in sys.path:  # reproduce/ is a top-level directory of the repo
     sys.path.append(str(ROOT))
 
 from reproduce import runner  # noqa: E402
+from reproduce.spec import ROW_NAMES  # noqa: E402
 
 
 def _fashion_mnist_present() -> bool:
@@ -28,19 +30,24 @@ def _fashion_mnist_present() -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _fashion_mnist_present(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-def test_reproduce_madry_and_na_end_to_end_on_fashion_mnist(tmp_path, monkeypatch, capsys):
+def test_reproduce_all_nine_rows_end_to_end_on_fashion_mnist(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OBFGRAD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("OBFGRAD_SMOKE_TRAIN_LIMIT", "1500")
+    monkeypatch.setenv("OBFGRAD_SMOKE_TRAIN_LIMIT", "300")
     results = tmp_path / "results"
-    assert runner.main(["--rows", "na,madry", "--limit", "12", "--results-dir", str(results), "--quiet"]) == 0
+    assert runner.main(["--limit", "3", "--results-dir", str(results), "--quiet"]) == 0
     table = json.loads((results / "table1.json").read_text())
-    assert set(table["rows"]) == {"madry", "na"}
-    for row in table["rows"].values():
-        assert row["n"] == 12
-        assert 0.0 <= row["adaptive_accuracy"] <= row["clean_accuracy"] <= 1.0
-        assert row["adaptive_ci95"][0] <= row["adaptive_accuracy"] <= row["adaptive_ci95"][1]
+    assert list(table["rows"]) == list(ROW_NAMES)
+    for name, row in table["rows"].items():
+        assert row["n"] == 3, name
+        assert 0.0 <= row["adaptive_accuracy"] <= 1.0 and 0.0 <= row["clean_accuracy"] <= 1.0, name
+        assert row["adaptive_ci95"][0] <= row["adaptive_accuracy"] <= row["adaptive_ci95"][1], name
+        assert len(row["eps_curve"]["accuracy"]) == len(row["eps_curve"]["eps"]) > 1, name
     assert "natural_twin" in table["rows"]["madry"]
-    assert "Madry et al." in capsys.readouterr().out
-    # A second run reuses both rows (and every model) instead of recomputing.
-    assert runner.main(["--rows", "madry,na", "--limit", "12", "--results-dir", str(results), "--quiet"]) == 0
+    assert set(table["rows"]["guo"]["transforms"]) == {"bit_depth", "jpeg", "crop_rescale", "tv", "quilting"}
+    for figure in ("own_vs_adaptive.png", "eps_curves.png"):
+        assert (results / "figures" / figure).stat().st_size > 0
+    out = capsys.readouterr().out
+    assert "Madry et al." in out and "Defense-GAN" in out
+    # A second run reuses every row (and every model) instead of recomputing.
+    assert runner.main(["--rows", "madry,na", "--limit", "3", "--results-dir", str(results), "--quiet"]) == 0
     assert capsys.readouterr().out.count("cached result reused") == 2

@@ -45,8 +45,10 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
         latent = {"inversion_steps": steps(3000), "inversion_restarts": 2 if dry_run else 30, "inversion_lr": 0.1,
                   "steps": steps(30000), "lr": 0.1, "binary_search_steps": 1 if dry_run else 5, "initial_const": 1.0}
     else:
-        generator = wgan_recipe(arch="mlp", dim=256, dataset="fashion-mnist", train_limit=30000,
-                                generator_steps=1500, critic_steps=5, batch_size=64, lr=2e-4)
+        # OBFGRAD_SMOKE_TRAIN_LIMIT (CI's quick run) caps the images and the steps alike.
+        generator = wgan_recipe(arch="mlp", dim=256, dataset="fashion-mnist", train_limit=recipes.train_limit(30000),
+                                generator_steps=recipes.train_steps(1500, 30000), critic_steps=5, batch_size=64,
+                                lr=2e-4)
         classifier = recipes.smoke_classifier(None)
         projection = {"steps": 100, "restarts": 4, "lr": 10.0, "momentum": 0.7}
         latent = {"inversion_steps": 300, "inversion_restarts": 8, "inversion_lr": 0.1, "steps": 200, "lr": 0.05,

@@ -50,7 +50,8 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
         "lid": {"k": 20, "batch_size": 100},
         "detector": {"classifier": "LogisticRegressionCV on min-max scaled features", "folds": 5, "threshold": 0.5,
                      "train_offset": 2 if dry_run else (1000 if paper else 5000),
-                     "train_examples": 2 if dry_run else (1000 if paper else 400),
+                     # OBFGRAD_SMOKE_TRAIN_LIMIT (CI's quick run) caps the detector's examples too.
+                     "train_examples": 2 if dry_run else (1000 if paper else recipes.train_limit(400)),
                      "noise": "gaussian, per-example l2 norm = the mean CW-L2 distortion, clipped to [0, 1]"},
         "detector_attack": {"name": "cw_l2", "steps": steps(1000 if paper else 100),
                             "binary_search_steps": 1 if dry_run else (9 if paper else 4),

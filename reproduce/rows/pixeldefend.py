@@ -51,7 +51,7 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
         pixelcnn = pixelcnn_recipe(
             arch_kwargs={"in_channels": 1, "nr_filters": 12, "nr_resnet": 1, "nr_stages": 2, "nr_logistic_mix": 5,
                          "dropout": 0.0},
-            dataset="fashion-mnist", train_limit=10000, epochs=1, batch_size=32, lr=2e-3, lr_decay=0.998)
+            dataset="fashion-mnist", train_limit=recipes.train_limit(10000), epochs=1, batch_size=32, lr=2e-3, lr_decay=0.998)
         classifier = recipes.smoke_classifier(None)
     return {
         "eps": eps,

@@ -31,7 +31,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -96,11 +96,12 @@ def _attack(label: str, entry: Dict[str, Any], units: Dict[str, float], note: st
 
 def _training(label: str, recipe: Dict[str, Any], units: Dict[str, float], adversary_steps: int = 0) -> Work:
     """Rough: one forward+backward per training example and epoch (plus one per adversary step),
-    at the attack unit's batch size; optimizer, data loading and the better efficiency of large
-    training batches are not in it."""
+    at the attack unit's batch size; weight gradients (about one more backward), the optimizer, data
+    loading and the better efficiency of large training batches are not in it."""
     return Work(label, examples=TRAIN_EXAMPLES[recipe["dataset"]] * recipe["epochs"], steps=1 + adversary_steps,
                 units=units, kind="training",
-                note="rough: attack fwd+bwd unit x training examples x epochs x (1 + adversary steps)")
+                note="rough: input-gradient fwd+bwd unit x training examples x epochs x (1 + adversary steps); "
+                     "no weight gradients or optimizer")
 
 
 EARLY_STOP = "upper bound: full step budget, the attack stops early on success"
@@ -207,8 +208,8 @@ def _plan_defensegan(spec: RowSpec, resolved: Dict[str, Dict[str, Any]]) -> RowP
         Work("undefended classifier: PGD", n, config["own_attack"]["steps"], {"mnist_cnn": 1}, note=EARLY_STOP),
         Work("projections outside attack steps (clean, own judging, adaptive judging)", n, 3, projection_units),
         _training("training: MNIST classifier (natural)", config["classifier"], {"mnist_cnn": 1}),
-    ], excluded=["the generator unit is per latent at the timed batch; the projection runs examples x "
-                 f"{projection['restarts']} restarts latents at once, so small --batch overstates it"],
+    ], excluded=[f"the generator unit is per latent, timed on batch x {projection['restarts']} latents (the "
+                 "projection's batch); attack A's inversion batches 30 restarts, its optimisation one latent"],
         not_estimated_training=["WGAN-GP generator training: not estimated"])
 
 
@@ -321,8 +322,13 @@ def _seeded(recipe_fields: Dict[str, Any], device: torch.device) -> nn.Module:
 
 @dataclass(frozen=True)
 class Unit:
+    """A measured unit: ``build(specs, device, items)`` returns a call that does the unit's work on
+    ``items`` inputs; ``items(specs, batch)`` is how many inputs a timed call holds at ``--batch``
+    (default ``batch``; the projection's generator holds ``batch x restarts`` latents)."""
+
     what: str
     build: Callable[[Dict[str, RowSpec], torch.device, int], Callable[[], None]]
+    items: Callable[[Dict[str, RowSpec], int], int] = lambda specs, batch: batch
 
 
 def _spec(specs: Dict[str, RowSpec], name: str) -> RowSpec:
@@ -439,7 +445,9 @@ UNITS: Dict[str, Unit] = {
        for n in QUILT_SIZES},
     "random_resize_pad_299": Unit("Xie's resize-and-pad at 299, fwd+bwd", _resize_pad),
     "pixelcnn_forward_32": Unit("one PixelCNN++ evaluation (paper size) at 32x32, forward", _pixelcnn),
-    "dcgan_generator": Unit("Defense-GAN generator, one latent, fwd+bwd", _generator),
+    "dcgan_generator": Unit("Defense-GAN generator, one latent, fwd+bwd (timed on batch x restarts latents, as "
+                            "the projection batches them)", _generator,
+                            items=lambda specs, batch: batch * _spec(specs, "defensegan").config["projection"]["restarts"]),
     "mnist_cnn": Unit("Defense-GAN's MNIST classifier, fwd+bwd", _mnist_cnn),
 }
 
@@ -471,11 +479,12 @@ def units_needed(plans: Sequence[RowPlan]) -> List[str]:
 
 def measure_units(keys: Sequence[str], specs: Dict[str, RowSpec], device: torch.device, batch: int, repeats: int,
                   log: Callable[[str], None] = print) -> Dict[str, float]:
-    """Seconds per example of each unit: median of ``repeats`` calls at ``batch`` examples / ``batch``."""
+    """Seconds per item of each unit: median of ``repeats`` calls on ``items`` inputs / ``items``."""
     costs = {}
     for key in keys:
-        step = UNITS[key].build(specs, device, batch)
-        costs[key] = time_call(step, device, repeats) / batch
+        items = UNITS[key].items(specs, batch)
+        step = UNITS[key].build(specs, device, items)
+        costs[key] = time_call(step, device, repeats) / items
         log(f"  {key:<26} {costs[key]:.4g} s per example  ({UNITS[key].what})")
         del step
     return costs
@@ -508,7 +517,7 @@ def render(report: Dict[str, Any]) -> str:
              f"median of {report['repeats']} after a warm-up; {report['machine']['cpu_count']} CPUs, "
              f"{report['machine']['torch_threads']} torch threads). Attacks with early stopping are counted at "
              "their full step budget.", "",
-             f"| row | s per example-step ({device}) | gradient evaluations | attack hours ({device}) | "
+             f"| row | s per example-step, first attack listed ({device}) | gradient evaluations | attack hours ({device}) | "
              "training hours (rough) | not estimated / excluded |",
              "|---|---|---|---|---|---|"]
     for row, entry in report["rows"].items():
@@ -522,9 +531,9 @@ def render(report: Dict[str, Any]) -> str:
             note = f" ({item['note']})" if item["note"] else ""
             lines.append(f"| {row} | {item['label']}{note} | {shape} | {item['seconds_per_evaluation']:.3g} | "
                          f"{_hours(item['hours'])} |")
-    lines += ["", "Measured units (seconds per example):", ""]
+    lines += ["", "Measured units (seconds per example; per latent for the generator), the parts of the costs above:", ""]
     for key, seconds in report["units"].items():
-        lines.append(f"- `{key}`: {seconds['seconds_per_example']:.4g} s ({seconds['what']})")
+        lines.append(f"- `{key}`: {seconds['seconds_per_item']:.4g} s ({seconds['what']})")
     return "\n".join(lines)
 
 
@@ -537,7 +546,7 @@ def run(rows: Sequence[str], device: torch.device, batch: int, repeats: int,
     measured = measure_units(units_needed(plans), specs, device, batch, repeats, log=log)
     quilt_patches = specs["guo"].config["transforms"]["quilting"]["patches"] if "guo" in specs else 0
     costs = with_derived(measured, quilt_patches)
-    units = {key: {"seconds_per_example": value, "what": UNITS[key].what if key in UNITS else DERIVED[key][1],
+    units = {key: {"seconds_per_item": value, "what": UNITS[key].what if key in UNITS else DERIVED[key][1],
                    "derived": key in DERIVED} for key, value in costs.items()}
     return {"label": LABEL, "device": str(device), "batch": batch, "repeats": repeats, "machine": machine(),
             "command": command,

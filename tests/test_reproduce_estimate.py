@@ -73,13 +73,13 @@ def test_cli_writes_json_for_a_cheap_row(tmp_path, capsys):
     assert report["label"] == estimate.LABEL and report["device"] == "cpu"
     assert report["batch"] == 1 and report["repeats"] == 1
     assert set(report["units"]) == {"dcgan_generator", "mnist_cnn"}
-    assert all(unit["seconds_per_example"] > 0 for unit in report["units"].values())
+    assert all(unit["seconds_per_item"] > 0 for unit in report["units"].values())
     row = report["rows"]["defensegan"]
     for key in ("seconds_per_example_step", "gradient_evaluations", "attack_hours", "attacks", "training",
                 "training_hours_rough", "training_not_estimated", "excluded", "label"):
         assert key in row
-    generator = report["units"]["dcgan_generator"]["seconds_per_example"]
-    classifier = report["units"]["mnist_cnn"]["seconds_per_example"]
+    generator = report["units"]["dcgan_generator"]["seconds_per_item"]
+    classifier = report["units"]["mnist_cnn"]["seconds_per_item"]
     bpda = row["attacks"][0]
     assert bpda["seconds_per_evaluation"] == pytest.approx(200 * 10 * generator + classifier)
     assert bpda["hours"] == pytest.approx(100 * 100 * bpda["seconds_per_evaluation"] / 3600)

@@ -424,6 +424,10 @@ def _generator(specs, device, batch):
     return forward_backward(generator, z)
 
 
+def _projection_restarts(specs: Dict[str, RowSpec]) -> int:
+    return _spec(specs, "defensegan").config["projection"]["restarts"]
+
+
 def _mnist_cnn(specs, device, batch):
     return forward_backward(_seeded(_spec(specs, "defensegan").config["classifier"], device),
                             _images(batch, (1, 28, 28), device))
@@ -447,7 +451,7 @@ UNITS: Dict[str, Unit] = {
     "pixelcnn_forward_32": Unit("one PixelCNN++ evaluation (paper size) at 32x32, forward", _pixelcnn),
     "dcgan_generator": Unit("Defense-GAN generator, one latent, fwd+bwd (timed on batch x restarts latents, as "
                             "the projection batches them)", _generator,
-                            items=lambda specs, batch: batch * _spec(specs, "defensegan").config["projection"]["restarts"]),
+                            items=lambda specs, batch: batch * _projection_restarts(specs)),
     "mnist_cnn": Unit("Defense-GAN's MNIST classifier, fwd+bwd", _mnist_cnn),
 }
 
@@ -517,21 +521,22 @@ def render(report: Dict[str, Any]) -> str:
              f"median of {report['repeats']} after a warm-up; {report['machine']['cpu_count']} CPUs, "
              f"{report['machine']['torch_threads']} torch threads). Attacks with early stopping are counted at "
              "their full step budget.", "",
-             f"| row | s per example-step, first attack listed ({device}) | gradient evaluations | attack hours ({device}) | "
-             "training hours (rough) | not estimated / excluded |",
+             f"| row | s per example-step, first attack listed ({device}) | gradient evaluations | "
+             f"attack hours ({device}) | training hours (rough) | not estimated / excluded |",
              "|---|---|---|---|---|---|"]
     for row, entry in report["rows"].items():
         excluded = "; ".join(entry["training_not_estimated"] + entry["excluded"]) or "-"
         lines.append(f"| {row} | {entry['seconds_per_example_step']:.3g} | {entry['gradient_evaluations']:,} | "
                      f"{_hours(entry['attack_hours'])} | {_hours(entry['training_hours_rough'])} | {excluded} |")
-    lines += ["", "| row | attack | examples x steps x EOT x restarts | s per evaluation | hours |", "|---|---|---|---|---|"]
+    lines += ["", "| row | attack | examples x steps x EOT x restarts | s per evaluation | hours |",
+              "|---|---|---|---|---|"]
     for row, entry in report["rows"].items():
         for item in entry["attacks"] + entry["training"]:
             shape = f"{item['examples']:,} x {item['steps']:,} x {item['eot_samples']} x {item['restarts']}"
             note = f" ({item['note']})" if item["note"] else ""
             lines.append(f"| {row} | {item['label']}{note} | {shape} | {item['seconds_per_evaluation']:.3g} | "
                          f"{_hours(item['hours'])} |")
-    lines += ["", "Measured units (seconds per example; per latent for the generator), the parts of the costs above:", ""]
+    lines += ["", "Measured units (seconds per example; per latent for the generator):", ""]
     for key, seconds in report["units"].items():
         lines.append(f"- `{key}`: {seconds['seconds_per_item']:.4g} s ({seconds['what']})")
     return "\n".join(lines)

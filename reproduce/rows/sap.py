@@ -80,7 +80,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
 
 
 def _defended(ctx: RunContext, config: Dict[str, Any]):
-    natural = pipeline.classifier(ctx, config["classifier"])
+    natural = pipeline.classifier(ctx, config["classifier"], row="sap")
     return SAP(natural, eps=config["sap"]["eps"]).eval(), natural
 
 

@@ -144,6 +144,10 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
             summaries.append(summary)
         own, adaptive = summaries
         results["undefended_clean_accuracy"] = pipeline.clean_accuracy(natural, x, y)
+        # Control: the same attack on the network without SAP. What it leaves is the smoke budget's
+        # (and this attack's) residual, not SAP's.
+        results["undefended_same_attack"] = pipeline.run_attack(ctx, row, "undefended_same_attack", natural,
+                                                                _attack(config["adaptive_attack"], row.eps), x, y)
     rules = adaptive["other_prediction_rules"]
     ctx.log(f"  adaptive under mean softmax of {rules['draws']}: {rules['mean_softmax']['accuracy']:.3f}, "
             f"majority vote: {rules['majority_vote']['accuracy']:.3f}")

@@ -189,6 +189,9 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
         # Smoke: quilting keeps ~10% at 0.1 RMS however many steps or draws (measured, 100 images:
         # 9-12% for 50/100 steps and 4/12 draws; the same examples every draw); the sweep shows
         # whether that residual falls with the bound.
+        # Smoke: the EOT + BPDA attack step on TV and quilting, native vs pure-torch reference ops.
+        "attack_step_timing": None if (paper or dry_run) else {"transforms": ["tv", "quilting"], "images": 2,
+                                                                "steps": 1},
         "adaptive_eps_sweep": None if (paper or dry_run) else {"transforms": ["quilting"], "eps_factors": [1.5],
                                                                 "examples": 50},
         "dry_run_reductions": "2 examples, 2 steps, 2 crops / EOT draws, 2,000-patch synthetic quilting database, "
@@ -377,6 +380,28 @@ def _eps_sweep(row: RowSpec, ctx: RunContext, name: str, net, x, y, targets, dat
     return sweep
 
 
+def _attack_step_timing(row: RowSpec, net: nn.Module, x, y, database) -> Dict[str, Any]:
+    """Seconds per attacked image and step of the EOT + BPDA attack on TV and quilting with the
+    native ops and with the pure-torch/numpy reference ops (same model, images, draws, steps)."""
+    settings = row.config["attack_step_timing"]
+    x, y = x[:settings["images"]], y[:settings["images"]]
+    timings: Dict[str, Any] = {"images": int(x.shape[0]), "steps": settings["steps"]}
+    for name in settings["transforms"]:
+        config = copy.deepcopy(row.config)
+        config["adaptive_attack"][name]["steps"] = settings["steps"]
+        per_backend = {}
+        for backend in ("native", "reference"):
+            model = adaptive_model(name, config, net, database, backend=backend)
+            attack = adaptive_attack(name, config, row.distance)
+            started = time.perf_counter()
+            attack(model, x, y)
+            per_backend[backend] = (time.perf_counter() - started) / (x.shape[0] * settings["steps"])
+        timings[name] = {"native_s_per_image_step": round(per_backend["native"], 5),
+                         "reference_s_per_image_step": round(per_backend["reference"], 5),
+                         "speedup": round(per_backend["reference"] / per_backend["native"], 2)}
+    return timings
+
+
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     x, y = test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     net = classifier(ctx, row)
@@ -386,6 +411,10 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     for name in GUO_TRANSFORMS:
         ctx.log(f"  [{name}]")
         results[name] = _evaluate_transform(row, ctx, name, net, x, y, targets, database)
+    timing = _attack_step_timing(row, net, x, y, database) if row.config.get("attack_step_timing") else {}
+    for name in (row.config.get("attack_step_timing") or {}).get("transforms", []):
+        ctx.log(f"  {name} attack step per image: native {timing[name]['native_s_per_image_step'] * 1e3:.0f} ms, "
+                f"reference {timing[name]['reference_s_per_image_step'] * 1e3:.0f} ms")
     strongest = max(GUO_TRANSFORMS, key=lambda name: (results[name]["adaptive_accuracy"],
                                                       results[name]["own_attack_accuracy"]))
     headline = results[strongest]
@@ -395,6 +424,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
         "adaptive_accuracy": headline["adaptive_accuracy"],
         "adaptive_ci95": headline["adaptive_ci95"],
         "strongest_transform": strongest,
+        "attack_step_timing": timing,
         "attacks": headline["attacks"],
         "transforms": results,
     }

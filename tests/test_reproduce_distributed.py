@@ -135,7 +135,7 @@ from reproduce import runner
 sys.exit(runner.main(sys.argv[1:]))
 """
 
-_TIMING_KEYS = {"seconds", "wall_seconds", "records", "detector_records"}
+_TIMING_KEYS = {"seconds", "wall_seconds", "build_seconds", "date", "records", "detector_records"}
 
 
 def _without_timing(value):

@@ -29,8 +29,6 @@ def _fashion_mnist_present() -> bool:
     return True
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not _fashion_mnist_present(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 @pytest.fixture
 def one_thread():
     """Tiny batches gain nothing from a second thread, and on a busy machine OpenMP's barriers
@@ -41,6 +39,8 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not _fashion_mnist_present(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_reproduce_all_nine_rows_end_to_end_on_fashion_mnist(tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.setenv("OBFGRAD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OBFGRAD_SMOKE_TRAIN_LIMIT", "100")  # also the LID detector's CW-L2 examples

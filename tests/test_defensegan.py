@@ -75,3 +75,16 @@ def test_wgan_gp_training_moves_samples_towards_the_data():
     with torch.no_grad():
         after = (g(z) - images[:32]).abs().mean()
     assert after < before * 0.7
+
+
+def test_unrolled_projection_is_differentiable_and_equals_the_detached_one():
+    from obfgrad.defenses.defensegan import project
+    from obfgrad.models.wgan import Generator
+
+    generator = Generator("mlp", dim=8).eval()
+    x = torch.rand(2, 1, 28, 28, requires_grad=True)
+    _, unrolled = project(generator, x, steps=4, restarts=2, unrolled=True)
+    _, detached = project(generator, x, steps=4, restarts=2)
+    assert torch.allclose(unrolled.detach(), detached, atol=1e-6) and not detached.requires_grad
+    (grad,) = torch.autograd.grad(unrolled.sum(), x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0  # the gradient flows through the L steps

@@ -30,8 +30,8 @@ DEFENSEGAN_DEFAULTS = {"steps": 200, "restarts": 10, "lr": 10.0, "momentum": 0.7
 
 
 def project(generator: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10, lr: float = 10.0,
-            momentum: float = 0.7, seed: Optional[int] = 0, z_init: Optional[torch.Tensor] = None
-            ) -> Tuple[torch.Tensor, torch.Tensor]:
+            momentum: float = 0.7, seed: Optional[int] = 0, z_init: Optional[torch.Tensor] = None,
+            unrolled: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Defense-GAN's projection of ``x`` onto the generator's range.
 
     Args:
@@ -42,9 +42,12 @@ def project(generator: nn.Module, x: torch.Tensor, steps: int = 200, restarts: i
         lr, momentum: SGD with momentum on the per-image mean squared error.
         seed: seed of the random starts (None: torch's global generator).
         z_init: optional starts ``(N, R, latent)`` instead of random ones.
+        unrolled: keep the autograd graph through all L steps, so ``G(z*(x))`` is differentiable
+            in ``x`` (the exact gradient Athalye et al. call vanishing/exploding: L steps of
+            gradient descent, differentiated; memory grows with L). Default: detached outputs.
 
     Returns:
-        ``(z_star (N, latent), G(z_star) (N, C, H, W))``, detached.
+        ``(z_star (N, latent), G(z_star) (N, C, H, W))``, detached unless ``unrolled``.
 
     Example:
         >>> from obfgrad.models.wgan import Generator
@@ -63,7 +66,8 @@ def project(generator: nn.Module, x: torch.Tensor, steps: int = 200, restarts: i
     if z_init.shape != (n, restarts, latent):
         raise ValueError(f"z_init: expected shape ({n}, {restarts}, {latent}), got {tuple(z_init.shape)}")
     z = z_init.to(x.device, x.dtype).reshape(n * restarts, latent).clone()
-    target = x.detach().repeat_interleave(restarts, dim=0)
+    unrolled = bool(unrolled) and torch.is_grad_enabled()
+    target = (x if unrolled else x.detach()).repeat_interleave(restarts, dim=0)
     velocity = torch.zeros_like(z)
     requires = [p.requires_grad for p in generator.parameters()]
     for p in generator.parameters():  # only z is optimised; no gradients into the weights
@@ -71,19 +75,23 @@ def project(generator: nn.Module, x: torch.Tensor, steps: int = 200, restarts: i
     try:
         for _ in range(steps):
             with torch.enable_grad():
-                z_var = z.requires_grad_(True)
+                z_var = z if unrolled else z.requires_grad_(True)
+                if unrolled and not z_var.requires_grad:
+                    z_var = z_var.requires_grad_(True)
                 error = (generator(z_var) - target).flatten(1).pow(2).mean(dim=1)
-                (grad,) = torch.autograd.grad(error.sum(), z_var)
+                (grad,) = torch.autograd.grad(error.sum(), z_var, create_graph=unrolled)
             velocity = momentum * velocity + grad
-            z = (z - lr * velocity).detach()
-        with torch.no_grad():
+            z = z - lr * velocity if unrolled else (z - lr * velocity).detach()
+        with torch.set_grad_enabled(unrolled):
             images = generator(z)
             error = (images - target).flatten(1).pow(2).mean(dim=1).view(n, restarts)
     finally:
         for p, flag in zip(generator.parameters(), requires):
             p.requires_grad_(flag)
-    best = error.argmin(dim=1)
+    best = error.detach().argmin(dim=1)
     pick = torch.arange(n, device=x.device) * restarts + best
+    if unrolled:
+        return z[pick], images[pick]
     return z[pick].detach(), images[pick].detach()
 
 
@@ -96,20 +104,23 @@ class DefenseGAN(nn.Module):
         steps, restarts, lr, momentum: see :func:`project` (defaults L = 200, R = 10, lr 10).
         seed: seed of the random starts (per call).
         batch_size: images projected at once (memory: batch_size · restarts latents).
+        unrolled: differentiate through the L projection steps (see :func:`project`); the
+            defense as a differentiable program, for gradient diagnostics.
     """
 
     def __init__(self, generator: nn.Module, steps: int = 200, restarts: int = 10, lr: float = 10.0,
-                 momentum: float = 0.7, seed: Optional[int] = 0, batch_size: int = 128):
+                 momentum: float = 0.7, seed: Optional[int] = 0, batch_size: int = 128, unrolled: bool = False):
         super().__init__()
         self.generator = generator.eval()
         self.steps, self.restarts = check_int(steps, "steps", low=0), check_int(restarts, "restarts", low=1)
         self.lr, self.momentum = check_float(lr, "lr", low=0.0), check_float(momentum, "momentum", low=0.0)
-        self.seed, self.batch_size = seed, batch_size
+        self.seed, self.batch_size, self.unrolled = seed, batch_size, bool(unrolled)
 
     def extra_repr(self) -> str:
         return f"steps={self.steps}, restarts={self.restarts}, lr={self.lr}, momentum={self.momentum}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = [project(self.generator, x[s:s + self.batch_size], self.steps, self.restarts, self.lr,
-                         self.momentum, self.seed)[1] for s in range(0, x.shape[0], self.batch_size)]
+                         self.momentum, self.seed, unrolled=self.unrolled)[1]
+                 for s in range(0, x.shape[0], self.batch_size)]
         return torch.cat(parts) if parts else x.clone()

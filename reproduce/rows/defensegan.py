@@ -118,7 +118,10 @@ def _defended(ctx: RunContext, config: Dict[str, Any]):
 def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
     x, y = pipeline.test_set(ctx, row.dataset, n)
     _, projection, classifier = _defended(ctx, row.config)
-    return DefenseBundle(model=nn.Sequential(projection, classifier), undefended=classifier, x=x, y=y,
+    # The deployed model as a differentiable program (gradients through the L projection steps,
+    # what the paper calls vanishing/exploding); the forward pass is the same projection.
+    unrolled = DefenseGAN(projection.generator, **row.config["projection"], seed=ctx.seed, unrolled=True)
+    return DefenseBundle(model=nn.Sequential(unrolled, classifier), undefended=classifier, x=x, y=y,
                          distance=row.distance, eps=row.eps,
                          adaptive_model=nn.Sequential(BPDA(projection), classifier), obfuscation="vanishing")
 

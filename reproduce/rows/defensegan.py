@@ -95,6 +95,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         curve=None if paper else {"examples": 50, "steps": 10},
         run=run,
         build_defense=build_defense,
+        variants=VARIANTS,
     )
 
 
@@ -115,13 +116,20 @@ def _defended(ctx: RunContext, config: Dict[str, Any]):
     return g, DefenseGAN(g, **config["projection"], seed=ctx.seed), classifier
 
 
-def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
+VARIANTS = ("projection", "unrolled")
+
+
+def build_defense(row: RowSpec, ctx: RunContext, n: int, variant: str = "projection") -> DefenseBundle:
+    """``projection``: the defense as deployed (the projection's output carries no gradient);
+    ``unrolled``: the same forward pass as a differentiable program, gradients through the L
+    projection steps (the computation the paper calls vanishing/exploding)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
     x, y = pipeline.test_set(ctx, row.dataset, n)
     _, projection, classifier = _defended(ctx, row.config)
-    # The deployed model as a differentiable program (gradients through the L projection steps,
-    # what the paper calls vanishing/exploding); the forward pass is the same projection.
-    unrolled = DefenseGAN(projection.generator, **row.config["projection"], seed=ctx.seed, unrolled=True)
-    return DefenseBundle(model=nn.Sequential(unrolled, classifier), undefended=classifier, x=x, y=y,
+    if variant == "unrolled":
+        projection = DefenseGAN(projection.generator, **row.config["projection"], seed=ctx.seed, unrolled=True)
+    return DefenseBundle(model=nn.Sequential(projection, classifier), undefended=classifier, x=x, y=y,
                          distance=row.distance, eps=row.eps,
                          adaptive_model=nn.Sequential(BPDA(projection), classifier), obfuscation="vanishing")
 

@@ -14,8 +14,10 @@ import hashlib
 import io
 import json
 import os
+import time
+import warnings
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 
@@ -118,3 +120,26 @@ def load_checkpoint(path, recipe: Mapping[str, Any]) -> Dict[str, Any]:
             f"\n  requested: {canonical_json(wanted)}"
         )
     return payload
+
+
+def load_or_train(recipe: Mapping[str, Any], build: Callable[[], torch.nn.Module],
+                  train: Callable[[torch.nn.Module], Optional[Mapping[str, Any]]]) -> torch.nn.Module:
+    """The model of ``recipe``: ``build()`` with the weights of its cached checkpoint
+    (``cache_dir()/models/<key>.pt``) when one is present and fits; else a fresh ``build()``
+    trained by ``train(model)`` (which may return extra metadata), saved atomically with its
+    training time. Returned in eval mode. A checkpoint that cannot be read, was made by another
+    recipe, or does not fit the model is reported with a warning and replaced by a fresh run."""
+    path = cached_path("models", recipe, ".pt")
+    model = build()
+    if path.exists():
+        try:
+            model.load_state_dict(load_checkpoint(path, recipe)["state_dict"])
+            return model.eval()
+        except (CheckpointError, RuntimeError) as error:  # load_state_dict raises RuntimeError on misfit
+            warnings.warn(f"retraining: cached checkpoint refused: {error}", RuntimeWarning, stacklevel=3)
+            model = build()
+    started = time.perf_counter()
+    extra = train(model) or {}
+    save_checkpoint(path, recipe, model.state_dict(),
+                    meta={"train_seconds": round(time.perf_counter() - started, 3), **extra})
+    return model.eval()

@@ -28,13 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from obfgrad.cache import (
-    CheckpointError,
-    cached_path,
-    load_checkpoint,
-    normalize_recipe,
-    save_checkpoint,
-)
+from obfgrad.cache import load_or_train, normalize_recipe
 
 Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -149,24 +143,20 @@ def cascade_train_or_load(recipe: Mapping[str, Any], build_fn: Callable[[Mapping
     ``obfgrad.models.training.train_or_load``). ``recipe`` must name the source network's
     recipe (``recipe["cascade"]["source"]``) so a different source is a different model."""
     recipe = normalize_recipe(recipe)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe["seed"])
-        model = build_fn(recipe)
-    path = cached_path("models", recipe, ".pt")
-    if path.exists():
-        try:
-            model.load_state_dict(load_checkpoint(path, recipe)["state_dict"])
-            return model.eval()
-        except (CheckpointError, RuntimeError):
-            pass
-    images, labels = data_fn()
-    limit = recipe.get("train_limit") or images.shape[0]
-    images, labels = images[:limit], labels[:limit]
-    started = time.perf_counter()
-    cascade_images = precompute_cascade_images(source_fn(), images, labels, source_adversary, progress=progress)
-    train_cascade(model, images, labels, recipe, cascade_images, progress=progress)
-    seconds = time.perf_counter() - started
-    save_checkpoint(path, recipe, model.state_dict(), meta={"train_seconds": round(seconds, 3)})
-    if log is not None:
-        log(f"  cascade-trained {recipe['arch']} in {seconds:.0f} s; cached")
-    return model
+
+    def build() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe["seed"])
+            return build_fn(recipe)
+
+    def fit(model: nn.Module) -> None:
+        started = time.perf_counter()
+        images, labels = data_fn()
+        limit = recipe.get("train_limit") or images.shape[0]
+        images, labels = images[:limit], labels[:limit]
+        cascade_images = precompute_cascade_images(source_fn(), images, labels, source_adversary, progress=progress)
+        train_cascade(model, images, labels, recipe, cascade_images, progress=progress)
+        if log is not None:
+            log(f"  cascade-trained {recipe['arch']} in {time.perf_counter() - started:.0f} s; cached")
+
+    return load_or_train(recipe, build, fit)

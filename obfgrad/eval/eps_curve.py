@@ -22,7 +22,7 @@ from obfgrad._checks import check_images, check_int
 from obfgrad.attacks.inputs import check_labels
 from obfgrad.attacks.pgd import PGD
 from obfgrad.distances import Distance, get_distance
-from obfgrad.eval.robustness import evaluate
+from obfgrad.eval.robustness import argmax_predictor, evaluate
 
 __all__ = ["EpsCurve", "accuracy_vs_eps", "margin_pgd"]
 
@@ -62,13 +62,6 @@ class EpsCurve:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
-
-
-def _predictor(model: Model) -> Callable[[torch.Tensor], torch.Tensor]:
-    def predict(inputs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(inputs).argmax(dim=1)
-    return predict
 
 
 def _checked_grid(eps_grid: Sequence[float]) -> List[float]:
@@ -115,7 +108,7 @@ def accuracy_vs_eps(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance:
     grid = _checked_grid(eps_grid)
     steps = check_int(steps, "steps", low=1)
     distance = get_distance(distance)
-    predict = predict if predict is not None else _predictor(model)
+    predict = predict if predict is not None else argmax_predictor(model)
     attack_model = attack_model if attack_model is not None else model
     started = time.perf_counter()
     accuracy = []

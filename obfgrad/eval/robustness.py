@@ -159,7 +159,8 @@ def _eval_mode(model):
             module.train(training)
 
 
-def _argmax_predictor(model) -> Callable[[torch.Tensor], torch.Tensor]:
+def argmax_predictor(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``inputs -> model(inputs).argmax(1)`` without autograd (one call: one draw of a randomized model)."""
     def predict(inputs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return model(inputs).argmax(dim=1)
@@ -273,7 +274,7 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
     batch_size = check_int(batch_size, "batch_size", low=1)
     if not callable(attack):
         raise TypeError(f"attack: expected a callable attack(model, x, y, target=None), got {type(attack).__name__}")
-    predict = predict if predict is not None else _argmax_predictor(model)
+    predict = predict if predict is not None else argmax_predictor(model)
     rank, world = _shard(distributed)
     # Drawn on every rank alike (same global generator state), before any rank-specific work.
     seed = int(torch.randint(0, _SEED_RANGE, ())) if seed is None else check_int(seed, "seed", low=0,

@@ -24,7 +24,6 @@ log-likelihood, checkpoints cached under the recipe's key (``obfgrad.cache``).
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
@@ -32,13 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from obfgrad.cache import (
-    CheckpointError,
-    cached_path,
-    load_checkpoint,
-    normalize_recipe,
-    save_checkpoint,
-)
+from obfgrad.cache import load_or_train, normalize_recipe
 
 __all__ = ["PixelCNN", "discretized_mix_log_prob", "bin_log_probs", "bits_per_dim", "train_pixelcnn",
            "pixelcnn_recipe", "pixelcnn_train_or_load", "num_mixture_params"]
@@ -329,16 +322,8 @@ def pixelcnn_train_or_load(recipe: Mapping[str, Any], data_fn: Callable[[Mapping
                            progress: bool = True) -> PixelCNN:
     """The recipe's trained model: from ``cache_dir()/models/<key>.pt``, else trained and cached.
     ``data_fn(recipe)`` returns the training images (only called on a cache miss)."""
-    model = build_pixelcnn(recipe)
-    path = cached_path("models", recipe, ".pt")
-    if path.exists():
-        try:
-            model.load_state_dict(load_checkpoint(path, recipe)["state_dict"])
-            return model.eval()
-        except (CheckpointError, RuntimeError):
-            model = build_pixelcnn(recipe)
-    started = time.perf_counter()
-    train_pixelcnn(model, data_fn(recipe), recipe, progress=progress)
-    save_checkpoint(path, recipe, model.state_dict(),
-                    meta={"train_seconds": round(time.perf_counter() - started, 3), "torch": torch.__version__})
-    return model
+    def fit(model: PixelCNN) -> Dict[str, Any]:
+        train_pixelcnn(model, data_fn(recipe), recipe, progress=progress)
+        return {"torch": torch.__version__}
+
+    return load_or_train(recipe, lambda: build_pixelcnn(recipe), fit)

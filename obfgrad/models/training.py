@@ -21,8 +21,6 @@ from generators seeded by ``recipe["seed"]``; the caller's global RNG state is r
 
 from __future__ import annotations
 
-import time
-import warnings
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -30,13 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from obfgrad.cache import (
-    CheckpointError,
-    cached_path,
-    load_checkpoint,
-    normalize_recipe,
-    save_checkpoint,
-)
+from obfgrad.cache import load_or_train, normalize_recipe
 
 RECIPE_VERSION = 1
 Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -246,24 +238,16 @@ def train_or_load(
     reported with a warning and replaced by a fresh training run.
     """
     recipe = validate_recipe(recipe)
-    model = build_seeded(recipe, build_fn)
-    path = cached_path("models", recipe, ".pt")
-    if path.exists():
-        try:
-            model.load_state_dict(load_checkpoint(path, recipe)["state_dict"])
-            return model.eval()
-        except (CheckpointError, RuntimeError) as error:  # load_state_dict raises RuntimeError on misfit
-            warnings.warn(f"retraining: cached checkpoint refused: {error}", RuntimeWarning, stacklevel=2)
-            model = build_seeded(recipe, build_fn)
-    adversary = None
-    if recipe["adversarial"] is not None:
-        if adversary_fn is None:
-            raise ValueError("adversary_fn: required to train a recipe with 'adversarial' set")
-        adversary = adversary_fn(recipe["adversarial"])
-    images, labels = (data_fn or _default_data)(recipe)
-    started = time.perf_counter()
-    train(model, images, labels, recipe, adversary=adversary, progress=progress)
-    meta = {"train_seconds": round(time.perf_counter() - started, 3), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "examples": int(min(len(labels), recipe["train_limit"] or len(labels)))}
-    save_checkpoint(path, recipe, model.state_dict(), meta=meta)
-    return model
+
+    def fit(model: nn.Module) -> Dict[str, Any]:
+        adversary = None
+        if recipe["adversarial"] is not None:
+            if adversary_fn is None:
+                raise ValueError("adversary_fn: required to train a recipe with 'adversarial' set")
+            adversary = adversary_fn(recipe["adversarial"])
+        images, labels = (data_fn or _default_data)(recipe)
+        train(model, images, labels, recipe, adversary=adversary, progress=progress)
+        return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                "examples": int(min(len(labels), recipe["train_limit"] or len(labels)))}
+
+    return load_or_train(recipe, lambda: build_seeded(recipe, build_fn), fit)

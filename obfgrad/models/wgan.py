@@ -16,20 +16,13 @@ step, gradient penalty weight 10: Gulrajani et al.'s MNIST settings.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Dict, Mapping, Tuple
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from obfgrad.cache import (
-    CheckpointError,
-    cached_path,
-    load_checkpoint,
-    normalize_recipe,
-    save_checkpoint,
-)
+from obfgrad.cache import load_or_train, normalize_recipe
 
 __all__ = ["Generator", "Critic", "LATENT_DIM", "wgan_recipe", "build_wgan", "train_wgan_gp",
            "wgan_train_or_load"]
@@ -158,19 +151,11 @@ def train_wgan_gp(generator: Generator, critic: Critic, images: torch.Tensor, re
 def wgan_train_or_load(recipe: Mapping[str, Any], data_fn: Callable[[Mapping[str, Any]], torch.Tensor], *,
                        progress: bool = True) -> Generator:
     """The recipe's trained generator, from the cache or trained and cached (generator and critic)."""
-    generator, critic = build_wgan(recipe)
-    path = cached_path("models", recipe, ".pt")
-    if path.exists():
-        try:
-            state = load_checkpoint(path, recipe)["state_dict"]
-            generator.load_state_dict({k[len("generator."):]: v for k, v in state.items()
-                                       if k.startswith("generator.")})
-            return generator.eval()
-        except (CheckpointError, RuntimeError):
-            generator, critic = build_wgan(recipe)
-    started = time.perf_counter()
-    train_wgan_gp(generator, critic, data_fn(recipe), recipe, progress=progress)
-    state = {**{f"generator.{k}": v for k, v in generator.state_dict().items()},
-             **{f"critic.{k}": v for k, v in critic.state_dict().items()}}
-    save_checkpoint(path, recipe, state, meta={"train_seconds": round(time.perf_counter() - started, 3)})
-    return generator
+    def build() -> nn.ModuleDict:  # checkpoint keys "generator.*" and "critic.*"
+        generator, critic = build_wgan(recipe)
+        return nn.ModuleDict({"generator": generator, "critic": critic})
+
+    def fit(pair: nn.ModuleDict) -> None:
+        train_wgan_gp(pair["generator"], pair["critic"], data_fn(recipe), recipe, progress=progress)
+
+    return load_or_train(recipe, build, fit)["generator"]

@@ -23,12 +23,11 @@ from typing import Any, Dict
 
 from torch import nn
 
-from obfgrad.attacks import BPDA, PGD, LatentAttack
+from obfgrad.attacks import BPDA, PGD, LatentAttack, TransferAttack
 from obfgrad.data import load_dataset
 from obfgrad.defenses.defensegan import DefenseGAN
 from obfgrad.models.wgan import build_wgan, wgan_recipe, wgan_train_or_load
 from reproduce import pipeline, recipes
-from reproduce.rows.pixeldefend import TransferAttack
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
 EPS = 0.005  # l2 per value: ||delta||_2 <= 0.005 * 784 = 3.92

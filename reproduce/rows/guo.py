@@ -36,7 +36,7 @@ from obfgrad.defenses.input_transforms import (
     TransformedClassifier,
     TVMinimization,
 )
-from obfgrad.eval import random_targets
+from obfgrad.eval import argmax_predictor, random_targets
 from reproduce import pipeline, recipes
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
@@ -301,13 +301,6 @@ def own_attack(config: Dict[str, Any], distance: str, eps: float, net: nn.Module
     pgd = PGD(distance=distance, eps=eps, steps=settings["steps"], step_size=settings["step_size"],
               loss=settings["loss"], targeted=config["targeted"], generator_seed=seed)
     return TransferAttack(pgd, net)
-
-
-def argmax_predictor(model: nn.Module):
-    def predict(inputs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(inputs).argmax(dim=1)
-    return predict
 
 
 def _draws_per_pass(ctx: RunContext) -> Optional[int]:

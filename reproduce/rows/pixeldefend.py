@@ -19,8 +19,7 @@ from typing import Any, Dict
 import torch
 from torch import nn
 
-from obfgrad.attacks import BPDA, PGD
-from obfgrad.attacks.result import AttackResult
+from obfgrad.attacks import BPDA, PGD, TransferAttack
 from obfgrad.data import load_dataset
 from obfgrad.defenses.pixeldefend import PixelDefend, purify
 from obfgrad.models.pixelcnn import (
@@ -104,20 +103,6 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         run=run,
         build_defense=build_defense,
     )
-
-
-class TransferAttack:
-    """Runs ``attack`` on ``surrogate`` (the undefended classifier) whatever model it is handed:
-    an attack that ignores the defense. The evaluator judges the result on the defended model."""
-
-    def __init__(self, attack, surrogate: nn.Module):
-        self.attack, self.surrogate = attack, surrogate
-
-    def __repr__(self) -> str:
-        return f"TransferAttack({self.attack!r}, surrogate={type(self.surrogate).__name__})"
-
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, target=None) -> AttackResult:
-        return self.attack(self.surrogate, x, y) if target is None else self.attack(self.surrogate, x, y, target)
 
 
 def pixelcnn(ctx: RunContext, recipe: Dict[str, Any]):

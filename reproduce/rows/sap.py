@@ -23,7 +23,7 @@ import torch
 from obfgrad.attacks import EOT, PGD
 from obfgrad.defenses import SAP
 from obfgrad.distances import get_distance
-from obfgrad.eval import clopper_pearson
+from obfgrad.eval import argmax_predictor, clopper_pearson
 from reproduce import pipeline, recipes
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
@@ -114,14 +114,6 @@ def _vote_accuracies(sap: SAP, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Te
     return out
 
 
-def _single_draw(sap: SAP):
-    """The robustml prediction rule: one stochastic forward pass."""
-    def predict(inputs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return sap(inputs).argmax(1)
-    return predict
-
-
 def _attack(settings: Dict[str, Any], eps: float) -> PGD:
     return PGD(distance="linf", eps=eps, steps=settings["steps"], step_size=settings["step_size"],
                loss=settings["loss"], update=settings["update"], kappa=None, early_stop=settings["early_stop"])
@@ -139,7 +131,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
                                        ("adaptive_eot", config["adaptive_attack"],
                                         EOT(sap, config["adaptive_attack"]["samples"]))):
             summary, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, label, model, _attack(settings, row.eps),
-                                                               x, y, predict=_single_draw(sap))
+                                                               x, y, predict=argmax_predictor(sap))  # one stochastic pass (robustml)
             summary["other_prediction_rules"] = _vote_accuracies(sap, x, x_adv, y, row.eps, config["vote_draws"])
             summaries.append(summary)
         own, adaptive = summaries

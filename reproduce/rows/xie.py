@@ -22,7 +22,7 @@ import torch
 from obfgrad.attacks import EOT, PGD, TransferAttack
 from obfgrad.defenses import RandomResizePad, TransformedClassifier
 from obfgrad.distances import get_distance
-from obfgrad.eval import clopper_pearson, random_targets
+from obfgrad.eval import argmax_predictor, clopper_pearson, random_targets
 from reproduce import pipeline, recipes
 from reproduce.rows import guo
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
@@ -139,7 +139,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     net = guo.classifier(ctx, row)
     targets = random_targets(y, pipeline.num_classes(row.dataset), seed=ctx.seed) if row.targeted else None
     defended = TransformedClassifier(_transform(config), net)
-    predict = guo.argmax_predictor(defended)
+    predict = argmax_predictor(defended)
     own_settings = config["own_attack"]
     own_pgd = PGD(distance="linf", eps=row.eps, steps=own_settings["steps"], step_size=own_settings["step_size"],
                   loss=own_settings["loss"], targeted=row.targeted, update=own_settings["update"])

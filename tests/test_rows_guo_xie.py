@@ -53,6 +53,12 @@ def test_xie_dry_run_in_the_paper_profile_reports_the_ten_of_ten_accuracy(tmp_pa
     _check_fractions(row)
     assert 0.0 <= row["adaptive_single_draw_accuracy"] <= 1.0
     assert row["attacks"]["adaptive_10_of_10"]["draws"] == 2
+    # Like with like: the own evaluation is judged by the same 10-of-10 rule as the adaptive one.
+    own_strict = row["attacks"]["own_10_of_10"]
+    assert own_strict["draws"] == row["attacks"]["adaptive_10_of_10"]["draws"]
+    assert row["own_attack_accuracy"] == own_strict["accuracy"]
+    assert row["own_attack_ci95"] == own_strict["ci95"]
+    assert 0.0 <= row["own_single_draw_accuracy"] <= 1.0
 
 
 @pytest.mark.parametrize("name", ["guo", "xie"])

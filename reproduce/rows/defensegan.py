@@ -162,6 +162,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     return {
         "clean_accuracy": own["clean_accuracy"],
         "own_attack_accuracy": own["accuracy"],
+        "own_attack_ci95": own["ci95"],
         "adaptive_accuracy": bpda["accuracy"],
         "adaptive_ci95": bpda["ci95"],
         "attacks": {"own_transfer": own, "adaptive_bpda": bpda, "reparameterization_perfect_projection": perfect,

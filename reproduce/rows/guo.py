@@ -347,6 +347,7 @@ def _evaluate_transform(row: RowSpec, ctx: RunContext, name: str, net: nn.Module
            if name in sweep.get("transforms", ()) else {}),
         "clean_accuracy": own["clean_accuracy"],
         "own_attack_accuracy": own["accuracy"],
+        "own_attack_ci95": own["ci95"],
         "adaptive_accuracy": adaptive["accuracy"],
         "adaptive_ci95": adaptive["ci95"],
         "adaptive_seconds_per_image": round(seconds / max(1, x.shape[0]), 4),
@@ -414,6 +415,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     return {
         "clean_accuracy": headline["clean_accuracy"],
         "own_attack_accuracy": headline["own_attack_accuracy"],
+        "own_attack_ci95": headline["own_attack_ci95"],
         "adaptive_accuracy": headline["adaptive_accuracy"],
         "adaptive_ci95": headline["adaptive_ci95"],
         "strongest_transform": strongest,

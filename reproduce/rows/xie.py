@@ -10,7 +10,8 @@ Adaptive (Athalye et al., protocol.md row 5): EOT over 30 draws of the randomiza
 gradient steps on the mean cross-entropy, clipped to the l-inf ball and [0, 1]. The paper counts
 an attack as successful only if the example is misclassified 10 times out of 10, so the row's
 adaptive accuracy is the fraction of examples some of 10 fresh draws still classify correctly;
-the single-draw accuracy is kept beside it.
+the own evaluation is judged by the same rule (the verdict compares like with like), and both
+single-draw accuracies are kept beside them.
 """
 
 from __future__ import annotations
@@ -143,8 +144,11 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     own_settings = config["own_attack"]
     own_pgd = PGD(distance="linf", eps=row.eps, steps=own_settings["steps"], step_size=own_settings["step_size"],
                   loss=own_settings["loss"], targeted=row.targeted, update=own_settings["update"])
-    own = pipeline.run_attack(ctx, row, "own_transfer", defended, TransferAttack(own_pgd, net), x, y,
-                              predict=predict, targets=targets)
+    own, own_x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, "own_transfer", defended,
+                                                       TransferAttack(own_pgd, net), x, y, predict=predict,
+                                                       targets=targets)
+    # Like with like: the own evaluation is judged by the same 10-of-10 rule as the adaptive one.
+    own_strict = _strict_accuracy(row, defended, x, y, own_x_adv, config["strict_draws"])
     pgd = _adaptive_pgd(row, row.eps)
     adaptive, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, "adaptive_eot",
                                                         _adaptive_model(config, defended, ctx), pgd, x, y,
@@ -156,13 +160,16 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     clean_any: List[bool] = correct_in_any_draw(defended, x, y, config["strict_draws"]).tolist()
     return {
         "clean_accuracy": own["clean_accuracy"],
-        "own_attack_accuracy": own["accuracy"],
+        "own_attack_accuracy": own_strict["accuracy"],
+        "own_attack_ci95": own_strict["ci95"],
+        "own_single_draw_accuracy": own["accuracy"],
+        "own_single_draw_ci95": own["ci95"],
         "adaptive_accuracy": strict["accuracy"],
         "adaptive_ci95": strict["ci95"],
         "adaptive_single_draw_accuracy": adaptive["accuracy"],
         "adaptive_single_draw_ci95": adaptive["ci95"],
         "clean_accuracy_any_draw": sum(clean_any) / max(1, len(clean_any)),
-        "attacks": {"own": own, "adaptive": adaptive, "adaptive_10_of_10": strict},
+        "attacks": {"own": own, "own_10_of_10": own_strict, "adaptive": adaptive, "adaptive_10_of_10": strict},
         "adaptive_10_of_10_eps_sweep": sweep,
     }
 

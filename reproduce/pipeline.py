@@ -4,6 +4,7 @@ running one attack through the evaluator into a summary plus per-example records
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -13,9 +14,14 @@ from obfgrad.atomic import atomic_write_json
 from obfgrad.attacks import PGD
 from obfgrad.data import load_dataset
 from obfgrad.eval import EvalResult, evaluate
+from obfgrad.fingerprint import file_sha256
 from obfgrad.models.training import build_seeded, make_recipe, train_or_load
 from reproduce import distributed
 from reproduce.spec import RowSpec, RunContext
+
+#: This module's training glue (the adversary of adversarial training, the training data): part of
+#: every checkpoint's code fingerprint (``obfgrad.cache.load_or_train``).
+TRAINING_GLUE = (Path(__file__),)
 
 # Image shapes at paper resolution, for the dry run's synthetic stand-in data.
 _SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32),
@@ -78,7 +84,7 @@ def classifier(ctx: RunContext, recipe_fields: Mapping[str, Any], *, row: Option
     started = time.perf_counter()
     with distributed.main_first():  # several ranks: rank 0 trains and caches, the others load
         model = train_or_load(recipe, data_fn=training_data(ctx), adversary_fn=pgd_adversary,
-                              progress=ctx.progress is not False)
+                              progress=ctx.progress is not False, code_files=TRAINING_GLUE)
     elapsed = time.perf_counter() - started
     if elapsed > 5:
         ctx.log(f"  trained {recipe['arch']} ({'adversarial' if recipe['adversarial'] else 'natural'}) "
@@ -116,9 +122,11 @@ def _run_attack(ctx, spec, label, model, attack, x, y, *, predict, eps, distance
                                   keep_x_adv=keep_x_adv, distributed=distributed.world() > 1)
     seconds = time.perf_counter() - started
     records_path = ctx.results_dir / "records" / f"{spec.name}.{label}.json"
+    records_sha256 = None
     if distributed.is_main():
         atomic_write_json(records_path, {"row": spec.name, "attack": label, "settings": repr(attack),
                                          **result.to_dict()})
+        records_sha256 = file_sha256(records_path)  # a reused row checks its records against this
     summary = {
         "attack": repr(attack),
         "accuracy": result.robust_accuracy,
@@ -129,6 +137,7 @@ def _run_attack(ctx, spec, label, model, attack, x, y, *, predict, eps, distance
         "n": result.n,
         "seconds": round(seconds, 2),
         "records": str(records_path),
+        "records_sha256": records_sha256,
     }
     ctx.log(f"  {label:<28} accuracy {summary['accuracy']:.3f} "
             f"[{summary['ci95'][0]:.3f}, {summary['ci95'][1]:.3f}]  ({seconds:.0f} s)")

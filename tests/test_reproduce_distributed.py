@@ -135,7 +135,9 @@ from reproduce import runner
 sys.exit(runner.main(sys.argv[1:]))
 """
 
-_TIMING_KEYS = {"seconds", "wall_seconds", "build_seconds", "date", "records", "detector_records"}
+# Timings, paths, and checksums over content that holds timings (records files carry wall times).
+_TIMING_KEYS = {"seconds", "wall_seconds", "build_seconds", "date", "records", "detector_records", "checksum",
+                "records_sha256", "detector_records_sha256"}
 
 
 def _without_timing(value):

@@ -26,6 +26,7 @@ from obfgrad.defenses import LIDDetector, lid_features
 from obfgrad.defenses.lid import roc_auc
 from obfgrad.distances import get_distance
 from obfgrad.eval import clopper_pearson
+from obfgrad.fingerprint import file_sha256
 from reproduce import distributed, pipeline, recipes
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
@@ -167,6 +168,7 @@ def _judge(ctx: RunContext, row: RowSpec, label: str, model, detector: LIDDetect
                                  "records": [{"index": i, "correct": bool(c), "flagged": bool(f), "score": float(s)}
                                              for i, (c, f, s) in enumerate(zip(correct, flagged, adv_scores))]})
     summary["detector_records"] = str(path)
+    summary["detector_records_sha256"] = file_sha256(path) if distributed.is_main() else None
     ctx.log(f"  {label:<28} robust (correct or flagged) {summary['accuracy']:.3f}; detected: adversarial "
             f"{summary['detection_rate_adversarial']:.3f}, clean {summary['detection_rate_clean']:.3f}; "
             f"AUC {summary['roc_auc_clean_vs_adversarial']:.3f}")

@@ -90,7 +90,7 @@ def _cascade_classifier(ctx: RunContext, recipe_fields: Dict[str, Any]):
         data_fn=lambda: pipeline.training_data(ctx)(plain),
         source_fn=lambda: pipeline.classifier(ctx, cascade["source"]),
         source_adversary=pipeline.pgd_adversary(cascade["source_attack"]),
-        progress=ctx.progress is not False, log=ctx.log,
+        progress=ctx.progress is not False, log=ctx.log, code_files=pipeline.TRAINING_GLUE,
     )
     return model.to(ctx.device).eval()
 

@@ -17,6 +17,7 @@ reference (BPDA over ``thermometer_reference``/``soft_thermometer_reference``).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Dict
 
 import torch
@@ -103,7 +104,8 @@ def encoded_classifier(ctx: RunContext, config: Dict[str, Any]) -> ThermometerDe
     else:
         started = time.perf_counter()
         model = train_or_load(recipe, build_fn=build, data_fn=pipeline.training_data(ctx),
-                              progress=ctx.progress is not False)
+                              progress=ctx.progress is not False,
+                              code_files=pipeline.TRAINING_GLUE + (Path(__file__),))  # _build_encoded is here
         if time.perf_counter() - started > 5:
             ctx.log(f"  trained thermometer {recipe['arch']} in {time.perf_counter() - started:.0f} s; cached")
     return ThermometerDefense.from_sequential(model.to(ctx.device).eval())

@@ -13,7 +13,7 @@ from torch import nn
 from obfgrad.atomic import atomic_write_json
 from obfgrad.attacks import PGD
 from obfgrad.data import load_dataset
-from obfgrad.eval import EvalResult, evaluate
+from obfgrad.eval import EvalResult, derive_seed, evaluate
 from obfgrad.fingerprint import file_sha256
 from obfgrad.models.training import build_seeded, make_recipe, train_or_load
 from reproduce import distributed
@@ -114,12 +114,20 @@ def run_attack_keeping_x_adv(ctx: RunContext, spec: RowSpec, label: str, model: 
                        targets=targets, keep_x_adv=True)
 
 
+def stream_seeds(ctx: RunContext, spec: RowSpec, label: str) -> Dict[str, int]:
+    """The attack's and the judge's seeds of one evaluation of a row, derived from the run seed and
+    the evaluation's label (independent streams, :mod:`obfgrad.eval.streams`; recorded in the result)."""
+    return {role: derive_seed(ctx.seed, f"{spec.name}/{label}/{role}") for role in ("attack", "judge")}
+
+
 def _run_attack(ctx, spec, label, model, attack, x, y, *, predict, eps, distance, targets, keep_x_adv):
     started = time.perf_counter()
+    seeds = stream_seeds(ctx, spec, label)
     result: EvalResult = evaluate(model, attack, x, y, distance=distance or spec.distance,
                                   eps=spec.eps if eps is None else eps, targets=targets,
                                   predict=predict, progress=ctx.progress is not False and distributed.is_main(),
-                                  keep_x_adv=keep_x_adv, distributed=distributed.world() > 1)
+                                  keep_x_adv=keep_x_adv, distributed=distributed.world() > 1,
+                                  seed=seeds["attack"], judge_seed=seeds["judge"])
     seconds = time.perf_counter() - started
     records_path = ctx.results_dir / "records" / f"{spec.name}.{label}.json"
     records_sha256 = None
@@ -138,6 +146,7 @@ def _run_attack(ctx, spec, label, model, attack, x, y, *, predict, eps, distance
         "seconds": round(seconds, 2),
         "records": str(records_path),
         "records_sha256": records_sha256,
+        "seeds": seeds,
     }
     ctx.log(f"  {label:<28} accuracy {summary['accuracy']:.3f} "
             f"[{summary['ci95'][0]:.3f}, {summary['ci95'][1]:.3f}]  ({seconds:.0f} s)")

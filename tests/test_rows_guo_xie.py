@@ -59,6 +59,12 @@ def test_xie_dry_run_in_the_paper_profile_reports_the_ten_of_ten_accuracy(tmp_pa
     assert row["own_attack_accuracy"] == own_strict["accuracy"]
     assert row["own_attack_ci95"] == own_strict["ci95"]
     assert 0.0 <= row["own_single_draw_accuracy"] <= 1.0
+    # Every evaluation records its attack's and its judge's seeds; no judge replays an attack's stream.
+    attack_seeds = {row["attacks"][name]["seeds"]["attack"] for name in ("own", "adaptive")}
+    judge_seeds = {row["attacks"][name]["seeds"]["judge"] for name in ("own", "adaptive")}
+    judge_seeds.add(own_strict["judge_seed"])
+    assert own_strict["judge_seed"] == row["attacks"]["adaptive_10_of_10"]["judge_seed"]  # like with like
+    assert len(attack_seeds) == 2 and not attack_seeds & judge_seeds
 
 
 @pytest.mark.parametrize("name", ["guo", "xie"])

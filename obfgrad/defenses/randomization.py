@@ -82,8 +82,10 @@ class RandomResizePad(InputTransform):
         lo, hi, padded = self.sizes(height)
         generator = torch.Generator().manual_seed(seed)
         sides = torch.randint(lo, hi, (n,), generator=generator)
-        # Offsets uniform in [0, padded - r] (the repo: tf.random_uniform((), 0, 331 - r), int).
-        starts = (torch.rand((n, 2), generator=generator) * (padded - sides + 1)[:, None]).long()
+        # Offsets uniform in [0, padded - r): randomization/defense.py draws pad_left and pad_top with
+        # tf.random_uniform((), 0, 331 - rnd, dtype=tf.int32), whose maxval is exclusive (so at least
+        # one row and column of padding is always below and right of the image).
+        starts = (torch.rand((n, 2), generator=generator) * (padded - sides)[:, None]).long()
         out = x.new_full((n, x.shape[1], padded, padded), self.pad_value)
         for side in sides.unique().tolist():  # one resize per distinct r, one scatter per resize
             members = (sides == side).nonzero().flatten()

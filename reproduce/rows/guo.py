@@ -64,24 +64,30 @@ def imagenet_classifier_recipe(dry_run: bool = False) -> Dict[str, Any]:
 
 
 def imagenet_classifier(ctx: RunContext, row: str) -> nn.Module:
-    """The paper profile's InceptionV3: untrained in a dry run; else the user's weights file for
-    ``row`` (a state dict in torchvision's naming), else torchvision's pretrained weights when
-    torchvision is installed (optional extra)."""
+    """The paper profile's InceptionV3, fed [0, 1] images: untrained in a dry run; else the user's
+    weights file for ``row`` (torchvision's ``inception_v3`` state dict, or a TF-slim checkpoint
+    converted to the same key names, 1001 logits), else torchvision's pretrained weights when
+    torchvision is installed (optional extra). Both formats are fed ``2x - 1``
+    (:func:`obfgrad.models.inception_v3.pretrained_inception`, which says why that is also
+    torchvision's documented ``Normalize`` + ``transform_input=True`` pipeline)."""
     if ctx.dry_run:
         return pipeline.classifier(ctx, imagenet_classifier_recipe(dry_run=True))
-    from obfgrad.models.inception_v3 import InceptionV3, load_inception_weights
+    from obfgrad.models.inception_v3 import pretrained_inception
 
-    if row in ctx.weights:
-        model = InceptionV3(num_classes=1000, input_scaling="torchvision")
-        return load_inception_weights(model, ctx.weights[row]).to(ctx.device).eval()
+    source = ctx.weights[row] if row in ctx.weights else torchvision_inception_state(row)
+    return pretrained_inception(source).to(ctx.device).eval()
+
+
+def torchvision_inception_state(row: str) -> Dict[str, torch.Tensor]:
+    """torchvision's pretrained ``inception_v3`` weights (IMAGENET1K_V1) as a state dict."""
     try:
         import torchvision  # optional extra
     except ImportError:
         raise FileNotFoundError(
             f"row {row}: the paper profile needs InceptionV3 weights: pass --weights {row}=FILE (a state dict "
-            "with torchvision's inception_v3 key names) or install torchvision") from None
-    model = torchvision.models.inception_v3(weights="DEFAULT", aux_logits=True, transform_input=True)
-    return model.to(ctx.device).eval()
+            "with torchvision's inception_v3 key names, or a TF-slim checkpoint converted to them) or install "
+            "torchvision") from None
+    return torchvision.models.inception_v3(weights="DEFAULT").state_dict()
 
 
 def test_set(ctx: RunContext, dataset: str, n: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ import torch
 from obfgrad.attacks import EOT, PGD
 from obfgrad.defenses import SAP
 from obfgrad.distances import get_distance
-from obfgrad.eval import argmax_predictor, clopper_pearson
+from obfgrad.eval import argmax_predictor, clopper_pearson, derive_seed, random_stream
 from reproduce import pipeline, recipes
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
@@ -132,7 +132,11 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
                                         EOT(sap, config["adaptive_attack"]["samples"]))):
             summary, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, label, model, _attack(settings, row.eps),
                                                                x, y, predict=argmax_predictor(sap))  # one stochastic pass (robustml)
-            summary["other_prediction_rules"] = _vote_accuracies(sap, x, x_adv, y, row.eps, config["vote_draws"])
+            # The vote's draws: a judge's stream of their own, apart from the attack's.
+            vote_seed = derive_seed(ctx.seed, f"{row.name}/{label}/vote_judge")
+            with random_stream(vote_seed, x.device):
+                summary["other_prediction_rules"] = _vote_accuracies(sap, x, x_adv, y, row.eps, config["vote_draws"])
+            summary["other_prediction_rules"]["judge_seed"] = vote_seed
             summaries.append(summary)
         own, adaptive = summaries
         results["undefended_clean_accuracy"] = pipeline.clean_accuracy(natural, x, y)

@@ -23,7 +23,13 @@ import torch
 from obfgrad.attacks import EOT, PGD, TransferAttack
 from obfgrad.defenses import RandomResizePad, TransformedClassifier
 from obfgrad.distances import get_distance
-from obfgrad.eval import argmax_predictor, clopper_pearson, random_targets
+from obfgrad.eval import (
+    argmax_predictor,
+    clopper_pearson,
+    derive_seed,
+    random_stream,
+    random_targets,
+)
 from reproduce import pipeline, recipes
 from reproduce.rows import guo
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
@@ -126,12 +132,20 @@ def correct_in_any_draw(defended, x: torch.Tensor, y: torch.Tensor, draws: int) 
     return correct
 
 
-def _strict_accuracy(row: RowSpec, defended, x, y, x_adv: torch.Tensor, draws: int,
+def judge_seed(ctx: RunContext, row: RowSpec) -> int:
+    """The seed of the 10-of-10 judge's draws: its own stream, apart from every attack's (the own and
+    the adaptive evaluation are judged on the same draws: like with like)."""
+    return derive_seed(ctx.seed, f"{row.name}/10_of_10/judge")
+
+
+def _strict_accuracy(row: RowSpec, defended, x, y, x_adv: torch.Tensor, draws: int, seed: int,
                      eps: Optional[float] = None) -> Dict[str, Any]:
     within = get_distance(row.distance).within(x, x_adv, row.eps if eps is None else eps)
     x_final = torch.where(within.view(-1, 1, 1, 1), x_adv, x)  # over budget: judged on the clean image
-    correct = int(correct_in_any_draw(defended, x_final, y, draws).sum())
-    return {"accuracy": correct / x.shape[0], "ci95": list(clopper_pearson(correct, x.shape[0])), "draws": draws}
+    with random_stream(seed, x.device):
+        correct = int(correct_in_any_draw(defended, x_final, y, draws).sum())
+    return {"accuracy": correct / x.shape[0], "ci95": list(clopper_pearson(correct, x.shape[0])), "draws": draws,
+            "judge_seed": seed}
 
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
@@ -148,16 +162,17 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
                                                        TransferAttack(own_pgd, net), x, y, predict=predict,
                                                        targets=targets)
     # Like with like: the own evaluation is judged by the same 10-of-10 rule as the adaptive one.
-    own_strict = _strict_accuracy(row, defended, x, y, own_x_adv, config["strict_draws"])
+    own_strict = _strict_accuracy(row, defended, x, y, own_x_adv, config["strict_draws"], judge_seed(ctx, row))
     pgd = _adaptive_pgd(row, row.eps)
     adaptive, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, "adaptive_eot",
                                                         _adaptive_model(config, defended, ctx), pgd, x, y,
                                                         predict=predict, targets=targets)
-    strict = _strict_accuracy(row, defended, x, y, x_adv, config["strict_draws"])
+    strict = _strict_accuracy(row, defended, x, y, x_adv, config["strict_draws"], judge_seed(ctx, row))
     ctx.log(f"  {'adaptive, 10 of 10 draws':<28} accuracy {strict['accuracy']:.3f} "
             f"[{strict['ci95'][0]:.3f}, {strict['ci95'][1]:.3f}]")
     sweep = _strict_eps_sweep(ctx, row, defended, x, y, targets, predict) if config["strict_eps_sweep"] else []
-    clean_any: List[bool] = correct_in_any_draw(defended, x, y, config["strict_draws"]).tolist()
+    with random_stream(judge_seed(ctx, row), x.device):
+        clean_any: List[bool] = correct_in_any_draw(defended, x, y, config["strict_draws"]).tolist()
     return {
         "clean_accuracy": own["clean_accuracy"],
         "own_attack_accuracy": own_strict["accuracy"],
@@ -193,7 +208,7 @@ def _strict_eps_sweep(ctx: RunContext, row: RowSpec, defended, x, y, targets, pr
         summary, x_adv = pipeline.run_attack_keeping_x_adv(
             ctx, row, f"adaptive_eot.eps_x{factor:g}", _adaptive_model(config, defended, ctx), _adaptive_pgd(row, eps),
             x, y, predict=predict, targets=targets, eps=eps)
-        strict = _strict_accuracy(row, defended, x, y, x_adv, config["strict_draws"], eps=eps)
+        strict = _strict_accuracy(row, defended, x, y, x_adv, config["strict_draws"], judge_seed(ctx, row), eps=eps)
         ctx.log(f"  {f'10 of 10 at eps {eps:.3g}':<28} accuracy {strict['accuracy']:.3f} (n = {n})")
         sweep.append({"eps": eps, "n": n, "single_draw_accuracy": summary["accuracy"], "accuracy_10_of_10": strict})
     return sweep

@@ -13,7 +13,7 @@ from torch import nn
 from obfgrad.atomic import atomic_write_json
 from obfgrad.attacks import PGD
 from obfgrad.data import load_dataset
-from obfgrad.eval import EvalResult, derive_seed, evaluate
+from obfgrad.eval import EvalResult, clopper_pearson, derive_seed, evaluate
 from obfgrad.fingerprint import file_sha256
 from obfgrad.models.training import build_seeded, make_recipe, train_or_load
 from reproduce import distributed
@@ -151,6 +151,36 @@ def _run_attack(ctx, spec, label, model, attack, x, y, *, predict, eps, distance
     ctx.log(f"  {label:<28} accuracy {summary['accuracy']:.3f} "
             f"[{summary['ci95'][0]:.3f}, {summary['ci95'][1]:.3f}]  ({seconds:.0f} s)")
     return summary, result.x_adv
+
+
+class ClassifierAccuracyError(RuntimeError):
+    """A row's classifier is far less accurate on clean images than its recipe should make it: the
+    row refuses to report (a wrongly loaded, scaled or trained model must never give a Table 1 line)."""
+
+
+def guard_clean_accuracy(ctx: RunContext, spec: RowSpec, model: Callable, x: torch.Tensor, y: torch.Tensor,
+                         floor: Mapping[str, Any]) -> Dict[str, Any]:
+    """Check the clean accuracy of a row's classifier on the row's test images before any attack.
+
+    Refuses (:class:`ClassifierAccuracyError`, naming the row, the accuracy and the floor with
+    its source) when even the upper end of the exact 95% interval of the measured accuracy lies
+    below ``floor["floor"]`` (``recipes.clean_floor``). A dry run's models are untrained: the
+    guard is skipped there, and says so. Returns the record stored in the row's result."""
+    if ctx.dry_run:
+        ctx.log("  clean-accuracy guard skipped: dry run (untrained models)")
+        return {"status": "skipped: dry run (untrained models)", **floor}
+    with torch.no_grad():
+        correct = sum(int((model(x[s:s + 256]).argmax(1) == y[s:s + 256]).sum()) for s in range(0, x.shape[0], 256))
+    n = int(x.shape[0])
+    low, high = clopper_pearson(correct, n)
+    if high < floor["floor"]:
+        raise ClassifierAccuracyError(
+            f"row {spec.name}: the classifier's clean accuracy is {correct / n:.1%} ({correct} of {n} test images; "
+            f"95% interval up to {high:.1%}), far below the {floor['floor']:.0%} its recipe should reach "
+            f"({floor['source']}). Refusing to report: check the weights (--weights), their input scaling and "
+            "the data.")
+    ctx.log(f"  clean-accuracy guard: classifier {correct / n:.1%} on {n} test images (floor {floor['floor']:.0%})")
+    return {"status": "passed", "accuracy": correct / n, "ci95": [low, high], "n": n, **floor}
 
 
 def clean_accuracy(model: Callable, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:

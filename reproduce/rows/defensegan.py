@@ -55,8 +55,9 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
                   "binary_search_steps": 4, "initial_const": 1.0}
     pgd = {"steps": steps(100 if paper else 20), "step_size": EPS / 10 if paper else EPS / 5, "loss": "margin"}
     return {"eps": EPS, "generator": generator, "classifier": classifier, "projection": projection,
+            "clean_floor": recipes.clean_floor(classifier),
             # models/gan.py: z re-initialised for every batch from N(0, 1/latent_dim), never a fixed seed
-            "projection_starts": "fresh per call, N(0, 1/latent_dim)",
+            "projection_starts": "fresh_normal_variance_1_over_latent_dim",
             "own_attack": pgd, "adaptive_attack": pgd, "latent_attack": latent}
 
 
@@ -147,6 +148,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
     x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     g, projection, classifier = _defended(ctx, config)
+    guard = pipeline.guard_clean_accuracy(ctx, row, classifier, x, y, config["clean_floor"])
     defended = nn.Sequential(projection, classifier).eval()
 
     started = time.perf_counter()
@@ -177,4 +179,5 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
         "projection_seconds_per_image": round(per_image, 4),
         "median_reconstruction_l2": round(float(reconstruction_l2.median()), 4),
         "undefended_clean_accuracy": undefended["clean_accuracy"],
+        "clean_accuracy_guard": guard,
     }

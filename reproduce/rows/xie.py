@@ -46,6 +46,8 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
     return {
         "eps": eps,
         "classifier": guo.imagenet_classifier_recipe(dry_run) if paper else recipes.smoke_classifier(None),
+        "clean_floor": recipes.clean_floor(guo.imagenet_classifier_recipe(dry_run) if paper
+                                           else recipes.smoke_classifier(None)),
         "targeted": paper,
         "transform": {"min_size": 299, "max_size": 331, "padded": 331, "pad_value": 0.5, "resize_back": True}
         if paper else {"min_size": 28, "max_size": 31, "padded": 31, "pad_value": 0.5, "resize_back": True},
@@ -152,6 +154,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
     x, y = guo.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     net = guo.classifier(ctx, row)
+    guard = pipeline.guard_clean_accuracy(ctx, row, net, x, y, config["clean_floor"])
     targets = random_targets(y, pipeline.num_classes(row.dataset), seed=ctx.seed) if row.targeted else None
     defended = TransformedClassifier(_transform(config), net)
     predict = argmax_predictor(defended)
@@ -186,6 +189,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
         "clean_accuracy_any_draw": sum(clean_any) / max(1, len(clean_any)),
         "attacks": {"own": own, "own_10_of_10": own_strict, "adaptive": adaptive, "adaptive_10_of_10": strict},
         "adaptive_10_of_10_eps_sweep": sweep,
+        "clean_accuracy_guard": guard,
     }
 
 

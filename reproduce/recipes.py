@@ -89,11 +89,12 @@ CLEAN_FLOORS: Dict[str, Dict[str, Any]] = {
         "floor": 0.70, "source": "InceptionV3 reaches about 78% top-1 on ImageNet validation (Szegedy et al. 2016; "
                                  "torchvision's IMAGENET1K_V1: 77.3%); issue 14 sets the floor at 70%"},
     "cifar10/wide_resnet/natural": {
-        "floor": 0.85, "source": "Madry et al.'s naturally trained wide ResNet: 95% (MadryLab/cifar10_challenge "
-                                 "README); thermometer-encoded: natural 90% (protocol.md row 1, [RML])"},
+        "floor": 0.85, "source": "project's choice: Madry et al. report about 95% for their naturally trained wide "
+                                 "ResNet (paper, not in their repository); thermometer-encoded: natural 90% "
+                                 "(protocol.md row 1, [RML])"},
     "cifar10/wide_resnet/adversarial": {
-        "floor": 0.75, "source": "Madry et al.'s adversarially trained wide ResNet: 87% clean (MadryLab/"
-                                 "cifar10_challenge README; protocol.md row 8, [RML] natural 87%)"},
+        "floor": 0.75, "source": "Madry et al.'s adversarially trained wide ResNet: 87% clean (protocol.md row 8, "
+                                 "[RML] natural 87%); the cascade network is held to the same floor"},
     "cifar10/lid_cnn/natural": {
         "floor": 0.70, "source": "project's choice: Ma et al.'s CIFAR-10 CNN (protocol.md row 2; its accuracy is "
                                  "not given there) is a plain 6-conv network, expected near 80%"},
@@ -101,14 +102,23 @@ CLEAN_FLOORS: Dict[str, Dict[str, Any]] = {
         "floor": 0.95, "source": "Defense-GAN's MNIST classifier: natural 99.7% (protocol.md row 7, [RML])"},
 }
 
-#: Smoke floors: measured on the first n test images of each row (and the whole 10k test split)
-#: with the recipes above trained on this project's CPU (reproduce/README.md, "clean-accuracy
-#: guard"), minus a margin of about 10 points.
+#: Smoke floors: each row's smoke classifier trained by its recipe on this project's CPU
+#: (2026-11-30), measured on the 10k Fashion-MNIST test images and on the row's first n, minus a
+#: margin of about 10 points.
 SMOKE_CLEAN_FLOORS: Dict[str, Dict[str, Any]] = {
-    "fashion-mnist/small_cnn/natural": {"floor": 0.80, "source": "PROVISIONAL"},
-    "fashion-mnist/small_cnn/thermometer": {"floor": 0.78, "source": "PROVISIONAL"},
-    "fashion-mnist/small_cnn/adversarial": {"floor": 0.65, "source": "PROVISIONAL"},
-    "fashion-mnist/small_cnn/cascade": {"floor": 0.70, "source": "PROVISIONAL"},
+    "fashion-mnist/small_cnn/natural": {
+        "floor": 0.80, "source": "measured 89.7% on the 10k test images (92.8%, 89%, 92%, 84%, 89% on the first "
+                                 "400, 100, 200, 50, 100 of the LID, Guo/Xie, SAP, PixelDefend and Defense-GAN "
+                                 "rows), minus about 10 points"},
+    "fashion-mnist/small_cnn/thermometer": {
+        "floor": 0.78, "source": "measured 88.1% on the 10k test images (88.0% on the row's first 500), minus "
+                                 "about 10 points"},
+    "fashion-mnist/small_cnn/adversarial": {
+        "floor": 0.67, "source": "measured 77.9% on the 10k test images (77.2% on the row's first 1000), minus "
+                                 "about 10 points"},
+    "fashion-mnist/small_cnn/cascade": {
+        "floor": 0.77, "source": "measured 87.0% on the 10k test images (88.3% on the row's first 1000), minus "
+                                 "about 10 points"},
 }
 
 #: Under OBFGRAD_SMOKE_TRAIN_LIMIT (CI's quick run on a few hundred images) only a model at chance

@@ -3,8 +3,9 @@
 For each requested row it builds the row's spec for the profile, reuses the cached row result
 when the spec, example count, seed and profile, and the code, data and weights that compute it are
 unchanged and the stored result is well formed (``reproduce.provenance``; a malformed or damaged
-file is recomputed with a warning; ``--no-resume`` recomputes), else runs the row and writes its result atomically to ``results/rows/<row>.json``; an interrupted run
-therefore leaves no partial file and the next run repeats no finished row. Each row with a
+file is recomputed with a warning; ``--no-resume`` recomputes), else runs the row and writes its
+result atomically to ``results/rows/<row>.json``; an interrupted run therefore leaves no partial
+file and the next run repeats no finished row. Each row with a
 ``build_defense`` also gets its accuracy-vs-eps curve (``reproduce.curves``), stored in the same
 file. At the end it writes ``results/table1.{md,json,csv}`` and the figures
 (``results/figures/*.png``, ``reproduce.figures``) and prints the table.

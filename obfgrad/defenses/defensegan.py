@@ -59,7 +59,8 @@ def step_learning_rate(lr: float, step: int, steps: int, decay: float = 0.1, dec
 
 def project(generator: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10, lr: float = 10.0,
             momentum: float = 0.7, seed: Optional[int] = None, z_init: Optional[torch.Tensor] = None,
-            unrolled: bool = False, lr_decay: float = 0.1, lr_decay_at: float = 0.8) -> Tuple[torch.Tensor, torch.Tensor]:
+            unrolled: bool = False, lr_decay: float = 0.1,
+            lr_decay_at: float = 0.8) -> Tuple[torch.Tensor, torch.Tensor]:
     """Defense-GAN's projection of ``x`` onto the generator's range.
 
     Args:

@@ -169,7 +169,8 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
     return {
         "eps": eps,
         "classifier": imagenet_classifier_recipe(dry_run) if paper else recipes.smoke_classifier(None),
-        "clean_floor": recipes.clean_floor(imagenet_classifier_recipe(dry_run) if paper else recipes.smoke_classifier(None)),
+        "clean_floor": recipes.clean_floor(imagenet_classifier_recipe(dry_run) if paper
+                                           else recipes.smoke_classifier(None)),
         "targeted": paper,
         "transforms": {
             "bit_depth": {"bits": 3},

@@ -294,32 +294,36 @@ class TVMinimization(InputTransform):
 
 class ImageQuilting(InputTransform):
     """Image quilting from ``database`` (Guo et al.: 5x5 patches, overlap 2, K = 10 nearest
-    neighbours, one picked at random). Random (the pick). See :func:`obfgrad.ops.quilt.quilt`."""
+    neighbours, one picked at random). Random (the pick). ``stitch``: ``"min_cut"`` (default,
+    the textbook boundary cut) or ``"authors"`` (Athalye et al.'s ``assign_block``; the paper
+    profile's). See :func:`obfgrad.ops.quilt.quilt`."""
 
     random = True
 
     def __init__(self, database: Union[PatchDatabase, torch.Tensor], k: int = 10, overlap: int = 2, *,
                  bpda: bool = True, backend: str = "native", seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, stitch: str = "min_cut"):
         super().__init__(seed, generator)
         self.database = database
         self.k = check_int(k, "k", low=1)
         self.overlap = check_int(overlap, "overlap", low=1)
         self.bpda = bool(bpda)
         self.backend = check_choice(backend, "backend", BACKENDS)
+        self.stitch = check_choice(stitch, "stitch", quilt_op.STITCHES)
 
     def transform(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        options = {"k": self.k, "overlap": self.overlap, "seed": seed, "stitch": self.stitch}
         if self.backend == "native" and self.bpda:
-            return quilt_op.quilt(x, self.database, k=self.k, overlap=self.overlap, seed=seed)
+            return quilt_op.quilt(x, self.database, **options)
         if self.backend == "reference":
-            fn = lambda v: quilt_op.reference(v, self.database, k=self.k, overlap=self.overlap, seed=seed)  # noqa: E731
+            fn = lambda v: quilt_op.reference(v, self.database, **options)  # noqa: E731
         else:
-            fn = lambda v: quilt_op.quilt(v, self.database, k=self.k, overlap=self.overlap, seed=seed)  # noqa: E731
+            fn = lambda v: quilt_op.quilt(v, self.database, **options)  # noqa: E731
         return _straight_through(fn, x, self.bpda)
 
     def extra_repr(self) -> str:
-        return (f"patches={len(self.database)}, k={self.k}, overlap={self.overlap}, bpda={self.bpda}, "
-                f"backend={self.backend!r}")
+        return (f"patches={len(self.database)}, k={self.k}, overlap={self.overlap}, stitch={self.stitch!r}, "
+                f"bpda={self.bpda}, backend={self.backend!r}")
 
 
 class TransformedClassifier(nn.Module):

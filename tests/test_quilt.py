@@ -12,6 +12,7 @@ from obfgrad._native import native
 from obfgrad.ops.quilt import _quilt_op, knn_reference, philox_uniform_reference, quilt, reference
 from obfgrad.ops.quilt_db import (
     PatchDatabaseError,
+    authors_resize,
     build_patch_database,
     load_patch_database,
     patch_database_from_array,
@@ -389,6 +390,49 @@ def test_database_patches_are_crops_of_the_resized_images():
     assert all(patch.tobytes() in crops for patch in scaled)
     gray = build_patch_database([image[:, :, 0]], 10, seed=0, long_side=300)  # 300 x 150, repeated to RGB
     assert gray.channels == 3 and np.array_equal(gray.patches[:, 0], gray.patches[:, 2])
+
+
+def test_authors_resize_rule_keeps_squares_and_truncates_the_short_side():
+    # quilt_preprocess.py: long side 300, short side int(ratio * 300); square images untouched.
+    wide = np.random.default_rng(1).integers(0, 256, (427, 640, 3), dtype=np.uint8)
+    assert authors_resize(wide).shape == (200, 300, 3)  # 427/640*300 = 200.16
+    tall = (np.random.default_rng(2).integers(0, 2, (401, 299)) * 255).astype(np.uint8)  # black and white
+    assert authors_resize(tall).shape == (300, 223)  # 299/401*300 = 223.69: truncated, not rounded
+    square = np.random.default_rng(3).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    assert authors_resize(square) is not None and np.array_equal(authors_resize(square), square)
+    # Nearest neighbour (their Pillow's default) only copies source values; bicubic blends them.
+    assert set(np.unique(authors_resize(tall)).tolist()) == {0, 255}
+    assert len(np.unique(authors_resize(tall, resample="bicubic"))) > 2
+    floats = authors_resize(wide.astype(np.float32) / 255)
+    assert floats.shape == (200, 300, 3) and np.allclose(floats * 255, authors_resize(wide), atol=1e-3)
+
+
+def test_authors_recipe_takes_each_patch_from_a_different_image(tmp_path):
+    from PIL import Image
+
+    images = [np.full((12, 16), level, np.uint8) for level in range(0, 240, 12)]  # 20 flat images
+    database = build_patch_database(images, 20, seed=4, long_side=None, recipe="authors")
+    levels = sorted(np.round(database.patches[:, 0, 0, 0] * 255).astype(int).tolist())
+    assert levels == list(range(0, 240, 12))  # one patch of each image
+    assert database.meta["recipe"] == "authors" and database.meta["resample"] == "nearest"
+    with pytest.raises(ValueError, match="count"):
+        build_patch_database(images, 21, recipe="authors")
+    paths = []
+    for index, image in enumerate(images[:3]):  # file paths are opened when drawn
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(image).save(paths[-1])
+    from_files = build_patch_database(paths, 3, seed=4, long_side=8, recipe="authors")
+    assert sorted(np.round(from_files.patches[:, 1, 2, 2] * 255).astype(int).tolist()) == [0, 12, 24]
+
+
+def test_database_recipe_options_are_checked():
+    images = natural_images()
+    with pytest.raises(ValueError, match="recipe"):
+        build_patch_database(images, 10, recipe="imagenet")
+    with pytest.raises(ValueError, match="resample"):
+        build_patch_database(images, 3, recipe="authors", resample="box")
+    with pytest.raises(ValueError, match="resample"):
+        build_patch_database(images, 10, resample="nearest")  # the uniform recipe is bicubic
 
 
 def test_database_from_an_nhwc_array_keeps_the_patches():

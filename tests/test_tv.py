@@ -459,12 +459,16 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device 
 @cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("sweep", ["red_black", "raster"])
-def test_cuda_matches_cpu_bit_for_bit(sweep):
+@pytest.mark.parametrize("border", ["skimage", "reflect"])
+def test_cuda_matches_cpu_bit_for_bit(sweep, border):
     x = _random_images((3, 3, 33, 29), seed=6)
-    cpu, cpu_iterations = tv_minimize(x, seed=4, sweep=sweep, return_iterations=True)
-    gpu, gpu_iterations = tv_minimize(x.cuda(), seed=4, sweep=sweep, return_iterations=True)
+    cpu, cpu_iterations = tv_minimize(x, seed=4, sweep=sweep, border=border, return_iterations=True)
+    gpu, gpu_iterations = tv_minimize(x.cuda(), seed=4, sweep=sweep, border=border, return_iterations=True)
     assert torch.equal(gpu_iterations.cpu(), cpu_iterations)
     assert torch.equal(gpu.cpu(), cpu)
+    mask = tv_mask(x, 0.3, seed=9)  # a mask given from outside
+    cpu = tv_minimize(x, mask=mask, sweep=sweep, border=border)
+    assert torch.equal(tv_minimize(x.cuda(), mask=mask.cuda(), sweep=sweep, border=border).cpu(), cpu)
 
 
 @cuda

@@ -78,7 +78,8 @@ def _interpolate(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, crop: 
     out = top + (bottom - top) * wy
     if not crop:
         return out
-    inside = ((rows >= 0) & (rows <= height - 1))[:, None, :, None] & ((cols >= 0) & (cols <= width - 1))[:, None, None, :]
+    rows_inside = ((rows >= 0) & (rows <= height - 1))[:, None, :, None]
+    inside = rows_inside & ((cols >= 0) & (cols <= width - 1))[:, None, None, :]
     return torch.where(inside, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 

@@ -58,7 +58,8 @@ class ThermometerDefense(nn.Module):
         self.backward_mode = check_choice(backward, "backward", SOFT_BACKWARDS)
 
     @classmethod
-    def from_sequential(cls, model: nn.Sequential, gradient: str = "bpda", backward: str = "soft") -> ThermometerDefense:
+    def from_sequential(cls, model: nn.Sequential, gradient: str = "bpda",
+                        backward: str = "soft") -> ThermometerDefense:
         """Wrap a trained ``nn.Sequential(Thermometer(L), classifier)`` (the training layout)."""
         if not (isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[0], Thermometer)):
             raise TypeError("model: expected nn.Sequential(Thermometer(L), classifier)")

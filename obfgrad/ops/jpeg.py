@@ -307,7 +307,8 @@ def _upsample_h2v2(small: torch.Tensor) -> torch.Tensor:
     return out.reshape(n, 2 * h, 2 * w)
 
 
-def reference(x: torch.Tensor, quality: int = 75, subsampling: str = "4:2:0", rounding: str = "nearest") -> torch.Tensor:
+def reference(x: torch.Tensor, quality: int = 75, subsampling: str = "4:2:0",
+              rounding: str = "nearest") -> torch.Tensor:
     """Pure-torch JPEG round trip in libjpeg's integer arithmetic: the oracle and the fallback.
 
     Same contract as :func:`jpeg` (no autograd); slow but exact.

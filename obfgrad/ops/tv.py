@@ -336,9 +336,10 @@ def _forward_impl(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
         return _forward_cuda(x, keep_prob, weight, tol, max_iter, seed, raster, reflect, mask)
     module = _native.native() if x.device.type == "cpu" else None
     if module is None:
-        out, iterations = reference(x, keep_prob, 2.0 / weight, tol=tol, max_iter=max_iter, seed=seed,
-                                    mask=None if mask is None else mask.bool().unsqueeze(1), return_iterations=True,
-                                    sweep="raster" if raster else "red_black", border="reflect" if reflect else "skimage")
+        given = None if mask is None else mask.bool().unsqueeze(1)
+        out, iterations = reference(x, keep_prob, 2.0 / weight, tol=tol, max_iter=max_iter, seed=seed, mask=given,
+                                    return_iterations=True, sweep="raster" if raster else "red_black",
+                                    border="reflect" if reflect else "skimage")
         return out.to(torch.float32), iterations
     out = torch.empty_like(x)
     iterations = torch.zeros(n, dtype=torch.int32)

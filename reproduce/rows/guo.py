@@ -121,8 +121,9 @@ def quilt_database(ctx: RunContext, settings: Dict[str, Any]):
     if settings["source"] != "fashion-mnist-train":
         raise FileNotFoundError(
             f"quilting: no patch database at {path}; build it from ImageNet training images with "
-            "obfgrad.ops.quilt_db.build_patch_database(image_files, 1_000_000, recipe='authors') (or convert Athalye et al.'s "
-            "quilt_db.npy with patch_database_from_array(..., layout='NHWC')) and save_patch_database it there")
+            "obfgrad.ops.quilt_db.build_patch_database(image_files, 1_000_000, recipe='authors') (or convert "
+            "Athalye et al.'s quilt_db.npy with patch_database_from_array(..., layout='NHWC')) and "
+            "save_patch_database it there")
     started = time.perf_counter()
     images, _ = pipeline.training_data(ctx)({"dataset": "fashion-mnist"})
     database = build_patch_database(list(images[:, 0].numpy()), settings["patches"], patch_size=settings["patch_size"],

@@ -28,9 +28,9 @@ Border: ``border="reflect"`` is the ring of Athalye et al.'s ``bregman``: reflec
 repeating the edge on all four sides (top ghost row = image row 1, bottom = row H-2, left =
 column 1, right = column W-2; corners 0, never read). With it, ``sweep="raster"`` runs the
 authors' iteration: on their golden arrays (``tests/data/authors_ops.npz``) it stops after the
-same number of sweeps and agrees to float32 rounding (the float64 :func:`reference` agrees to
-float64 rounding). The two rules differ only near the bottom and right edges (up to ~0.1 there
-on a photograph); the default stays scikit-image's, the outside oracle of the tests.
+same number of sweeps and agrees to float32 rounding (the float64 :func:`reference` equals them
+bit for bit). The two rules differ only near the bottom and right edges (by up to 0.18 on
+the golden 32x32 images); the default stays scikit-image's, the outside oracle of the tests.
 
 Sweep order: ``sweep="red_black"`` (default) updates the pixels of one checkerboard colour at a
 time, all in parallel (OpenMP rows, one CUDA thread each); ``sweep="raster"`` is the

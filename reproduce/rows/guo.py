@@ -137,6 +137,16 @@ def quilt_database(ctx: RunContext, settings: Dict[str, Any]):
 # ---------------------------------------------------------------------------- config
 
 
+def _authors_variants(paper: bool) -> Dict[str, Dict[str, Any]]:
+    """Paper: each transformation exactly as Athalye et al. ran it (inputtransformations/defense.py
+    and inceptionv3.py; matched to their golden arrays in tests/test_authors_golden.py). Smoke: the
+    library's defaults (the better algorithms), so the smoke settings and numbers stay as they were."""
+    if not paper:
+        return {"jpeg": {}, "crop_rescale": {}, "tv": {}, "quilting": {}}
+    return {"jpeg": {"rounding": "truncate"}, "crop_rescale": {"geometry": "authors"},
+            "tv": {"sweep": "raster", "border": "reflect"}, "quilting": {"stitch": "authors"}}
+
+
 def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
     paper = profile == "paper"
     steps = lambda n: 2 if dry_run else n  # noqa: E731 (a dry run proves the path with 2 steps)
@@ -156,24 +166,19 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
     adaptive = {"lr": 0.1, "penalty": 1.0, "loss": "ce", "project": False, "normalize": False} if paper else \
         {"lr": eps / 5, "penalty": 0.0, "loss": "ce", "project": True, "normalize": True}
     long = lambda n: steps(n if paper else 50)  # noqa: E731 (smoke: 50 steps for every transform)
-    # Paper: each transformation exactly as Athalye et al. ran it (inputtransformations/defense.py
-    # and inceptionv3.py; matched to their golden arrays in tests/test_authors_golden.py); smoke:
-    # the library's defaults (the better algorithms), so the smoke numbers stay as they were.
-    authors = lambda variant: variant if paper else {}  # noqa: E731
+    variant = _authors_variants(paper)
     return {
         "eps": eps,
         "classifier": imagenet_classifier_recipe(dry_run) if paper else recipes.smoke_classifier(None),
         "targeted": paper,
         "transforms": {
             "bit_depth": {"bits": 3},
-            "jpeg": {"quality": 75, **authors({"rounding": "truncate"})},
+            "jpeg": {"quality": 75, **variant["jpeg"]},
             # Smoke: crops of 0.8 of the side, not 90/299: the natural smoke CNN classifies 14% of 30-crop
             # ensembles of 8-px crops correctly (20% at 0.5, 52% at 0.7, 69% at 0.8; 200 test images).
-            "crop_rescale": {"crop_fraction": 90 / 299 if paper else 0.8, "crops": crops,
-                             **authors({"geometry": "authors"})},
-            "tv": {"keep_prob": 0.5, "lambda_tv": 0.03, **authors({"sweep": "raster", "border": "reflect"})},
-            "quilting": {"patch_size": 5, "overlap": 2, "k": 10, "patches": patches, "seed": 0,
-                         **authors({"stitch": "authors"}),
+            "crop_rescale": {"crop_fraction": 90 / 299 if paper else 0.8, "crops": crops, **variant["crop_rescale"]},
+            "tv": {"keep_prob": 0.5, "lambda_tv": 0.03, **variant["tv"]},
+            "quilting": {"patch_size": 5, "overlap": 2, "k": 10, "patches": patches, "seed": 0, **variant["quilting"],
                          "source": "imagenet-train" if paper else "fashion-mnist-train",
                          "file": (f"imagenet-train-p5-n{PAPER_PATCHES}.npy" if paper
                                   else f"fashion-mnist-train-p5-n{SMOKE_PATCHES}-s0.npy")},

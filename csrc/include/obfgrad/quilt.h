@@ -227,7 +227,7 @@ OBF_HD int quilt_authors_seam_step(const double* err, int along, int across, int
     const double value = quilt_authors_table(err, along, across, a, c);
     if (best < 0 || value < best_value) best = c, best_value = value;
   }
-  return best;  // overlap >= 2: b or b + 1 is always admissible
+  return best >= 0 ? best : b;  // overlap >= 2: b or b + 1 is always admissible (b: memory-safe fallback)
 }
 
 // Marks take[y][x] for the pixels one seam covers: for each step a from `start` on (position b

@@ -41,11 +41,11 @@ def _to_uint8(x):
     return torch.floor(x.to(torch.float32) * 255.0 + 0.5).to(torch.uint8)
 
 
-def pillow_roundtrip(x, quality, subsampling="4:2:0"):
+def pillow_roundtrip(x, quality, subsampling="4:2:0", to_uint8=_to_uint8):
     """What ART and the paper do: Pillow save + open, one image at a time; returns uint8 NCHW."""
     options = {} if subsampling == "4:2:0" else {"subsampling": 0}
     decoded = []
-    for image in _to_uint8(x).permute(0, 2, 3, 1).numpy():
+    for image in to_uint8(x).permute(0, 2, 3, 1).numpy():
         buffer = io.BytesIO()
         Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(
             buffer, format="jpeg", quality=quality, **options)
@@ -238,17 +238,49 @@ def test_references_keep_to_the_input_device(channels):
         assert jpeg_module._linear_backward_reference(x, subsampling == "4:2:0").device.type == "meta"
 
 
+def _truncate_as_the_authors(x):
+    """Athalye et al.'s defend_jpeg: (x * 255.0).astype(np.uint8) on the HWC float32 array."""
+    return torch.from_numpy((x.numpy() * 255.0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 16, 16), (2, 3, 45, 37), (2, 1, 19, 8)])
+def test_truncating_rounding_equals_pillow_fed_the_authors_uint8(shape):
+    x = random_images(shape, seed=shape[2])  # off the 8-bit grid: the rounding rules disagree
+    assert not torch.equal(_to_uint8(x), _truncate_as_the_authors(x))
+    expected = pillow_roundtrip(x, 75, to_uint8=_truncate_as_the_authors)
+    assert torch.equal(as_uint8(jpeg(x, 75, rounding="truncate")), expected)
+    assert torch.equal(as_uint8(reference(x, 75, rounding="truncate")), expected)
+
+
+def test_the_roundings_agree_on_8_bit_images_and_differ_off_them():
+    levels = torch.randint(0, 256, (2, 3, 16, 16), generator=torch.Generator().manual_seed(1))
+    on_grid = levels.to(torch.float32) / 255.0
+    assert torch.equal(jpeg(on_grid, rounding="truncate"), jpeg(on_grid))
+    off_grid = (on_grid + 0.7 / 255).clamp(0, 1)  # 0.7 of a level up: truncation keeps k, rounding k + 1
+    assert not torch.equal(jpeg(off_grid, rounding="truncate"), jpeg(off_grid))
+    assert torch.equal(jpeg(off_grid, rounding="truncate"), jpeg(on_grid))
+
+
+def test_truncating_rounding_keeps_the_identity_backward():
+    x = random_images((1, 3, 8, 8)).requires_grad_(True)
+    grad_out = torch.randn(x.shape)
+    jpeg(x, rounding="truncate").backward(grad_out)
+    assert torch.equal(x.grad, grad_out)
+
+
 def test_module_form():
     module = JPEG(50, backward="linear")
     x = random_images((2, 3, 8, 8))
     assert torch.equal(module(x), jpeg(x, 50))
     assert "quality=50" in repr(module)
+    assert torch.equal(JPEG(50, rounding="truncate")(x), jpeg(x, 50, rounding="truncate"))
 
 
 def test_opcheck():
     x = random_images((2, 3, 9, 11)).requires_grad_(True)
     for mode in (0, 1):
         torch.library.opcheck(torch.ops.obfgrad.jpeg_roundtrip.default, (x, 75, True, mode))
+        torch.library.opcheck(torch.ops.obfgrad.jpeg_roundtrip.default, (x, 75, True, mode, True))
     torch.library.opcheck(torch.ops.obfgrad.jpeg_linear_backward.default, (torch.randn(2, 3, 9, 11), True))
 
 
@@ -344,6 +376,7 @@ def test_bad_images_are_rejected(bad, error, match):
     ({"quality": 75.0}, TypeError, "quality"),
     ({"subsampling": "4:2:2"}, ValueError, "subsampling"),
     ({"backward": "bpda"}, ValueError, "backward"),
+    ({"rounding": "floor"}, ValueError, "rounding"),
 ])
 def test_bad_options_are_rejected(kwargs, error, match):
     with pytest.raises(error, match=match):

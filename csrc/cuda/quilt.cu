@@ -6,7 +6,8 @@
 // tiles) with the canonical distance and keeps its running top-K in its output row: a
 // straightforward exact search with the CPU's result (the CPU's filter and pruning only
 // speed up the same answer). Needs dim <= 8192 (patch sizes up to 16 with 3 channels).
-// quilt_assemble_kernel: one thread per image (stitching is sequential in raster order).
+// quilt_assemble_kernel: one thread per image (stitching is sequential in raster order);
+// `stitch` selects the cut (obfgrad::QuiltStitch).
 #include "obfgrad/quilt.h"
 
 // Database rows are staged through shared memory in tiles (all threads of the block load a
@@ -41,7 +42,7 @@ extern "C" __global__ void quilt_knn_kernel(const float* queries, const float* d
 extern "C" __global__ void quilt_assemble_kernel(float* out, const float* database, const long long* neighbours,
                                                  long long batch, long long channels, long long height,
                                                  long long width, long long k, long long size, long long overlap,
-                                                 long long seed) {
+                                                 long long seed, long long stitch) {
   long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (n >= batch) return;
   int stride = (int)(size - overlap);
@@ -50,5 +51,5 @@ extern "C" __global__ void quilt_assemble_kernel(float* out, const float* databa
   for (long long i = 0; i < channels * height * width; ++i) image[i] = 0.f;
   obfgrad::quilt_assemble_image(image, (int)channels, (int)height, (int)width, database,
                                 neighbours + n * (long long)rows * cols * k, (int)k, (int)size, (int)overlap, rows,
-                                cols, (unsigned long long)seed, n);
+                                cols, (unsigned long long)seed, n, (int)stitch);
 }

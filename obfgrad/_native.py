@@ -4,8 +4,10 @@
   ops fall back to their pure-torch reference and warn once; ``OBFGRAD_REQUIRE_NATIVE=1``
   turns the fallback into an error (CI sets it so a broken build cannot pass silently).
 * CUDA: the drivers in ``csrc/cuda/<op>.cu`` are compiled at run time with NVRTC (through
-  CuPy's low-level binding, which needs no GPU to compile), the first time a CUDA tensor
-  reaches an op, cached per (op, architecture), and launched on torch's current stream.
+  CuPy's low-level binding, CuPy for CUDA 12 or 13; it needs no GPU to compile), the first time
+  a CUDA tensor reaches an op, cached per (op, architecture), and launched on torch's current
+  stream. Every launch's arguments are checked against the kernel's signature parsed from its
+  source (an ``int`` parameter fed 64 bits reads garbage on a GPU, silently).
 """
 
 from __future__ import annotations
@@ -367,6 +369,7 @@ def _cuda_state() -> dict[str, Any]:
         state["cupy_error"] = f"{type(exc).__name__}: {exc}"
     try:
         state["nvrtc"] = ".".join(map(str, _nvrtc().getVersion()))
+        state["nvrtc_library"] = str(_loaded_library("libnvrtc"))
     except Exception as exc:
         state["nvrtc"] = None
         state["nvrtc_error"] = f"{type(exc).__name__}: {exc}"

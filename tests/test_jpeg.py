@@ -389,6 +389,7 @@ def test_cuda_driver_on_host_equals_the_reference(cuda_on_host, channels, shape,
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
+@pytest.mark.gpu
 @requires_cuda
 @pytest.mark.parametrize("subsampling", ["4:2:0", "4:4:4"])
 @pytest.mark.parametrize("channels", [1, 3])
@@ -398,6 +399,7 @@ def test_cuda_matches_cpu(subsampling, channels):
         assert torch.equal(jpeg(x.cuda(), quality, subsampling=subsampling).cpu(), jpeg(x, quality, subsampling=subsampling))
 
 
+@pytest.mark.gpu
 @requires_cuda
 def test_cuda_linear_backward_matches_cpu():
     x = random_images((2, 3, 13, 11)).requires_grad_(True)

@@ -320,7 +320,13 @@ def _launch_on_device(op: str, kernel: str, grid: tuple[int, ...], block: tuple[
                       packed: tuple, device: torch.device) -> None:
     """Run one launch on ``device``, on torch's current stream (the step the host-emulation
     tests replace, after the packing and the signature check)."""
-    import cupy
+    try:
+        import cupy
+    except ImportError as exc:
+        raise RuntimeError(
+            "obfgrad's CUDA kernels are launched through CuPy: pip install 'obfgrad[cuda12]' "
+            "(cupy-cuda12x) or 'obfgrad[cuda13]' (cupy-cuda13x), matching torch.version.cuda"
+        ) from exc
 
     fn = cuda_function(op, kernel, device)
     stream = torch.cuda.current_stream(device)

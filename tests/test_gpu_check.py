@@ -60,7 +60,6 @@ def test_a_stage_past_the_time_limit_is_stopped_and_the_next_skipped(gpu_check, 
 
     monkeypatch.setattr(gpu_check, "STAGES", [("build", sleeper), ("environment", sleeper)])
     monkeypatch.setattr(gpu_check, "BUDGETS", {"build": (100, 1), "environment": (100, 1)})
-    monkeypatch.setattr(gpu_check, "NEEDS_BUILD", set())
     started = time.monotonic()
     check = gpu_check.Check(tmp_path, time_limit=8.0, dry_reason="test", python=sys.executable)
     gpu_check.run_stages(check)
@@ -70,6 +69,7 @@ def test_a_stage_past_the_time_limit_is_stopped_and_the_next_skipped(gpu_check, 
     assert build["status"] == "timed_out" and "stopped after" in build["reason"]
     assert environment["status"] == "skipped" and environment["reason"].startswith("time limit: 0 s left")
     assert summary["ok"] is False and summary["failed_stages"] == ["build"]
+    assert summary["native_required"] is False and "without _C" in build["reason"]
 
 
 def test_benchmark_rows_and_table_compare_each_contender_with_obfgrad(gpu_check, tmp_path):

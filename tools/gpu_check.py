@@ -80,6 +80,7 @@ class Check:
         self.log_path = out / "gpu_check.log"
         self.log_path.write_text(f"obfgrad GPU check, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
         self.child: Optional[subprocess.Popen] = None
+        self.require_native = True  # until the build fails
 
     @property
     def dry(self) -> bool:
@@ -89,7 +90,7 @@ class Check:
         return self.time_limit - (time.monotonic() - self.start) - RESERVE_SECONDS
 
     def env(self) -> dict:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OBFGRAD_REQUIRE_NATIVE="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OBFGRAD_REQUIRE_NATIVE="1" if self.require_native else "0")
         env.setdefault("OBFGRAD_CACHE", str(self.scratch / "cache"))
         return env
 
@@ -119,7 +120,7 @@ class Check:
     def summary(self) -> dict:
         failed = [s.name for s in self.stages if s.status in ("failed", "timed_out", "interrupted")]
         return {"mode": "dry" if self.dry else "gpu", "dry_reason": self.dry_reason, "ok": not failed,
-                "failed_stages": failed, "time_limit_s": self.time_limit,
+                "failed_stages": failed, "native_required": self.require_native, "time_limit_s": self.time_limit,
                 "elapsed_s": round(time.monotonic() - self.start, 1), "environment": self.environment,
                 "stages": [asdict(s) for s in self.stages]}
 
@@ -358,7 +359,6 @@ STAGES: list[tuple[str, Callable[[Check, Stage], None]]] = [
     ("cuda_tests", stage_cuda_tests), ("benchmarks", stage_benchmarks), ("estimate", stage_estimate),
     ("dry_run", stage_dry_run),
 ]
-NEEDS_BUILD = {"environment", "nvrtc", "cuda_tests", "benchmarks", "estimate", "dry_run"}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -369,12 +369,9 @@ def run_stages(check: Check) -> None:
         stage = Stage(name)
         check.stages.append(stage)
         _, fewest = BUDGETS[name]
-        build = check.stages[0]
         started = time.monotonic()
         print(f"[gpu_check] {name} ...", flush=True)
-        if name in NEEDS_BUILD and build.status != "passed":
-            stage.status, stage.reason = "skipped", f"the build did not pass ({build.status})"
-        elif check.remaining() < fewest:
+        if check.remaining() < fewest:
             stage.status = "skipped"
             stage.reason = f"time limit: {max(check.remaining(), 0):.0f} s left, the stage needs about {fewest} s"
         else:
@@ -388,6 +385,11 @@ def run_stages(check: Check) -> None:
             finally:
                 stage.seconds = round(time.monotonic() - started, 1)
                 check.write_summary()
+        if name == "build" and stage.status != "passed":
+            # The GPU half needs no _C (NVRTC compiles the drivers): go on, the CPU side of every
+            # comparison then being the pure-torch references (bit-identical to _C in CI).
+            check.require_native = False
+            stage.reason += "; later stages run without _C (OBFGRAD_REQUIRE_NATIVE=0)"
         print(f"[gpu_check] {name}: {stage.status} ({stage.seconds:.0f} s) {stage.reason[:200]}", flush=True)
         check.write_summary()
 

@@ -2,12 +2,8 @@
 equals the reference, the `linear` BPDA backward is the exact transpose of the rounding-free
 round trip, the `identity` backward passes the gradient through, bad input is rejected."""
 
-import ctypes
 import importlib
 import io
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +26,6 @@ from obfgrad.ops.jpeg import (
 jpeg_module = importlib.import_module("obfgrad.ops.jpeg")
 
 QUALITIES = (10, 50, 75, 95)
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- oracles
@@ -406,68 +401,28 @@ def test_cuda_driver_compiles_with_nvrtc():
         assert len(_native.compile_cuda_source("jpeg", arch)) > 0
 
 
-_HOST_SHIM = """
-// Lets the CUDA driver compile as host C++ so its indexing can be checked without a GPU:
-// each "launch" runs the kernel once per element with blockIdx.x = element.
-struct obf_uint3 { unsigned int x, y, z; };
-extern "C" { obf_uint3 blockIdx = {0, 0, 0}, blockDim = {1, 1, 1}, threadIdx = {0, 0, 0}; }
-#define __global__
-"""
-
-
-@pytest.fixture(scope="module")
-def host_compiled_cuda_driver(tmp_path_factory):
-    compiler = shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        pytest.skip("no C++ compiler to build the CUDA driver for the host")
-    tmp = tmp_path_factory.mktemp("cuda_on_host")
-    (tmp / "shim.h").write_text(_HOST_SHIM)
-    library = tmp / "jpeg_cuda_host.so"
-    subprocess.run([compiler, "-x", "c++", "-std=c++17", "-O1", "-shared", "-fPIC", "-ffp-contract=off",
-                    "-include", str(tmp / "shim.h"), f"-I{REPO / 'csrc' / 'include'}",
-                    str(REPO / "csrc" / "cuda" / "jpeg.cu"), "-o", str(library)], check=True)
-    return ctypes.CDLL(str(library))
-
-
-def _host_launcher(library):
-    block_index = ctypes.c_uint.in_dll(library, "blockIdx")
-
-    def launch(op, kernel, total, args, *, device=None, block=256):
-        assert op == "jpeg"
-        fn = getattr(library, kernel)
-        packed = []
-        for arg in args:
-            if isinstance(arg, torch.Tensor):
-                packed.append(ctypes.c_void_p(arg.data_ptr()))
-            elif isinstance(arg, int):
-                packed.append(ctypes.c_longlong(arg))
-            else:
-                raise TypeError(type(arg))
-        for element in range(total):
-            block_index.value = element
-            fn(*packed)
-
-    return launch
-
-
 @pytest.mark.parametrize("channels,shape,subsampling", [(3, (13, 11), "4:2:0"), (3, (9, 4), "4:2:0"),
                                                        (3, (10, 9), "4:4:4"), (1, (11, 10), "4:2:0")])
-def test_cuda_driver_logic_on_host(host_compiled_cuda_driver, monkeypatch, channels, shape, subsampling):
-    # The CUDA driver's kernels, compiled for the CPU and run one element at a time through the
-    # real Python launch path: same results as the reference, forward and linear backward.
-    monkeypatch.setattr(_native, "launch_cuda", _host_launcher(host_compiled_cuda_driver))
+def test_cuda_driver_on_host_equals_the_reference(cuda_on_host, channels, shape, subsampling):
+    # The CUDA driver's kernels, compiled for the CPU (tests/cuda_host_shim.py) and run through
+    # the op's own CUDA path: same results as the reference, forward and linear backward.
     x = random_images((2, channels, *shape), seed=11)
     luma, chroma = quantization_tables(50)
     out = jpeg_module._forward_cuda(x, luma, chroma, subsampling == "4:2:0")
+    assert torch.equal(out, jpeg_module._forward_impl(x, 50, subsampling == "4:2:0"))  # the CPU driver
     assert torch.equal(out, reference(x, 50, subsampling))
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
     grad = jpeg_module._linear_backward_cuda(grad_out, subsampling == "4:2:0")
     assert torch.equal(grad, jpeg_module._backward_impl(grad_out, subsampling == "4:2:0"))
+    launched = cuda_on_host.kernels_launched("jpeg")
+    assert {"jpeg_encode_luma", "jpeg_roundtrip_blocks", "jpeg_decode"} <= launched
+    assert ("jpeg_linear_backward" in launched) == (channels == 3)  # grayscale: the gradient is copied
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
+@pytest.mark.gpu
 @requires_cuda
 @pytest.mark.parametrize("subsampling", ["4:2:0", "4:4:4"])
 @pytest.mark.parametrize("channels", [1, 3])
@@ -477,6 +432,7 @@ def test_cuda_matches_cpu(subsampling, channels):
         assert torch.equal(jpeg(x.cuda(), quality, subsampling=subsampling).cpu(), jpeg(x, quality, subsampling=subsampling))
 
 
+@pytest.mark.gpu
 @requires_cuda
 def test_cuda_linear_backward_matches_cpu():
     x = random_images((2, 3, 13, 11)).requires_grad_(True)

@@ -9,7 +9,17 @@ import skimage.data
 import torch
 
 from obfgrad._native import native
-from obfgrad.ops.quilt import _quilt_op, knn_reference, philox_uniform_reference, quilt, reference
+from obfgrad.ops.quilt import (
+    STITCHES,
+    _extract_patches,
+    _knn_cuda,
+    _quilt_cuda,
+    _quilt_op,
+    knn_reference,
+    philox_uniform_reference,
+    quilt,
+    reference,
+)
 from obfgrad.ops.quilt_db import (
     PatchDatabaseError,
     authors_resize,
@@ -506,6 +516,7 @@ def test_cuda_driver_compiles_with_nvrtc():
     assert compile_cuda_source("quilt", "sm_80")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("stitch", ["min_cut", "authors", "paste"])
 def test_cuda_equals_cpu(stitch):
@@ -518,3 +529,86 @@ def test_cuda_equals_cpu(stitch):
     choices = torch.randint(0, 900, (2, 90))
     cpu = quilt(x, database, choices=choices, stitch=stitch)
     assert torch.equal(quilt(x.cuda(), database.cuda(), choices=choices.cuda(), stitch=stitch).cpu(), cpu)
+
+
+# ------------------------------------------------------------------------ CUDA driver on the host
+
+
+def _gpu_knn_on_host(queries: np.ndarray, database: np.ndarray, k: int, multiprocessors: int):
+    index, dist = _knn_cuda(torch.from_numpy(queries), torch.from_numpy(database), k,
+                            multiprocessors=multiprocessors)
+    return index.numpy(), dist.numpy()
+
+
+@pytest.mark.parametrize("num_queries,num_db,dim,k,multiprocessors", [
+    (1, 1, 12, 1, 1),        # one query, one row, a tail of four lanes
+    (130, 300, 75, 10, 2),   # two query blocks (128 + 2), three splits, a partial last tile
+    (37, 250, 27, 5, 1),     # one split: the tiled kernel writes the answer itself, no merge
+    (9, 40, 768, 40, 4),     # 16x16x3 patches: 8-row tiles, five splits each shorter than k
+])
+def test_cuda_knn_on_host_equals_brute_force(cuda_on_host, num_queries, num_db, dim, k, multiprocessors):
+    # csrc/cuda/quilt.cu's tiled search (shared-memory tiles, __syncthreads, register blocks of
+    # 8 rows) and merge, run on the CPU with real concurrent threads per block.
+    rng = np.random.default_rng(dim)
+    queries = rng.random((num_queries, dim), dtype=np.float32)
+    database = rng.random((num_db, dim), dtype=np.float32)
+    index, dist = _gpu_knn_on_host(queries, database, k, multiprocessors)
+    want_index, want_dist = knn_reference(torch.from_numpy(queries), torch.from_numpy(database), k)
+    np.testing.assert_array_equal(index, want_index.numpy())
+    np.testing.assert_array_equal(dist, want_dist.numpy())
+    splits = {grid[1] for _, kernel, grid, _ in cuda_on_host.launches if kernel == "quilt_knn_tiled_kernel"}
+    assert ("quilt_knn_merge_kernel" in cuda_on_host.kernels_launched("quilt")) == (max(splits) > 1)
+
+
+def test_cuda_knn_on_host_breaks_ties_like_the_cpu(cuda_on_host):
+    # Coarsely quantised values: most distances tie, across tiles and splits; the GPU search
+    # orders them by index, as the CPU driver and the reference do.
+    rng = np.random.default_rng(5)
+    database = (rng.integers(0, 3, (700, 75)) / 2).astype(np.float32)
+    database[[650, 3, 401]] = database[200]
+    queries = np.concatenate([database[[200, 5, 650]], (rng.integers(0, 3, (40, 75)) / 2).astype(np.float32)])
+    index, dist = _gpu_knn_on_host(queries, database, 9, multiprocessors=3)
+    np.testing.assert_array_equal(index[0, :4], [3, 200, 401, 650])
+    want_index, want_dist = knn_reference(torch.from_numpy(queries), torch.from_numpy(database), 9)
+    np.testing.assert_array_equal(index, want_index.numpy())
+    np.testing.assert_array_equal(dist, want_dist.numpy())
+    if C is not None:
+        cpu_index, cpu_dist = native_knn(queries, database, 9)
+        np.testing.assert_array_equal(index, cpu_index)
+        np.testing.assert_array_equal(dist, cpu_dist)
+
+
+@needs_native
+@pytest.mark.parametrize("channels,size,overlap,shape", [(3, 5, 2, (2, 14, 17)), (1, 4, 1, (1, 13, 10))])
+def test_cuda_quilt_on_host_equals_the_cpu_driver(cuda_on_host, channels, size, overlap, shape):
+    # The whole CUDA path (search, merge, Philox pick, stitching) on an exactly tiled batch.
+    generator = torch.Generator().manual_seed(channels)
+    database = torch.rand(400, channels, size, size, generator=generator)
+    x = torch.rand(shape[0], channels, *shape[1:], generator=generator)
+    seed = 2**40 + 3  # both halves of the Philox key in use
+    queries = _extract_patches(x, size, size - overlap)
+    gpu = _quilt_cuda(x, queries, database.reshape(400, -1), size, 10, overlap, seed)
+    assert torch.equal(gpu, quilt(x, database, k=10, overlap=overlap, seed=seed))
+    assert {"quilt_knn_tiled_kernel", "quilt_assemble_kernel"} <= cuda_on_host.kernels_launched("quilt")
+
+
+@needs_native
+@pytest.mark.parametrize("stitch", ["authors", "paste"])
+def test_cuda_stitch_variants_on_host_equal_the_cpu_driver(cuda_on_host, stitch):
+    # The authors' stitch and the paste through the CUDA driver's assemble kernel, searched and
+    # with given choices, equal to the CPU driver.
+    generator = torch.Generator().manual_seed(3)
+    database = torch.rand(300, 3, 5, 5, generator=generator)
+    x = torch.rand(2, 3, 14, 17, generator=generator)
+    code = STITCHES.index(stitch)
+    queries = _extract_patches(x, 5, 3)
+    gpu = _quilt_cuda(x, queries, database.reshape(300, -1), 5, 10, 2, 11, code)
+    assert torch.equal(gpu, quilt(x, database, k=10, overlap=2, seed=11, stitch=stitch))
+    choices = torch.randint(0, 300, (2, queries.shape[0] // 2), generator=generator)
+    gpu = _quilt_cuda(x, None, database.reshape(300, -1), 5, 10, 2, 11, code, choices.reshape(2, -1, 1))
+    assert torch.equal(gpu, quilt(x, database, overlap=2, choices=choices, stitch=stitch))
+
+
+def test_cuda_search_refuses_patches_longer_than_its_tiles():
+    with pytest.raises(ValueError, match="database: patches of 1088 values"):
+        _knn_cuda(torch.zeros(1, 1088), torch.zeros(2, 1088), 1)

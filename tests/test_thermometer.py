@@ -265,3 +265,28 @@ def test_cuda_matches_cpu_bit_for_bit(backward):
     cpu_out.backward(grad_out)
     gpu_out.backward(grad_out.cuda())
     assert torch.equal(cpu_leaf.grad, gpu_leaf.grad.cpu())
+
+
+# ----------------------------------------------------------------------------- CUDA driver on the host
+
+
+@pytest.mark.parametrize("levels", [2, 7, 16])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 7), (3, 1, 9, 4)])
+def test_cuda_driver_on_host_equals_the_cpu_driver(cuda_on_host, levels, shape):
+    # csrc/cuda/thermometer.cu compiled for the CPU, launched through the op's own CUDA path
+    # (packing, signature check, grid): forward and both BPDA backwards equal the CPU driver's,
+    # on random values and on every bucket boundary.
+    from obfgrad.ops import thermometer as module
+
+    if _native.native() is None:
+        pytest.skip("native extension not built")
+    x = _random_images(shape, seed=levels).flatten()
+    edges = _bucket_boundaries(levels)
+    x[: min(len(x), len(edges))] = edges[: len(x)]
+    x = x.view(shape)
+    grad_out = torch.randn(shape[0], shape[1] * levels, *shape[2:], generator=torch.Generator().manual_seed(1))
+    assert torch.equal(module._forward_cuda(x, levels), module._forward_impl(x, levels))
+    for mode in (0, 1):
+        assert torch.equal(module._backward_cuda(x, grad_out, levels, mode),
+                           module._backward_impl(x, grad_out, levels, mode))
+    assert cuda_on_host.kernels_launched("thermometer") == set(_native.kernel_signatures("thermometer"))

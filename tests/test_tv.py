@@ -484,65 +484,11 @@ def test_cuda_mask_and_backward():
 
 # ------------------------------------------------------------------ CUDA driver, emulated on the CPU
 
-_CUDA_EMULATION_SHIM = r"""
-// Compiles a CUDA driver as host code: kernels become plain extern "C" functions and the
-// thread index comes from globals that the Python launcher sets before each call.
-struct EmulatedIndex { unsigned int x, y, z; };
-EmulatedIndex blockIdx, blockDim, threadIdx;
-extern "C" void emu_set_thread(long long i) { blockIdx.x = (unsigned int)i; blockDim.x = 1; threadIdx.x = 0; }
-#define __global__
-#define __device__
-#define __host__
-#define __forceinline__ inline
-"""
-
-
-@pytest.fixture(scope="module")
-def emulated_cuda(tmp_path_factory):
-    """csrc/cuda/tv.cu compiled with g++ into a CPU library, and a launch_cuda stand-in that
-    runs one call per thread index: this runs the CUDA driver's kernels and the Python host
-    loop of ``_forward_cuda`` on a machine without a GPU."""
-    import ctypes
-    import shutil
-    import subprocess
-
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ is not installed")
-    root = _native.kernel_source_dir()
-    build = tmp_path_factory.mktemp("tv_cuda_emulation")
-    (build / "shim.h").write_text(_CUDA_EMULATION_SHIM)
-    library = build / "libtv_emulated.so"
-    subprocess.run([compiler, "-std=c++17", "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-include",
-                    str(build / "shim.h"), f"-I{root / 'include'}", "-x", "c++", str(root / "cuda" / "tv.cu"),
-                    "-o", str(library)], check=True, capture_output=True)
-    lib = ctypes.CDLL(str(library))
-
-    def launch(op, kernel, total, args, *, device, block=256):
-        assert op == "tv"
-        converted = []
-        for arg in args:
-            if isinstance(arg, torch.Tensor):
-                assert arg.is_contiguous()
-                converted.append(ctypes.c_void_p(arg.data_ptr()))
-            elif isinstance(arg, bool):
-                converted.append(ctypes.c_int(int(arg)))
-            elif isinstance(arg, int):
-                converted.append(ctypes.c_longlong(arg))
-            else:
-                converted.append(ctypes.c_float(arg))
-        function = getattr(lib, kernel)
-        for i in range(total):
-            lib.emu_set_thread(i)
-            function(*converted)
-
-    return launch
-
-
 @pytest.mark.parametrize("sweep", ["red_black", "raster"])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 9, 7), (3, 1, 6, 11)])
-def test_emulated_cuda_driver_matches_cpu_bit_for_bit(emulated_cuda, monkeypatch, shape, sweep):
-    monkeypatch.setattr(_native, "launch_cuda", emulated_cuda)
+def test_emulated_cuda_driver_matches_cpu_bit_for_bit(cuda_on_host, shape, sweep):
+    # csrc/cuda/tv.cu compiled for the CPU (tests/cuda_host_shim.py), run by the op's own host
+    # loop (_forward_cuda) with its packing and signature checks: the CPU driver's bits.
     x = _random_images(shape, seed=sum(shape))
     if shape[0] > 1:
         x[1] = 0.5  # a constant image stops after one iteration while the others go on
@@ -561,7 +507,8 @@ def test_emulated_cuda_driver_matches_cpu_bit_for_bit(emulated_cuda, monkeypatch
     assert torch.equal(gpu, cpu)
 
 
-def test_emulated_cuda_mask_kernel_matches_cpu(emulated_cuda):
+def test_emulated_cuda_mask_kernel_matches_cpu(cuda_on_host):
     mask = torch.zeros(2 * 7 * 9, dtype=torch.uint8)
-    emulated_cuda("tv", "tv_mask_kernel", mask.numel(), (mask.numel(), mask, 0.3, 2**40 + 5), device="cpu")
+    _native.launch_cuda("tv", "tv_mask_kernel", mask.numel(), (mask.numel(), mask, 0.3, 2**40 + 5),
+                        device=mask.device)
     assert torch.equal(mask.view(2, 1, 7, 9).bool(), tv_mask((2, 3, 7, 9), 0.3, seed=2**40 + 5))

@@ -48,8 +48,9 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from obfgrad import _native
 from obfgrad._checks import check_choice, check_images, check_int
-from obfgrad._native import launch_cuda, native
+from obfgrad._native import native
 from obfgrad.ops.quilt_db import PatchDatabase, search_projections
 
 __all__ = ["quilt", "reference", "knn_reference", "philox_uniform_reference", "MAX_PATCH_SIZE", "STITCHES"]
@@ -172,6 +173,9 @@ def quilt(
         raise ValueError(f"database: has {channels}-channel patches, but x has {x.shape[1]} channels")
     if size > MAX_PATCH_SIZE:
         raise ValueError(f"database: patch size {size} exceeds the supported maximum {MAX_PATCH_SIZE}")
+    if x.device.type == "cuda" and channels * size * size > CUDA_MAX_PATCH_DIM:
+        raise ValueError(f"database: {channels}x{size}x{size} patches exceed the GPU search's "
+                         f"{CUDA_MAX_PATCH_DIM} values")
     if patch_size is not None and check_int(patch_size, "patch_size", low=2) != size:
         raise ValueError(f"database: has {size}x{size} patches, expected patch_size={patch_size}")
     check_int(k, "k", low=1, high=int(flat.shape[0]))
@@ -215,8 +219,8 @@ def _quilt_op(x: torch.Tensor, database: torch.Tensor, database_sq_norms: torch.
         xp = torch.nn.functional.pad(xp, (0, padded_w - width, 0, padded_h - height), mode="replicate")
     module = native() if x.device.type == "cpu" else None
     if x.device.type == "cuda":
-        index = choices if choices is not None else _knn_cuda(_extract_patches(xp, size, stride), database, k)
-        out = _assemble_cuda(xp, database, index.reshape(xp.shape[0], -1, index.shape[-1]), size, overlap, seed, stitch)
+        queries = None if choices is not None else _extract_patches(xp, size, stride)
+        out = _quilt_cuda(xp, queries, database, size, k, overlap, seed, stitch, choices)
     elif module is not None:
         index = choices if choices is not None else _knn_cpu(module, _extract_patches(xp, size, stride), database,
                                                              database_sq_norms, database_projections, xp.shape[1], k)
@@ -258,24 +262,75 @@ def _knn_cpu(module, queries, database, database_sq_norms, database_projections,
     return torch.from_numpy(index)
 
 
-def _knn_cuda(queries, database, k) -> torch.Tensor:
-    num_queries = queries.shape[0]
-    index = torch.empty((num_queries, k), dtype=torch.int64, device=queries.device)
-    dist = torch.empty((num_queries, k), dtype=torch.float32, device=queries.device)
-    launch_cuda("quilt", "quilt_knn_kernel", num_queries,
-                (queries, database, num_queries, int(database.shape[0]), int(database.shape[1]), k, index, dist),
-                device=queries.device)
-    return index
+# The tiled k-NN kernel's constants (csrc/cuda/quilt.cu): threads (queries) per block, rows
+# scored together, shared-memory floats per tile.
+_KNN_QUERIES, _KNN_ROWS, _KNN_TILE_FLOATS = 128, 8, 8192
+#: Longest patch vector (C*P*P) the GPU search takes: a tile must hold OBF_KNN_ROWS rows.
+CUDA_MAX_PATCH_DIM = _KNN_TILE_FLOATS // _KNN_ROWS
+_KNN_BLOCKS_PER_MULTIPROCESSOR = 8  # enough blocks to fill the GPU when the queries are few
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _knn_splits(num_queries: int, num_db: int, dim: int, multiprocessors: int) -> tuple[int, int]:
+    """(splits, rows_per_split): the database is cut into splits of whole tiles so that
+    query blocks x splits fill ``multiprocessors`` several times over."""
+    tile_rows = _KNN_TILE_FLOATS // dim // _KNN_ROWS * _KNN_ROWS
+    wanted = _ceil_div(_KNN_BLOCKS_PER_MULTIPROCESSOR * multiprocessors, _ceil_div(num_queries, _KNN_QUERIES))
+    splits = max(1, min(wanted, _ceil_div(num_db, tile_rows)))
+    rows_per_split = _ceil_div(_ceil_div(num_db, splits), tile_rows) * tile_rows
+    return _ceil_div(num_db, rows_per_split), rows_per_split
+
+
+def _multiprocessors(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # a CPU device: the host emulation of the CUDA driver in the tests
+
+
+def _knn_cuda(queries: torch.Tensor, database: torch.Tensor, k: int, *,
+              multiprocessors: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact (index (Q, k) int64, distance (Q, k)) with the CUDA driver's tiled search and merge."""
+    num_queries, dim = queries.shape
+    num_db = int(database.shape[0])
+    if dim > CUDA_MAX_PATCH_DIM:
+        raise ValueError(f"database: patches of {dim} values exceed the GPU search's maximum {CUDA_MAX_PATCH_DIM}")
+    device = queries.device
+    splits, rows_per_split = _knn_splits(num_queries, num_db, dim,
+                                         multiprocessors or _multiprocessors(device))
+    index = torch.empty((num_queries, k), dtype=torch.int64, device=device)
+    dist = torch.empty((num_queries, k), dtype=torch.float32, device=device)
+    part_index, part_dist = index, dist
+    if splits > 1:
+        part_index = torch.empty((num_queries, splits, k), dtype=torch.int64, device=device)
+        part_dist = torch.empty((num_queries, splits, k), dtype=torch.float32, device=device)
+    grid = (-(-num_queries // _KNN_QUERIES), splits)
+    _native.launch_cuda_grid("quilt", "quilt_knn_tiled_kernel", grid, _KNN_QUERIES,
+                             (queries.t().contiguous(), database, num_queries, num_db, dim, k, rows_per_split,
+                              part_index, part_dist), device=device)
+    if splits > 1:
+        _native.launch_cuda("quilt", "quilt_knn_merge_kernel", num_queries,
+                            (part_index, part_dist, num_queries, splits, k, index, dist), device=device)
+    return index, dist
 
 
 def _assemble_cuda(xp, database, index, size, overlap, seed, stitch):
     """Stitch on the GPU from (B, blocks, K) neighbour indices (K = 1: given choices)."""
     out = torch.empty_like(xp)
     batch, channels, height, width = xp.shape
-    launch_cuda("quilt", "quilt_assemble_kernel", batch,
-                (out, database, index.contiguous(), batch, channels, height, width, int(index.shape[-1]), size,
-                 overlap, seed, stitch), device=xp.device, block=32)
+    _native.launch_cuda("quilt", "quilt_assemble_kernel", batch,
+                        (out, database, index.contiguous(), batch, channels, height, width, int(index.shape[-1]),
+                         size, overlap, seed, stitch), device=xp.device, block=32)
     return out
+
+
+def _quilt_cuda(xp, queries, database, size, k, overlap, seed, stitch=0, choices=None):
+    """The CUDA path: the tiled k-NN search (or the given choices), then the stitch."""
+    index = choices if choices is not None else _knn_cuda(queries, database, k)[0]
+    return _assemble_cuda(xp, database, index.reshape(xp.shape[0], -1, index.shape[-1]), size, overlap, seed,
+                          stitch)
 
 
 # ------------------------------------------------------------------------ reference

@@ -122,14 +122,27 @@ def _cuda_ready() -> bool:
     return True
 
 
+def _forward_cuda(x: torch.Tensor, levels: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    out = torch.empty((n, c * levels, h, w), dtype=torch.float32, device=x.device)
+    _native.launch_cuda("thermometer", "thermometer_forward", x.numel(),
+                        (x, out, x.numel(), h * w, levels, float(_scale(levels, torch.device("cpu")))),
+                        device=x.device)
+    return out
+
+
+def _backward_cuda(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
+    grad_in = torch.empty_like(x)
+    _native.launch_cuda("thermometer", "thermometer_backward", x.numel(),
+                        (x, grad_out, grad_in, x.numel(), x.shape[2] * x.shape[3], levels,
+                         _soft_slope(levels), mode), device=x.device)
+    return grad_in
+
+
 def _forward_impl(x: torch.Tensor, levels: int) -> torch.Tensor:
     n, c, h, w = x.shape
     if x.is_cuda and _cuda_ready():
-        out = torch.empty((n, c * levels, h, w), dtype=torch.float32, device=x.device)
-        _native.launch_cuda("thermometer", "thermometer_forward", x.numel(),
-                            (x, out, x.numel(), h * w, levels, float(_scale(levels, torch.device("cpu")))),
-                            device=x.device)
-        return out
+        return _forward_cuda(x, levels)
     module = _native.native() if x.device.type == "cpu" else None
     if module is None:
         return thermometer_reference(x, levels)
@@ -150,11 +163,7 @@ def _soft_255_backward_reference(x: torch.Tensor, grad_out: torch.Tensor, levels
 
 def _backward_impl(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
     if x.is_cuda and _cuda_ready():
-        grad_in = torch.empty_like(x)
-        _native.launch_cuda("thermometer", "thermometer_backward", x.numel(),
-                            (x, grad_out, grad_in, x.numel(), x.shape[2] * x.shape[3], levels,
-                             _soft_slope(levels), mode), device=x.device)
-        return grad_in
+        return _backward_cuda(x, grad_out, levels, mode)
     module = _native.native() if x.device.type == "cpu" else None
     if module is None:
         if mode == _MODE_CODE["straight_through"]:

@@ -27,24 +27,31 @@ namespace obfgrad {
 
 // ---------------------------------------------------------------------------- k-NN pieces
 
+// One term of the canonical distance: lane += (a - b)^2, the square rounded before the sum
+// (no fused multiply-add on either side).
+OBF_HD void quilt_lane_add(float& lane, float a, float b) {
+  float diff = a - b;
+  lane += diff * diff;
+}
+
+// The fixed pairwise tree that combines the eight lanes of the canonical distance.
+OBF_HD float quilt_lane_total(const float* lane) {
+  return ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
+}
+
 // Canonical squared distance between two vectors of length `dim`. Eight interleaved partial
 // sums (element j goes to lane j mod 8), each accumulated in order, then a fixed pairwise
 // tree: the order is part of the definition, so the host compiler may vectorise it and the
-// GPU computes the same float bits (both built without fused multiply-add).
+// GPU computes the same float bits (both built without fused multiply-add). The GPU's tiled
+// search (csrc/cuda/quilt.cu) scores several rows at once with the same two helpers.
 OBF_HD float quilt_distance(const float* a, const float* b, int dim) {
   float lane[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   int j = 0;
   for (; j + 8 <= dim; j += 8) {
-    for (int l = 0; l < 8; ++l) {
-      float diff = a[j + l] - b[j + l];
-      lane[l] += diff * diff;
-    }
+    for (int l = 0; l < 8; ++l) quilt_lane_add(lane[l], a[j + l], b[j + l]);
   }
-  for (int l = 0; j + l < dim; ++l) {
-    float diff = a[j + l] - b[j + l];
-    lane[l] += diff * diff;
-  }
-  return ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
+  for (int l = 0; j + l < dim; ++l) quilt_lane_add(lane[l], a[j + l], b[j + l]);
+  return quilt_lane_total(lane);
 }
 
 // (d1, i1) strictly before (d2, i2): smaller distance first, then smaller index.

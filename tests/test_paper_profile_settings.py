@@ -60,10 +60,11 @@ def test_guo_paper_attack_is_unpenalised_gradient_descent():
         assert attack.penalty == 0.0 and attack.lr == 0.1 and not attack.project and not attack.normalize
 
 
-def _placements(side, padded, draws=4000):
+def _placements(side, padded, geometry, draws=4000):
     """(row, column) offsets of the resized image on the canvas, per example: a constant image of 1
     on a canvas of 0 shows where it went."""
-    pad = RandomResizePad(min_size=side, max_size=side + 1, padded=padded, pad_value=0.0, resize_back=False)
+    pad = RandomResizePad(min_size=side, max_size=side + 1, padded=padded, pad_value=0.0, resize_back=False,
+                          geometry=geometry)
     canvas = pad(torch.ones(draws, 1, side, side), seed=3)
     rows = canvas[:, 0].amax(dim=2).argmax(dim=1)
     cols = canvas[:, 0].amax(dim=1).argmax(dim=1)
@@ -73,4 +74,11 @@ def _placements(side, padded, draws=4000):
 @pytest.mark.parametrize("side, padded", [(28, 31), (29, 31), (30, 31)])
 def test_xie_pad_offsets_lie_in_zero_to_padded_minus_r_exclusive(side, padded):
     # randomization/defense.py: pad_left = tf.random_uniform((), 0, 331 - rnd, dtype=tf.int32), maxval exclusive
-    assert _placements(side, padded) == set(range(padded - side))
+    assert _placements(side, padded, "authors") == set(range(padded - side))
+    # The project's centred geometry (smoke profile) keeps every placement, the upper end included.
+    assert _placements(side, padded, "centred") == set(range(padded - side + 1))
+
+
+def test_xie_paper_profile_pads_with_the_authors_geometry():
+    (paper,) = all_specs(["xie"], "paper")
+    assert paper.config["transform"]["geometry"] == "authors"

@@ -34,6 +34,8 @@ def test_paper_specs_describe_the_paper_setup():
     therm, sap, lid = all_specs(["thermometer", "sap", "lid"], "paper")
     assert therm.config["classifier"]["arch_kwargs"]["in_channels"] == 48 and therm.config["encoder"]["levels"] == 16
     assert therm.config["adaptive_attack"]["steps"] == 30
-    assert sap.config["adaptive_attack"]["steps"] == 500 and sap.config["adaptive_attack"]["samples"] == 10
+    # One SAP draw per Adam step, as sap/robustml_attack.py; the paper text's 10 is a named variant.
+    assert sap.config["adaptive_attack"]["steps"] == 500 and sap.config["adaptive_attack"]["samples"] == 1
+    assert sap.config["adaptive_attack"]["variant"] == "authors_code"
     assert lid.config["lid"] == {"k": 20, "batch_size": 100} and lid.n_examples == 1000
     assert all(spec.eps == pytest.approx(8 / 255) for spec in (therm, sap, lid))

@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # reproduce/ is a top-level directory of the repo, not installed
     sys.path.append(str(ROOT))
 
+from row_streams import recorded_seeds  # noqa: E402
+
 from reproduce import runner  # noqa: E402
 from reproduce.rows import all_specs  # noqa: E402
 from reproduce.spec import RunContext  # noqa: E402
@@ -28,6 +30,13 @@ def test_paper_profile_dry_run_completes_with_the_documented_fields(tmp_path, ro
         assert field in result
     assert 0.0 <= result["adaptive_accuracy"] <= 1.0
     assert result["n"] == 2
+    # Every evaluation records its attack's and its judge's seeds (SAP's vote judge too), and no
+    # judge replays an attack's stream (SAP draws its masks from torch's generator).
+    attacks, judges = recorded_seeds(result["attacks"])
+    assert attacks and judges and not attacks & judges
+    if row == "sap":
+        votes = [summary["other_prediction_rules"]["judge_seed"] for summary in result["attacks"].values()]
+        assert len(votes) == 2 and len(judges) == 4
 
 
 def test_paper_specs_describe_the_paper_setup():

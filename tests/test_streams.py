@@ -141,6 +141,18 @@ def test_evaluate_refuses_a_judge_seed_equal_to_the_attack_seed():
                  eps=0.1, progress=False, seed=3, judge_seed=3)
 
 
+def test_evaluate_refuses_a_judge_stream_that_overlaps_the_attacks_batches():
+    # Batch b is attacked under seed + b and judged under judge_seed + b: with 3 batches, bases 3
+    # and 5 would judge batch 0 on the draws batch 2's attack made.
+    x, y = torch.rand(6, 1, 4, 4), torch.zeros(6, dtype=torch.long)
+    with pytest.raises(ValueError, match="judge_seed.*number of batches"):
+        evaluate(DrawRecorder(), PGD(steps=1), x, y, distance="linf", eps=0.1, batch_size=2, progress=False,
+                 seed=3, judge_seed=5)
+    result = evaluate(DrawRecorder(), PGD(steps=1), x, y, distance="linf", eps=0.1, batch_size=2, progress=False,
+                      seed=3, judge_seed=6)
+    assert result.n == 6
+
+
 def test_derived_seeds_are_stable_distinct_and_in_range():
     seeds = {(seed, role): derive_seed(seed, role) for seed in range(4) for role in ROLES + ("xie/10_of_10/judge",)}
     assert len(set(seeds.values())) == len(seeds)

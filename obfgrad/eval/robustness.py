@@ -285,8 +285,10 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
                                                                                 high=_SEED_RANGE - 1)
     judge_seed = derive_seed(seed, "judge") if judge_seed is None else check_int(
         judge_seed, "judge_seed", low=0, high=_SEED_RANGE - 1)
-    if judge_seed == seed:
-        raise ValueError("judge_seed: must differ from seed (the judge never replays the attack's draws)")
+    n_batches = -(-x.shape[0] // batch_size)
+    if abs(judge_seed - seed) < n_batches:  # batch b uses base + b: nearby bases share batch seeds
+        raise ValueError(f"judge_seed: must differ from seed by at least the number of batches ({n_batches}), "
+                         f"got seed {seed} and judge_seed {judge_seed} (the judge never replays the attack's draws)")
 
     started = time.perf_counter()
     batches = list(enumerate(range(0, x.shape[0], batch_size)))[rank::world]

@@ -2,19 +2,20 @@
 
 ``reproduce/paper_settings.md`` lists, for every Table 1 row (Guo's five transformations and
 Defense-GAN's two attacks separately; Madry's adversarial training as its own entry), the
-settings of protocol.md (``../shared/protocol.md``) with a citation each: dataset, ε, norm and its
-normalisation, steps, step size, update rule, EOT samples, restarts, examples, targeted, loss,
-plus the row's defense constants (``defense.*``, ``classifier.*``, ...). This module resolves the
-same flat fields from the rows' paper-profile specs (``reproduce.rows.all_specs(..., "paper")``;
-configs differ per row, so each entry has its own extractor) and compares the two.
+paper-profile settings with their source each: dataset, ε, norm and its normalisation, steps,
+step size, update rule, EOT samples, restarts, examples, targeted, loss, plus the row's defense
+constants (``defense.*``, ``classifier.*``, ...). A source is a file of the authors' code
+(``[repo] `path`: what it says``, :data:`KNOWN_REPOS`), a paper section (``paper §N``), or the
+project's own choice (``choice: why``). This module resolves the same flat fields from the rows'
+paper-profile specs (``reproduce.rows.all_specs(..., "paper")``; configs differ per row, so each
+entry has its own extractor) and compares the two.
 
-    python -m reproduce.fidelity            # the resolved table, one line per entry
-    python -m reproduce.fidelity --fields   # every field: paper value, code value, verdict
+    python -m reproduce.fidelity            # the resolved table, one line per entry, and the counts
+    python -m reproduce.fidelity --fields   # every field: table value, code value, source, verdict
 
 Table cells: the first backquoted token is the value (``8/255`` is a fraction, ``a,b`` a tuple,
-``-`` "not a setting of the row config"); ``UNCONFIRMED`` in the cell means protocol.md has no
-confirmed value and the table records the row's choice; ``MISMATCH`` means the row's code
-disagrees with protocol.md (the test expects the protocol value and is marked xfail).
+``-`` "not a setting of the row config"). A setting confirmed by an outside source that the code
+contradicts is an error; a project's choice is counted apart, never as a confirmation.
 """
 
 from __future__ import annotations
@@ -42,15 +43,43 @@ NOT_A_SETTING = "-"  # the table's value for a field the row config does not car
 # ---------------------------------------------------------------------------- the table
 
 
+#: The repositories a source may cite: ``[tag]`` in the table -> the GitHub repository read.
+KNOWN_REPOS = {"obfuscated-gradients": "anishathalye/obfuscated-gradients", "defensegan": "kabkabm/defensegan",
+               "cifar10_challenge": "MadryLab/cifar10_challenge"}
+_SOURCE_FILE = re.compile(r"^\[(?P<repo>[^\]]+)\]\s+`(?P<path>[^`]+\.(?:py|ipynb|yml|json|md|sh))`")
+SOURCE_KINDS = ("code", "paper", "choice")
+
+
 @dataclass(frozen=True)
 class PaperSetting:
-    """One cell of ``paper_settings.md``: the paper's value and where protocol.md says so."""
+    """One cell of ``paper_settings.md``: the setting and where it comes from."""
 
     value: Any
     citation: str
-    unconfirmed: bool = False
-    mismatch: bool = False  # the row's code is known to disagree (reported to the lead)
+    kind: str = "choice"  # "code" (a file of the authors' code), "paper" (a section), "choice"
+    repo: str = ""  # for "code": the GitHub repository
+    path: str = ""  # for "code": the file, relative to the repository root
     text: str = ""  # the whole cell, for messages
+
+    @property
+    def confirmed(self) -> bool:
+        """Fixed by an outside source (the authors' code or the paper), not by the project."""
+        return self.kind in ("code", "paper")
+
+
+def classify_source(citation: str, where: str) -> Dict[str, str]:
+    """``{"kind", "repo", "path"}`` of a source cell; ValueError when it names no source."""
+    match = _SOURCE_FILE.match(citation)
+    if match:
+        if match.group("repo") not in KNOWN_REPOS:
+            raise ValueError(f"{where}: unknown repository [{match.group('repo')}] (known: {', '.join(KNOWN_REPOS)})")
+        return {"kind": "code", "repo": KNOWN_REPOS[match.group("repo")], "path": match.group("path")}
+    if citation.startswith("paper §"):
+        return {"kind": "paper", "repo": "", "path": ""}
+    if citation.startswith("choice:") and citation[len("choice:"):].strip():
+        return {"kind": "choice", "repo": "", "path": ""}
+    raise ValueError(f"{where}: source {citation!r} is neither `[repo] `path`: ...` of the authors' code, "
+                     "`paper §N`, nor `choice: reason`")
 
 
 _HEADING = re.compile(r"^###\s+`([^`]+)`")
@@ -102,11 +131,13 @@ def read_paper_settings(path: Path = SETTINGS_FILE) -> Dict[str, Dict[str, Paper
         token = _TOKEN.search(cell)
         if token is None:
             raise ValueError(f"{path}:{number}: {current}.{field}: the value cell has no `value`")
+        where = f"{path}:{number}: {current}.{field}"
         if not citation:
-            raise ValueError(f"{path}:{number}: {current}.{field}: no protocol.md citation")
-        entries[current][field] = PaperSetting(parse_value(token.group(1)), citation,
-                                               unconfirmed="UNCONFIRMED" in cell, mismatch="MISMATCH" in cell,
-                                               text=cell)
+            raise ValueError(f"{where}: no source")
+        if "UNCONFIRMED" in cell or "MISMATCH" in cell:
+            raise ValueError(f"{where}: UNCONFIRMED/MISMATCH markers are not used: cite the source or `choice: why`")
+        entries[current][field] = PaperSetting(parse_value(token.group(1)), citation, text=cell,
+                                               **classify_source(citation, where))
     return entries
 
 
@@ -162,18 +193,23 @@ def _classifier(recipe: Dict[str, Any]) -> Dict[str, Any]:
     return fields
 
 
+def _start(attack: Dict[str, Any]) -> Dict[str, Any]:
+    """Where the attack starts: ``x`` (``-``) or the ball's point nearest the constant image ``v``."""
+    return {"attack.start_from": NOT_A_SETTING if attack.get("start_from") is None else attack["start_from"]}
+
+
 def _thermometer(spec: RowSpec) -> Dict[str, Any]:
     attack = spec.config["adaptive_attack"]
     return {**_attack(spec, attack), **_classifier(spec.config["classifier"]),
             "defense.levels": spec.config["encoder"]["levels"],
-            "attack.random_start": attack["random_start"], "attack.backward": attack["backward"]}
+            "attack.random_start": attack["random_start"], "attack.backward": attack["backward"], **_start(attack)}
 
 
 def _lid(spec: RowSpec) -> Dict[str, Any]:
     attack = spec.config["adaptive_attack"]
     return {**_attack(spec, attack), **_classifier(spec.config["classifier"]),
             "lid.k": spec.config["lid"]["k"], "lid.batch_size": spec.config["lid"]["batch_size"],
-            "attack.random_start": attack["random_start"], "attack.early_stop": attack["early_stop"]}
+            "attack.random_start": attack["random_start"], "attack.early_stop": attack["early_stop"], **_start(attack)}
 
 
 def _guo(transform: str) -> Callable[[RowSpec], Dict[str, Any]]:
@@ -187,9 +223,10 @@ def _guo(transform: str) -> Callable[[RowSpec], Dict[str, Any]]:
 
 
 def _sap(spec: RowSpec) -> Dict[str, Any]:
-    sap = spec.config["sap"]
-    return {**_attack(spec, spec.config["adaptive_attack"]), **_classifier(spec.config["classifier"]),
-            "defense.draws_factor": sap["draws_factor"], "defense.eps": sap["eps"]}
+    sap, attack = spec.config["sap"], spec.config["adaptive_attack"]
+    return {**_attack(spec, attack), **_classifier(spec.config["classifier"]),
+            "defense.draws_factor": sap["draws_factor"], "defense.eps": sap["eps"], **_start(attack),
+            "attack.early_stop": attack["early_stop"]}
 
 
 def _xie(spec: RowSpec) -> Dict[str, Any]:
@@ -208,7 +245,9 @@ def _pixeldefend(spec: RowSpec) -> Dict[str, Any]:
 def _defensegan_bpda(spec: RowSpec) -> Dict[str, Any]:
     projection, generator = spec.config["projection"], spec.config["generator"]
     return {**_attack(spec, spec.config["adaptive_attack"]),
-            **{f"projection.{key}": projection[key] for key in ("steps", "restarts", "lr")},
+            **{f"projection.{key}": projection[key] for key in ("steps", "restarts", "lr", "momentum", "lr_decay",
+                                                                "lr_decay_at")},
+            "projection.starts": spec.config["projection_starts"],
             "generator.dim": generator["dim"], "generator.kind": generator["kind"],
             **{f"classifier.{key}": spec.config["classifier"][key]
                for key in ("arch", "optimizer", "batch_size", "epochs")}}
@@ -306,9 +345,28 @@ class FieldCheck:
     def verdict(self) -> str:
         if self.setting is None:
             return "NOT IN TABLE"
-        if self.agrees:
-            return "ok (UNCONFIRMED)" if self.setting.unconfirmed else "ok"
-        return "MISMATCH (known)" if self.setting.mismatch else "MISMATCH"
+        if self.setting.confirmed:
+            return "confirmed" if self.agrees else "CONTRADICTS ITS SOURCE"
+        return "project's choice" if self.agrees else "DIFFERS FROM THE RECORDED CHOICE"
+
+
+def counts(checks: List[FieldCheck]) -> Dict[str, int]:
+    """How many settings an outside source confirms (and of those, how many the authors' code and
+    the paper), how many are the project's own choice, and how many disagree with the table."""
+    in_table = [item for item in checks if item.setting is not None]
+    confirmed = [item for item in in_table if item.setting.confirmed and item.agrees]
+    return {"settings": len(checks), "confirmed": len(confirmed),
+            "confirmed_by_code": sum(1 for item in confirmed if item.setting.kind == "code"),
+            "confirmed_by_paper": sum(1 for item in confirmed if item.setting.kind == "paper"),
+            "own_choice": sum(1 for item in in_table if not item.setting.confirmed and item.agrees),
+            "disagreeing": sum(1 for item in checks if not item.agrees or item.setting is None)}
+
+
+def summary_line(checks: List[FieldCheck]) -> str:
+    number = counts(checks)
+    return (f"{number['confirmed']} of {number['settings']} settings confirmed by an outside source "
+            f"({number['confirmed_by_code']} by the authors' code, {number['confirmed_by_paper']} by the paper), "
+            f"{number['own_choice']} the project's own choice, {number['disagreeing']} disagreeing")
 
 
 def check(paper: Dict[str, Dict[str, PaperSetting]], resolved: Dict[str, Dict[str, Any]]) -> List[FieldCheck]:
@@ -349,11 +407,19 @@ def render_summary(resolved: Dict[str, Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _source(item: FieldCheck) -> str:
+    setting = item.setting
+    if setting is None:
+        return "-"
+    return f"{setting.repo}: {setting.path}" if setting.kind == "code" else setting.citation
+
+
 def render_checks(checks: List[FieldCheck]) -> str:
-    lines = ["| entry | field | paper (protocol.md) | code (paper profile) | verdict |", "|---|---|---|---|---|"]
+    lines = ["| entry | field | paper_settings.md | code (paper profile) | source | verdict |",
+             "|---|---|---|---|---|---|"]
     for item in checks:
         lines.append(f"| {item.entry} | {item.field} | {format_value(item.paper)} | {format_value(item.code)} | "
-                     f"{item.verdict} |")
+                     f"{_source(item)} | {item.verdict} |")
     return "\n".join(lines)
 
 
@@ -375,11 +441,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     resolved = resolve(entries)
     checks = check(read_paper_settings(), resolved)
     print(render_checks(checks) if args.fields else render_summary(resolved))
-    disagreeing = [item for item in checks if not item.agrees]
+    disagreeing = [item for item in checks if not item.agrees or item.setting is None]
     print()
-    print(f"{len(checks) - len(disagreeing)} of {len(checks)} settings match {SETTINGS_FILE.name}"
-          + (": " + ", ".join(f"{item.entry}.{item.field}" for item in disagreeing) if disagreeing else "."))
-    return 0
+    print(summary_line(checks)
+          + (": " + ", ".join(f"{item.entry}.{item.field} ({item.verdict})" for item in disagreeing)
+             if disagreeing else "."))
+    return 1 if disagreeing else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

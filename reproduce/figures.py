@@ -54,10 +54,11 @@ def _error_bar(value: float, ci: Optional[List[float]]) -> Optional[List[List[fl
 
 
 def _own_ci(result: Dict[str, Any]) -> Optional[List[float]]:
-    """The own evaluation's CI: ``own_ci95``, else the attack summary named ``own`` (or
-    ``own_*``) whose accuracy is the row's own-evaluation number; None if there is none."""
-    if result.get("own_ci95"):
-        return result["own_ci95"]
+    """The own evaluation's CI: ``own_attack_ci95`` (or ``own_ci95``), else the attack summary named
+    ``own`` (or ``own_*``) whose accuracy is the row's own-evaluation number; None if there is none."""
+    for key in ("own_attack_ci95", "own_ci95"):
+        if result.get(key):
+            return result[key]
     attacks = result.get("attacks") or {}
     for name in sorted(attacks, key=lambda name: name != "own"):  # "own" first
         summary = attacks[name]
@@ -83,7 +84,7 @@ def own_vs_adaptive(figure_class, rows: List[Tuple[RowSpec, Dict[str, Any]]]):
                   markeredgecolor="black", linestyle="none", zorder=3, label="paper (adaptive)" if first else None)
         axes.plot(index - width / 2, result["clean_accuracy"], marker="o", markerfacecolor="none",
                   color="gray", linestyle="none", label="clean" if first else None)
-        axes.text(index, 1.03, verdict(result), ha="center", fontsize=8, style="italic")
+        axes.text(index, 1.03, verdict(result, spec), ha="center", fontsize=8, style="italic")
     axes.set_xticks(range(len(rows)))
     axes.set_xticklabels([f"{spec.name}\n{spec.dataset}\nε={spec.eps:.3g}" for spec, _ in rows], fontsize=8)
     axes.set_ylim(0, 1.1)

@@ -4,6 +4,7 @@ running one attack through the evaluator into a summary plus per-example records
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -12,10 +13,15 @@ from torch import nn
 from obfgrad.atomic import atomic_write_json
 from obfgrad.attacks import PGD
 from obfgrad.data import load_dataset
-from obfgrad.eval import EvalResult, evaluate
+from obfgrad.eval import EvalResult, clopper_pearson, derive_seed, evaluate
+from obfgrad.fingerprint import file_sha256
 from obfgrad.models.training import build_seeded, make_recipe, train_or_load
 from reproduce import distributed
 from reproduce.spec import RowSpec, RunContext
+
+#: This module's training glue (the adversary of adversarial training, the training data): part of
+#: every checkpoint's code fingerprint (``obfgrad.cache.load_or_train``).
+TRAINING_GLUE = (Path(__file__),)
 
 # Image shapes at paper resolution, for the dry run's synthetic stand-in data.
 _SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32),
@@ -78,7 +84,7 @@ def classifier(ctx: RunContext, recipe_fields: Mapping[str, Any], *, row: Option
     started = time.perf_counter()
     with distributed.main_first():  # several ranks: rank 0 trains and caches, the others load
         model = train_or_load(recipe, data_fn=training_data(ctx), adversary_fn=pgd_adversary,
-                              progress=ctx.progress is not False)
+                              progress=ctx.progress is not False, code_files=TRAINING_GLUE)
     elapsed = time.perf_counter() - started
     if elapsed > 5:
         ctx.log(f"  trained {recipe['arch']} ({'adversarial' if recipe['adversarial'] else 'natural'}) "
@@ -108,17 +114,27 @@ def run_attack_keeping_x_adv(ctx: RunContext, spec: RowSpec, label: str, model: 
                        targets=targets, keep_x_adv=True)
 
 
+def stream_seeds(ctx: RunContext, spec: RowSpec, label: str) -> Dict[str, int]:
+    """The attack's and the judge's seeds of one evaluation of a row, derived from the run seed and
+    the evaluation's label (independent streams, :mod:`obfgrad.eval.streams`; recorded in the result)."""
+    return {role: derive_seed(ctx.seed, f"{spec.name}/{label}/{role}") for role in ("attack", "judge")}
+
+
 def _run_attack(ctx, spec, label, model, attack, x, y, *, predict, eps, distance, targets, keep_x_adv):
     started = time.perf_counter()
+    seeds = stream_seeds(ctx, spec, label)
     result: EvalResult = evaluate(model, attack, x, y, distance=distance or spec.distance,
                                   eps=spec.eps if eps is None else eps, targets=targets,
                                   predict=predict, progress=ctx.progress is not False and distributed.is_main(),
-                                  keep_x_adv=keep_x_adv, distributed=distributed.world() > 1)
+                                  keep_x_adv=keep_x_adv, distributed=distributed.world() > 1,
+                                  seed=seeds["attack"], judge_seed=seeds["judge"])
     seconds = time.perf_counter() - started
     records_path = ctx.results_dir / "records" / f"{spec.name}.{label}.json"
+    records_sha256 = None
     if distributed.is_main():
         atomic_write_json(records_path, {"row": spec.name, "attack": label, "settings": repr(attack),
                                          **result.to_dict()})
+        records_sha256 = file_sha256(records_path)  # a reused row checks its records against this
     summary = {
         "attack": repr(attack),
         "accuracy": result.robust_accuracy,
@@ -129,10 +145,42 @@ def _run_attack(ctx, spec, label, model, attack, x, y, *, predict, eps, distance
         "n": result.n,
         "seconds": round(seconds, 2),
         "records": str(records_path),
+        "records_sha256": records_sha256,
+        "seeds": seeds,
     }
     ctx.log(f"  {label:<28} accuracy {summary['accuracy']:.3f} "
             f"[{summary['ci95'][0]:.3f}, {summary['ci95'][1]:.3f}]  ({seconds:.0f} s)")
     return summary, result.x_adv
+
+
+class ClassifierAccuracyError(RuntimeError):
+    """A row's classifier is far less accurate on clean images than its recipe should make it: the
+    row refuses to report (a wrongly loaded, scaled or trained model must never give a Table 1 line)."""
+
+
+def guard_clean_accuracy(ctx: RunContext, spec: RowSpec, model: Callable, x: torch.Tensor, y: torch.Tensor,
+                         floor: Mapping[str, Any]) -> Dict[str, Any]:
+    """Check the clean accuracy of a row's classifier on the row's test images before any attack.
+
+    Refuses (:class:`ClassifierAccuracyError`, naming the row, the accuracy and the floor with
+    its source) when even the upper end of the exact 95% interval of the measured accuracy lies
+    below ``floor["floor"]`` (``recipes.clean_floor``). A dry run's models are untrained: the
+    guard is skipped there, and says so. Returns the record stored in the row's result."""
+    if ctx.dry_run:
+        ctx.log("  clean-accuracy guard skipped: dry run (untrained models)")
+        return {"status": "skipped: dry run (untrained models)", **floor}
+    with torch.no_grad():
+        correct = sum(int((model(x[s:s + 256]).argmax(1) == y[s:s + 256]).sum()) for s in range(0, x.shape[0], 256))
+    n = int(x.shape[0])
+    low, high = clopper_pearson(correct, n)
+    if high < floor["floor"]:
+        raise ClassifierAccuracyError(
+            f"row {spec.name}: the classifier's clean accuracy is {correct / n:.1%} ({correct} of {n} test images; "
+            f"95% interval up to {high:.1%}), far below the {floor['floor']:.0%} its recipe should reach "
+            f"({floor['source']}). Refusing to report: check the weights (--weights), their input scaling and "
+            "the data.")
+    ctx.log(f"  clean-accuracy guard: classifier {correct / n:.1%} on {n} test images (floor {floor['floor']:.0%})")
+    return {"status": "passed", "accuracy": correct / n, "ci95": [low, high], "n": n, **floor}
 
 
 def clean_accuracy(model: Callable, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:

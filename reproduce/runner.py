@@ -1,9 +1,11 @@
 """The Table 1 runner: ``python -m reproduce`` (``nox -s reproduce``).
 
 For each requested row it builds the row's spec for the profile, reuses the cached row result
-when the spec, example count, seed and profile are unchanged (``--no-resume`` recomputes), else
-runs the row and writes its result atomically to ``results/rows/<row>.json``; an interrupted run
-therefore leaves no partial file and the next run repeats no finished row. Each row with a
+when the spec, example count, seed and profile, and the code, data and weights that compute it are
+unchanged and the stored result is well formed (``reproduce.provenance``; a malformed or damaged
+file is recomputed with a warning; ``--no-resume`` recomputes), else runs the row and writes its
+result atomically to ``results/rows/<row>.json``; an interrupted run therefore leaves no partial
+file and the next run repeats no finished row. Each row with a
 ``build_defense`` also gets its accuracy-vs-eps curve (``reproduce.curves``), stored in the same
 file. At the end it writes ``results/table1.{md,json,csv}`` and the figures
 (``results/figures/*.png``, ``reproduce.figures``) and prints the table.
@@ -15,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -23,11 +26,11 @@ import torch
 import obfgrad
 from obfgrad.atomic import atomic_write_json
 from obfgrad.cache import recipe_key
-from reproduce import curves, distributed, environment, figures, table
+from reproduce import curves, distributed, environment, figures, provenance, table
 from reproduce.rows import all_specs
 from reproduce.spec import PROFILES, ROW_NAMES, RowSpec, RunContext
 
-RESULT_FORMAT = 1
+RESULT_FORMAT = 2
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -78,25 +81,45 @@ def _device(name: str) -> torch.device:
 
 
 def row_key(spec: RowSpec, ctx: RunContext) -> str:
-    """What a cached row result must match to be reused."""
+    """What a cached row result must match to be reused: the row's settings, and the code, data
+    and weights that compute it (``reproduce.provenance``)."""
     return recipe_key({"format": RESULT_FORMAT, "spec": spec.describe(), "profile": ctx.profile,
                        "examples": ctx.examples(spec.n_examples), "seed": ctx.seed, "dry_run": ctx.dry_run,
-                       "device_type": ctx.device.type, "obfgrad": obfgrad.__version__})
+                       "device_type": ctx.device.type, "obfgrad": obfgrad.__version__,
+                       "code": provenance.code_fingerprint(), "data": provenance.data_fingerprint(spec, ctx),
+                       "weights": provenance.weights_fingerprint(spec, ctx)})
 
 
-def _cached_result(path: Path, key: str) -> Optional[Dict[str, Any]]:
+def _cached_result(path: Path, key: str, ctx: RunContext) -> Optional[Dict[str, Any]]:
+    """The stored result of a row when it was made by this code, data and settings and is well
+    formed; None otherwise (a damaged or malformed file is reported with a warning, never reused)."""
+    if not path.exists():
+        return None
     try:
         stored = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError) as error:
+        return _refuse(path, f"unreadable ({type(error).__name__}: {error})", ctx)
+    if isinstance(stored, dict) and stored.get("key") != key:
+        ctx.log(f"  {path}: made by other code, data or settings; recomputing")
         return None
-    return stored.get("result") if stored.get("key") == key else None
+    problems = provenance.result_problems(stored, ctx.results_dir)
+    if problems:
+        return _refuse(path, "; ".join(problems), ctx)
+    return stored["result"]
+
+
+def _refuse(path: Path, reason: str, ctx: RunContext) -> None:
+    message = f"{path}: cached result refused, recomputing: {reason}"
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    ctx.log(f"  {message}")
+    return None
 
 
 def run_row(spec: RowSpec, ctx: RunContext, resume: bool = True) -> Dict[str, Any]:
     path = ctx.results_dir / "rows" / f"{spec.name}.json"
-    key = row_key(spec, ctx)
     if resume:
-        cached = distributed.from_main(lambda: _cached_result(path, key))  # one decision for all ranks
+        key = row_key(spec, ctx)
+        cached = distributed.from_main(lambda: _cached_result(path, key, ctx))  # one decision for all ranks
         if cached is not None:
             ctx.log(f"[{spec.name}] cached result reused ({path})")
             return _with_eps_curve(spec, ctx, path, key, cached)
@@ -108,6 +131,10 @@ def run_row(spec: RowSpec, ctx: RunContext, resume: bool = True) -> Dict[str, An
     result["wall_seconds"] = round(time.perf_counter() - started, 2)
     result.setdefault("n", ctx.examples(spec.n_examples))
     result["paper_accuracy"] = spec.paper_accuracy
+    key = row_key(spec, ctx)  # after the run: a dataset the row downloaded is now part of the key
+    result["provenance"] = {"code": provenance.code_fingerprint(), "data": provenance.data_fingerprint(spec, ctx),
+                            "weights": provenance.weights_fingerprint(spec, ctx),
+                            "git_revision": environment.capture(ctx.device, ctx.seed, ctx.profile)["git_revision"]}
     _write_row(path, key, spec, ctx, result)
     return _with_eps_curve(spec, ctx, path, key, result)
 
@@ -115,6 +142,7 @@ def run_row(spec: RowSpec, ctx: RunContext, resume: bool = True) -> Dict[str, An
 def _write_row(path: Path, key: str, spec: RowSpec, ctx: RunContext, result: Dict[str, Any]) -> None:
     if distributed.is_main():  # under torchrun every rank holds the same result; one writes it
         atomic_write_json(path, {"key": key, "spec": spec.describe(), "result": result,
+                                 "checksum": provenance.result_checksum(result),
                                  "environment": environment.capture(ctx.device, ctx.seed, ctx.profile)})
 
 

@@ -77,6 +77,9 @@ class RowSpec:
     paper_bound: str  # as Table 1 prints it, e.g. "0.031 (ℓ∞)"
     paper_accuracy: float  # fraction in [0, 1]
     paper_note: str = ""  # footnote marks and what they mean
+    # The defense's own claimed accuracy at this setting, where its paper states one (the verdict's
+    # "broken" needs the adaptive interval below it); None: the row's own evaluation is the claim.
+    claimed_accuracy: Optional[float] = None
     n_examples: int = 100
     targeted: bool = False
     config: Dict[str, Any] = field(default_factory=dict)  # every setting, JSON
@@ -107,6 +110,7 @@ class RowSpec:
             "targeted": self.targeted,
             "paper": {"dataset": self.paper_dataset, "bound": self.paper_bound,
                       "accuracy": self.paper_accuracy, "note": self.paper_note},
+            **({"claimed_accuracy": self.claimed_accuracy} if self.claimed_accuracy is not None else {}),
             "config": self.config,
             "choices": self.choices,
         }

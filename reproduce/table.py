@@ -9,21 +9,24 @@ from typing import Any, Dict, List, Optional
 
 from obfgrad.atomic import atomic_write_json, atomic_write_text
 from reproduce.spec import RowSpec
+from reproduce.verdict import interval, row_verdict
 
 FOOTNOTES = (
     "\\* the defense paper also proposes combining it with adversarial training; the row reports the "
     "defense alone (Athalye et al., Section 5).  \n"
     "\\*\\* the principle behind Defense-GAN gives 0% (a perfect projection); imperfect projection makes "
-    "the practical number 55% (Section 5.4.2)."
+    "the practical number 55% (Section 5.4.2).  \n"
+    "Verdict (95% Clopper-Pearson intervals, own evaluation and adaptive attack judged by the same rule): "
+    "*nothing to break* when the own evaluation's interval ends at or below 10%; *broken* when the adaptive "
+    "interval lies entirely below the own one (and below the defense's claim, where the row states one); "
+    "*holds* when they overlap and the adaptive accuracy lies inside the own interval; *inconclusive* otherwise."
 )
 
 
-def verdict(result: Dict[str, Any]) -> str:
-    """*broken* when the adaptive attack takes accuracy far below the defense's own evaluation
-    (more than 20 points, or more than half of it); *holds* otherwise."""
-    own, adaptive = result["own_attack_accuracy"], result["adaptive_accuracy"]
-    drop = own - adaptive
-    return "broken" if drop > 0.2 or (own > 0 and drop > own / 2) else "holds"
+def verdict(result: Dict[str, Any], spec: Optional[RowSpec] = None) -> str:
+    """The row's verdict from the confidence intervals of its own and adaptive accuracies (the
+    rule is :mod:`reproduce.verdict`'s); ``spec`` supplies the defense's claimed accuracy."""
+    return row_verdict(result, claimed=None if spec is None else spec.claimed_accuracy)
 
 
 def _footnote_mark(note: str) -> str:
@@ -36,19 +39,23 @@ def _pct(value: Optional[float]) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
+def _with_ci(value: float, ci) -> str:
+    return f"{_pct(value)} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
 def _row_line(spec: RowSpec, result: Optional[Dict[str, Any]]) -> List[str]:
     paper = [f"{spec.defense}", spec.paper_dataset, spec.paper_bound,
              f"{100 * spec.paper_accuracy:.0f}%{_footnote_mark(spec.paper_note)}"]
     if result is None:
         return paper + ["pending", "—", "—", "—", "—", "—", "—"]
-    lo, hi = result["adaptive_ci95"]
     setting = f"{spec.dataset}, {spec.eps:.3g} ({spec.distance})"
-    return paper + [setting, _pct(result["clean_accuracy"]), _pct(result["own_attack_accuracy"]),
-                    f"{_pct(result['adaptive_accuracy'])} [{100 * lo:.1f}, {100 * hi:.1f}]",
-                    str(result["n"]), verdict(result), f"{result['wall_seconds']:.0f}"]
+    own_ci = interval(result["own_attack_accuracy"], result["n"], result.get("own_attack_ci95"))
+    return paper + [setting, _pct(result["clean_accuracy"]), _with_ci(result["own_attack_accuracy"], own_ci),
+                    _with_ci(result["adaptive_accuracy"], result["adaptive_ci95"]),
+                    str(result["n"]), verdict(result, spec), f"{result['wall_seconds']:.0f}"]
 
 
-HEADER = ["Defense", "Dataset", "Distance", "Paper", "Ours: data, ε", "Clean", "Own eval",
+HEADER = ["Defense", "Dataset", "Distance", "Paper", "Ours: data, ε", "Clean", "Own eval [95% CI]",
           "Adaptive [95% CI]", "n", "Verdict", "Seconds"]
 
 
@@ -71,7 +78,7 @@ def write_tables(results_dir: Path, specs: List[RowSpec], results: Dict[str, Dic
     for spec in specs:
         if spec.name in results:
             result = results[spec.name]
-            rows[spec.name] = {**result, "paper_accuracy": spec.paper_accuracy, "verdict": verdict(result),
+            rows[spec.name] = {**result, "paper_accuracy": spec.paper_accuracy, "verdict": verdict(result, spec),
                                "spec": spec.describe()}
     pending = [spec.name for spec in specs if spec.name not in results]
     js = atomic_write_json(results_dir / "table1.json",

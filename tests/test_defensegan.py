@@ -1,10 +1,11 @@
 """Defense-GAN: the projection recovers points on the generator's range; the latent attack's
 output lies on the range; WGAN-GP training runs."""
 
+import pytest
 import torch
 
 from obfgrad.attacks import LatentAttack
-from obfgrad.defenses.defensegan import DefenseGAN, project
+from obfgrad.defenses.defensegan import DefenseGAN, project, start_std, step_learning_rate
 from obfgrad.models.wgan import Critic, Generator, train_wgan_gp, wgan_recipe
 
 
@@ -20,7 +21,7 @@ def test_projection_finds_z_for_an_image_on_the_generators_range():
         x = g(z0)
     z_star, x_rec = project(g, x, steps=200, restarts=10, lr=10.0)
     per_value_rmse = (x_rec - x).flatten(1).pow(2).mean(dim=1).sqrt()
-    assert float(per_value_rmse.max()) < 0.01  # pixels within 1% on average
+    assert float(per_value_rmse.max()) < 0.02  # pixels within 2% on average
     with torch.no_grad():
         assert torch.allclose(g(z_star), x_rec)
     far = (torch.rand_like(x) - x).flatten(1).pow(2).mean(dim=1).sqrt()
@@ -37,10 +38,48 @@ def test_more_restarts_never_project_worse():
     assert bool((error(four) <= error(one) + 1e-6).all())
 
 
-def test_defense_gan_is_deterministic_per_seed():
-    defense = DefenseGAN(_generator(), steps=5, restarts=2)
+def test_defense_gan_draws_fresh_starts_on_every_call_and_replays_a_given_seed():
+    g = _generator()
     x = torch.rand(2, 1, 28, 28)
-    assert torch.equal(defense(x), defense(x))
+    fresh = DefenseGAN(g, steps=5, restarts=2)
+    assert fresh.seed is None
+    assert not torch.equal(fresh(x), fresh(x))  # the authors re-initialise z for every batch
+    torch.manual_seed(3)
+    first = fresh(x)
+    torch.manual_seed(3)
+    assert torch.equal(fresh(x), first)  # the starts come from torch's global generator
+    replay = DefenseGAN(g, steps=5, restarts=2, seed=7)
+    assert torch.equal(replay(x), replay(x))
+
+
+def test_random_starts_are_normal_with_variance_one_over_the_latent_dimension():
+    g = _generator()
+    x = torch.rand(64, 1, 28, 28)
+    z_start, _ = project(g, x, steps=0, restarts=8, seed=0)  # 0 steps: the best of the starts
+    assert start_std(128) == pytest.approx(128 ** -0.5)
+    starts = start_std(128) * torch.randn(64, 8, 128, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(z_start, starts[torch.arange(64), _best_start(g, x, starts)])
+    assert float(starts.std()) == pytest.approx(128 ** -0.5, rel=0.02)
+
+
+def _best_start(g, x, starts):
+    with torch.no_grad():
+        error = (g(starts.reshape(-1, 128)).view(64, 8, -1) - x.flatten(1)[:, None]).pow(2).mean(dim=2)
+    return error.argmin(dim=1)
+
+
+def test_learning_rate_drops_tenfold_at_eighty_percent_of_the_steps():
+    # models/gan.py: exponential_decay(rec_lr, step, ceil(0.8 * rec_iters), 0.1, staircase=True)
+    rates = [step_learning_rate(10.0, t, 200) for t in range(200)]
+    assert rates[:160] == [10.0] * 160 and rates[160:] == [pytest.approx(1.0)] * 40
+    assert [step_learning_rate(10.0, t, 7) for t in range(7)] == [10.0] * 6 + [pytest.approx(1.0)]  # ceil(5.6)
+    # and project() uses it: with momentum 0 one step of lr 10 vs lr 1 after the decay
+    g = _generator()
+    x = torch.rand(1, 1, 28, 28)
+    start = torch.zeros(1, 1, 128)
+    decayed = project(g, x, steps=1, restarts=1, momentum=0.0, z_init=start, lr_decay_at=0.0)[0]
+    plain = project(g, x, steps=1, restarts=1, momentum=0.0, z_init=start, lr_decay=1.0)[0]
+    assert torch.allclose(decayed * 10, plain, atol=1e-6) and plain.abs().sum() > 0
 
 
 def test_latent_attack_output_lies_on_the_generators_range():
@@ -83,8 +122,8 @@ def test_unrolled_projection_is_differentiable_and_equals_the_detached_one():
 
     generator = Generator("mlp", dim=8).eval()
     x = torch.rand(2, 1, 28, 28, requires_grad=True)
-    _, unrolled = project(generator, x, steps=4, restarts=2, unrolled=True)
-    _, detached = project(generator, x, steps=4, restarts=2)
+    _, unrolled = project(generator, x, steps=4, restarts=2, unrolled=True, seed=0)
+    _, detached = project(generator, x, steps=4, restarts=2, seed=0)
     assert torch.allclose(unrolled.detach(), detached, atol=1e-6) and not detached.requires_grad
     (grad,) = torch.autograd.grad(unrolled.sum(), x)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0  # the gradient flows through the L steps

@@ -96,15 +96,16 @@ def test_evaluate_sharded_over_two_processes_equals_one_process(tmp_path):
 def test_evaluate_randomness_depends_on_the_seed_and_batch_not_on_earlier_batches():
     model, attack, x, y = _problem()
 
-    def run(seed, xs, ys):
+    def run(seed, xs, ys, judge_seed=1000):
         return evaluate(model, attack, xs, ys, distance="linf", eps=0.1, batch_size=BATCH_SIZE, progress=False,
-                        keep_x_adv=True, seed=seed)
+                        keep_x_adv=True, seed=seed, judge_seed=judge_seed)
 
     full = run(5, x, y)
     assert torch.equal(run(5, x, y).x_adv, full.x_adv)
     assert not torch.equal(run(6, x, y).x_adv, full.x_adv)
-    # Batch b runs with seed + b whatever ran before it: the last batch alone, as batch 0 of seed + 4.
-    tail = run(5 + 4, x[8:], y[8:])
+    # Batch b is attacked with seed + b and judged with judge_seed + b whatever ran before it: the
+    # last batch alone, as batch 0 of seed + 4 and judge_seed + 4.
+    tail = run(5 + 4, x[8:], y[8:], judge_seed=1000 + 4)
     assert torch.equal(tail.x_adv, full.x_adv[8:])
     assert {k: v for k, v in tail.records[0].items() if k != "index"} == \
         {k: v for k, v in full.records[8].items() if k != "index"}
@@ -135,7 +136,9 @@ from reproduce import runner
 sys.exit(runner.main(sys.argv[1:]))
 """
 
-_TIMING_KEYS = {"seconds", "wall_seconds", "build_seconds", "date", "records", "detector_records"}
+# Timings, paths, and checksums over content that holds timings (records files carry wall times).
+_TIMING_KEYS = {"seconds", "wall_seconds", "build_seconds", "date", "records", "detector_records", "checksum",
+                "records_sha256", "detector_records_sha256"}
 
 
 def _without_timing(value):

@@ -32,6 +32,9 @@ def test_paper_profile_dry_run_of_all_nine_rows_through_the_runner(tmp_path, mon
             assert 0.0 <= row[field] <= 1.0, (name, field, row[field])
         low, high = row["adaptive_ci95"]
         assert low <= row["adaptive_accuracy"] <= high, name
+        # Every row checks its classifier before attacking; untrained dry-run models skip it, saying so.
+        assert row["clean_accuracy_guard"]["status"] == "skipped: dry run (untrained models)", name
+        assert 0.0 < row["clean_accuracy_guard"]["floor"] < 1.0, name
         stored = json.loads((results / "rows" / f"{name}.json").read_text())
         assert stored["spec"]["config"] == json.loads(json.dumps(all_specs([name], "paper", True)[0].config))
         assert stored["environment"]["profile"] == "paper" and "extension" in stored["environment"]

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # reproduce/ is a top-level directory of the repo, not installed
     sys.path.append(str(ROOT))
 
-from obfgrad.eval import accuracy_vs_eps  # noqa: E402
-from reproduce import curves, figures, runner  # noqa: E402
+from obfgrad.eval import accuracy_vs_eps, clopper_pearson  # noqa: E402
+from reproduce import curves, figures, provenance, runner  # noqa: E402
 from reproduce.spec import DefenseBundle, RowSpec, RunContext  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -136,7 +136,7 @@ def _linear_row(name, runs):
     def run(spec, ctx):
         runs.append(name)
         return {"clean_accuracy": 0.5, "own_attack_accuracy": 0.5, "adaptive_accuracy": 0.0,
-                "adaptive_ci95": [0.0, 0.3], "n": 8}
+                "adaptive_ci95": list(clopper_pearson(0, 8)), "n": 8}
 
     def build_defense(spec, ctx, n):
         return DefenseBundle(model=model, undefended=model, x=x[:n], y=y[:n], distance="linf", eps=spec.eps)
@@ -156,8 +156,10 @@ def test_runner_adds_the_curve_once_and_to_cached_results_without_rerunning_the_
     assert stored["result"]["eps_curve"] == curve
     _assert_png(first["paths"]["eps_curves"])
 
-    # A result cached before curves existed gains one; the row itself is not run again.
+    # A result cached without a curve (as the runner writes it before the curve) gains one; the row
+    # itself is not run again.
     del stored["result"]["eps_curve"]
+    stored["checksum"] = provenance.result_checksum(stored["result"])
     (tmp_path / "rows" / "sap.json").write_text(json.dumps(stored))
     runner.run_table([spec], ctx)
     assert runs == ["sap"]

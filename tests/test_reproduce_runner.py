@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # reproduce/ is a top-level directory of the repo, not installed
     sys.path.append(str(ROOT))
 
+from obfgrad.eval import clopper_pearson  # noqa: E402
 from reproduce import runner  # noqa: E402
 from reproduce.spec import RowSpec, RunContext  # noqa: E402
 
@@ -20,8 +21,8 @@ def _tiny_row(name, calls, fail=False):
         calls.append(name)
         if fail:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C inside this row
-        return {"clean_accuracy": 0.9, "own_attack_accuracy": 0.8, "adaptive_accuracy": 0.1,
-                "adaptive_ci95": [0.05, 0.2], "n": 10}
+        return {"clean_accuracy": 0.9, "own_attack_accuracy": 0.9, "adaptive_accuracy": 0.0,
+                "adaptive_ci95": list(clopper_pearson(0, 10)), "n": 10}
 
     return RowSpec(name=name, defense=f"toy {name}", dataset="toy", distance="linf", eps=0.1,
                    paper_dataset="CIFAR-10", paper_bound="0.031 (ℓ∞)", paper_accuracy=0.0, n_examples=10,
@@ -40,11 +41,11 @@ def test_runner_writes_table_files_with_the_documented_shape(tmp_path):
     for field in ("clean_accuracy", "own_attack_accuracy", "adaptive_accuracy", "adaptive_ci95",
                   "paper_accuracy", "n", "wall_seconds"):
         assert field in row
-    assert row["verdict"] == "broken"
+    assert row["verdict"] == "broken"  # own [55.5, 99.7], adaptive [0.0, 30.8]
     assert 0.0 <= row["adaptive_accuracy"] <= 1.0
     assert "git_revision" in data["environment"] and "hardware" in data["environment"]
     markdown = outcome["paths"]["md"].read_text()
-    assert "toy madry" in markdown and "10.0% [5.0, 20.0]" in markdown
+    assert "toy madry" in markdown and "0.0% [0.0, 30.8]" in markdown
     assert outcome["paths"]["csv"].read_text().splitlines()[0].startswith("row,dataset")
 
 

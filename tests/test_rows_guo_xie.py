@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # reproduce/ is a top-level directory of the repo, not installed
     sys.path.append(str(ROOT))
 
+from row_streams import recorded_seeds  # noqa: E402
+
 from reproduce import runner  # noqa: E402
 from reproduce.rows import all_specs  # noqa: E402
 from reproduce.spec import RunContext  # noqa: E402
@@ -33,8 +35,13 @@ def _check_fractions(result):
     assert 0.0 <= lo <= result["adaptive_accuracy"] <= hi <= 1.0
 
 
-def test_guo_dry_run_in_the_paper_profile_evaluates_all_five_transformations(tmp_path):
-    row = _dry_run(tmp_path, "guo")
+@pytest.fixture(scope="module")
+def guo_row(tmp_path_factory):
+    return _dry_run(tmp_path_factory.mktemp("guo"), "guo")
+
+
+def test_guo_dry_run_in_the_paper_profile_evaluates_all_five_transformations(guo_row):
+    row = guo_row
     _check_fractions(row)
     assert row["n"] == 2 if "n" in row else True
     transforms = row["transforms"]
@@ -48,11 +55,35 @@ def test_guo_dry_run_in_the_paper_profile_evaluates_all_five_transformations(tmp
         assert result["attacks"]["adaptive"]["n"] == 2
 
 
+def test_guo_records_an_attack_and_a_judge_seed_per_evaluation_and_no_judge_replays_an_attack(guo_row):
+    # Crop-rescale, TV and quilting draw their randomness from torch's generator: the judge of
+    # every evaluation (own and adaptive, each transformation) draws from a stream of its own.
+    for name in GUO_TRANSFORMS:
+        for label in ("own", "adaptive"):
+            seeds = guo_row["transforms"][name]["attacks"][label]["seeds"]
+            assert seeds["attack"] != seeds["judge"], (name, label)
+    attacks, judges = recorded_seeds(guo_row["transforms"])
+    assert len(attacks) == 2 * len(GUO_TRANSFORMS) and len(judges) == 2 * len(GUO_TRANSFORMS)
+    assert not attacks & judges
+
+
 def test_xie_dry_run_in_the_paper_profile_reports_the_ten_of_ten_accuracy(tmp_path):
     row = _dry_run(tmp_path, "xie")
     _check_fractions(row)
     assert 0.0 <= row["adaptive_single_draw_accuracy"] <= 1.0
     assert row["attacks"]["adaptive_10_of_10"]["draws"] == 2
+    # Like with like: the own evaluation is judged by the same 10-of-10 rule as the adaptive one.
+    own_strict = row["attacks"]["own_10_of_10"]
+    assert own_strict["draws"] == row["attacks"]["adaptive_10_of_10"]["draws"]
+    assert row["own_attack_accuracy"] == own_strict["accuracy"]
+    assert row["own_attack_ci95"] == own_strict["ci95"]
+    assert 0.0 <= row["own_single_draw_accuracy"] <= 1.0
+    # Every evaluation records its attack's and its judge's seeds; no judge replays an attack's stream.
+    attack_seeds = {row["attacks"][name]["seeds"]["attack"] for name in ("own", "adaptive")}
+    judge_seeds = {row["attacks"][name]["seeds"]["judge"] for name in ("own", "adaptive")}
+    judge_seeds.add(own_strict["judge_seed"])
+    assert own_strict["judge_seed"] == row["attacks"]["adaptive_10_of_10"]["judge_seed"]  # like with like
+    assert len(attack_seeds) == 2 and not attack_seeds & judge_seeds
 
 
 @pytest.mark.parametrize("name", ["guo", "xie"])

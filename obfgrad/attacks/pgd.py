@@ -50,6 +50,12 @@ class PGD:
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini-Wagner margin).
         targeted: move towards ``target`` instead of away from ``y``.
         random_start: start from a uniform point of the ball instead of ``x``.
+        start_from: start from the point of the ball (and the [0, 1] box) nearest the constant
+            image of this value instead of ``x`` (None: ``x``). The robustml attacks of Athalye et
+            al. start their variable at zeros and clip it into the ball
+            (``sap/robustml_attack.py``, ``thermometer/robustml_attack.py``, ``lid/lid.ipynb``):
+            ``start_from=0.0`` on a model fed the [0, 1] (or 0-255) scale is ``max(x - eps, 0)``;
+            ``0.5`` is the zero of the [-0.5, 0.5] scale LID's model is fed.
         restarts: independent runs; later runs only attack the examples not yet broken, and each
             example keeps its best run (successful first, then highest objective).
         early_stop: stop updating an example once it succeeds (its ``steps`` records when).
@@ -72,7 +78,7 @@ class PGD:
                  step_size: float = 2 / 255, loss: str = "ce", targeted: bool = False,
                  random_start: bool = False, restarts: int = 1, early_stop: bool = True,
                  update: Optional[str] = None, kappa: Optional[float] = 0.0,
-                 generator_seed: Optional[int] = None, progress: bool = False):
+                 generator_seed: Optional[int] = None, progress: bool = False, start_from: Optional[float] = None):
         self.distance = get_distance(distance)
         self.eps = check_float(eps, "eps", low=0.0, low_inclusive=False)
         self.steps = check_int(steps, "steps", low=0)
@@ -80,6 +86,9 @@ class PGD:
         self.loss = check_choice(loss, "loss", LOSSES)
         self.targeted = bool(targeted)
         self.random_start = bool(random_start)
+        self.start_from = None if start_from is None else check_float(start_from, "start_from", low=0.0, high=1.0)
+        if self.random_start and self.start_from is not None:
+            raise ValueError("start_from: give either random_start=True or start_from, not both")
         self.restarts = check_int(restarts, "restarts", low=1)
         self.early_stop = bool(early_stop)
         if update is None:
@@ -92,7 +101,8 @@ class PGD:
     def __repr__(self) -> str:
         return (f"PGD(distance={self.distance!r}, eps={self.eps}, steps={self.steps}, step_size={self.step_size}, "
                 f"loss={self.loss!r}, targeted={self.targeted}, random_start={self.random_start}, "
-                f"restarts={self.restarts}, early_stop={self.early_stop}, update={self.update!r}, kappa={self.kappa})")
+                + (f"start_from={self.start_from}, " if self.start_from is not None else "")
+                + f"restarts={self.restarts}, early_stop={self.early_stop}, update={self.update!r}, kappa={self.kappa})")
 
     # -- public entry point --------------------------------------------------------------------
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor,
@@ -129,7 +139,12 @@ class PGD:
     def _run_once(self, model, x, y, target, generator, bar):
         n = x.shape[0]
         labels = target if target is not None else y
-        x_adv = self.distance.random_point(x, self.eps, generator) if self.random_start else x.clone()
+        if self.random_start:
+            x_adv = self.distance.random_point(x, self.eps, generator)
+        elif self.start_from is not None:  # the ball's point nearest the constant image start_from
+            x_adv = self.distance.project(x, torch.full_like(x, self.start_from), self.eps)
+        else:
+            x_adv = x.clone()
         success = torch.zeros(n, dtype=torch.bool, device=x.device)
         value = torch.full((n,), float("-inf"), device=x.device)
         steps = torch.zeros(n, dtype=torch.long, device=x.device)

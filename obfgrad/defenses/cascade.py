@@ -21,7 +21,8 @@ half of the adversarial images from the cascade source and half one-step.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -138,10 +139,13 @@ def train_cascade(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
 def cascade_train_or_load(recipe: Mapping[str, Any], build_fn: Callable[[Mapping[str, Any]], nn.Module],
                           data_fn: Callable[[], Tuple[torch.Tensor, torch.Tensor]],
                           source_fn: Callable[[], nn.Module], source_adversary: Adversary,
-                          *, progress: bool = True, log: Optional[Callable[[str], None]] = None) -> nn.Module:
+                          *, progress: bool = True, log: Optional[Callable[[str], None]] = None,
+                          code_files: Sequence[Path] = ()) -> nn.Module:
     """The cascade-trained model of ``recipe`` (cached by the recipe's key, like
     ``obfgrad.models.training.train_or_load``). ``recipe`` must name the source network's
-    recipe (``recipe["cascade"]["source"]``) so a different source is a different model."""
+    recipe (``recipe["cascade"]["source"]``) so a different source is a different model;
+    ``code_files``: the caller's files that shape training (e.g. the source adversary's), part
+    of the checkpoint's code fingerprint (``obfgrad.cache.load_or_train``)."""
     recipe = normalize_recipe(recipe)
 
     def build() -> nn.Module:
@@ -159,4 +163,4 @@ def cascade_train_or_load(recipe: Mapping[str, Any], build_fn: Callable[[Mapping
         if log is not None:
             log(f"  cascade-trained {recipe['arch']} in {time.perf_counter() - started:.0f} s; cached")
 
-    return load_or_train(recipe, build, fit)
+    return load_or_train(recipe, build, fit, code_files=code_files)

@@ -50,6 +50,7 @@ from obfgrad.attacks.pgd import PGD
 from obfgrad.distances import L2, Distance, get_distance
 from obfgrad.eval.diagnose_report import REMEDIES, CheckResult, DiagnosisReport, Obfuscation
 from obfgrad.eval.eps_curve import margin_pgd
+from obfgrad.eval.streams import ROLES, derive_seed, random_stream
 
 __all__ = ["DiagnoseBudget", "diagnose", "DiagnosisReport", "CheckResult", "Obfuscation"]
 
@@ -163,10 +164,12 @@ def _eval_mode(*models):
 class _Judge:
     """The defended model's prediction: one call, or the mean softmax over draws if randomized.
 
-    A randomized model is judged with common random numbers: torch's generator is re-seeded
-    (inside ``fork_rng``, so the caller's stream is untouched) before every judgement, so two
-    inputs are compared under the same draws and the comparisons between attacks are not drowned
-    in the defense's own noise (randomness from other generators is simply averaged)."""
+    A randomized model is judged with common random numbers: torch's generator is re-seeded with
+    the judge's own seed (inside ``fork_rng``, so the caller's stream is untouched) before every
+    judgement, so two inputs are compared under the same draws and the comparisons between
+    attacks are not drowned in the defense's own noise (randomness from other generators is
+    simply averaged). The judge's seed is derived apart from the attacks' and the probes'
+    (:mod:`obfgrad.eval.streams`): neither ever sees the draws it judges with."""
 
     def __init__(self, model: Model, randomized: bool, samples: int, batch_size: int, seed: int):
         self.model, self.randomized = model, randomized
@@ -178,8 +181,7 @@ class _Judge:
         if not self.randomized:
             yield
             return
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(self.seed)
+        with random_stream(self.seed, device):
             yield
 
     def log_probs(self, x: torch.Tensor) -> torch.Tensor:
@@ -215,6 +217,7 @@ class _Setting:
     budget: DiagnoseBudget
     randomized: bool
     seed: int
+    seeds: Dict[str, int]  # the streams of the roles (obfgrad.eval.streams.ROLES), derived from seed
 
 
 def _pgd(setting: _Setting, eps: float, one_step: bool = False, high_confidence: bool = False) -> PGD:
@@ -606,7 +609,10 @@ def diagnose(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[
             wrappers), tried as an extra remedy.
         randomized: whether the defense is random; None detects it (two calls differ).
         budget: examples, steps, samples (:class:`DiagnoseBudget`).
-        seed: seeds torch's global generator (the defense's randomness) and the probes.
+        seed: the run's seed. The attacks, the gradient probes and the judge each draw the
+            defense's randomness from their own stream derived from it
+            (:func:`obfgrad.eval.streams.derive_seed`; recorded in ``report.config["seeds"]``),
+            so no two of them see the same draws; the caller's generator state is restored.
         progress: a tqdm bar over the stages (quiet off a terminal).
 
     Returns:
@@ -630,26 +636,26 @@ def diagnose(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[
     y = check_labels(y, "y", x.shape[0], x.device)
     x, y = x[:budget.examples].detach(), y[:budget.examples]
     started = time.perf_counter()
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    seeds = {role: derive_seed(seed, role) for role in ROLES}
     defended = model if preprocess is None else _Composed(preprocess, model)
-    with _eval_mode(model, preprocess, surrogate, adaptive_model):
+    with _eval_mode(model, preprocess, surrogate, adaptive_model), random_stream(seeds["attack"], x.device):
         if randomized is None:
-            randomized = _is_randomized(defended, x[:8])
-        setting = _Setting(distance, eps, budget, bool(randomized), seed)
-        judge = _Judge(defended, setting.randomized, budget.judge_samples, budget.batch_size, seed)
+            with random_stream(seeds["probe"], x.device):
+                randomized = _is_randomized(defended, x[:8])
+        setting = _Setting(distance, eps, budget, bool(randomized), seed, seeds)
+        judge = _Judge(defended, setting.randomized, budget.judge_samples, budget.batch_size, seeds["judge"])
         correct = judge.predict(x) == y
         n, n_correct = x.shape[0], int(correct.sum())
         if n_correct == 0:
             raise ValueError("x, y: the defended model classifies none of the examples correctly; "
                              "nothing to attack (check the labels and the model's input scale)")
         x, y = x[correct], y[correct]
-        report = _run(defended, judge, setting, x, y, surrogate, preprocess, model, adaptive_model,
-                      generator, progress)
+        report = _run(defended, judge, setting, x, y, surrogate, preprocess, model, adaptive_model, progress)
     report.config.update({"model": type(model).__name__, "distance": distance.name, "eps": eps, "n": n,
                           "n_correct": n_correct, "clean_accuracy": n_correct / n, "randomized": setting.randomized,
                           "preprocess": preprocess is not None, "surrogate_given": surrogate is not None,
-                          "adaptive_model": adaptive_model is not None, "seed": seed, "budget": asdict(budget)})
+                          "adaptive_model": adaptive_model is not None, "seed": seed, "seeds": seeds,
+                          "budget": asdict(budget)})
     report.meta.update({"wall_time_s": round(time.perf_counter() - started, 2), "obfgrad_version": obfgrad.__version__,
                         "torch_version": torch.__version__, "device": str(x.device),
                         "python": platform.python_version()})
@@ -672,7 +678,7 @@ def _remedy_models(defended, setting: _Setting, preprocess, classifier, adaptive
 
 
 def _run(defended, judge, setting: _Setting, x, y, surrogate, preprocess, classifier, adaptive_model,
-         generator, progress) -> DiagnosisReport:
+         progress) -> DiagnosisReport:
     budget, eps, tol = setting.budget, setting.eps, setting.budget.tolerance
     grid = [m * eps for m in budget.eps_multiples] + [_max_budget(setting.distance, x)]
     at_eps = budget.eps_multiples.index(1.0)
@@ -683,12 +689,16 @@ def _run(defended, judge, setting: _Setting, x, y, surrogate, preprocess, classi
     guarded = _Guarded(defended)
     try:
         bar.set_postfix_str("gradient probes")
-        probes = _gradient_probes(defended, judge, setting, x, y, generator)
+        with random_stream(setting.seeds["probe"], x.device):  # the probes' own draws of the defense
+            probes = _gradient_probes(defended, judge, setting, x, y,
+                                      torch.Generator().manual_seed(setting.seeds["probe"]))
         bar.update(1)
         if surrogate is None:
             bar.set_postfix_str("training surrogate")
             classes = judge.log_probs(x[:1]).shape[1]
-            surrogate = _train_surrogate(judge, x, eps, classes, budget.surrogate_steps, setting.seed)
+            with random_stream(derive_seed(setting.seed, "surrogate"), x.device):
+                surrogate = _train_surrogate(judge, x, eps, classes, budget.surrogate_steps,
+                                             derive_seed(setting.seed, "surrogate"))
         bar.update(1)
         guarded_surrogate = _Guarded(surrogate)
         bar.set_postfix_str("remedies")
@@ -698,6 +708,7 @@ def _run(defended, judge, setting: _Setting, x, y, surrogate, preprocess, classi
             remedy_success[name] = _attack_success(remedy, judge, setting, x, y, eps)
             remedies[name] = float(remedy_success[name].float().mean())
             bar.update(1)
+        sampling = torch.Generator().manual_seed(setting.seeds["attack"])  # check 4's random points
         curves: Dict[str, List[Optional[float]]] = {"one-step": [], "iterative (white-box)": [],
                                                     "transfer": [], "random sampling": []}
         if strongest is not None:
@@ -711,7 +722,7 @@ def _run(defended, judge, setting: _Setting, x, y, surrogate, preprocess, classi
                 "transfer": _succeeds(judge, setting, x,
                                       _pgd(setting, budget_eps, high_confidence=True)(guarded_surrogate, x, y).x_adv,
                                       y, budget_eps),
-                "random sampling": _random_success(judge, setting, x, y, budget_eps, generator),
+                "random sampling": _random_success(judge, setting, x, y, budget_eps, sampling),
             }
             if strongest is not None:
                 results[f"adaptive ({strongest})"] = (remedy_success[strongest] if index == at_eps else

@@ -16,7 +16,11 @@ the target; accuracy is still measured against the true label.
 Randomness (random starts, EOT draws, stochastic defenses that use torch's global generator) is
 seeded per batch from ``(seed, batch index)``, so a batch's outcome does not depend on which
 batches ran before it: with ``distributed=True`` the batches are split across the ranks of
-``torch.distributed`` and the merged result equals a single-process run.
+``torch.distributed`` and the merged result equals a single-process run. The attack and the
+judge (``predict``, on the clean and on the adversarial batch) draw from independent streams,
+``seed`` and ``judge_seed`` (:mod:`obfgrad.eval.streams`): a randomized defense is never judged
+on the draws the attack saw. The clean and the adversarial predictions of a batch share the
+judge's draws (a paired comparison).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from obfgrad.attacks.inputs import check_labels
 from obfgrad.attacks.result import AttackResult
 from obfgrad.distances import Distance, get_distance
 from obfgrad.eval.confidence import clopper_pearson
+from obfgrad.eval.streams import SEED_RANGE, derive_seed, random_stream
 
 __all__ = ["EvalResult", "evaluate", "RECORD_FIELDS"]
 
@@ -202,17 +207,12 @@ def _batch_records(start, xb, yb, tb, result, clean_pred, distance: Distance, ep
     return records
 
 
-_SEED_RANGE = 2 ** 62  # base seeds; base + batch index stays inside torch.manual_seed's range
+_SEED_RANGE = SEED_RANGE  # base seeds; base + batch index stays inside torch.manual_seed's range
 
 
-@contextlib.contextmanager
 def _seeded(seed: int, device: torch.device):
     """torch's global generators seeded with ``seed`` for the body, restored afterwards."""
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+    return random_stream(seed, device)
 
 
 def _shard(distributed: bool) -> Tuple[int, int]:
@@ -238,7 +238,7 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
              targets: Optional[torch.Tensor] = None, batch_size: int = 128,
              predict: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
              progress: bool = True, seed: Optional[int] = None, keep_x_adv: bool = False,
-             distributed: bool = False) -> EvalResult:
+             distributed: bool = False, judge_seed: Optional[int] = None) -> EvalResult:
     """Clean and robust accuracy of ``model`` under ``attack`` within ``distance(x, x_adv) <= eps``.
 
     Args:
@@ -251,8 +251,12 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
         predict: ``inputs -> predicted labels``; default argmax of ``model(inputs)``. Pass e.g.
             ``lambda v: EOT(model, 10)(v).argmax(1)`` for a randomised model.
         progress: a tqdm bar over the batches (quiet off a terminal; only on rank 0).
-        seed: base seed: batch ``b`` runs with torch's global generators seeded ``seed + b``
-            (restored afterwards). None draws the base from torch's global generator (one draw).
+        seed: base seed of the attack: batch ``b`` is attacked with torch's global generators
+            seeded ``seed + b`` (restored afterwards). None draws the base from torch's global
+            generator (one draw).
+        judge_seed: base seed of the judge: ``predict`` runs on batch ``b`` (clean and
+            adversarial) with the generators seeded ``judge_seed + b``; None derives it from
+            ``seed`` (``derive_seed(seed, "judge")``), independent of the attack's stream.
         keep_x_adv: also return the attack's ``x_adv`` of every example (``EvalResult.x_adv``).
         distributed: split the batches across the ranks of torch.distributed's default group
             (rank ``r`` of ``W`` attacks batches ``r, r + W, ...``) and all-gather the records; every
@@ -279,6 +283,12 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
     # Drawn on every rank alike (same global generator state), before any rank-specific work.
     seed = int(torch.randint(0, _SEED_RANGE, ())) if seed is None else check_int(seed, "seed", low=0,
                                                                                 high=_SEED_RANGE - 1)
+    judge_seed = derive_seed(seed, "judge") if judge_seed is None else check_int(
+        judge_seed, "judge_seed", low=0, high=_SEED_RANGE - 1)
+    n_batches = -(-x.shape[0] // batch_size)
+    if abs(judge_seed - seed) < n_batches:  # batch b uses base + b: nearby bases share batch seeds
+        raise ValueError(f"judge_seed: must differ from seed by at least the number of batches ({n_batches}), "
+                         f"got seed {seed} and judge_seed {judge_seed} (the judge never replays the attack's draws)")
 
     started = time.perf_counter()
     batches = list(enumerate(range(0, x.shape[0], batch_size)))[rank::world]
@@ -287,16 +297,18 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
         for index, start in tqdm(batches, desc="evaluate", disable=None if progress and rank == 0 else True):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             tb = targets[start:start + batch_size] if targeted else None
-            with _seeded(seed + index, x.device):
+            with _seeded(judge_seed + index, x.device):
                 clean_pred = predict(xb).to(xb.device)
+            with _seeded(seed + index, x.device):
                 result = attack(model, xb, yb, target=tb) if targeted else attack(model, xb, yb)
                 result = _check_attack_result(result, xb)
+            with _seeded(judge_seed + index, x.device):
                 records = _batch_records(start, xb, yb, tb, result, clean_pred, distance, eps, predict, targeted)
             local.append((index, records, result.x_adv.detach() if keep_x_adv else None))
     merged = _gather_batches(local, world)
 
     config = {"distance": distance.name, "eps": eps, "targeted": targeted, "batch_size": batch_size,
-              "attack": repr(attack), "model": type(model).__name__, "seed": seed}
+              "attack": repr(attack), "model": type(model).__name__, "seed": seed, "judge_seed": judge_seed}
     meta = {"wall_time_s": time.perf_counter() - started, "obfgrad_version": obfgrad.__version__,
             "torch_version": torch.__version__, "device": str(x.device), "python": platform.python_version(),
             "machine": platform.machine(), "world_size": world}

@@ -4,17 +4,29 @@ CVPR 2016) in plain torch: the ImageNet classifier of Table 1's Guo et al. and X
 The layer names follow the paper's figure labels as the common checkpoints spell them
 (``Conv2d_1a_3x3`` ... ``Mixed_7c``, ``fc``; each conv is ``conv`` + ``bn`` with eps 1e-3), so a
 state dict saved from torchvision's ``inception_v3`` loads with :func:`load_inception_weights`
-(its auxiliary head is dropped: it only matters for training).
+(its auxiliary head is dropped: it only matters for training), and so does a TF-slim checkpoint
+converted to these names (1001 logits, class 0 "background", dropped).
 
 Input: float32 images in [0, 1], any size (bilinearly resized to 299x299, as the repo's
-``inceptionv3.py`` does), then mapped to the network's input scale: ``"tf"`` = [-1, 1] (TF-slim,
-Athalye et al.'s checkpoint) or ``"torchvision"`` = ImageNet mean/std normalisation.
+``inceptionv3.py`` does), then mapped to the network's input scale. Both weight formats the
+Table 1 rows accept expect ``"tf"``, ``2x - 1`` per channel ([-1, 1]):
+
+* TF-slim's InceptionV3 (Athalye et al.'s checkpoint) is trained on [-1, 1] inputs;
+* torchvision's pretrained ``inception_v3`` (weights ported from TF) is documented as
+  ``Normalize(mean, std)`` followed by the model built with ``transform_input=True``, whose first
+  step (``Inception3._transform_input``) maps channel c of the normalised input back by
+  ``z * std_c / 0.5 + (mean_c - 0.5) / 0.5``: composed with the normalisation that is exactly
+  ``(x - 0.5) / 0.5 = 2x - 1``.
+
+``"mean_std"`` (ImageNet mean/std normalisation, nothing else) is for a checkpoint trained on
+normalised inputs without that step (torchvision's ``transform_input=False``); ``"none"`` feeds
+the input unchanged (the caller scales).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Dict, Mapping, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +34,9 @@ from torch import nn
 
 from obfgrad._checks import check_choice, check_int
 
-__all__ = ["InceptionV3", "load_inception_weights", "INPUT_SCALINGS"]
+__all__ = ["InceptionV3", "load_inception_weights", "pretrained_inception", "INPUT_SCALINGS"]
 
-INPUT_SCALINGS = ("tf", "torchvision")
+INPUT_SCALINGS = ("tf", "mean_std", "none")
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 Kernel = Union[int, Tuple[int, int]]
@@ -160,7 +172,8 @@ class InceptionV3(nn.Module):
         num_classes: outputs of the final layer (1000; 1001 for TF-slim checkpoints).
         drop_background: drop logit 0 (TF-slim's "background" class), as the repo's
             ``inceptionv3.py`` does, leaving 1000 ImageNet classes.
-        input_scaling: ``"tf"`` ([0, 1] -> [-1, 1]) or ``"torchvision"`` (mean/std).
+        input_scaling: ``"tf"`` ([0, 1] -> [-1, 1]: TF-slim and torchvision's pretrained
+            weights), ``"mean_std"`` ((x - mean) / std) or ``"none"`` (see the module docstring).
         image_size: side the input is bilinearly resized to (299).
 
     Example:
@@ -174,6 +187,10 @@ class InceptionV3(nn.Module):
         super().__init__()
         self.num_classes = check_int(num_classes, "num_classes", low=2)
         self.drop_background = bool(drop_background)
+        if input_scaling == "torchvision":  # the old name, which invited feeding pretrained weights wrongly
+            raise ValueError("input_scaling: 'torchvision' is ambiguous; torchvision's pretrained weights "
+                             "(transform_input=True) expect 'tf' ([-1, 1]); use 'mean_std' for a checkpoint "
+                             "trained on mean/std-normalised input without transform_input")
         self.input_scaling = check_choice(input_scaling, "input_scaling", INPUT_SCALINGS)
         self.image_size = check_int(image_size, "image_size", low=75)
         self.Conv2d_1a_3x3 = _ConvBN(3, 32, 3, stride=2)
@@ -199,6 +216,8 @@ class InceptionV3(nn.Module):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         if self.input_scaling == "tf":
             return 2.0 * x - 1.0
+        if self.input_scaling == "none":
+            return x
         mean = x.new_tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
         std = x.new_tensor(_IMAGENET_STD).view(1, 3, 1, 1)
         return (x - mean) / std
@@ -216,16 +235,46 @@ class InceptionV3(nn.Module):
         return logits[:, 1:] if self.drop_background else logits
 
 
-def load_inception_weights(model: InceptionV3, path: Union[str, Path]) -> InceptionV3:
-    """Load a state dict file (e.g. saved from torchvision's ``inception_v3``) into ``model``.
+def _state_dict_of(source: Union[str, Path, Mapping[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    state = source if isinstance(source, Mapping) else torch.load(source, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"path: {source if not isinstance(source, Mapping) else 'state'} is not a state dict of tensors")
+    return {key: value for key, value in state.items() if not key.startswith("AuxLogits.")}
+
+
+def load_inception_weights(model: InceptionV3, path: Union[str, Path, Mapping[str, torch.Tensor]]) -> InceptionV3:
+    """Load a state dict (a file, e.g. saved from torchvision's ``inception_v3``, or a mapping)
+    into ``model``.
 
     Auxiliary-head entries (``AuxLogits.*``) are ignored; any other missing or unexpected key is
     an error naming the keys.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    state = {key: value for key, value in state.items() if not key.startswith("AuxLogits.")}
+    state = _state_dict_of(path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"path: {path} does not fit InceptionV3: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model
+
+
+def pretrained_inception(source: Union[str, Path, Mapping[str, torch.Tensor]], image_size: int = 299) -> InceptionV3:
+    """InceptionV3 with pretrained ImageNet weights, fed [0, 1] images: torchvision's
+    ``inception_v3`` state dict (1000 logits) or a TF-slim checkpoint converted to the same names
+    (1001 logits; the background logit is dropped). Both are scaled ``"tf"`` (2x - 1; see the
+    module docstring for why that is torchvision's documented pipeline too).
+
+    Example:
+        >>> state = InceptionV3(num_classes=1001, image_size=75).state_dict()
+        >>> pretrained_inception(state, image_size=75).eval()(torch.rand(1, 3, 75, 75)).shape
+        torch.Size([1, 1000])
+    """
+    state = _state_dict_of(source)
+    if "fc.weight" not in state:
+        raise ValueError("source: no 'fc.weight': not an InceptionV3 state dict in torchvision's key names")
+    classes = int(state["fc.weight"].shape[0])
+    if classes not in (1000, 1001):
+        raise ValueError(f"source: expected 1000 (torchvision) or 1001 (TF-slim) logits, got {classes}")
+    model = InceptionV3(num_classes=classes, drop_background=classes == 1001, input_scaling="tf",
+                        image_size=image_size)
+    return load_inception_weights(model, state)

@@ -11,8 +11,8 @@ A recipe is a plain JSON-able dict; :func:`make_recipe` fills in defaults::
 it is part of the key, so a PGD-trained net and its natural twin are different cache entries.
 The adversary itself is code the caller passes (``adversary(model, x, y) -> x_adv``); as in
 Madry et al.'s ``train.py``, every training batch is replaced by its adversarial version.
-The adversary's code is not part of the key: a change to the attack that should invalidate
-cached models needs a new ``version`` or another field in the recipe.
+The adversary's code is not part of the recipe; the checkpoint's code fingerprint covers the
+library's PGD and the caller's files named in ``code_files`` (``obfgrad.cache``).
 
 Determinism: on CPU the same recipe gives bit-identical weights (same torch build and thread
 count): model initialisation, shuffling, dropout and the adversary's random starts all draw
@@ -21,7 +21,8 @@ from generators seeded by ``recipe["seed"]``; the caller's global RNG state is r
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -221,6 +222,7 @@ def train_or_load(
     *,
     adversary_fn: Optional[Callable[[Mapping[str, Any]], Adversary]] = None,
     progress: bool = True,
+    code_files: Sequence[Path] = (),
 ) -> nn.Module:
     """The model of ``recipe``: loaded from ``cache_dir()/models/<key>.pt`` when present and
     valid, else trained, saved atomically, and returned (in eval mode).
@@ -233,8 +235,11 @@ def train_or_load(
         adversary_fn: ``adversary_fn(recipe["adversarial"]) -> adversary(model, x, y)``;
             required when the recipe is adversarial.
         progress: show a progress bar (on a terminal).
+        code_files: the caller's source files that shape training (e.g. where its adversary or
+            ``build_fn`` is defined): part of the checkpoint's code fingerprint.
 
-    A checkpoint that cannot be read, was made by another recipe, or does not fit the model is
+    A checkpoint that cannot be read, is damaged, was made by another recipe or other training
+    code (``obfgrad.cache.TRAINING_ROOTS`` and ``code_files``), or does not fit the model is
     reported with a warning and replaced by a fresh training run.
     """
     recipe = validate_recipe(recipe)
@@ -250,4 +255,4 @@ def train_or_load(
         return {"torch": torch.__version__, "threads": torch.get_num_threads(),
                 "examples": int(min(len(labels), recipe["train_limit"] or len(labels)))}
 
-    return load_or_train(recipe, lambda: build_seeded(recipe, build_fn), fit)
+    return load_or_train(recipe, lambda: build_seeded(recipe, build_fn), fit, code_files=code_files)

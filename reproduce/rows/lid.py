@@ -26,6 +26,7 @@ from obfgrad.defenses import LIDDetector, lid_features
 from obfgrad.defenses.lid import roc_auc
 from obfgrad.distances import get_distance
 from obfgrad.eval import clopper_pearson
+from obfgrad.fingerprint import file_sha256
 from reproduce import distributed, pipeline, recipes
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
@@ -47,6 +48,7 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
     return {
         "eps": eps,
         "classifier": _lid_cnn_recipe() if paper else recipes.smoke_classifier(None),
+        "clean_floor": recipes.clean_floor(_lid_cnn_recipe() if paper else recipes.smoke_classifier(None)),
         "lid": {"k": 20, "batch_size": 100},
         "detector": {"classifier": "LogisticRegressionCV on min-max scaled features", "folds": 5, "threshold": 0.5,
                      "train_offset": 2 if dry_run else (1000 if paper else 5000),
@@ -57,7 +59,10 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
                             "binary_search_steps": 1 if dry_run else (9 if paper else 4),
                             "initial_const": 1e-3 if paper else 0.1, "lr": 0.01, "kappa": 0.0},
         "adaptive_attack": {"steps": steps(100), "step_size": eps / 8, "loss": "margin", "update": "adam_sign",
-                            "random_start": False, "early_stop": False},
+                            "random_start": False, "early_stop": False,
+                            # Paper: lid/lid.ipynb starts its variable at zeros of the model's [-0.5, 0.5]
+                            # scale, clipped into the ball: the ball's point nearest 0.5 on [0, 1].
+                            "start_from": 0.5 if paper else None},
     }
 
 
@@ -167,6 +172,7 @@ def _judge(ctx: RunContext, row: RowSpec, label: str, model, detector: LIDDetect
                                  "records": [{"index": i, "correct": bool(c), "flagged": bool(f), "score": float(s)}
                                              for i, (c, f, s) in enumerate(zip(correct, flagged, adv_scores))]})
     summary["detector_records"] = str(path)
+    summary["detector_records_sha256"] = file_sha256(path) if distributed.is_main() else None
     ctx.log(f"  {label:<28} robust (correct or flagged) {summary['accuracy']:.3f}; detected: adversarial "
             f"{summary['detection_rate_adversarial']:.3f}, clean {summary['detection_rate_clean']:.3f}; "
             f"AUC {summary['roc_auc_clean_vs_adversarial']:.3f}")
@@ -185,6 +191,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
     x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     model = _classifier(ctx, config)
+    guard = pipeline.guard_clean_accuracy(ctx, row, model, x, y, config["clean_floor"])
     detector, detector_info = _train_detector(ctx, row, model)
     (clean_features,) = lid_features(model, x, [], k=config["lid"]["k"], batch_size=config["lid"]["batch_size"])
     # Own evaluation: the detector against the (unbounded) CW-L2 attack it was trained on.
@@ -193,12 +200,14 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     adaptive_settings = config["adaptive_attack"]
     pgd = PGD(distance="linf", eps=row.eps, steps=adaptive_settings["steps"], step_size=adaptive_settings["step_size"],
               loss=adaptive_settings["loss"], update=adaptive_settings["update"],
-              random_start=adaptive_settings["random_start"], early_stop=adaptive_settings["early_stop"], kappa=None)
+              random_start=adaptive_settings["random_start"], early_stop=adaptive_settings["early_stop"], kappa=None,
+              start_from=adaptive_settings["start_from"])
     adaptive = _attack_and_judge(ctx, row, "adaptive_high_confidence_pgd", model, detector, pgd, x, y,
                                  clean_features, "linf", row.eps)
     return {
         "clean_accuracy": adaptive["classifier_only"]["clean_accuracy"],
         "own_attack_accuracy": own["accuracy"],
+        "own_attack_ci95": own["ci95"],
         "adaptive_accuracy": adaptive["accuracy"],
         "adaptive_ci95": adaptive["ci95"],
         "detection_rate_clean": adaptive["detection_rate_clean"],
@@ -206,5 +215,6 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
         "own_roc_auc": own["roc_auc_clean_vs_adversarial"],
         "own_detection_rate_adversarial": own["detection_rate_adversarial"],
         "detector": detector_info,
+        "clean_accuracy_guard": guard,
         "attacks": {"own": own, "adaptive": adaptive},
     }

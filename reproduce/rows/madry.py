@@ -35,6 +35,7 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
     return {
         "eps": eps,
         "classifier": classifier,
+        "clean_floor": recipes.clean_floor(classifier),
         "natural_twin": natural,
         "own_attack": {"steps": steps(20), "step_size": eps / 4, "loss": "ce", "random_start": True,
                        "restarts": 1},
@@ -88,6 +89,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
     x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     model = pipeline.classifier(ctx, config["classifier"], row="madry")
+    guard = pipeline.guard_clean_accuracy(ctx, row, model, x, y, config["clean_floor"])
     own = pipeline.run_attack(ctx, row, "own_pgd20_ce", model, linf_pgd(config["own_attack"], row.eps, ctx.seed), x, y)
     adaptive = pipeline.run_attack(ctx, row, "adaptive_pgd100x5_margin", model,
                                    linf_pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
@@ -97,9 +99,11 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     return {
         "clean_accuracy": own["clean_accuracy"],
         "own_attack_accuracy": own["accuracy"],
+        "own_attack_ci95": own["ci95"],
         "adaptive_accuracy": adaptive["accuracy"],
         "adaptive_ci95": adaptive["ci95"],
         "attacks": {"own": own, "adaptive": adaptive},
+        "clean_accuracy_guard": guard,
         "natural_twin": {"clean_accuracy": twin_adaptive["clean_accuracy"],
                          "adaptive_accuracy": twin_adaptive["accuracy"], "adaptive_ci95": twin_adaptive["ci95"]},
     }

@@ -37,6 +37,7 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
     return {
         "eps": eps,
         "classifier": {**base, "cascade": cascade},
+        "clean_floor": recipes.clean_floor(base, kind="cascade"),
         "own_attack": {"steps": steps(20), "step_size": eps / 4, "loss": "ce", "random_start": True, "restarts": 1},
         "adaptive_attack": {"steps": steps(100), "step_size": eps / 10, "loss": "margin", "random_start": True,
                             "restarts": 1 if dry_run else 5},
@@ -90,7 +91,7 @@ def _cascade_classifier(ctx: RunContext, recipe_fields: Dict[str, Any]):
         data_fn=lambda: pipeline.training_data(ctx)(plain),
         source_fn=lambda: pipeline.classifier(ctx, cascade["source"]),
         source_adversary=pipeline.pgd_adversary(cascade["source_attack"]),
-        progress=ctx.progress is not False, log=ctx.log,
+        progress=ctx.progress is not False, log=ctx.log, code_files=pipeline.TRAINING_GLUE,
     )
     return model.to(ctx.device).eval()
 
@@ -99,13 +100,16 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
     x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     model = _cascade_classifier(ctx, config["classifier"])
+    guard = pipeline.guard_clean_accuracy(ctx, row, model, x, y, config["clean_floor"])
     own = pipeline.run_attack(ctx, row, "own_pgd20_ce", model, madry.linf_pgd(config["own_attack"], row.eps, ctx.seed), x, y)
     adaptive = pipeline.run_attack(ctx, row, "adaptive_pgd100x5_margin", model,
                                    madry.linf_pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
     return {
         "clean_accuracy": own["clean_accuracy"],
         "own_attack_accuracy": own["accuracy"],
+        "own_attack_ci95": own["ci95"],
         "adaptive_accuracy": adaptive["accuracy"],
         "adaptive_ci95": adaptive["ci95"],
         "attacks": {"own": own, "adaptive": adaptive},
+        "clean_accuracy_guard": guard,
     }

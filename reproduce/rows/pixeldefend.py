@@ -60,6 +60,7 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
         "purify_timing_images": 0 if (dry_run or paper) else 10,
         "pixelcnn": pixelcnn,
         "classifier": classifier,
+        "clean_floor": recipes.clean_floor(classifier),
         "own_attack": {"steps": steps(20), "step_size": eps / 4, "loss": "ce", "random_start": True},
         "adaptive_attack": {"steps": steps(100 if paper else 20), "step_size": (0.5 / 255) if paper else eps / 5,
                             "loss": "ce"},
@@ -160,6 +161,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
     x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     purifier, classifier, bpd = _defended(ctx, config)
+    guard = pipeline.guard_clean_accuracy(ctx, row, classifier, x, y, config["clean_floor"])
     defended = nn.Sequential(purifier, classifier).eval()
 
     started = time.perf_counter()
@@ -188,6 +190,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     return {
         "clean_accuracy": own["clean_accuracy"],
         "own_attack_accuracy": own["accuracy"],
+        "own_attack_ci95": own["ci95"],
         "adaptive_accuracy": adaptive["accuracy"],
         "adaptive_ci95": adaptive["ci95"],
         "attacks": {"own_transfer": own, "adaptive_bpda": adaptive, "undefended_classifier": undefended},
@@ -200,4 +203,5 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
                          "perturbation_mean_abs": round(float((x_adv - x).abs().mean()), 5)},
         "purification_timing": purify_timing,
         "undefended_clean_accuracy": undefended["clean_accuracy"],
+        "clean_accuracy_guard": guard,
     }

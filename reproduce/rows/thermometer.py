@@ -17,6 +17,7 @@ reference (BPDA over ``thermometer_reference``/``soft_thermometer_reference``).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Dict
 
 import torch
@@ -50,13 +51,17 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
         # The recipe builds the bare classifier on codes; the encoder above sits in front of it
         # during training (build_fn below), so the cache entry is the encoded model's.
         "classifier": classifier,
+        "clean_floor": recipes.clean_floor(classifier, kind="thermometer"),
         "own_lspga": {"steps": steps(7), "step_size": 0.01, "inv_temp": 1.0, "anneal": 1.2, "loss": "ce",
                       "random_start": True, "update": "sign"},
         "own_plain_gradient": {"steps": steps(20), "step_size": eps / 4, "loss": "ce", "update": "sign"},
         # lr 1/255 at eps 8/255 in the repo: lr = eps / 8 at any eps. Paper: the soft thermometer
         # evaluated on the 0-255 scale as thermometer/robustml_attack.py does (obfgrad.ops.thermometer).
         "adaptive_attack": {"steps": steps(30), "step_size": eps / 8, "loss": "margin", "update": "adam_sign",
-                            "random_start": False, "backward": "soft_255" if paper else "soft"},
+                            "random_start": False, "backward": "soft_255" if paper else "soft",
+                            # Paper: the robustml attack's start, zeros clipped into the ball = max(x - eps, 0)
+                            # (thermometer/robustml_attack.py); smoke: the clean image.
+                            "start_from": 0.0 if paper else None},
         "timing": None if dry_run else {"examples": 100, "steps": 5},  # a dry run skips the timing
     }
 
@@ -83,7 +88,9 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             "Own LS-PGA: the constants of the authors' adv_lspga (7 steps of 0.01, inv_temp 1, anneal 1.2, random "
             "normal start) with sign steps as in the paper (the code's raw-gradient quirk not reproduced); Buckman "
             "et al.'s evaluation settings are UNCONFIRMED. Own plain gradient attack: 20-step PGD on the true gradient.",
-            "Adaptive: BPDA (soft thermometer), CW margin, Adam on sign(grad), lr eps/8, 30 steps, no random start.",
+            "Adaptive: BPDA (soft thermometer), CW margin, Adam on sign(grad), lr eps/8, 30 steps, no random start; "
+            + ("starts at max(x - eps, 0), the robustml attack's zeros clipped into the ball." if paper else
+               "starts at the clean image (smoke)."),
         ],
         run=run,
         build_defense=build_defense,
@@ -104,7 +111,8 @@ def encoded_classifier(ctx: RunContext, config: Dict[str, Any]) -> ThermometerDe
     else:
         started = time.perf_counter()
         model = train_or_load(recipe, build_fn=build, data_fn=pipeline.training_data(ctx),
-                              progress=ctx.progress is not False)
+                              progress=ctx.progress is not False,
+                              code_files=pipeline.TRAINING_GLUE + (Path(__file__),))  # _build_encoded is here
         if time.perf_counter() - started > 5:
             ctx.log(f"  trained thermometer {recipe['arch']} in {time.perf_counter() - started:.0f} s; cached")
     return ThermometerDefense.from_sequential(model.to(ctx.device).eval(),
@@ -145,6 +153,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config, eps = row.config, row.eps
     x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     defense = encoded_classifier(ctx, config)
+    guard = pipeline.guard_clean_accuracy(ctx, row, defense, x, y, config["clean_floor"])
     lspga_settings = config["own_lspga"]
     lspga = LSPGA(eps=eps, steps=lspga_settings["steps"], step_size=lspga_settings["step_size"],
                   inv_temp=lspga_settings["inv_temp"], anneal=lspga_settings["anneal"], loss=lspga_settings["loss"],
@@ -161,7 +170,8 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
         ctx, row, "adaptive_bpda_margin", defense,
         PGD(distance="linf", eps=eps, steps=adaptive_settings["steps"], step_size=adaptive_settings["step_size"],
             loss=adaptive_settings["loss"], update=adaptive_settings["update"],
-            random_start=adaptive_settings["random_start"], kappa=None), x, y)
+            random_start=adaptive_settings["random_start"], start_from=adaptive_settings["start_from"],
+            kappa=None), x, y)
     own = min((own_lspga, own_plain), key=lambda summary: summary["accuracy"])  # the authors' strongest
     timing = _timing(defense, x, y, config["timing"], eps) if config["timing"] else {}
     if timing:
@@ -170,8 +180,10 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     return {
         "clean_accuracy": adaptive["clean_accuracy"],
         "own_attack_accuracy": own["accuracy"],
+        "own_attack_ci95": own["ci95"],
         "adaptive_accuracy": adaptive["accuracy"],
         "adaptive_ci95": adaptive["ci95"],
         "attacks": {"own_lspga": own_lspga, "own_plain_gradient": own_plain, "adaptive": adaptive},
         "attack_step_timing": timing,
+        "clean_accuracy_guard": guard,
     }

@@ -10,7 +10,8 @@ Adaptive (Athalye et al., protocol.md row 5): EOT over 30 draws of the randomiza
 gradient steps on the mean cross-entropy, clipped to the l-inf ball and [0, 1]. The paper counts
 an attack as successful only if the example is misclassified 10 times out of 10, so the row's
 adaptive accuracy is the fraction of examples some of 10 fresh draws still classify correctly;
-the single-draw accuracy is kept beside it.
+the own evaluation is judged by the same rule (the verdict compares like with like), and both
+single-draw accuracies are kept beside them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ import torch
 from obfgrad.attacks import EOT, PGD, TransferAttack
 from obfgrad.defenses import RandomResizePad, TransformedClassifier
 from obfgrad.distances import get_distance
-from obfgrad.eval import argmax_predictor, clopper_pearson, random_targets
+from obfgrad.eval import (
+    argmax_predictor,
+    clopper_pearson,
+    derive_seed,
+    random_stream,
+    random_targets,
+)
 from reproduce import pipeline, recipes
 from reproduce.rows import guo
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
@@ -39,6 +46,8 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
     return {
         "eps": eps,
         "classifier": guo.imagenet_classifier_recipe(dry_run) if paper else recipes.smoke_classifier(None),
+        "clean_floor": recipes.clean_floor(guo.imagenet_classifier_recipe(dry_run) if paper
+                                           else recipes.smoke_classifier(None)),
         "targeted": paper,
         # Paper: Athalye et al.'s geometry (randomization/defense.py, inceptionv3.py: corner-aligned
         # resize, offsets in [0, 331 - r), TF1's resize back); smoke: the library's centred default.
@@ -130,45 +139,62 @@ def correct_in_any_draw(defended, x: torch.Tensor, y: torch.Tensor, draws: int) 
     return correct
 
 
-def _strict_accuracy(row: RowSpec, defended, x, y, x_adv: torch.Tensor, draws: int,
+def judge_seed(ctx: RunContext, row: RowSpec) -> int:
+    """The seed of the 10-of-10 judge's draws: its own stream, apart from every attack's (the own and
+    the adaptive evaluation are judged on the same draws: like with like)."""
+    return derive_seed(ctx.seed, f"{row.name}/10_of_10/judge")
+
+
+def _strict_accuracy(row: RowSpec, defended, x, y, x_adv: torch.Tensor, draws: int, seed: int,
                      eps: Optional[float] = None) -> Dict[str, Any]:
     within = get_distance(row.distance).within(x, x_adv, row.eps if eps is None else eps)
     x_final = torch.where(within.view(-1, 1, 1, 1), x_adv, x)  # over budget: judged on the clean image
-    correct = int(correct_in_any_draw(defended, x_final, y, draws).sum())
-    return {"accuracy": correct / x.shape[0], "ci95": list(clopper_pearson(correct, x.shape[0])), "draws": draws}
+    with random_stream(seed, x.device):
+        correct = int(correct_in_any_draw(defended, x_final, y, draws).sum())
+    return {"accuracy": correct / x.shape[0], "ci95": list(clopper_pearson(correct, x.shape[0])), "draws": draws,
+            "judge_seed": seed}
 
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
     x, y = guo.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     net = guo.classifier(ctx, row)
+    guard = pipeline.guard_clean_accuracy(ctx, row, net, x, y, config["clean_floor"])
     targets = random_targets(y, pipeline.num_classes(row.dataset), seed=ctx.seed) if row.targeted else None
     defended = TransformedClassifier(_transform(config), net)
     predict = argmax_predictor(defended)
     own_settings = config["own_attack"]
     own_pgd = PGD(distance="linf", eps=row.eps, steps=own_settings["steps"], step_size=own_settings["step_size"],
                   loss=own_settings["loss"], targeted=row.targeted, update=own_settings["update"])
-    own = pipeline.run_attack(ctx, row, "own_transfer", defended, TransferAttack(own_pgd, net), x, y,
-                              predict=predict, targets=targets)
+    own, own_x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, "own_transfer", defended,
+                                                       TransferAttack(own_pgd, net), x, y, predict=predict,
+                                                       targets=targets)
+    # Like with like: the own evaluation is judged by the same 10-of-10 rule as the adaptive one.
+    own_strict = _strict_accuracy(row, defended, x, y, own_x_adv, config["strict_draws"], judge_seed(ctx, row))
     pgd = _adaptive_pgd(row, row.eps)
     adaptive, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, "adaptive_eot",
                                                         _adaptive_model(config, defended, ctx), pgd, x, y,
                                                         predict=predict, targets=targets)
-    strict = _strict_accuracy(row, defended, x, y, x_adv, config["strict_draws"])
+    strict = _strict_accuracy(row, defended, x, y, x_adv, config["strict_draws"], judge_seed(ctx, row))
     ctx.log(f"  {'adaptive, 10 of 10 draws':<28} accuracy {strict['accuracy']:.3f} "
             f"[{strict['ci95'][0]:.3f}, {strict['ci95'][1]:.3f}]")
     sweep = _strict_eps_sweep(ctx, row, defended, x, y, targets, predict) if config["strict_eps_sweep"] else []
-    clean_any: List[bool] = correct_in_any_draw(defended, x, y, config["strict_draws"]).tolist()
+    with random_stream(judge_seed(ctx, row), x.device):
+        clean_any: List[bool] = correct_in_any_draw(defended, x, y, config["strict_draws"]).tolist()
     return {
         "clean_accuracy": own["clean_accuracy"],
-        "own_attack_accuracy": own["accuracy"],
+        "own_attack_accuracy": own_strict["accuracy"],
+        "own_attack_ci95": own_strict["ci95"],
+        "own_single_draw_accuracy": own["accuracy"],
+        "own_single_draw_ci95": own["ci95"],
         "adaptive_accuracy": strict["accuracy"],
         "adaptive_ci95": strict["ci95"],
         "adaptive_single_draw_accuracy": adaptive["accuracy"],
         "adaptive_single_draw_ci95": adaptive["ci95"],
         "clean_accuracy_any_draw": sum(clean_any) / max(1, len(clean_any)),
-        "attacks": {"own": own, "adaptive": adaptive, "adaptive_10_of_10": strict},
+        "attacks": {"own": own, "own_10_of_10": own_strict, "adaptive": adaptive, "adaptive_10_of_10": strict},
         "adaptive_10_of_10_eps_sweep": sweep,
+        "clean_accuracy_guard": guard,
     }
 
 
@@ -191,7 +217,7 @@ def _strict_eps_sweep(ctx: RunContext, row: RowSpec, defended, x, y, targets, pr
         summary, x_adv = pipeline.run_attack_keeping_x_adv(
             ctx, row, f"adaptive_eot.eps_x{factor:g}", _adaptive_model(config, defended, ctx), _adaptive_pgd(row, eps),
             x, y, predict=predict, targets=targets, eps=eps)
-        strict = _strict_accuracy(row, defended, x, y, x_adv, config["strict_draws"], eps=eps)
+        strict = _strict_accuracy(row, defended, x, y, x_adv, config["strict_draws"], judge_seed(ctx, row), eps=eps)
         ctx.log(f"  {f'10 of 10 at eps {eps:.3g}':<28} accuracy {strict['accuracy']:.3f} (n = {n})")
         sweep.append({"eps": eps, "n": n, "single_draw_accuracy": summary["accuracy"], "accuracy_10_of_10": strict})
     return sweep

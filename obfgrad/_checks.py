@@ -25,13 +25,7 @@ def check_images(
     allow_empty: bool = True,
 ) -> torch.Tensor:
     """A float NCHW batch, finite, optionally with values in [0, 1] and given channel counts."""
-    check_tensor(x, name)
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected a floating-point tensor (float32 images in [0, 1]), got {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"{name}: expected a 4-D NCHW batch, got shape {tuple(x.shape)}")
-    if channels is not None and x.shape[1] not in channels:
-        raise ValueError(f"{name}: expected {' or '.join(map(str, channels))} channels, got {x.shape[1]}")
+    check_image_batch(x, name, channels=channels)
     if x.numel() == 0:
         if not allow_empty:
             raise ValueError(f"{name}: expected a non-empty batch")
@@ -43,6 +37,29 @@ def check_images(
         lo, hi = float(x_values.min()), float(x_values.max())
         if lo < 0.0 or hi > 1.0:
             raise ValueError(f"{name}: expected values in [0, 1], got range [{lo:.6g}, {hi:.6g}]")
+    return x
+
+
+def check_image_batch(x, name: str = "x", *, channels: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """The structure of an image batch (a floating-point NCHW tensor, given channel counts),
+    without reading its values."""
+    check_tensor(x, name)
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a floating-point tensor (float32 images in [0, 1]), got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{name}: expected a 4-D NCHW batch, got shape {tuple(x.shape)}")
+    if channels is not None and x.shape[1] not in channels:
+        raise ValueError(f"{name}: expected {' or '.join(map(str, channels))} channels, got {x.shape[1]}")
+    return x
+
+
+def check_float32_images(x, name: str = "x", *, channels: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """What a registered op (``torch.ops.obfgrad.*``) takes: a float32 NCHW tensor. The public
+    functions convert other float dtypes and check the values; the ops only check the structure."""
+    check_image_batch(x, name, channels=channels)
+    if x.dtype != torch.float32:
+        raise TypeError(f"{name}: the registered op takes float32, got {x.dtype} (the public function "
+                        "converts other float dtypes)")
     return x
 
 

@@ -40,7 +40,7 @@ from typing import Tuple
 import torch
 
 from obfgrad import _native
-from obfgrad._checks import check_choice, check_images, check_int
+from obfgrad._checks import check_choice, check_float32_images, check_image_batch, check_int
 
 __all__ = ["jpeg", "JPEG", "reference", "linear_surrogate", "quantization_tables",
            "SUBSAMPLINGS", "BACKWARDS"]
@@ -441,15 +441,18 @@ def _forward_cuda(x: torch.Tensor, luma: torch.Tensor, chroma: torch.Tensor, sub
 
 
 def _forward_impl(x: torch.Tensor, quality: int, subsample: bool) -> torch.Tensor:
+    # Dense NCHW in, dense NCHW out: the kernels index a C-contiguous buffer, so a channels_last
+    # or sliced input is copied first and every layout gives the same answer.
+    x = x.contiguous()
     if x.numel() == 0:
-        return torch.empty_like(x)
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
     luma, chroma = quantization_tables(quality)
     if x.is_cuda and _cuda_ready():
         return _forward_cuda(x, luma, chroma, subsample)
     module = _native.native() if x.device.type == "cpu" else None
     if module is None:
         return reference(x, quality, "4:2:0" if subsample else "4:4:4")
-    out = torch.empty_like(x)
+    out = torch.empty(x.shape, dtype=torch.float32)
     module.jpeg_forward(x.numpy(), out.numpy(), luma.flatten().numpy(), chroma.flatten().numpy(), subsample)
     return out
 
@@ -518,14 +521,15 @@ def _linear_backward_cuda(grad_out: torch.Tensor, subsample: bool) -> torch.Tens
 
 
 def _backward_impl(grad_out: torch.Tensor, subsample: bool) -> torch.Tensor:
+    grad_out = grad_out.contiguous()
     if grad_out.numel() == 0:
-        return torch.zeros_like(grad_out)
+        return torch.zeros(grad_out.shape, dtype=grad_out.dtype, device=grad_out.device)
     if grad_out.is_cuda and _cuda_ready():
         return _linear_backward_cuda(grad_out, subsample)
     module = _native.native() if grad_out.device.type == "cpu" else None
     if module is None:
         return _linear_backward_reference(grad_out, subsample)
-    grad_in = torch.empty_like(grad_out)
+    grad_in = torch.empty(grad_out.shape, dtype=torch.float32)
     module.jpeg_backward_linear(grad_out.numpy(), grad_in.numpy(), subsample)
     return grad_in
 
@@ -539,7 +543,7 @@ def _check_images(x) -> None:
     check_images reads the batch three times (isfinite, min, max), which costs as much as the
     native round trip itself; aminmax reads it once and propagates NaN.
     """
-    check_images(x[:0] if isinstance(x, torch.Tensor) and x.dim() >= 1 else x, "x", channels=(1, 3))
+    check_image_batch(x, "x", channels=(1, 3))
     if x.numel() == 0:
         return
     lo, hi = (float(v) for v in torch.aminmax(x.detach()))
@@ -550,24 +554,35 @@ def _check_images(x) -> None:
 
 
 
+def _check_op_arguments(x: torch.Tensor, quality: int, mode: int) -> None:
+    # The registered ops are callable directly (torch.ops.obfgrad.*): check what the kernels rely on.
+    check_float32_images(x, "x", channels=(1, 3))
+    check_int(quality, "quality", low=1, high=100)
+    check_choice(mode, "mode", tuple(_MODE_CODE.values()))
+
+
 @torch.library.custom_op("obfgrad::jpeg_roundtrip", mutates_args=())
 def _roundtrip_op(x: torch.Tensor, quality: int, subsample: bool, mode: int) -> torch.Tensor:
+    _check_op_arguments(x, quality, mode)
     return _forward_impl(x, quality, subsample)
 
 
 @_roundtrip_op.register_fake
 def _roundtrip_fake(x: torch.Tensor, quality: int, subsample: bool, mode: int) -> torch.Tensor:
-    return torch.empty_like(x)
+    _check_op_arguments(x, quality, mode)
+    return x.new_empty(x.shape)
 
 
 @torch.library.custom_op("obfgrad::jpeg_linear_backward", mutates_args=())
 def _linear_backward_op(grad_out: torch.Tensor, subsample: bool) -> torch.Tensor:
-    return _backward_impl(grad_out.to(torch.float32).contiguous(), subsample)
+    check_image_batch(grad_out, "grad_out", channels=(1, 3))
+    return _backward_impl(grad_out.to(torch.float32), subsample)
 
 
 @_linear_backward_op.register_fake
 def _linear_backward_fake(grad_out: torch.Tensor, subsample: bool) -> torch.Tensor:
-    return torch.empty_like(grad_out, dtype=torch.float32)
+    check_image_batch(grad_out, "grad_out", channels=(1, 3))
+    return grad_out.new_empty(grad_out.shape, dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):

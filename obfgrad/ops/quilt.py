@@ -30,12 +30,13 @@ Definitions that make the op exact and reproducible:
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import numpy as np
 import torch
 
-from obfgrad._checks import check_images, check_int
+from obfgrad._checks import check_float32_images, check_images, check_int
 from obfgrad._native import launch_cuda, native
 from obfgrad.ops.quilt_db import PatchDatabase, search_projections
 
@@ -65,8 +66,13 @@ def _database_tensors(database: DatabaseLike, device: torch.device):
         raise ValueError(f"database: expected a non-empty (N, C, P, P) tensor, got shape {tuple(database.shape)}")
     if database.dtype != torch.float32:
         raise TypeError(f"database: expected float32, got {database.dtype}")
-    if not bool(torch.isfinite(database).all()):
-        raise ValueError("database: contains NaN or Inf")
+    if database.shape[2] < 2:
+        raise ValueError(f"database: {database.shape[2]}x{database.shape[3]} patches are too small to quilt "
+                         "(adjacent patches overlap by 1 <= overlap < P, so P >= 2)")
+    lo, hi = (float(v) for v in torch.aminmax(database.detach()))
+    if not (0.0 <= lo and hi <= 1.0):  # NaN propagates through aminmax and fails both comparisons
+        what = "NaN or Inf" if not (math.isfinite(lo) and math.isfinite(hi)) else f"values in [{lo:.6g}, {hi:.6g}]"
+        raise ValueError(f"database: expected finite patches in [0, 1] (the images' scale, not 0-255), found {what}")
     flat = database.reshape(database.shape[0], -1).to(device).contiguous()
     channels = int(database.shape[1])
     if device.type == "cpu":
@@ -158,9 +164,22 @@ def quilt(
     return _quilt_op(x, flat, sq, proj, size, k, overlap, seed)
 
 
+def _check_op_arguments(x, database, size, k, overlap, seed) -> None:
+    # The registered op is callable directly (torch.ops.obfgrad.quilt): check what the kernels
+    # rely on (the public quilt has checked all of it already).
+    check_float32_images(x, "x")
+    check_int(size, "size", low=2, high=MAX_PATCH_SIZE)
+    if database.dim() != 2 or database.shape[1] != x.shape[1] * size * size or database.shape[0] < 1:
+        raise ValueError(f"database: expected (N, {x.shape[1] * size * size}) flat patches, got {tuple(database.shape)}")
+    check_int(k, "k", low=1, high=int(database.shape[0]))
+    check_int(overlap, "overlap", low=1, high=size - 1)
+    check_int(seed, "seed", low=0, high=_SEED_BOUND - 1)
+
+
 @torch.library.custom_op("obfgrad::quilt", mutates_args=())
 def _quilt_op(x: torch.Tensor, database: torch.Tensor, database_sq_norms: torch.Tensor,
               database_projections: torch.Tensor, size: int, k: int, overlap: int, seed: int) -> torch.Tensor:
+    _check_op_arguments(x, database, size, k, overlap, seed)
     stride = size - overlap
     height, width = x.shape[2], x.shape[3]
     padded_h, padded_w = _tiled_size(height, size, stride), _tiled_size(width, size, stride)
@@ -182,7 +201,8 @@ def _quilt_op(x: torch.Tensor, database: torch.Tensor, database_sq_norms: torch.
 
 @_quilt_op.register_fake
 def _(x, database, database_sq_norms, database_projections, size, k, overlap, seed):
-    return torch.empty_like(x)
+    _check_op_arguments(x, database, size, k, overlap, seed)
+    return x.new_empty(x.shape)
 
 
 def _quilt_backward(ctx, grad):

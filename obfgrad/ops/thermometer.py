@@ -31,7 +31,7 @@ import warnings
 import torch
 
 from obfgrad import _native
-from obfgrad._checks import check_choice, check_images, check_int
+from obfgrad._checks import check_choice, check_float32_images, check_images, check_int
 
 __all__ = ["thermometer", "thermometer_reference", "soft_thermometer_reference", "BACKWARD_MODES"]
 
@@ -99,6 +99,9 @@ def _cuda_ready() -> bool:
 
 
 def _forward_impl(x: torch.Tensor, levels: int) -> torch.Tensor:
+    # The kernels index a dense NCHW buffer: any other layout (channels_last, a slice) is copied
+    # first, and the output is allocated contiguous, so every layout gives the same answer.
+    x = x.contiguous()
     n, c, h, w = x.shape
     if x.is_cuda and _cuda_ready():
         out = torch.empty((n, c * levels, h, w), dtype=torch.float32, device=x.device)
@@ -115,8 +118,9 @@ def _forward_impl(x: torch.Tensor, levels: int) -> torch.Tensor:
 
 
 def _backward_impl(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
+    x, grad_out = x.contiguous(), grad_out.contiguous()
     if x.is_cuda and _cuda_ready():
-        grad_in = torch.empty_like(x)
+        grad_in = torch.empty(x.shape, dtype=torch.float32, device=x.device)
         _native.launch_cuda("thermometer", "thermometer_backward", x.numel(),
                             (x, grad_out, grad_in, x.numel(), x.shape[2] * x.shape[3], levels,
                              _soft_slope(levels), mode), device=x.device)
@@ -126,7 +130,7 @@ def _backward_impl(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: i
         if mode == _MODE_CODE["straight_through"]:
             return _straight_through_backward_reference(grad_out, levels)
         return _soft_backward_reference(x, grad_out, levels)
-    grad_in = torch.empty_like(x)
+    grad_in = torch.empty(x.shape, dtype=torch.float32)
     module.thermometer_backward(x.numpy(), grad_out.numpy(), grad_in.numpy(), levels, mode)
     return grad_in
 
@@ -134,25 +138,45 @@ def _backward_impl(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: i
 # ----------------------------------------------------------------------------- torch ops
 
 
+def _check_op_arguments(x: torch.Tensor, levels: int, mode: int) -> None:
+    # The registered ops are callable directly (torch.ops.obfgrad.*): check what the kernels rely on.
+    check_float32_images(x, "x")
+    check_int(levels, "levels", low=2)
+    check_choice(mode, "mode", tuple(_MODE_CODE.values()))
+
+
 @torch.library.custom_op("obfgrad::thermometer_encode", mutates_args=())
 def _encode_op(x: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
+    _check_op_arguments(x, levels, mode)
     return _forward_impl(x, levels)
 
 
 @_encode_op.register_fake
 def _encode_fake(x: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
+    _check_op_arguments(x, levels, mode)
     n, c, h, w = x.shape
     return x.new_empty((n, c * levels, h, w))
 
 
 @torch.library.custom_op("obfgrad::thermometer_bpda_backward", mutates_args=())
 def _backward_op(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
-    return _backward_impl(x, grad_out.contiguous(), levels, mode)
+    _check_op_arguments(x, levels, mode)
+    _check_grad_out(x, grad_out, levels)
+    return _backward_impl(x, grad_out, levels, mode)
 
 
 @_backward_op.register_fake
 def _backward_fake(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
-    return torch.empty_like(x)
+    _check_op_arguments(x, levels, mode)
+    _check_grad_out(x, grad_out, levels)
+    return x.new_empty(x.shape)
+
+
+def _check_grad_out(x: torch.Tensor, grad_out: torch.Tensor, levels: int) -> None:
+    n, c, h, w = x.shape
+    if grad_out.dtype != torch.float32 or tuple(grad_out.shape) != (n, c * levels, h, w):
+        raise ValueError(f"grad_out: expected float32 of shape {(n, c * levels, h, w)}, "
+                         f"got {grad_out.dtype} {tuple(grad_out.shape)}")
 
 
 def _setup_context(ctx, inputs, output):

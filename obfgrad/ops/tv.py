@@ -54,7 +54,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from obfgrad import _native
-from obfgrad._checks import check_choice, check_float, check_images, check_int
+from obfgrad._checks import check_choice, check_float, check_float32_images, check_images, check_int
 
 __all__ = ["tv_minimize", "tv_mask", "draw_seed", "reference", "TVMinimize", "SWEEPS", "SEED_BOUND"]
 
@@ -288,9 +288,12 @@ def _forward_cuda(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
 
 def _forward_impl(x: torch.Tensor, keep_prob: float, weight: float, tol: float, max_iter: int,
                   seed: int, raster: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    # Dense NCHW in, dense NCHW out: the kernels index a C-contiguous buffer, so a channels_last
+    # or sliced input is copied first and every layout gives the same answer.
+    x = x.contiguous()
     n = x.shape[0]
     if x.numel() == 0:
-        return x.clone(), torch.zeros(n, dtype=torch.int32, device=x.device)
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.zeros(n, dtype=torch.int32, device=x.device)
     if x.is_cuda and _cuda_ready():
         return _forward_cuda(x, keep_prob, weight, tol, max_iter, seed, raster)
     module = _native.native() if x.device.type == "cpu" else None
@@ -298,7 +301,7 @@ def _forward_impl(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
         out, iterations = reference(x, keep_prob, 2.0 / weight, tol=tol, max_iter=max_iter, seed=seed,
                                     return_iterations=True)
         return out.to(torch.float32), iterations
-    out = torch.empty_like(x)
+    out = torch.empty(x.shape, dtype=torch.float32)
     iterations = torch.zeros(n, dtype=torch.int32)
     module.tv_minimize(x.numpy(), out.numpy(), iterations.numpy(), keep_prob, weight, tol, max_iter, seed, raster)
     return out, iterations
@@ -307,15 +310,28 @@ def _forward_impl(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
 # ----------------------------------------------------------------------------- torch op
 
 
+def _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed) -> None:
+    # The registered op is callable directly (torch.ops.obfgrad.tv_minimize): check what the
+    # kernels rely on (the public tv_minimize has checked all of it already).
+    check_float32_images(x, "x")
+    check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
+    check_float(weight, "weight", low=0.0, low_inclusive=False)
+    check_float(tol, "tol", low=0.0)
+    check_int(max_iter, "max_iter", low=1)
+    check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
+
+
 @torch.library.custom_op("obfgrad::tv_minimize", mutates_args=())
 def _tv_op(x: torch.Tensor, keep_prob: float, weight: float, tol: float, max_iter: int, seed: int,
            raster: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed)
     return _forward_impl(x, keep_prob, weight, tol, max_iter, seed, raster)
 
 
 @_tv_op.register_fake
 def _tv_fake(x, keep_prob, weight, tol, max_iter, seed, raster):
-    return torch.empty_like(x), x.new_empty((x.shape[0],), dtype=torch.int32)
+    _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed)
+    return x.new_empty(x.shape), x.new_empty((x.shape[0],), dtype=torch.int32)
 
 
 def _tv_backward(ctx, grad_out, grad_iterations):
@@ -363,7 +379,7 @@ def tv_minimize(x: torch.Tensor, keep_prob: float = 0.5, lambda_tv: float = 0.03
         >>> bool((x.grad == 1).all())
         True
     """
-    check_images(x.detach(), "x")
+    check_images(x, "x")
     keep_prob = check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
     lambda_tv = check_float(lambda_tv, "lambda_tv", low=0.0, low_inclusive=False)
     tol = check_float(tol, "tol", low=0.0)

@@ -106,15 +106,16 @@ def classifier(ctx: RunContext, row: RowSpec) -> nn.Module:
 # ---------------------------------------------------------------------------- quilting database
 
 
-def quilt_database(ctx: RunContext, settings: Dict[str, Any]):
+def quilt_database(ctx: RunContext, settings: Dict[str, Any], dataset: str):
     """The quilting patch database: built once from the training split and cached (smoke); the
-    user's 1,000,000-patch ImageNet database file (paper); a small synthetic one (dry run)."""
+    user's 1,000,000-patch ImageNet database file (paper); a small synthetic one with the
+    channels of ``dataset``'s images (dry run)."""
     from obfgrad.ops.quilt_db import build_patch_database, load_patch_database, save_patch_database
 
     if ctx.dry_run:
-        images, _ = pipeline.synthetic_batch("imagenet", 4, ctx.seed)
+        images, _ = pipeline.synthetic_batch(dataset, 4, ctx.seed)
         return build_patch_database(list(images), settings["patches"], patch_size=settings["patch_size"],
-                                    channels=3, long_side=None, source="dry run: synthetic")
+                                    channels=int(images.shape[1]), long_side=None, source="dry run: synthetic")
     path = cache_dir() / "quilt" / settings["file"]
     if path.is_file():
         return load_patch_database(path, patch_size=settings["patch_size"])
@@ -320,7 +321,7 @@ def build_defense(row: RowSpec, ctx: RunContext, n: int, variant: str = "quiltin
     transform = variant
     x, y = test_set(ctx, row.dataset, n)
     net = classifier(ctx, row)
-    database = quilt_database(ctx, row.config["transforms"]["quilting"]) if transform == "quilting" else None
+    database = quilt_database(ctx, row.config["transforms"]["quilting"], row.dataset) if transform == "quilting" else None
     return DefenseBundle(model=defended_model(transform, row.config, net, database), undefended=net, x=x, y=y,
                          distance=row.distance, eps=row.eps,
                          adaptive_model=adaptive_model(transform, row.config, net, database,
@@ -399,7 +400,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     x, y = test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     net = classifier(ctx, row)
     targets = random_targets(y, pipeline.num_classes(row.dataset), seed=ctx.seed) if row.targeted else None
-    database = quilt_database(ctx, row.config["transforms"]["quilting"])
+    database = quilt_database(ctx, row.config["transforms"]["quilting"], row.dataset)
     results = {}
     for name in GUO_TRANSFORMS:
         ctx.log(f"  [{name}]")

@@ -89,7 +89,40 @@ def check_float(value, name: str, *, low: Optional[float] = None, high: Optional
     return value
 
 
+def check_generator(generator, name: str = "generator"):
+    """None (torch's default generator) or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name}: expected a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
 def check_choice(value, name: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
+
+
+#: Seeds reach torch, numpy and scikit-learn alike; scikit-learn takes 0 <= seed < 2**32.
+SEED_LIMIT = 2**32
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed every library the project seeds accepts: an int in [0, 2**32)."""
+    return check_int(seed, name, low=0, high=SEED_LIMIT - 1)
+
+
+def check_device(device, name: str = "device") -> torch.device:
+    """A torch device this machine has: cpu, or an available cuda[:N]."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise ValueError(f"{name}: not a torch device: {device!r} ({str(error).splitlines()[0]}); "
+                         "expected cpu or cuda[:N]") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name}: {device!r}: only cpu and cuda[:N] devices are supported")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}: {device!r}: CUDA is not available on this machine")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}: {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return parsed

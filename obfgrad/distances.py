@@ -40,7 +40,7 @@ DISTANCE_NAMES = ("linf", "l2", "l2_rms_pixels", "l2_per_value")
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1)
+    return t.flatten(1)  # also for an empty batch, where reshape(0, -1) is ambiguous
 
 
 def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

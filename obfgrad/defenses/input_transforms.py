@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from obfgrad._checks import check_choice, check_float, check_images, check_int
+from obfgrad._checks import check_choice, check_float, check_generator, check_images, check_int
 from obfgrad.attacks.bpda import BPDA
 from obfgrad.ops.quilt_db import PatchDatabase
 
@@ -69,7 +69,7 @@ class InputTransform(nn.Module):
     def __init__(self, seed: Optional[int] = None, generator: Optional[torch.Generator] = None):
         super().__init__()
         self.seed = None if seed is None else check_int(seed, "seed", low=0, high=_SEED_BOUND - 1)
-        self.generator = generator
+        self.generator = check_generator(generator)
 
     def draw_seed(self, seed: Optional[int] = None) -> int:
         """The seed of one call: ``seed``, else the fixed seed, else a fresh draw."""
@@ -80,7 +80,7 @@ class InputTransform(nn.Module):
         return int(torch.randint(0, _SEED_BOUND, (), generator=self.generator))
 
     def forward(self, x: torch.Tensor, seed: Optional[int] = None) -> torch.Tensor:
-        check_images(x.detach(), "x", in_unit_range=True)
+        check_images(x, "x", in_unit_range=True)
         return self.transform(x, self.draw_seed(seed) if self.random else 0)
 
     def transform(self, x: torch.Tensor, seed: int) -> torch.Tensor:  # pragma: no cover - abstract

@@ -44,7 +44,7 @@ import obfgrad
 from obfgrad._checks import check_float, check_images, check_int, check_tensor
 from obfgrad.attacks.bpda import BPDA
 from obfgrad.attacks.eot import EOT
-from obfgrad.attacks.inputs import check_labels
+from obfgrad.attacks.inputs import check_labels, check_logits
 from obfgrad.attacks.losses import loss_and_grad, margin
 from obfgrad.attacks.pgd import PGD
 from obfgrad.distances import L2, Distance, get_distance
@@ -187,7 +187,8 @@ class _Judge:
         with torch.no_grad(), self._draws(x.device):
             for start in range(0, x.shape[0], self.batch_size):
                 xb = x[start:start + self.batch_size]
-                probs = sum(torch.softmax(self.model(xb).float(), dim=1) for _ in range(self.draws)) / self.draws
+                probs = sum(torch.softmax(check_logits(self.model(xb), xb.shape[0]).float(), dim=1)
+                            for _ in range(self.draws)) / self.draws
                 chunks.append(probs.clamp_min(1e-30).log())
         return torch.cat(chunks)
 
@@ -197,12 +198,13 @@ class _Judge:
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The attack objective ``-margin`` (per example), averaged over draws."""
         with torch.no_grad(), self._draws(x.device):
-            return sum(-margin(self.model(x).float(), y) for _ in range(self.draws)) / self.draws
+            return sum(-margin(check_logits(self.model(x), x.shape[0]).float(), y) for _ in range(self.draws)) / self.draws
 
 
 def _is_randomized(model: Model, x: torch.Tensor) -> bool:
+    # NaN logits would compare unequal to themselves and pass for randomness: refused first.
     with torch.no_grad():
-        first, second = model(x), model(x)
+        first, second = check_logits(model(x), x.shape[0]), check_logits(model(x), x.shape[0])
     return not torch.equal(first, second)
 
 

@@ -36,7 +36,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from obfgrad._checks import check_float32_images, check_images, check_int
+from obfgrad._checks import check_float32_images, check_generator, check_images, check_int
 from obfgrad._native import launch_cuda, native
 from obfgrad.ops.quilt_db import PatchDatabase, search_projections
 
@@ -83,8 +83,11 @@ def _database_tensors(database: DatabaseLike, device: torch.device):
 
 
 def _draw_seed(seed: Optional[int], generator: Optional[torch.Generator]) -> int:
+    check_generator(generator)
     if seed is None:
         return int(torch.randint(0, _SEED_BOUND, (), generator=generator))
+    if generator is not None:  # the generator would be silently ignored
+        raise ValueError("generator: give either seed or generator, not both")
     return check_int(seed, "seed", low=0, high=_SEED_BOUND - 1)
 
 

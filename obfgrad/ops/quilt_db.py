@@ -488,5 +488,9 @@ def skimage_patch_database(count: int, *, patch_size: int = 5, seed: int = 0,
     images = [getattr(skimage.data, n)() for n in SKIMAGE_SOURCES]
     database = build_patch_database(images, count, patch_size=patch_size, seed=seed, long_side=long_side,
                                     source="scikit-image data: " + ", ".join(SKIMAGE_SOURCES))
-    save_patch_database(database, path)
+    try:
+        save_patch_database(database, path)
+    except OSError as error:  # a read-only cache must not throw the built database away
+        warnings.warn(f"could not cache the patch database at {path} ({error.strerror or error}); using it "
+                      "from memory", RuntimeWarning, stacklevel=2)
     return database

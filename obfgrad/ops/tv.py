@@ -54,7 +54,14 @@ from typing import Optional, Sequence, Union
 import torch
 
 from obfgrad import _native
-from obfgrad._checks import check_choice, check_float, check_float32_images, check_images, check_int
+from obfgrad._checks import (
+    check_choice,
+    check_float,
+    check_float32_images,
+    check_generator,
+    check_images,
+    check_int,
+)
 
 __all__ = ["tv_minimize", "tv_mask", "draw_seed", "reference", "TVMinimize", "SWEEPS", "SEED_BOUND"]
 
@@ -71,6 +78,7 @@ _MASK_STREAM = 0x7476
 
 def draw_seed(generator: Optional[torch.Generator] = None) -> int:
     """A mask seed drawn from ``generator`` (torch's default generator when ``None``)."""
+    check_generator(generator)
     return int(torch.randint(0, SEED_BOUND, (1,), generator=generator).item())
 
 
@@ -141,9 +149,10 @@ def tv_mask(shape: Union[torch.Tensor, Sequence[int]], keep_prob: float = 0.5, *
     if isinstance(shape, torch.Tensor):
         device = shape.device if device is None else device
         shape = tuple(shape.shape)
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != 4 \
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in shape):
+        raise ValueError(f"shape: expected (N, C, H, W) of non-negative ints, or an image batch, got {shape!r}")
     shape = tuple(int(s) for s in shape)
-    if len(shape) != 4 or min(shape) < 0:
-        raise ValueError(f"shape: expected (N, C, H, W), got {shape}")
     keep_prob = check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
     seed = check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
     device = torch.device("cpu" if device is None else device)
@@ -405,7 +414,7 @@ class TVMinimize(torch.nn.Module):
         self.tol = check_float(tol, "tol", low=0.0)
         self.max_iter = check_int(max_iter, "max_iter", low=1)
         self.seed = None if seed is None else check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
-        self.generator = generator
+        self.generator = check_generator(generator)
         self.sweep = check_choice(sweep, "sweep", SWEEPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     projection = config["projection"]
     return RowSpec(
         name="defensegan",
+        takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Samangouei et al. (2018), Defense-GAN",
         dataset="mnist" if paper else "fashion-mnist",
         distance="l2_per_value",

@@ -129,7 +129,12 @@ def quilt_database(ctx: RunContext, settings: Dict[str, Any], dataset: str):
     database = build_patch_database(list(images[:, 0].numpy()), settings["patches"], patch_size=settings["patch_size"],
                                     channels=1, seed=settings["seed"], long_side=None,
                                     source="Fashion-MNIST training split")
-    save_patch_database(database, path)
+    try:
+        save_patch_database(database, path)
+    except OSError as error:  # a read-only cache: keep the database built in memory
+        ctx.log(f"  built quilting database ({settings['patches']} patches); could not cache it at {path} "
+                f"({error.strerror or error}), using it from memory")
+        return database
     ctx.log(f"  built quilting database ({settings['patches']} patches) in {time.perf_counter() - started:.0f} s; cached")
     return load_patch_database(path, patch_size=settings["patch_size"])
 
@@ -206,6 +211,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     paper = profile == "paper"
     return RowSpec(
         name="guo",
+        takes_weights=profile == "paper",  # --weights: the paper profile's InceptionV3 weights
         defense="Guo et al. (2018), input transformations",
         dataset="imagenet" if paper else "fashion-mnist",
         distance="l2_rms_pixels",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -14,20 +15,27 @@ from typing import Any, Callable, List, Union
 PathLike = Union[str, os.PathLike]
 
 
-#: When this process loaded obfgrad: a temporary file last written before it cannot be this
-#: process's own write in progress.
+#: When this process loaded obfgrad: no write of this process is older.
 _PROCESS_STARTED = time.time()
+#: A temporary without a writer this machine can check (an older layout, or another host on a
+#: shared cache) is removed only when older than this process and than this many seconds.
+_FOREIGN_STALE_SECONDS = 3600.0
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_").replace("-", "_") or "host"
 
 
 def temporary_name_prefix(path: Path) -> str:
-    """``.<name>.<pid>.``: the prefix of ``path``'s temporaries (mkstemp adds a random part and the
-    suffix), so a later writer can tell whose they are."""
-    return f".{path.name}.{os.getpid()}."
+    """``.<name>.<host>-<pid>.``: the prefix of ``path``'s temporaries (mkstemp adds a random
+    part and the suffix), so a later writer can tell whether their writer still runs."""
+    return f".{path.name}.{_host()}-{os.getpid()}."
 
 
 def remove_stale_temporaries(folder: PathLike, suffix: str = ".tmp") -> List[Path]:
-    """Delete the orphans of interrupted writes in ``folder``: ``.*<suffix>`` files last modified
-    before this process started whose writer (the pid in the name, when there is one) is gone.
+    """Delete the orphans of interrupted writes in ``folder``: ``.*<suffix>`` temporaries whose
+    writer, a process on this machine, no longer runs; others (another host's, or without a
+    pid) once older than this process and than an hour.
 
     A write killed by SIGKILL (or a power cut) cannot clean up after itself; the next write to
     the same folder does. Returns the files removed."""
@@ -36,31 +44,35 @@ def remove_stale_temporaries(folder: PathLike, suffix: str = ".tmp") -> List[Pat
         entries = list(Path(folder).iterdir())
     except OSError:
         return removed
+    now = time.time()
     for entry in entries:
         if not (entry.name.startswith(".") and entry.name.endswith(suffix)):
             continue
         try:
-            if entry.stat().st_mtime >= _PROCESS_STARTED or _writer_alive(entry.name):
-                continue
-            entry.unlink()
-            removed.append(entry)
+            if _is_orphan(entry.name, entry.stat().st_mtime, now):
+                entry.unlink()
+                removed.append(entry)
         except OSError:  # vanished meanwhile, or not ours to delete
             continue
     return removed
 
 
-def _writer_alive(name: str) -> bool:
+def _is_orphan(name: str, mtime: float, now: float) -> bool:
     parts = name.split(".")
-    if len(parts) < 5 or not parts[-3].isdigit():
-        return False  # no pid in the name (an older layout): the age decides
-    pid = int(parts[-3])
+    host, _, pid = parts[-3].rpartition("-") if len(parts) >= 5 else ("", "", "")
+    if host == _host() and pid.isdigit():
+        return not _running(int(pid))
+    return mtime < _PROCESS_STARTED and now - mtime > _FOREIGN_STALE_SECONDS
+
+
+def _running(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # exists, owned by someone else
+    except OSError:  # exists, owned by another user
         return True
     return True
 

@@ -96,21 +96,9 @@ def _defense_case(name: str, args: argparse.Namespace) -> Dict[str, Any]:
                          f"{', '.join(spec.variants) or '(none)'}")
     options = {"variant": variant} if variant else {}
     bundle = spec.build_defense(spec, ctx, args.examples, **options)
-    y = _dry_run_labels(bundle.model, bundle.x, args) if args.dry_run else bundle.y
-    return {"model": bundle.model, "x": bundle.x, "y": y, "distance": bundle.distance, "eps": bundle.eps,
+    return {"model": bundle.model, "x": bundle.x, "y": bundle.y, "distance": bundle.distance, "eps": bundle.eps,
             "surrogate": bundle.undefended, "adaptive_model": bundle.adaptive_model,
             "randomized": True if bundle.randomized else None, "expected": bundle.obfuscation}
-
-
-def _dry_run_labels(model, x, args: argparse.Namespace):
-    """A dry run's untrained model gets synthetic images right by chance only, and diagnose needs
-    correctly classified examples to attack: label the images with the model's own prediction
-    (the mean softmax over the judge's number of draws), which proves the same code path."""
-    import torch
-
-    draws = args.judge_samples or 8
-    with torch.no_grad():
-        return sum(torch.softmax(model(x), dim=1) for _ in range(draws)).argmax(dim=1)
 
 
 def _expand(name: str, args: argparse.Namespace) -> List[str]:
@@ -227,7 +215,10 @@ def _diagnose_case(name: str, case: Dict[str, Any], args: argparse.Namespace, ou
         report = diagnose(case["model"], case["x"], case["y"], distance=case["distance"], eps=case["eps"],
                           surrogate=case.get("surrogate"), preprocess=case.get("preprocess"),
                           adaptive_model=case.get("adaptive_model"), randomized=case.get("randomized"),
-                          budget=_budget(args), seed=args.seed, progress=not args.quiet)
+                          budget=_budget(args), seed=args.seed, progress=not args.quiet,
+                          # A dry run's untrained model on synthetic images gets the random labels
+                          # right by chance only: judge it against its own predictions.
+                          relabel=args.dry_run)
     except (ValueError, TypeError) as error:  # the library's checks of what it was given
         raise SystemExit(f"obfgrad diagnose {name}: {error}") from error
     report.config["defense"] = name
@@ -298,7 +289,7 @@ def _add_diagnose(commands) -> None:
                                           "madry, na; guo:bit_depth ... for one of Guo's five transformations, guo for all five), "
                                           "'undefended', or 'all' (needs a source checkout)")
     source.add_argument("--model", help="path/to/file.py:factory returning your nn.Module (or a dict, see docs)")
-    diagnose.add_argument("--profile", choices=("smoke", "paper"), default="smoke", help="row profile (default smoke)")
+    diagnose.add_argument("--profile", choices=("smoke", "paper"), default=None, help="row profile (default smoke)")
     diagnose.add_argument("--dry-run", action="store_true", help="untrained models, synthetic data (code path only)")
     diagnose.add_argument("--data", type=Path, help="with --model: a torch.save'd dict {'x': images, 'y': labels}")
     diagnose.add_argument("--dataset", choices=("mnist", "fashion-mnist", "cifar10"),
@@ -353,6 +344,9 @@ def _check_diagnose_args(args: argparse.Namespace) -> None:
         if given:
             raise ValueError(f"{', '.join(given)}: only with --model (a --defense row brings its own data and "
                              "threat model)")
+    elif args.dry_run or args.profile is not None:
+        raise ValueError("--dry-run/--profile: only with --defense (they choose how a Table 1 row is built)")
+    args.profile = args.profile or "smoke"
     if args.eps is not None and not (math.isfinite(args.eps) and args.eps > 0):
         raise ValueError(f"--eps: expected a positive finite budget, got {args.eps}")
     if args.distance is not None:

@@ -135,11 +135,16 @@ class NoGradientError(RuntimeError):
 
 
 def gradient_wrt(total: torch.Tensor, x_var: torch.Tensor) -> torch.Tensor:
-    """``d total / d x_var``; zeros when ``total`` depends on parameters but not on ``x_var``
-    (the model ignores its input), an error when it is cut from the graph altogether."""
-    if not total.requires_grad:
+    """``d total / d x_var``, or :class:`NoGradientError` when ``x_var`` is not in the graph at all.
+
+    A silent zero gradient there would let every gradient attack fail and report the model
+    robust. A model whose true gradient is zero says so explicitly (e.g. ``0 * x`` in the graph,
+    as ``ThermometerDefense(gradient="true")`` does) and gets zeros."""
+    grad = None
+    if total.requires_grad:
+        (grad,) = torch.autograd.grad(total, x_var, allow_unused=True)
+    if grad is None:
         raise NoGradientError(
-            "model: no gradient reaches x (its output does not require grad: a step cuts the graph, e.g. "
-            ".detach(), numpy, or torch.no_grad); wrap non-differentiable steps in obfgrad.attacks.BPDA")
-    (grad,) = torch.autograd.grad(total, x_var, allow_unused=True)
-    return torch.zeros_like(x_var) if grad is None else grad
+            "model: no gradient reaches x (a step cuts x from the autograd graph, e.g. .detach(), numpy, or "
+            "torch.no_grad): wrap non-differentiable steps in obfgrad.attacks.BPDA")
+    return grad

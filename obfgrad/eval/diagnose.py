@@ -132,8 +132,9 @@ class _FiniteGrad(torch.autograd.Function):
 
 
 class _Guarded(nn.Module):
-    """A model attacks can always differentiate: a model with no gradient path (e.g. a numpy
-    or PIL step inside) gets an all-zero gradient instead of an autograd error."""
+    """A model attacks can always differentiate: a model with no gradient path to its input (e.g.
+    a numpy or PIL step inside, or a step cut from the graph before trainable layers) gets an
+    all-zero gradient, stated explicitly, instead of an autograd error."""
 
     def __init__(self, model: Model):
         super().__init__()
@@ -142,7 +143,7 @@ class _Guarded(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tracked = x.requires_grad and torch.is_grad_enabled()
         logits = self.model(_FiniteGrad.apply(x) if tracked else x)
-        if tracked and not logits.requires_grad:
+        if tracked:  # x stays in the graph even where the model cut it out (attacks then see zeros)
             logits = logits + 0.0 * x.flatten(1).sum(dim=1, keepdim=True)
         return logits
 
@@ -593,7 +594,8 @@ def _check_inputs(model, x, y, eps, preprocess, surrogate, adaptive_model) -> No
 def diagnose(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[str, Distance] = "linf",
              eps: float, surrogate: Optional[Model] = None, preprocess: Optional[Model] = None,
              adaptive_model: Optional[Model] = None, randomized: Optional[bool] = None,
-             budget: Optional[DiagnoseBudget] = None, seed: int = 0, progress: bool = True) -> DiagnosisReport:
+             budget: Optional[DiagnoseBudget] = None, seed: int = 0, progress: bool = True,
+             relabel: bool = False) -> DiagnosisReport:
     """Run the obfuscated-gradient checks of Athalye et al. (2018, Sec. 3) on a defended model.
 
     Args:
@@ -610,6 +612,9 @@ def diagnose(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[
         budget: examples, steps, samples (:class:`DiagnoseBudget`).
         seed: seeds torch's global generator (the defense's randomness) and the probes.
         progress: a tqdm bar over the stages (quiet off a terminal).
+        relabel: replace ``y`` by the defended model's own (judged) predictions: for proving the
+            code path on synthetic data with untrained models (``obfgrad diagnose --dry-run``),
+            where the given labels are random and every example would be misclassified.
 
     Returns:
         :class:`DiagnosisReport` (``.to_text()``, ``.to_dict()``, ``.save_json(path)``, ``.plot(path)``).
@@ -640,6 +645,8 @@ def diagnose(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[
             randomized = _is_randomized(defended, x[:8])
         setting = _Setting(distance, eps, budget, bool(randomized), seed)
         judge = _Judge(defended, setting.randomized, budget.judge_samples, budget.batch_size, seed)
+        if relabel:
+            y = judge.predict(x)
         correct = judge.predict(x) == y
         n, n_correct = x.shape[0], int(correct.sum())
         if n_correct == 0:

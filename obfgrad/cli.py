@@ -176,7 +176,10 @@ def _model_case(args: argparse.Namespace) -> Dict[str, Any]:
     elif args.dataset is not None:
         from obfgrad.data import load_dataset
 
-        images, labels = load_dataset(args.dataset, "test", data_dir=args.data_dir)
+        try:
+            images, labels = load_dataset(args.dataset, "test", data_dir=args.data_dir)
+        except (FileNotFoundError, ValueError) as error:  # not found, damaged, or not this dataset
+            raise SystemExit(f"--dataset {args.dataset}: {error}") from None
         case["x"], case["y"] = images[:args.examples], labels[:args.examples]
     if "x" not in case or "y" not in case:
         raise SystemExit("--model: give the labelled batch with --data file.pt or --dataset NAME "
@@ -263,7 +266,11 @@ def _diagnose(args: argparse.Namespace) -> int:
         reports = []
         for name in names:
             print(f"== {name} ==")
-            reports.append(_diagnose_case(name, _defense_case(name, args), args, out_dir))
+            try:
+                case = _defense_case(name, args)
+            except (FileNotFoundError, ValueError) as error:  # missing or damaged data or weights files
+                raise SystemExit(f"obfgrad diagnose --defense {name}: {error}") from None
+            reports.append(_diagnose_case(name, case, args, out_dir))
             print()
     rows = [{"defense": r.config["defense"], "expected": r.config.get("expected_obfuscation"),
              "verdict": r.verdict, "types": r.obfuscation_types,

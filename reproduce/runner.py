@@ -24,6 +24,7 @@ import obfgrad
 from obfgrad._checks import check_device, check_seed
 from obfgrad.atomic import atomic_write_json, check_writable_dir
 from obfgrad.cache import recipe_key
+from obfgrad.data.locate import DATASETS, DatasetNotFoundError, locate_split
 from reproduce import curves, distributed, environment, figures, table
 from reproduce.rows import all_specs
 from reproduce.spec import PROFILES, ROW_NAMES, RowSpec, RunContext
@@ -131,6 +132,17 @@ def _parse_weights(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     return weights
 
 
+def _check_datasets(specs: List[RowSpec], data_dir: Optional[Path]) -> None:
+    """Every dataset the rows read is on this machine (or downloads now): a missing one fails
+    before the first row, not after the rows before it have run for hours."""
+    for name in sorted({spec.dataset for spec in specs if spec.implemented and spec.dataset in DATASETS}):
+        for split in ("train", "test"):
+            try:
+                locate_split(name, split, data_dir=data_dir, download=True)
+            except DatasetNotFoundError as missing:
+                raise SystemExit(f"python -m reproduce: {missing}") from None
+
+
 def _device(name: str) -> torch.device:
     problem = device_problem(name)
     if problem:
@@ -216,6 +228,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      progress=False if args.quiet or not main_rank else None, weights=args.weights,
                      log=print if main_rank else (lambda message: None))
     specs = all_specs(args.rows, args.profile, args.dry_run)
+    if not args.dry_run:
+        _check_datasets(specs, args.data_dir)
     outcome = run_table(specs, ctx, resume=args.resume)
     distributed.shutdown()
     if not main_rank:

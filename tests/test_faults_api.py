@@ -20,7 +20,8 @@ from obfgrad.attacks import (
 )
 from obfgrad.attacks.inputs import NonFiniteOutputError
 from obfgrad.attacks.losses import NoGradientError
-from obfgrad.defenses import ThermometerDefense, TVMinimization
+from obfgrad.defenses import ImageQuilting, RandomResizePad, ThermometerDefense, TVMinimization
+from obfgrad.distances import get_distance
 from obfgrad.eval import DiagnoseBudget, diagnose, evaluate
 from obfgrad.ops.jpeg import jpeg
 from obfgrad.ops.quilt import quilt
@@ -102,6 +103,27 @@ OP_CASES = [
 
 @pytest.mark.parametrize("name,call,error,match", OP_CASES, ids=[case[0] for case in OP_CASES])
 def test_ops_reject_bad_input_naming_the_argument(name, call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+DEFENSE_CASES = [
+    ("resize-pad sizes", lambda: RandomResizePad(10, 8), ValueError, "sizes: expected min_size < max_size <= padded"),
+    ("resize-pad padded", lambda: RandomResizePad(8, 10, 9), ValueError, "sizes: expected"),
+    ("quilting k above the database", lambda: ImageQuilting(torch.rand(5, 3, 5, 5), k=10), ValueError,
+     "k: expected an int <= 5"),
+    ("quilting overlap", lambda: ImageQuilting(DB, overlap=5), ValueError, "overlap: expected an int <= 4"),
+    ("quilting database type", lambda: ImageQuilting("db.npy"), TypeError, "database: expected a PatchDatabase"),
+    ("transform generator", lambda: TVMinimization(generator=1), TypeError, "generator: expected a torch.Generator"),
+    ("eps tensor nan", lambda: get_distance("linf").project(RGB[:2], RGB[:2], torch.tensor([float("nan"), 0.1])),
+     ValueError, "eps: expected finite budgets >= 0"),
+    ("eps tensor negative", lambda: get_distance("l2").project(RGB[:2], RGB[:2], torch.tensor([-0.1, 0.1])),
+     ValueError, "eps: expected finite budgets >= 0"),
+]
+
+
+@pytest.mark.parametrize("name,call,error,match", DEFENSE_CASES, ids=[case[0] for case in DEFENSE_CASES])
+def test_defenses_and_distances_reject_bad_settings_when_built(name, call, error, match):
     with pytest.raises(error, match=match):
         call()
 

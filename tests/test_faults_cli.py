@@ -264,3 +264,31 @@ def test_diagnose_dry_run_of_guos_quilting_in_the_smoke_profile(tmp_path, monkey
                      "--surrogate-steps", "2", "--quiet", "--json", str(tmp_path / "q.json")])
     assert code == 0
     assert json.loads((tmp_path / "q.json").read_text())["config"]["defense"] == "guo:quilting"
+
+
+def test_a_missing_dataset_stops_the_runner_before_the_first_row(tmp_path, monkeypatch):
+    from obfgrad.data import locate
+
+    monkeypatch.setenv("OBFGRAD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("OBFGRAD_DATA", raising=False)
+    monkeypatch.setattr(locate, "SYSTEM_DATA_ROOTS", (tmp_path / "system",))
+
+    def offline(*args, **kwargs):
+        raise locate.DownloadError("offline")
+
+    monkeypatch.setattr(locate, "download_file", offline)
+    ran = []
+    monkeypatch.setattr(runner, "run_table", lambda *a, **k: ran.append(1))
+    with pytest.raises(SystemExit, match="(?s)dataset .fashion-mnist. .* not found.*apt-get install dataset-fashion-mnist"):
+        runner.main(["--rows", "madry,na", "--results-dir", str(tmp_path / "results")])
+    assert ran == []
+
+
+def test_diagnose_reports_missing_data_for_a_users_model_without_a_traceback(files, tmp_path, monkeypatch):
+    from obfgrad.data import locate
+
+    monkeypatch.setenv("OBFGRAD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(locate, "SYSTEM_DATA_ROOTS", (tmp_path / "system",))
+    monkeypatch.setattr(locate, "download_file", lambda *a, **k: (_ for _ in ()).throw(locate.DownloadError("offline")))
+    with pytest.raises(SystemExit, match="--dataset mnist: dataset 'mnist' .* not found"):
+        cli_main(["diagnose", "--model", f"{tmp_path / 'mine.py'}:build", "--eps", "0.1", "--dataset", "mnist"])

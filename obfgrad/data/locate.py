@@ -280,7 +280,7 @@ def missing_dataset_message(source: DatasetSource, split: str, roots, download: 
     searched = "\n".join(f"    {path}  ({label})" for label, path in roots)
     ways = []
     if source.apt_package:
-        system = SYSTEM_DATA_ROOTS[0] / source.system_folders[0]
+        system = (SYSTEM_DATA_ROOTS[0] if SYSTEM_DATA_ROOTS else Path("/usr/share/datasets")) / source.system_folders[0]
         ways.append(f"  - install the Debian/Ubuntu package: apt-get install {source.apt_package}  (installs {system})")
     ways.append(f"  - put {files} in a directory DIR and pass --data-dir DIR (data_dir=DIR in Python)")
     ways.append("  - or set the environment variable OBFGRAD_DATA=DIR")

@@ -27,6 +27,7 @@ import importlib
 import math
 from typing import Callable, Optional, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -219,9 +220,19 @@ class ImageQuilting(InputTransform):
                  bpda: bool = True, backend: str = "native", seed: Optional[int] = None,
                  generator: Optional[torch.Generator] = None):
         super().__init__(seed, generator)
+        if isinstance(database, np.ndarray):
+            database = torch.from_numpy(database)
+        if isinstance(database, PatchDatabase):
+            count, size = len(database), database.patch_size
+        elif isinstance(database, torch.Tensor) and database.dim() == 4:
+            count, size = int(database.shape[0]), int(database.shape[2])
+        else:
+            raise TypeError(f"database: expected a PatchDatabase or an (N, C, P, P) tensor, got "
+                            f"{tuple(database.shape) if isinstance(database, torch.Tensor) else type(database).__name__}")
         self.database = database
-        self.k = check_int(k, "k", low=1)
-        self.overlap = check_int(overlap, "overlap", low=1)
+        # Checked now, against the database, rather than at the first call.
+        self.k = check_int(k, "k", low=1, high=max(count, 1))
+        self.overlap = check_int(overlap, "overlap", low=1, high=max(size - 1, 1))
         self.bpda = bool(bpda)
         self.backend = check_choice(backend, "backend", BACKENDS)
 

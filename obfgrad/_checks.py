@@ -126,3 +126,13 @@ def check_device(device, name: str = "device") -> torch.device:
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise ValueError(f"{name}: {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return parsed
+
+
+def finite_loss(loss: torch.Tensor, where: str) -> float:
+    """The value of a training loss, or :class:`FloatingPointError` when it is NaN or Inf: a
+    diverged run stops at once instead of caching NaN weights for every later run to use."""
+    value = float(loss.detach())
+    if value != value or value in (float("inf"), float("-inf")):
+        raise FloatingPointError(f"{where}: the training loss became {value}: training diverged "
+                                 "(lower the learning rate, check the images)")
+    return value

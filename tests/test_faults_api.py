@@ -352,3 +352,19 @@ def test_diagnose_rejects_bad_input_naming_the_argument(name, changes, error, ma
     arguments.update(changes)
     with pytest.raises(error, match=match):
         diagnose(arguments.pop("model"), arguments.pop("x"), arguments.pop("y"), **arguments)
+
+
+# ------------------------------------------------------------------------ training that diverges
+
+
+def test_training_that_diverges_stops_at_once_and_caches_nothing(tmp_path, monkeypatch):
+    from obfgrad.models.training import make_recipe, train_or_load
+
+    monkeypatch.setenv("OBFGRAD_CACHE", str(tmp_path / "cache"))
+    generator = torch.Generator().manual_seed(0)
+    data = (torch.rand(64, 1, 28, 28, generator=generator), torch.randint(0, 10, (64,), generator=generator))
+    recipe = make_recipe(epochs=3, batch_size=16, optimizer="sgd", lr=1e30, momentum=0.0)
+    with pytest.raises(FloatingPointError, match=r"train small_cnn \(epoch \d+, batch \d+\): the training loss "
+                                                 r"became (nan|inf)"):
+        train_or_load(recipe, data_fn=lambda r: data, progress=False)
+    assert not list((tmp_path / "cache").rglob("*.pt"))

@@ -365,3 +365,50 @@ def test_the_nox_session_sets_up_the_data_before_reproducing():
     noxfile = (Path(__file__).resolve().parent.parent / "noxfile.py").read_text()
     setup = noxfile.index('"reproduce.dataset_setup"')
     assert setup < noxfile.index('session.run("python", "-m", "reproduce", *session.posargs)')
+
+
+# ------------------------------------------------------------------------ ImageNet validation
+
+
+@pytest.fixture
+def imagenet_val(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "val").mkdir()
+    for index in range(3):
+        Image.new("RGB", (40, 30), (index * 80, 0, 0)).save(tmp_path / "val" / f"ILSVRC2012_val_{index:08d}.JPEG")
+    (tmp_path / "val.txt").write_text("".join(f"ILSVRC2012_val_{i:08d}.JPEG {i}\n" for i in range(3)))
+    return tmp_path
+
+
+@pytest.mark.parametrize("lines,match", [
+    (["ILSVRC2012_val_00000000.JPEG 1000"], "label 1000 outside 0..999"),
+    (["ILSVRC2012_val_00000000.JPEG -1"], "label -1 outside 0..999"),
+    (["ILSVRC2012_val_00000000.JPEG 3", "ILSVRC2012_val_00000000.JPEG 4"], "listed again with another label"),
+])
+def test_imagenet_labels_out_of_range_or_contradictory_are_refused(imagenet_val, lines, match):
+    from obfgrad.data import load_imagenet_val
+
+    (imagenet_val / "val.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=match):
+        load_imagenet_val(imagenet_val)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_an_image", "empty"])
+def test_a_damaged_imagenet_image_is_refused_naming_it(imagenet_val, damage):
+    from obfgrad.data import load_imagenet_val
+
+    path = imagenet_val / "val" / "ILSVRC2012_val_00000001.JPEG"
+    raw = path.read_bytes()
+    path.write_bytes({"truncated": raw[: len(raw) // 3], "not_an_image": b"<html>", "empty": b""}[damage])
+    with pytest.raises(ValueError, match="ILSVRC2012_val_00000001.JPEG: cannot read the image"):
+        load_imagenet_val(imagenet_val)
+
+
+def test_an_empty_imagenet_folder_is_refused(tmp_path):
+    from obfgrad.data import load_imagenet_val
+
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val.txt").write_text("")
+    with pytest.raises(FileNotFoundError, match="root: no images"):
+        load_imagenet_val(tmp_path)

@@ -612,9 +612,8 @@ def diagnose(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[
         budget: examples, steps, samples (:class:`DiagnoseBudget`).
         seed: seeds torch's global generator (the defense's randomness) and the probes.
         progress: a tqdm bar over the stages (quiet off a terminal).
-        relabel: replace ``y`` by the defended model's own (judged) predictions: for proving the
-            code path on synthetic data with untrained models (``obfgrad diagnose --dry-run``),
-            where the given labels are random and every example would be misclassified.
+        relabel: judge against the defended model's own predictions instead of ``y`` (synthetic
+            data and untrained models: ``obfgrad diagnose --dry-run`` proves the code path).
 
     Returns:
         :class:`DiagnosisReport` (``.to_text()``, ``.to_dict()``, ``.save_json(path)``, ``.plot(path)``).
@@ -645,8 +644,7 @@ def diagnose(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[
             randomized = _is_randomized(defended, x[:8])
         setting = _Setting(distance, eps, budget, bool(randomized), seed)
         judge = _Judge(defended, setting.randomized, budget.judge_samples, budget.batch_size, seed)
-        if relabel:
-            y = judge.predict(x)
+        y = judge.predict(x) if relabel else y
         correct = judge.predict(x) == y
         n, n_correct = x.shape[0], int(correct.sum())
         if n_correct == 0:

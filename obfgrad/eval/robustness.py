@@ -178,6 +178,15 @@ def _checked_predictions(predict, inputs: torch.Tensor) -> torch.Tensor:
     return labels.to(inputs.device)
 
 
+def _check_callables(model, attack, predict) -> None:
+    if not callable(attack):
+        raise TypeError(f"attack: expected a callable attack(model, x, y, target=None), got {type(attack).__name__}")
+    if not callable(model):
+        raise TypeError(f"model: expected a callable x -> logits (an nn.Module), got {type(model).__name__}")
+    if predict is not None and not callable(predict):
+        raise TypeError(f"predict: expected a callable inputs -> labels or None, got {type(predict).__name__}")
+
+
 def _check_attack_result(result, xb: torch.Tensor) -> AttackResult:
     if not isinstance(result, AttackResult):
         raise TypeError(f"attack: expected it to return an AttackResult, got {type(result).__name__}")
@@ -295,12 +304,7 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
         if bool((targets == y).any()):
             raise ValueError("targets: every target must differ from its label y")
     batch_size = check_int(batch_size, "batch_size", low=1)
-    if not callable(attack):
-        raise TypeError(f"attack: expected a callable attack(model, x, y, target=None), got {type(attack).__name__}")
-    if not callable(model):
-        raise TypeError(f"model: expected a callable x -> logits (an nn.Module), got {type(model).__name__}")
-    if predict is not None and not callable(predict):
-        raise TypeError(f"predict: expected a callable inputs -> labels or None, got {type(predict).__name__}")
+    _check_callables(model, attack, predict)
     predict = predict if predict is not None else argmax_predictor(model)
     rank, world = _shard(distributed)
     # Drawn on every rank alike (same global generator state), before any rank-specific work.

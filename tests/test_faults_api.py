@@ -368,3 +368,29 @@ def test_training_that_diverges_stops_at_once_and_caches_nothing(tmp_path, monke
                                                  r"became (nan|inf)"):
         train_or_load(recipe, data_fn=lambda r: data, progress=False)
     assert not list((tmp_path / "cache").rglob("*.pt"))
+
+
+def test_diagnose_still_reads_a_cut_graph_as_an_all_zero_gradient():
+    """The attacks now refuse a model whose graph does not reach x (NoGradientError); diagnose's
+    probe still reads such a model with trainable weights as it did: an all-zero gradient."""
+    net = linear()
+    x = images(8)
+    y = net(x).argmax(1)
+    cut = _Cut(net)
+    with pytest.raises(NoGradientError) as info:
+        PGD(eps=0.1, steps=1)(cut, x, y)
+    assert info.value.output_in_graph
+    report = diagnose(cut, x, y, eps=0.1, progress=False, surrogate=net,
+                      budget=DiagnoseBudget(steps=2, random_samples=2, eps_multiples=(0.5,)))
+    probes = report.config["probes"]
+    assert probes["gradient_path"] and probes["all_zero_examples"] == 1.0
+    assert "shattered" in report.obfuscation_types
+
+
+class _Cut(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(torch.round(x.detach() * 4) / 4)

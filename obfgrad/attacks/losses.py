@@ -131,7 +131,13 @@ def loss_and_grad(model, x: torch.Tensor, objective: Objective
 
 
 class NoGradientError(RuntimeError):
-    """The model's output is cut from the autograd graph of its input."""
+    """The model's output is cut from the autograd graph of its input. ``output_in_graph``: the
+    output still depends on other tensors requiring grad (trainable weights), so the input's
+    gradient is zero rather than undefined."""
+
+    def __init__(self, message: str, output_in_graph: bool = False):
+        super().__init__(message)
+        self.output_in_graph = output_in_graph
 
 
 def gradient_wrt(total: torch.Tensor, x_var: torch.Tensor) -> torch.Tensor:
@@ -146,5 +152,5 @@ def gradient_wrt(total: torch.Tensor, x_var: torch.Tensor) -> torch.Tensor:
     if grad is None:
         raise NoGradientError(
             "model: no gradient reaches x (a step cuts x from the autograd graph, e.g. .detach(), numpy, or "
-            "torch.no_grad): wrap non-differentiable steps in obfgrad.attacks.BPDA")
+            "torch.no_grad): wrap non-differentiable steps in obfgrad.attacks.BPDA", output_in_graph=total.requires_grad)
     return grad

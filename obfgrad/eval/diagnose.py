@@ -45,7 +45,7 @@ from obfgrad._checks import check_float, check_images, check_int, check_tensor
 from obfgrad.attacks.bpda import BPDA
 from obfgrad.attacks.eot import EOT
 from obfgrad.attacks.inputs import check_labels, check_logits
-from obfgrad.attacks.losses import loss_and_grad, margin
+from obfgrad.attacks.losses import NoGradientError, loss_and_grad, margin
 from obfgrad.attacks.pgd import PGD
 from obfgrad.distances import L2, Distance, get_distance
 from obfgrad.eval.diagnose_report import REMEDIES, CheckResult, DiagnosisReport, Obfuscation
@@ -305,6 +305,13 @@ def _raw_gradient(model: Model, x, y) -> Tuple[Optional[torch.Tensor], str]:
     """d(-margin)/dx as the model gives it (NaN/Inf kept), or None with the reason."""
     try:
         _, grad, _ = loss_and_grad(model, x, lambda logits: -margin(logits, y))
+    except NoGradientError as error:
+        # x is cut from the graph: an output that still depends on trainable weights means a zero
+        # input gradient (what an attack differentiating the model gets); no graph at all means
+        # no gradient path.
+        if error.output_in_graph:
+            return torch.zeros_like(x), ""
+        return None, str(error).splitlines()[0]
     except RuntimeError as error:  # no gradient path through the model
         return None, str(error).splitlines()[0]
     return grad, ""

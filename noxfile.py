@@ -67,7 +67,7 @@ def cuda(session: nox.Session) -> None:
     """Compile every csrc/cuda/*.cu for sm_80 and sm_90 without a GPU: NVRTC (the runtime's own
     compiler path) and, when present, nvcc; any error or warning fails the session."""
     _install_torch(session)
-    session.install(*NVRTC_PACKAGES)
+    session.install(*NVRTC_PACKAGES, "pytest")
     _install_package(session)
     ops = sorted(p.stem for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
     session.run("python", "-c", (
@@ -77,6 +77,9 @@ def cuda(session: nox.Session) -> None:
         "        size = len(compile_cuda_source(op, arch))\n"
         "        print(f'NVRTC {op} {arch}: {size} bytes of CUBIN')\n"
     ))
+    # Every launch is checked against the kernel signatures parsed from these sources: they must
+    # agree with the parameters NVRTC compiles (PTX), kernel by kernel.
+    session.run("pytest", "-p", "no:cacheprovider", "-q", "tests/test_cuda_host_shim.py", "-k", "ptx")
     nvcc = _find_nvcc()
     if nvcc is None:
         session.log("nvcc not found: NVRTC check only")

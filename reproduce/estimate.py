@@ -390,7 +390,8 @@ def _quilting_at(patches: int):
         images, _ = synthetic_batch("imagenet", 4, 0)
         database = build_patch_database(list(images), patches, patch_size=settings["patch_size"], channels=3,
                                         long_side=None, source="estimate: synthetic")
-        transform = ImageQuilting(database, settings["k"], settings["overlap"], bpda=True)
+        transform = ImageQuilting(database, settings["k"], settings["overlap"], bpda=True,
+                                  stitch=settings.get("stitch", "min_cut"))
         return forward_backward(transform, _images(batch, (3, 299, 299), device))
     return build
 

@@ -139,6 +139,7 @@ def test_bad_call_names_the_argument():
         CarliniWagnerL2(steps=1, binary_search_steps=1, targeted=True)(model, x, y)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cw_runs_on_cuda_device_of_x():
     model, x, y, _, _ = _linear_problem(n=3)

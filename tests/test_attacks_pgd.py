@@ -185,6 +185,7 @@ def test_to_records():
     assert set(records[0]) == {"success", "distance", "steps"}
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_pgd_runs_on_cuda_device_of_x():
     model, x, y, w = _linear_setup()

@@ -266,6 +266,7 @@ def test_eot_bad_arguments_are_named():
         EOT(lambda v: v.flatten(1)[:1], samples=2)(torch.zeros(3, 1, 2, 2))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bpda_eot_pipeline_runs_on_cuda():
     clf = _classifier().cuda()

@@ -267,6 +267,7 @@ def test_evaluate_leaves_inputs_untouched():
     assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_evaluate_on_cuda():
     model = _linear_model().cuda()

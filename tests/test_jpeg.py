@@ -2,12 +2,8 @@
 equals the reference, the `linear` BPDA backward is the exact transpose of the rounding-free
 round trip, the `identity` backward passes the gradient through, bad input is rejected."""
 
-import ctypes
 import importlib
 import io
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +26,6 @@ from obfgrad.ops.jpeg import (
 jpeg_module = importlib.import_module("obfgrad.ops.jpeg")
 
 QUALITIES = (10, 50, 75, 95)
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- oracles
@@ -41,11 +36,11 @@ def _to_uint8(x):
     return torch.floor(x.to(torch.float32) * 255.0 + 0.5).to(torch.uint8)
 
 
-def pillow_roundtrip(x, quality, subsampling="4:2:0"):
+def pillow_roundtrip(x, quality, subsampling="4:2:0", to_uint8=_to_uint8):
     """What ART and the paper do: Pillow save + open, one image at a time; returns uint8 NCHW."""
     options = {} if subsampling == "4:2:0" else {"subsampling": 0}
     decoded = []
-    for image in _to_uint8(x).permute(0, 2, 3, 1).numpy():
+    for image in to_uint8(x).permute(0, 2, 3, 1).numpy():
         buffer = io.BytesIO()
         Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(
             buffer, format="jpeg", quality=quality, **options)
@@ -238,17 +233,49 @@ def test_references_keep_to_the_input_device(channels):
         assert jpeg_module._linear_backward_reference(x, subsampling == "4:2:0").device.type == "meta"
 
 
+def _truncate_as_the_authors(x):
+    """Athalye et al.'s defend_jpeg: (x * 255.0).astype(np.uint8) on the HWC float32 array."""
+    return torch.from_numpy((x.numpy() * 255.0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 16, 16), (2, 3, 45, 37), (2, 1, 19, 8)])
+def test_truncating_rounding_equals_pillow_fed_the_authors_uint8(shape):
+    x = random_images(shape, seed=shape[2])  # off the 8-bit grid: the rounding rules disagree
+    assert not torch.equal(_to_uint8(x), _truncate_as_the_authors(x))
+    expected = pillow_roundtrip(x, 75, to_uint8=_truncate_as_the_authors)
+    assert torch.equal(as_uint8(jpeg(x, 75, rounding="truncate")), expected)
+    assert torch.equal(as_uint8(reference(x, 75, rounding="truncate")), expected)
+
+
+def test_the_roundings_agree_on_8_bit_images_and_differ_off_them():
+    levels = torch.randint(0, 256, (2, 3, 16, 16), generator=torch.Generator().manual_seed(1))
+    on_grid = levels.to(torch.float32) / 255.0
+    assert torch.equal(jpeg(on_grid, rounding="truncate"), jpeg(on_grid))
+    off_grid = (on_grid + 0.7 / 255).clamp(0, 1)  # 0.7 of a level up: truncation keeps k, rounding k + 1
+    assert not torch.equal(jpeg(off_grid, rounding="truncate"), jpeg(off_grid))
+    assert torch.equal(jpeg(off_grid, rounding="truncate"), jpeg(on_grid))
+
+
+def test_truncating_rounding_keeps_the_identity_backward():
+    x = random_images((1, 3, 8, 8)).requires_grad_(True)
+    grad_out = torch.randn(x.shape)
+    jpeg(x, rounding="truncate").backward(grad_out)
+    assert torch.equal(x.grad, grad_out)
+
+
 def test_module_form():
     module = JPEG(50, backward="linear")
     x = random_images((2, 3, 8, 8))
     assert torch.equal(module(x), jpeg(x, 50))
     assert "quality=50" in repr(module)
+    assert torch.equal(JPEG(50, rounding="truncate")(x), jpeg(x, 50, rounding="truncate"))
 
 
 def test_opcheck():
     x = random_images((2, 3, 9, 11)).requires_grad_(True)
     for mode in (0, 1):
         torch.library.opcheck(torch.ops.obfgrad.jpeg_roundtrip.default, (x, 75, True, mode))
+        torch.library.opcheck(torch.ops.obfgrad.jpeg_roundtrip.default, (x, 75, True, mode, True))
     torch.library.opcheck(torch.ops.obfgrad.jpeg_linear_backward.default, (torch.randn(2, 3, 9, 11), True))
 
 
@@ -344,6 +371,7 @@ def test_bad_images_are_rejected(bad, error, match):
     ({"quality": 75.0}, TypeError, "quality"),
     ({"subsampling": "4:2:2"}, ValueError, "subsampling"),
     ({"backward": "bpda"}, ValueError, "backward"),
+    ({"rounding": "floor"}, ValueError, "rounding"),
 ])
 def test_bad_options_are_rejected(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -373,68 +401,28 @@ def test_cuda_driver_compiles_with_nvrtc():
         assert len(_native.compile_cuda_source("jpeg", arch)) > 0
 
 
-_HOST_SHIM = """
-// Lets the CUDA driver compile as host C++ so its indexing can be checked without a GPU:
-// each "launch" runs the kernel once per element with blockIdx.x = element.
-struct obf_uint3 { unsigned int x, y, z; };
-extern "C" { obf_uint3 blockIdx = {0, 0, 0}, blockDim = {1, 1, 1}, threadIdx = {0, 0, 0}; }
-#define __global__
-"""
-
-
-@pytest.fixture(scope="module")
-def host_compiled_cuda_driver(tmp_path_factory):
-    compiler = shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        pytest.skip("no C++ compiler to build the CUDA driver for the host")
-    tmp = tmp_path_factory.mktemp("cuda_on_host")
-    (tmp / "shim.h").write_text(_HOST_SHIM)
-    library = tmp / "jpeg_cuda_host.so"
-    subprocess.run([compiler, "-x", "c++", "-std=c++17", "-O1", "-shared", "-fPIC", "-ffp-contract=off",
-                    "-include", str(tmp / "shim.h"), f"-I{REPO / 'csrc' / 'include'}",
-                    str(REPO / "csrc" / "cuda" / "jpeg.cu"), "-o", str(library)], check=True)
-    return ctypes.CDLL(str(library))
-
-
-def _host_launcher(library):
-    block_index = ctypes.c_uint.in_dll(library, "blockIdx")
-
-    def launch(op, kernel, total, args, *, device=None, block=256):
-        assert op == "jpeg"
-        fn = getattr(library, kernel)
-        packed = []
-        for arg in args:
-            if isinstance(arg, torch.Tensor):
-                packed.append(ctypes.c_void_p(arg.data_ptr()))
-            elif isinstance(arg, int):
-                packed.append(ctypes.c_longlong(arg))
-            else:
-                raise TypeError(type(arg))
-        for element in range(total):
-            block_index.value = element
-            fn(*packed)
-
-    return launch
-
-
 @pytest.mark.parametrize("channels,shape,subsampling", [(3, (13, 11), "4:2:0"), (3, (9, 4), "4:2:0"),
                                                        (3, (10, 9), "4:4:4"), (1, (11, 10), "4:2:0")])
-def test_cuda_driver_logic_on_host(host_compiled_cuda_driver, monkeypatch, channels, shape, subsampling):
-    # The CUDA driver's kernels, compiled for the CPU and run one element at a time through the
-    # real Python launch path: same results as the reference, forward and linear backward.
-    monkeypatch.setattr(_native, "launch_cuda", _host_launcher(host_compiled_cuda_driver))
+def test_cuda_driver_on_host_equals_the_reference(cuda_on_host, channels, shape, subsampling):
+    # The CUDA driver's kernels, compiled for the CPU (tests/cuda_host_shim.py) and run through
+    # the op's own CUDA path: same results as the reference, forward and linear backward.
     x = random_images((2, channels, *shape), seed=11)
     luma, chroma = quantization_tables(50)
     out = jpeg_module._forward_cuda(x, luma, chroma, subsampling == "4:2:0")
+    assert torch.equal(out, jpeg_module._forward_impl(x, 50, subsampling == "4:2:0"))  # the CPU driver
     assert torch.equal(out, reference(x, 50, subsampling))
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
     grad = jpeg_module._linear_backward_cuda(grad_out, subsampling == "4:2:0")
     assert torch.equal(grad, jpeg_module._backward_impl(grad_out, subsampling == "4:2:0"))
+    launched = cuda_on_host.kernels_launched("jpeg")
+    assert {"jpeg_encode_luma", "jpeg_roundtrip_blocks", "jpeg_decode"} <= launched
+    assert ("jpeg_linear_backward" in launched) == (channels == 3)  # grayscale: the gradient is copied
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
+@pytest.mark.gpu
 @requires_cuda
 @pytest.mark.parametrize("subsampling", ["4:2:0", "4:4:4"])
 @pytest.mark.parametrize("channels", [1, 3])
@@ -444,6 +432,7 @@ def test_cuda_matches_cpu(subsampling, channels):
         assert torch.equal(jpeg(x.cuda(), quality, subsampling=subsampling).cpu(), jpeg(x, quality, subsampling=subsampling))
 
 
+@pytest.mark.gpu
 @requires_cuda
 def test_cuda_linear_backward_matches_cpu():
     x = random_images((2, 3, 13, 11)).requires_grad_(True)

@@ -9,9 +9,20 @@ import skimage.data
 import torch
 
 from obfgrad._native import native
-from obfgrad.ops.quilt import _quilt_op, knn_reference, quilt, reference
+from obfgrad.ops.quilt import (
+    STITCHES,
+    _extract_patches,
+    _knn_cuda,
+    _quilt_cuda,
+    _quilt_op,
+    knn_reference,
+    philox_uniform_reference,
+    quilt,
+    reference,
+)
 from obfgrad.ops.quilt_db import (
     PatchDatabaseError,
+    authors_resize,
     build_patch_database,
     load_patch_database,
     patch_database_from_array,
@@ -236,6 +247,9 @@ def test_custom_op_passes_opcheck():
     proj = torch.from_numpy(search_projections(flat.numpy(), 3))
     torch.library.opcheck(_quilt_op, (x, flat, (flat * flat).sum(1), proj, 5, 4, 2, 7),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    choices = torch.randint(0, 200, (1, 16, 1))
+    torch.library.opcheck(_quilt_op, (x, flat, (flat * flat).sum(1), proj, 5, 4, 2, 0, 1, choices),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
 @pytest.mark.parametrize("bad,kwargs,error,match", [
@@ -252,6 +266,12 @@ def test_custom_op_passes_opcheck():
     (None, {"k": 0}, ValueError, "k: expected an int >= 1"),
     (None, {"overlap": 5}, ValueError, "overlap"),
     (None, {"seed": -1}, ValueError, "seed"),
+    (None, {"stitch": "graphcut"}, ValueError, "stitch"),
+    (None, {"stitch": "authors", "overlap": 1}, ValueError, "overlap"),
+    (None, {"choices": torch.zeros(1, 16, dtype=torch.long)}, ValueError, r"choices: expected shape \(1, 9\)"),
+    (None, {"choices": torch.zeros(1, 9)}, TypeError, "choices: expected an integer"),
+    (None, {"choices": torch.full((1, 9), 50)}, ValueError, "choices: expected database rows"),
+    (None, {"choices": torch.zeros(1, 9, dtype=torch.long), "seed": 3}, ValueError, "choices: give either"),
 ])
 def test_bad_input_is_rejected(bad, kwargs, error, match):
     x = torch.rand(1, 3, 11, 11)
@@ -285,6 +305,72 @@ def test_native_assemble_rejects_out_of_range_neighbours():
         C.quilt_assemble(database, neighbours, 0, np.zeros((1, 3, 8, 8), np.float32), 5, 2)
     with pytest.raises(ValueError, match="out"):
         C.quilt_assemble(database, np.zeros((1, 4, 2), np.int64), 0, np.zeros((1, 3, 9, 8), np.float32), 5, 2)
+    with pytest.raises(ValueError, match="stitch"):
+        C.quilt_assemble(database, np.zeros((1, 4, 2), np.int64), 0, np.zeros((1, 3, 8, 8), np.float32), 5, 2, 3)
+    with pytest.raises(ValueError, match="overlap"):
+        C.quilt_assemble(database, np.zeros((1, 4, 2), np.int64), 0, np.zeros((1, 3, 8, 8), np.float32), 5, 1, 1)
+
+
+# ------------------------------------------------------- Athalye et al.'s stitch, choices given
+# Their outputs themselves (golden arrays) are checked in tests/test_authors_golden.py.
+
+
+@pytest.mark.parametrize("stitch", ["authors", "paste"])
+@pytest.mark.parametrize("shape,patch,overlap", [((2, 3, 17, 17), 5, 2), ((1, 3, 23, 20), 5, 2),
+                                                 ((1, 1, 19, 19), 7, 3), ((1, 3, 14, 14), 6, 4)])
+def test_native_stitch_variants_equal_the_reference(stitch, shape, patch, overlap):
+    generator = torch.Generator().manual_seed(sum(shape) + patch)
+    database = torch.rand(300, shape[1], patch, patch, generator=generator)
+    x = torch.rand(shape, generator=generator)
+    assert torch.equal(quilt(x, database, k=4, overlap=overlap, seed=5, stitch=stitch),
+                       reference(x, database, k=4, overlap=overlap, seed=5, stitch=stitch))
+
+
+def test_given_choices_replay_the_seeded_search_and_pick():
+    generator = torch.Generator().manual_seed(3)
+    database, x = torch.rand(400, 3, 5, 5, generator=generator), torch.rand(2, 3, 20, 20, generator=generator)
+    neighbours, _ = knn_reference(x.unfold(2, 5, 3).unfold(3, 5, 3).permute(0, 2, 3, 1, 4, 5).reshape(-1, 75),
+                                  database.reshape(400, -1), 10)
+    neighbours = neighbours.view(2, 36, 10)
+    picks = [np.minimum((philox_uniform_reference(11, n, np.arange(36)) * np.float32(10)).astype(np.int64), 9)
+             for n in range(2)]
+    choices = torch.stack([neighbours[n, torch.arange(36), torch.from_numpy(picks[n])] for n in range(2)])
+    for stitch in ("min_cut", "authors"):
+        seeded = quilt(x, database, seed=11, stitch=stitch)
+        assert torch.equal(quilt(x, database, choices=choices, stitch=stitch), seeded)
+        assert torch.equal(reference(x, database, choices=choices, stitch=stitch), seeded)
+
+
+def _tile_canvas(choices, database, rows, cols):
+    """Each block's patch pasted in raster order onto a zero canvas (the paste stitch)."""
+    canvas = torch.zeros(database.shape[1], 3 * (rows - 1) + 5, 3 * (cols - 1) + 5)
+    for p, index in enumerate(choices.tolist()):
+        top, left = 3 * (p // cols), 3 * (p % cols)
+        canvas[:, top:top + 5, left:left + 5] = database[index]
+    return canvas
+
+
+def test_paste_writes_whole_patches_later_over_earlier():
+    generator = torch.Generator().manual_seed(4)
+    database, x = torch.rand(100, 3, 5, 5, generator=generator), torch.rand(1, 3, 14, 17, generator=generator)
+    choices = torch.randint(0, 100, (1, 20), generator=generator)
+    assert torch.equal(quilt(x, database, choices=choices, stitch="paste")[0], _tile_canvas(choices[0], database, 4, 5))
+
+
+def test_authors_stitch_always_writes_each_blocks_lower_right_four_by_four():
+    # With 5x5 patches and overlap 2 every block but the first writes rows and columns 1..4 of
+    # its tile whatever the errors; the seams only decide the top-left pixels.
+    generator = torch.Generator().manual_seed(6)
+    database, x = torch.rand(100, 3, 5, 5, generator=generator), torch.rand(1, 3, 17, 17, generator=generator)
+    choices = torch.randint(0, 100, (1, 25), generator=generator)
+    out = quilt(x, database, choices=choices, stitch="authors")[0]
+    last = database[choices[0, 24]]
+    assert torch.equal(out[:, 13:17, 13:17], last[:, 1:, 1:])
+    for p in range(20, 24):  # the last block row; the next block may write its tile (1, 0) and column 4 over it
+        left = 3 * (p % 5)
+        assert torch.equal(out[:, 14:17, left + 1:left + 4], database[choices[0, p]][:, 2:, 1:4])
+    textbook = quilt(x, database, choices=choices)
+    assert not torch.equal(out, textbook)  # the textbook cut follows each block's own seam
 
 
 # ------------------------------------------------------------------------ database file
@@ -314,6 +400,49 @@ def test_database_patches_are_crops_of_the_resized_images():
     assert all(patch.tobytes() in crops for patch in scaled)
     gray = build_patch_database([image[:, :, 0]], 10, seed=0, long_side=300)  # 300 x 150, repeated to RGB
     assert gray.channels == 3 and np.array_equal(gray.patches[:, 0], gray.patches[:, 2])
+
+
+def test_authors_resize_rule_keeps_squares_and_truncates_the_short_side():
+    # quilt_preprocess.py: long side 300, short side int(ratio * 300); square images untouched.
+    wide = np.random.default_rng(1).integers(0, 256, (427, 640, 3), dtype=np.uint8)
+    assert authors_resize(wide).shape == (200, 300, 3)  # 427/640*300 = 200.16
+    tall = (np.random.default_rng(2).integers(0, 2, (401, 299)) * 255).astype(np.uint8)  # black and white
+    assert authors_resize(tall).shape == (300, 223)  # 299/401*300 = 223.69: truncated, not rounded
+    square = np.random.default_rng(3).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    assert authors_resize(square) is not None and np.array_equal(authors_resize(square), square)
+    # Nearest neighbour (their Pillow's default) only copies source values; bicubic blends them.
+    assert set(np.unique(authors_resize(tall)).tolist()) == {0, 255}
+    assert len(np.unique(authors_resize(tall, resample="bicubic"))) > 2
+    floats = authors_resize(wide.astype(np.float32) / 255)
+    assert floats.shape == (200, 300, 3) and np.allclose(floats * 255, authors_resize(wide), atol=1e-3)
+
+
+def test_authors_recipe_takes_each_patch_from_a_different_image(tmp_path):
+    from PIL import Image
+
+    images = [np.full((12, 16), level, np.uint8) for level in range(0, 240, 12)]  # 20 flat images
+    database = build_patch_database(images, 20, seed=4, long_side=None, recipe="authors")
+    levels = sorted(np.round(database.patches[:, 0, 0, 0] * 255).astype(int).tolist())
+    assert levels == list(range(0, 240, 12))  # one patch of each image
+    assert database.meta["recipe"] == "authors" and database.meta["resample"] == "nearest"
+    with pytest.raises(ValueError, match="count"):
+        build_patch_database(images, 21, recipe="authors")
+    paths = []
+    for index, image in enumerate(images[:3]):  # file paths are opened when drawn
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(image).save(paths[-1])
+    from_files = build_patch_database(paths, 3, seed=4, long_side=8, recipe="authors")
+    assert sorted(np.round(from_files.patches[:, 1, 2, 2] * 255).astype(int).tolist()) == [0, 12, 24]
+
+
+def test_database_recipe_options_are_checked():
+    images = natural_images()
+    with pytest.raises(ValueError, match="recipe"):
+        build_patch_database(images, 10, recipe="imagenet")
+    with pytest.raises(ValueError, match="resample"):
+        build_patch_database(images, 3, recipe="authors", resample="box")
+    with pytest.raises(ValueError, match="resample"):
+        build_patch_database(images, 10, resample="nearest")  # the uniform recipe is bicubic
 
 
 def test_database_from_an_nhwc_array_keeps_the_patches():
@@ -389,11 +518,99 @@ def test_cuda_driver_compiles_with_nvrtc():
     assert compile_cuda_source("quilt", "sm_80")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_equals_cpu():
+@pytest.mark.parametrize("stitch", ["min_cut", "authors", "paste"])
+def test_cuda_equals_cpu(stitch):
     torch.manual_seed(8)
     database = torch.rand(900, 3, 5, 5)
     x = torch.rand(2, 3, 26, 31)
-    cpu = quilt(x, database, seed=17)
-    gpu = quilt(x.cuda(), database.cuda(), seed=17)
+    cpu = quilt(x, database, seed=17, stitch=stitch)
+    gpu = quilt(x.cuda(), database.cuda(), seed=17, stitch=stitch)
     assert torch.equal(gpu.cpu(), cpu)
+    choices = torch.randint(0, 900, (2, 90))
+    cpu = quilt(x, database, choices=choices, stitch=stitch)
+    assert torch.equal(quilt(x.cuda(), database.cuda(), choices=choices.cuda(), stitch=stitch).cpu(), cpu)
+
+
+# ------------------------------------------------------------------------ CUDA driver on the host
+
+
+def _gpu_knn_on_host(queries: np.ndarray, database: np.ndarray, k: int, multiprocessors: int):
+    index, dist = _knn_cuda(torch.from_numpy(queries), torch.from_numpy(database), k,
+                            multiprocessors=multiprocessors)
+    return index.numpy(), dist.numpy()
+
+
+@pytest.mark.parametrize("num_queries,num_db,dim,k,multiprocessors", [
+    (1, 1, 12, 1, 1),        # one query, one row, a tail of four lanes
+    (130, 300, 75, 10, 2),   # two query blocks (128 + 2), three splits, a partial last tile
+    (37, 250, 27, 5, 1),     # one split: the tiled kernel writes the answer itself, no merge
+    (9, 40, 768, 40, 4),     # 16x16x3 patches: 8-row tiles, five splits each shorter than k
+])
+def test_cuda_knn_on_host_equals_brute_force(cuda_on_host, num_queries, num_db, dim, k, multiprocessors):
+    # csrc/cuda/quilt.cu's tiled search (shared-memory tiles, __syncthreads, register blocks of
+    # 8 rows) and merge, run on the CPU with real concurrent threads per block.
+    rng = np.random.default_rng(dim)
+    queries = rng.random((num_queries, dim), dtype=np.float32)
+    database = rng.random((num_db, dim), dtype=np.float32)
+    index, dist = _gpu_knn_on_host(queries, database, k, multiprocessors)
+    want_index, want_dist = knn_reference(torch.from_numpy(queries), torch.from_numpy(database), k)
+    np.testing.assert_array_equal(index, want_index.numpy())
+    np.testing.assert_array_equal(dist, want_dist.numpy())
+    splits = {grid[1] for _, kernel, grid, _ in cuda_on_host.launches if kernel == "quilt_knn_tiled_kernel"}
+    assert ("quilt_knn_merge_kernel" in cuda_on_host.kernels_launched("quilt")) == (max(splits) > 1)
+
+
+def test_cuda_knn_on_host_breaks_ties_like_the_cpu(cuda_on_host):
+    # Coarsely quantised values: most distances tie, across tiles and splits; the GPU search
+    # orders them by index, as the CPU driver and the reference do.
+    rng = np.random.default_rng(5)
+    database = (rng.integers(0, 3, (700, 75)) / 2).astype(np.float32)
+    database[[650, 3, 401]] = database[200]
+    queries = np.concatenate([database[[200, 5, 650]], (rng.integers(0, 3, (40, 75)) / 2).astype(np.float32)])
+    index, dist = _gpu_knn_on_host(queries, database, 9, multiprocessors=3)
+    np.testing.assert_array_equal(index[0, :4], [3, 200, 401, 650])
+    want_index, want_dist = knn_reference(torch.from_numpy(queries), torch.from_numpy(database), 9)
+    np.testing.assert_array_equal(index, want_index.numpy())
+    np.testing.assert_array_equal(dist, want_dist.numpy())
+    if C is not None:
+        cpu_index, cpu_dist = native_knn(queries, database, 9)
+        np.testing.assert_array_equal(index, cpu_index)
+        np.testing.assert_array_equal(dist, cpu_dist)
+
+
+@needs_native
+@pytest.mark.parametrize("channels,size,overlap,shape", [(3, 5, 2, (2, 14, 17)), (1, 4, 1, (1, 13, 10))])
+def test_cuda_quilt_on_host_equals_the_cpu_driver(cuda_on_host, channels, size, overlap, shape):
+    # The whole CUDA path (search, merge, Philox pick, stitching) on an exactly tiled batch.
+    generator = torch.Generator().manual_seed(channels)
+    database = torch.rand(400, channels, size, size, generator=generator)
+    x = torch.rand(shape[0], channels, *shape[1:], generator=generator)
+    seed = 2**40 + 3  # both halves of the Philox key in use
+    queries = _extract_patches(x, size, size - overlap)
+    gpu = _quilt_cuda(x, queries, database.reshape(400, -1), size, 10, overlap, seed)
+    assert torch.equal(gpu, quilt(x, database, k=10, overlap=overlap, seed=seed))
+    assert {"quilt_knn_tiled_kernel", "quilt_assemble_kernel"} <= cuda_on_host.kernels_launched("quilt")
+
+
+@needs_native
+@pytest.mark.parametrize("stitch", ["authors", "paste"])
+def test_cuda_stitch_variants_on_host_equal_the_cpu_driver(cuda_on_host, stitch):
+    # The authors' stitch and the paste through the CUDA driver's assemble kernel, searched and
+    # with given choices, equal to the CPU driver.
+    generator = torch.Generator().manual_seed(3)
+    database = torch.rand(300, 3, 5, 5, generator=generator)
+    x = torch.rand(2, 3, 14, 17, generator=generator)
+    code = STITCHES.index(stitch)
+    queries = _extract_patches(x, 5, 3)
+    gpu = _quilt_cuda(x, queries, database.reshape(300, -1), 5, 10, 2, 11, code)
+    assert torch.equal(gpu, quilt(x, database, k=10, overlap=2, seed=11, stitch=stitch))
+    choices = torch.randint(0, 300, (2, queries.shape[0] // 2), generator=generator)
+    gpu = _quilt_cuda(x, None, database.reshape(300, -1), 5, 10, 2, 11, code, choices.reshape(2, -1, 1))
+    assert torch.equal(gpu, quilt(x, database, overlap=2, choices=choices, stitch=stitch))
+
+
+def test_cuda_search_refuses_patches_longer_than_its_tiles():
+    with pytest.raises(ValueError, match="database: patches of 1088 values"):
+        _knn_cuda(torch.zeros(1, 1088), torch.zeros(2, 1088), 1)

@@ -104,6 +104,48 @@ def test_soft_backward_equals_autograd_through_the_relaxation(levels):
     assert torch.equal(leaf.grad, ref.grad)
 
 
+def _grid_255_boundaries(levels):
+    """The 0-255 scale's ramp ends 256 m / L as x = x255 / 255 (the authors' scale), with their
+    float32 neighbours, and every 8-bit value k / 255."""
+    ends = (256.0 / levels) * torch.arange(levels + 1, dtype=torch.float64)
+    ends = torch.cat([ends.to(torch.float32).clamp(0, 255), torch.arange(256, dtype=torch.float32)])
+    ends = torch.cat([ends, torch.nextafter(ends, torch.zeros_like(ends)), torch.nextafter(ends, ends + 1)])
+    return (ends.clamp(0, 255) / 255.0).clamp(0, 1)
+
+
+@pytest.mark.parametrize("levels", [2, 16, 33])
+def test_soft_255_backward_equals_autograd_through_the_authors_relaxation(levels):
+    x = torch.cat([_random_images((2, 3, 6, 6), seed=levels).flatten(), _grid_255_boundaries(levels)])
+    x = x.view(1, 1, 1, -1)
+    grad_out = torch.randn(1, levels, 1, x.shape[-1], generator=torch.Generator().manual_seed(2))
+    leaf = x.clone().requires_grad_(True)
+    thermometer(leaf, levels, backward="soft_255").backward(grad_out)
+    ref = x.clone().requires_grad_(True)
+    soft_thermometer_reference(ref, levels, scale="255").backward(grad_out)
+    assert torch.equal(leaf.grad, ref.grad)
+
+
+def test_soft_255_counts_both_ramps_where_they_meet_on_the_0_255_grid():
+    # x255 = 16 m: level m ends its ramp and level m + 1 starts, both with slope 255/16; the last
+    # level's ramp ends at 240, above which nothing ramps.
+    x = (torch.tensor([0.0, 16.0, 224.0, 17.5, 240.0, 250.0]) / 255.0).view(1, 1, 1, 6).requires_grad_(True)
+    thermometer(x, 16, backward="soft_255").sum().backward()
+    assert x.grad.flatten().tolist() == [2 * 255 / 16, 2 * 255 / 16, 2 * 255 / 16, 255 / 16, 255 / 16, 0.0]
+
+
+def test_soft_and_soft_255_agree_away_from_the_ramp_ends():
+    x = _random_images((2, 3, 16, 16), seed=12)
+    x255 = x * 255.0
+    away = ((x255 / 16.0) - torch.round(x255 / 16.0)).abs() > 1e-3
+    grad_out = torch.randn(2, 48, 16, 16, generator=torch.Generator().manual_seed(5))
+    grads = []
+    for mode in ("soft", "soft_255"):
+        leaf = x.clone().requires_grad_(True)
+        thermometer(leaf, 16, backward=mode).backward(grad_out)
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0][away], grads[1][away], rtol=1e-5, atol=1e-5)
+
+
 def test_soft_gradient_is_the_stated_slope():
     # Away from boundaries exactly one soft component is on its ramp, with slope 16*255/256.
     x = torch.tensor([0.3]).view(1, 1, 1, 1).requires_grad_(True)
@@ -125,14 +167,15 @@ def test_relaxation_is_smooth_where_it_claims_gradcheck():
     assert torch.autograd.gradcheck(lambda t: soft_thermometer_reference(t, 16), (x,))
 
 
-def test_fallback_reference_backward_matches_native(monkeypatch):
-    x = _random_images((2, 3, 7, 7), seed=5)
-    grad_out = torch.randn(2, 48, 7, 7, generator=torch.Generator().manual_seed(3))
+@pytest.mark.parametrize("backward", ["soft", "soft_255"])
+def test_fallback_reference_backward_matches_native(monkeypatch, backward):
+    x = torch.cat([_random_images((2, 3, 7, 7), seed=5).flatten(), _grid_255_boundaries(16)]).view(1, 1, 1, -1)
+    grad_out = torch.randn(1, 16, 1, x.shape[-1], generator=torch.Generator().manual_seed(3))
     native_leaf = x.clone().requires_grad_(True)
-    thermometer(native_leaf, 16).backward(grad_out)
+    thermometer(native_leaf, 16, backward=backward).backward(grad_out)
     monkeypatch.setattr(_native, "native", lambda: None)
     fallback_leaf = x.clone().requires_grad_(True)
-    out = thermometer(fallback_leaf, 16)
+    out = thermometer(fallback_leaf, 16, backward=backward)
     assert torch.equal(out, thermometer_reference(x, 16))
     out.backward(grad_out)
     assert torch.equal(native_leaf.grad, fallback_leaf.grad)
@@ -152,6 +195,7 @@ def test_gradient_reaches_pixels_through_a_conv_net():
 def test_opcheck_schema_fake_and_autograd_registration():
     x = _random_images((2, 3, 4, 4), seed=7)
     torch.library.opcheck(torch.ops.obfgrad.thermometer_encode.default, (x, 16, 0))
+    torch.library.opcheck(torch.ops.obfgrad.thermometer_encode.default, (x, 16, 2))
 
 
 def test_torch_compile_traces_the_op():
@@ -201,15 +245,48 @@ def test_native_driver_rechecks_buffer_shapes():
         module.thermometer_forward(x.numpy(), torch.empty(1, 3, 4, 4).numpy(), 1)
 
 
+def test_cuda_driver_compiles_without_warnings():
+    pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy (NVRTC) is not installed")
+    for arch in ("sm_80", "sm_90"):
+        assert len(_native.compile_cuda_source("thermometer", arch)) > 0
+
+
 @pytest.mark.gpu
-def test_cuda_matches_cpu_bit_for_bit():
+@pytest.mark.parametrize("backward", ["soft", "soft_255"])
+def test_cuda_matches_cpu_bit_for_bit(backward):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device on this machine")
     x = _random_images((4, 3, 32, 32), seed=9)
+    x[0, 0, 0, :16] = torch.arange(0, 256, 16, dtype=torch.float32) / 255.0  # ramp ends on the 0-255 grid
     grad_out = torch.randn(4, 48, 32, 32, generator=torch.Generator().manual_seed(4))
     cpu_leaf, gpu_leaf = x.clone().requires_grad_(True), x.cuda().requires_grad_(True)
-    cpu_out, gpu_out = thermometer(cpu_leaf, 16), thermometer(gpu_leaf, 16)
+    cpu_out, gpu_out = thermometer(cpu_leaf, 16, backward=backward), thermometer(gpu_leaf, 16, backward=backward)
     assert torch.equal(cpu_out, gpu_out.cpu())
     cpu_out.backward(grad_out)
     gpu_out.backward(grad_out.cuda())
     assert torch.equal(cpu_leaf.grad, gpu_leaf.grad.cpu())
+
+
+# ----------------------------------------------------------------------------- CUDA driver on the host
+
+
+@pytest.mark.parametrize("levels", [2, 7, 16])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 7), (3, 1, 9, 4)])
+def test_cuda_driver_on_host_equals_the_cpu_driver(cuda_on_host, levels, shape):
+    # csrc/cuda/thermometer.cu compiled for the CPU, launched through the op's own CUDA path
+    # (packing, signature check, grid): forward and both BPDA backwards equal the CPU driver's,
+    # on random values and on every bucket boundary.
+    from obfgrad.ops import thermometer as module
+
+    if _native.native() is None:
+        pytest.skip("native extension not built")
+    x = _random_images(shape, seed=levels).flatten()
+    edges = _bucket_boundaries(levels)
+    x[: min(len(x), len(edges))] = edges[: len(x)]
+    x = x.view(shape)
+    grad_out = torch.randn(shape[0], shape[1] * levels, *shape[2:], generator=torch.Generator().manual_seed(1))
+    assert torch.equal(module._forward_cuda(x, levels), module._forward_impl(x, levels))
+    for mode in (0, 1):
+        assert torch.equal(module._backward_cuda(x, grad_out, levels, mode),
+                           module._backward_impl(x, grad_out, levels, mode))
+    assert cuda_on_host.kernels_launched("thermometer") == set(_native.kernel_signatures("thermometer"))

@@ -6,10 +6,11 @@ Oracles:
     channel at a time (with ``channel_axis``, scikit-image 0.26 starts channels >= 1 from the
     previous channel's output in its d/b buffers, a transient that its early stop freezes);
   * ``_paper_bregman``: a float64 transcription of the raster loop of Athalye et al.'s
-    ``inputtransformations/defense.py:bregman`` with the mask, using scikit-image's boundary
-    rule (the paper's copy reflects the bottom/right ghost at H-2/W-2, scikit-image copies
-    H-1/W-1; the op follows scikit-image);
-  * ``reference``: the op module's pure-torch float64 red-black solver.
+    ``inputtransformations/defense.py:bregman`` with the mask, with either boundary rule (the
+    paper's copy reflects the bottom/right ghost at H-2/W-2, ``border="reflect"``; scikit-image
+    copies H-1/W-1, ``border="skimage"``, the op's default);
+  * ``reference``: the op module's pure-torch float64 solver (red-black or raster).
+The authors' own outputs (golden arrays) are checked in tests/test_authors_golden.py.
 """
 
 import math
@@ -54,7 +55,7 @@ def _shrink(s, threshold):
     return s - threshold if s > threshold else (s + threshold if s < -threshold else 0.0)
 
 
-def _paper_bregman(image, mask, weight, eps, max_iter):
+def _paper_bregman(image, mask, weight, eps, max_iter, border="skimage"):
     """The paper's masked split-Bregman loop in float64 (raster order, joint stopping rule).
 
     image: (C, H, W) float64 numpy; mask: (H, W) bool. Returns (u, iterations).
@@ -62,11 +63,12 @@ def _paper_bregman(image, mask, weight, eps, max_iter):
     dims, rows, cols = image.shape
     u = np.zeros((dims, rows + 2, cols + 2))
     dx, dy, bx, by = (np.zeros_like(u) for _ in range(4))
+    far = 2 if border == "reflect" else 1  # the bottom/right ghost copies row H - far
     u[:, 1:-1, 1:-1] = image
     u[:, 0, 1:-1] = image[:, min(1, rows - 1)]
     u[:, 1:-1, 0] = image[:, :, min(1, cols - 1)]
-    u[:, -1, 1:-1] = image[:, rows - 1]
-    u[:, 1:-1, -1] = image[:, :, cols - 1]
+    u[:, -1, 1:-1] = image[:, max(rows - far, 0)]
+    u[:, 1:-1, -1] = image[:, :, max(cols - far, 0)]
     lam = 2.0 * weight
     iteration, rmse = 0, math.inf
     while iteration < max_iter and rmse > eps:
@@ -151,14 +153,64 @@ def test_red_black_matches_skimage_within_1e3_after_100_iterations_on_random_ima
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 1, 2, 3), (1, 1, 5, 7), (1, 3, 12, 10)])
 @pytest.mark.parametrize("eps", [1e-3, 0.0])
-def test_raster_sweep_matches_paper_masked_update(shape, eps):
+@pytest.mark.parametrize("border", ["skimage", "reflect"])
+def test_raster_sweep_matches_paper_masked_update(shape, eps, border):
     x = _random_images(shape, seed=11)
     mask = tv_mask(x, 0.5, seed=4)
-    ours, iterations = tv_minimize(x, 0.5, tol=eps, max_iter=40, seed=4, sweep="raster", return_iterations=True)
-    theirs, paper_iterations = _paper_bregman(x[0].double().numpy(), mask[0, 0].numpy(), WEIGHT, eps, 40)
+    ours, iterations = tv_minimize(x, 0.5, tol=eps, max_iter=40, seed=4, sweep="raster", border=border,
+                                   return_iterations=True)
+    theirs, paper_iterations = _paper_bregman(x[0].double().numpy(), mask[0, 0].numpy(), WEIGHT, eps, 40, border)
     if eps > 0:  # with eps = 0 a converged image stops on float32 rounding noise
         assert iterations.item() == paper_iterations
     assert np.abs(ours[0].double().numpy() - theirs).max() < 1e-5
+
+
+@pytest.mark.parametrize("border", ["skimage", "reflect"])
+def test_float64_raster_reference_is_the_paper_loop(border):
+    # Same order of operations in float64: equal to float64 rounding, same stopping iteration.
+    x = _random_images((1, 3, 9, 11), seed=12)
+    mask = tv_mask(x, 0.5, seed=8)
+    ours, iterations = reference(x, mask=mask, tol=1e-3, max_iter=40, sweep="raster", border=border,
+                                 return_iterations=True)
+    theirs, paper_iterations = _paper_bregman(x[0].double().numpy(), mask[0, 0].numpy(), WEIGHT, 1e-3, 40, border)
+    assert iterations.item() == paper_iterations
+    assert np.abs(reference(x.double(), mask=mask, tol=1e-3, max_iter=40, sweep="raster",
+                            border=border)[0].numpy() - theirs).max() < 1e-12
+    assert np.abs(ours[0].double().numpy() - theirs).max() < 1e-6  # rounded to x's dtype, float32
+
+
+def test_the_two_borders_differ_only_at_the_bottom_and_right():
+    x = _natural_images()["astronaut"]
+    skimage_border = tv_minimize(x, 1.0, tol=0.0, max_iter=5, seed=0, sweep="raster")
+    reflect_border = tv_minimize(x, 1.0, tol=0.0, max_iter=5, seed=0, sweep="raster", border="reflect")
+    gap = (skimage_border - reflect_border).abs()[0].amax(dim=0)
+    # Five raster sweeps carry the bottom/right ghost's influence a few pixels up and left only.
+    assert gap[-1].max() > 1e-2 and gap[:, -1].max() > 1e-2
+    assert gap[:-8, :-8].max().item() == 0.0
+
+
+def test_given_mask_is_the_seeded_mask_replayed():
+    x = _random_images((2, 3, 13, 10), seed=3)
+    for sweep in ("red_black", "raster"):
+        seeded = tv_minimize(x, 0.5, seed=17, sweep=sweep, border="reflect")
+        given = tv_minimize(x, mask=tv_mask(x, 0.5, seed=17), sweep=sweep, border="reflect")
+        assert torch.equal(given, seeded)
+    mask = tv_mask(x, 0.5, seed=17)
+    assert torch.equal(tv_minimize(x, mask=mask[:, 0]), tv_minimize(x, mask=mask))  # (N, H, W) works too
+    assert not torch.equal(tv_minimize(x, mask=~mask), tv_minimize(x, mask=mask))
+
+
+@pytest.mark.parametrize("sweep", ["red_black", "raster"])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 1, 2, 3), (2, 3, 9, 7), (3, 1, 16, 17)])
+def test_native_matches_reference_with_reflect_border_and_given_mask(shape, sweep):
+    x = _random_images(shape, seed=sum(shape))
+    mask = tv_mask(x, 0.6, seed=2)
+    ours, iterations = tv_minimize(x, mask=mask, tol=1e-3, max_iter=30, sweep=sweep, border="reflect",
+                                   return_iterations=True)
+    theirs, reference_iterations = reference(x, mask=mask, tol=1e-3, max_iter=30, sweep=sweep, border="reflect",
+                                             return_iterations=True)
+    assert torch.equal(iterations, reference_iterations)
+    assert (ours - theirs).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize("name", ["astronaut", "camera"])
@@ -324,6 +376,8 @@ def test_identity_backward_returns_grad_output_unchanged():
 def test_custom_op_passes_opcheck():
     x = _random_images((2, 3, 6, 5), seed=0)
     torch.library.opcheck(torch.ops.obfgrad.tv_minimize.default, (x, 0.5, WEIGHT, 1e-3, 20, 3, False))
+    mask = tv_mask(x, 0.5, seed=1)[:, 0].to(torch.uint8)
+    torch.library.opcheck(torch.ops.obfgrad.tv_minimize.default, (x, 0.5, WEIGHT, 1e-3, 20, 0, True, True, mask))
 
 
 def test_module_draws_a_fresh_mask_per_call_unless_seeded():
@@ -358,6 +412,11 @@ def test_module_draws_a_fresh_mask_per_call_unless_seeded():
         (lambda x: tv_minimize(x, seed=1.0), TypeError, "seed"),
         (lambda x: tv_minimize(x, seed=1, generator=torch.Generator()), ValueError, "generator"),
         (lambda x: tv_minimize(x, seed=1, sweep="jacobi"), ValueError, "sweep"),
+        (lambda x: tv_minimize(x, seed=1, border="wrap"), ValueError, "border"),
+        (lambda x: tv_minimize(x, mask=torch.ones(2, 1, 8, 8)), TypeError, "mask: expected a bool"),
+        (lambda x: tv_minimize(x, mask=torch.ones(2, 1, 8, 7, dtype=torch.bool)), ValueError, "mask: expected shape"),
+        (lambda x: tv_minimize(x, mask=torch.ones(1, 8, 8, dtype=torch.bool)), ValueError, "mask: expected shape"),
+        (lambda x: tv_minimize(x, seed=1, mask=torch.ones(2, 8, 8, dtype=torch.bool)), ValueError, "mask: give"),
         (lambda x: tv_mask((2, 8, 8), seed=1), ValueError, "shape"),
         (lambda x: tv_mask(x, 0.0, seed=1), ValueError, "keep_prob"),
     ],
@@ -380,6 +439,9 @@ def test_native_driver_rechecks_buffer_shapes():
         module.tv_minimize(x, np.zeros_like(x), np.zeros(2, np.int32), 0.5, WEIGHT, 1e-3, 0, 0)
     with pytest.raises(TypeError):  # a float64 output would be silently copied: refused instead
         module.tv_minimize(x, np.zeros((2, 3, 8, 8)), np.zeros(2, np.int32), 0.5, WEIGHT, 1e-3, 10, 0)
+    with pytest.raises(ValueError, match="mask"):
+        module.tv_minimize(x, np.zeros_like(x), np.zeros(2, np.int32), 0.5, WEIGHT, 1e-3, 10, 0, False, False,
+                           np.ones((2, 8, 7), np.uint8))
 
 
 # ------------------------------------------------------------------ CUDA
@@ -397,12 +459,16 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device 
 @cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("sweep", ["red_black", "raster"])
-def test_cuda_matches_cpu_bit_for_bit(sweep):
+@pytest.mark.parametrize("border", ["skimage", "reflect"])
+def test_cuda_matches_cpu_bit_for_bit(sweep, border):
     x = _random_images((3, 3, 33, 29), seed=6)
-    cpu, cpu_iterations = tv_minimize(x, seed=4, sweep=sweep, return_iterations=True)
-    gpu, gpu_iterations = tv_minimize(x.cuda(), seed=4, sweep=sweep, return_iterations=True)
+    cpu, cpu_iterations = tv_minimize(x, seed=4, sweep=sweep, border=border, return_iterations=True)
+    gpu, gpu_iterations = tv_minimize(x.cuda(), seed=4, sweep=sweep, border=border, return_iterations=True)
     assert torch.equal(gpu_iterations.cpu(), cpu_iterations)
     assert torch.equal(gpu.cpu(), cpu)
+    mask = tv_mask(x, 0.3, seed=9)  # a mask given from outside
+    cpu = tv_minimize(x, mask=mask, sweep=sweep, border=border)
+    assert torch.equal(tv_minimize(x.cuda(), mask=mask.cuda(), sweep=sweep, border=border).cpu(), cpu)
 
 
 @cuda
@@ -418,65 +484,11 @@ def test_cuda_mask_and_backward():
 
 # ------------------------------------------------------------------ CUDA driver, emulated on the CPU
 
-_CUDA_EMULATION_SHIM = r"""
-// Compiles a CUDA driver as host code: kernels become plain extern "C" functions and the
-// thread index comes from globals that the Python launcher sets before each call.
-struct EmulatedIndex { unsigned int x, y, z; };
-EmulatedIndex blockIdx, blockDim, threadIdx;
-extern "C" void emu_set_thread(long long i) { blockIdx.x = (unsigned int)i; blockDim.x = 1; threadIdx.x = 0; }
-#define __global__
-#define __device__
-#define __host__
-#define __forceinline__ inline
-"""
-
-
-@pytest.fixture(scope="module")
-def emulated_cuda(tmp_path_factory):
-    """csrc/cuda/tv.cu compiled with g++ into a CPU library, and a launch_cuda stand-in that
-    runs one call per thread index: this runs the CUDA driver's kernels and the Python host
-    loop of ``_forward_cuda`` on a machine without a GPU."""
-    import ctypes
-    import shutil
-    import subprocess
-
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ is not installed")
-    root = _native.kernel_source_dir()
-    build = tmp_path_factory.mktemp("tv_cuda_emulation")
-    (build / "shim.h").write_text(_CUDA_EMULATION_SHIM)
-    library = build / "libtv_emulated.so"
-    subprocess.run([compiler, "-std=c++17", "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-include",
-                    str(build / "shim.h"), f"-I{root / 'include'}", "-x", "c++", str(root / "cuda" / "tv.cu"),
-                    "-o", str(library)], check=True, capture_output=True)
-    lib = ctypes.CDLL(str(library))
-
-    def launch(op, kernel, total, args, *, device, block=256):
-        assert op == "tv"
-        converted = []
-        for arg in args:
-            if isinstance(arg, torch.Tensor):
-                assert arg.is_contiguous()
-                converted.append(ctypes.c_void_p(arg.data_ptr()))
-            elif isinstance(arg, bool):
-                converted.append(ctypes.c_int(int(arg)))
-            elif isinstance(arg, int):
-                converted.append(ctypes.c_longlong(arg))
-            else:
-                converted.append(ctypes.c_float(arg))
-        function = getattr(lib, kernel)
-        for i in range(total):
-            lib.emu_set_thread(i)
-            function(*converted)
-
-    return launch
-
-
 @pytest.mark.parametrize("sweep", ["red_black", "raster"])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 9, 7), (3, 1, 6, 11)])
-def test_emulated_cuda_driver_matches_cpu_bit_for_bit(emulated_cuda, monkeypatch, shape, sweep):
-    monkeypatch.setattr(_native, "launch_cuda", emulated_cuda)
+def test_emulated_cuda_driver_matches_cpu_bit_for_bit(cuda_on_host, shape, sweep):
+    # csrc/cuda/tv.cu compiled for the CPU (tests/cuda_host_shim.py), run by the op's own host
+    # loop (_forward_cuda) with its packing and signature checks: the CPU driver's bits.
     x = _random_images(shape, seed=sum(shape))
     if shape[0] > 1:
         x[1] = 0.5  # a constant image stops after one iteration while the others go on
@@ -485,9 +497,18 @@ def test_emulated_cuda_driver_matches_cpu_bit_for_bit(emulated_cuda, monkeypatch
     gpu, gpu_iterations = tv_module._forward_cuda(x, 0.5, weight, 1e-3, 25, 13, sweep == "raster")
     assert torch.equal(gpu_iterations, cpu_iterations)
     assert torch.equal(gpu, cpu)
+    # Athalye et al.'s border with a mask given from outside (the paper profile's variant).
+    mask = tv_mask(x, 0.4, seed=5)
+    cpu, cpu_iterations = tv_minimize(x, mask=mask, tol=1e-3, max_iter=25, sweep=sweep, border="reflect",
+                                      return_iterations=True)
+    gpu, gpu_iterations = tv_module._forward_cuda(x, 0.5, weight, 1e-3, 25, 0, sweep == "raster", True,
+                                                  mask[:, 0].to(torch.uint8).contiguous())
+    assert torch.equal(gpu_iterations, cpu_iterations)
+    assert torch.equal(gpu, cpu)
 
 
-def test_emulated_cuda_mask_kernel_matches_cpu(emulated_cuda):
+def test_emulated_cuda_mask_kernel_matches_cpu(cuda_on_host):
     mask = torch.zeros(2 * 7 * 9, dtype=torch.uint8)
-    emulated_cuda("tv", "tv_mask_kernel", mask.numel(), (mask.numel(), mask, 0.3, 2**40 + 5), device="cpu")
+    _native.launch_cuda("tv", "tv_mask_kernel", mask.numel(), (mask.numel(), mask, 0.3, 2**40 + 5),
+                        device=mask.device)
     assert torch.equal(mask.view(2, 1, 7, 9).bool(), tv_mask((2, 3, 7, 9), 0.3, seed=2**40 + 5))

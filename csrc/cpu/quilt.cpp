@@ -628,9 +628,9 @@ void sq_norms(carray<float> database, carray<float> out) {
   }
 }
 
-// Stitch every image of the batch from its patches' neighbour lists.
+// Stitch every image of the batch from its patches' neighbour lists (`stitch`: QuiltStitch).
 void assemble(carray<float> database, carray<long long> neighbours, unsigned long long seed, carray<float> out,
-              int size, int overlap) {
+              int size, int overlap, int stitch) {
   auto db_shape = checked_shape(database, "database", 2);
   auto nb_shape = checked_shape(neighbours, "neighbours", 3);
   auto out_shape = checked_shape(out, "out", 4);
@@ -638,6 +638,9 @@ void assemble(carray<float> database, carray<long long> neighbours, unsigned lon
   if (size < 2 || size > OBF_QUILT_MAX_PATCH)
     throw py::value_error("size: expected 2 <= size <= " + std::to_string(OBF_QUILT_MAX_PATCH));
   if (overlap < 1 || overlap >= size) throw py::value_error("overlap: expected 1 <= overlap < size");
+  if (stitch != QUILT_MIN_CUT && stitch != QUILT_AUTHORS && stitch != QUILT_PASTE)
+    throw py::value_error("stitch: expected 0 (min cut), 1 (Athalye et al.'s) or 2 (paste)");
+  if (stitch == QUILT_AUTHORS && overlap < 2) throw py::value_error("overlap: Athalye et al.'s stitch needs >= 2");
   const long long batch = out_shape[0], channels = out_shape[1], height = out_shape[2], width = out_shape[3];
   const int stride = size - overlap;
   if (height < size || width < size || (height - size) % stride || (width - size) % stride)
@@ -662,7 +665,7 @@ void assemble(carray<float> database, carray<long long> neighbours, unsigned lon
     float* image = dst + n * channels * height * width;
     std::fill(image, image + channels * height * width, 0.f);
     quilt_assemble_image(image, (int)channels, (int)height, (int)width, db, nb + n * rows * cols * k, k, size,
-                         overlap, (int)rows, (int)cols, seed, n);
+                         overlap, (int)rows, (int)cols, seed, n, stitch);
   }
 }
 
@@ -725,9 +728,10 @@ void register_quilt(py::module_& m) {
         "Permutation that makes every 480-row block of the database compact in projection space.");
   m.def("quilt_sq_norms", &sq_norms, py::arg("database"), py::arg("out").noconvert(), "Squared l2 norm of every row.");
   m.def("quilt_assemble", &assemble, py::arg("database"), py::arg("neighbours"), py::arg("seed"), py::arg("out").noconvert(),
-        py::arg("size"), py::arg("overlap"),
+        py::arg("size"), py::arg("overlap"), py::arg("stitch") = 0,
         "Stitch each image from its patches' K neighbours (one picked per patch by Philox(seed)) along "
-        "minimum-error boundary cuts.");
+        "minimum-error boundary cuts (stitch 0), as Athalye et al.'s assign_block (1) or by pasting whole "
+        "patches (2).");
   m.def("quilt_best_isa", &best_isa, "The k-NN micro-kernel this CPU runs: avx512, avx2 or generic.");
 }
 

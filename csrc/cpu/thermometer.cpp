@@ -50,7 +50,8 @@ void thermometer_forward(const carray<float>& x, carray<float>& out, int levels)
 void thermometer_backward(const carray<float>& x, const carray<float>& grad_out,
                           carray<float>& grad_in, int levels, int mode) {
   check_levels(levels);
-  if (mode != th::SOFT && mode != th::STRAIGHT_THROUGH) throw py::value_error("mode: expected 0 (soft) or 1 (straight-through)");
+  if (mode != th::SOFT && mode != th::STRAIGHT_THROUGH && mode != th::SOFT_255)
+    throw py::value_error("mode: expected 0 (soft), 1 (straight-through) or 2 (soft on the 0-255 scale)");
   auto xs = checked_shape(x, "x", 4);
   require_shape(checked_shape(grad_out, "grad_out", 4), {xs[0], xs[1] * levels, xs[2], xs[3]}, "grad_out");
   require_shape(checked_shape(grad_in, "grad_in", 4), xs, "grad_in");
@@ -75,7 +76,8 @@ void register_thermometer(py::module_& m) {
         "Thermometer encoding of x (N,C,H,W) into out (N,C*levels,H,W).");
   m.def("thermometer_backward", &thermometer_backward, py::arg("x"), py::arg("grad_out"),
         py::arg("grad_in").noconvert(), py::arg("levels"), py::arg("mode"),
-        "BPDA backward: mode 0 soft thermometer, 1 straight-through.");
+        "BPDA backward: mode 0 soft thermometer, 1 straight-through, 2 soft thermometer evaluated on the "
+        "0-255 scale as Athalye et al.'s attack graph.");
 }
 
 }  // namespace

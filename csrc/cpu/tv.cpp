@@ -25,7 +25,9 @@ struct TvProblem {
   float keep_prob, weight, tol;
   int max_iter;
   unsigned long long seed;
-  bool raster;  // raster-order Gauss-Seidel instead of red-black
+  bool raster;        // raster-order Gauss-Seidel instead of red-black
+  bool reflect_far;   // Athalye et al.'s border: bottom/right ghosts from row H-2 / column W-2
+  const uint8_t* mask;  // N x H x W keep mask given by the caller, or null: the Philox mask
 };
 
 // The packed state of one image: u, d, b per channel plane, the input f, the per-pixel
@@ -72,7 +74,8 @@ class YieldingBarrier {
 };
 
 // Loads image n (C x H x W, row-major) into the packed layout: u and f from the image, u's
-// ghost ring from the boundary rule, d = b = 0, and the fidelity weight from the mask.
+// ghost ring from the boundary rule, d = b = 0, and the fidelity weight from the mask (the
+// caller's when given, else Philox keyed by the seed).
 void pack_image(const float* image, index_t n, const TvProblem& p, TvImageState& s) {
   const index_t H = p.height, W = p.width, half = p.half;
   std::fill(s.dx.begin(), s.dx.end(), 0.0f);
@@ -87,10 +90,11 @@ void pack_image(const float* image, index_t n, const TvProblem& p, TvImageState&
       const int colour = (int)((row + col) & 1);
       const index_t at = tv_half_row_index(row, colour, half) + (col - tv_colour_offset(row, colour)) / 2;
       index_t y, x;
-      if (!tv_source_pixel(row, col, H, W, &y, &x)) continue;
+      if (!tv_source_pixel(row, col, H, W, p.reflect_far, &y, &x)) continue;
       const bool interior = row >= 1 && row <= H && col >= 1 && col <= W;
       if (interior) {
-        const bool keep = tv_keep_pixel(p.seed, (n * H + y) * W + x, p.keep_prob);
+        const index_t pixel = (n * H + y) * W + x;
+        const bool keep = p.mask ? p.mask[pixel] != 0 : tv_keep_pixel(p.seed, pixel, p.keep_prob);
         s.fidelity[at] = keep ? p.weight : 0.0f;
       }
       for (index_t c = 0; c < p.channels; ++c) {
@@ -259,10 +263,14 @@ int solve_image(const float* image, float* out, index_t n, const TvProblem& p, T
 }
 
 void tv_minimize(carray<float> x, carray<float> out, carray<int32_t> iterations, float keep_prob,
-                 float weight, float tol, int max_iter, unsigned long long seed, bool raster) {
+                 float weight, float tol, int max_iter, unsigned long long seed, bool raster,
+                 bool reflect_far, carray<uint8_t> mask) {
   auto shape = checked_shape(x, "x", 4);
   require_shape(checked_shape(out, "out", 4), shape, "out");
   require_shape(checked_shape(iterations, "iterations", 1), {shape[0]}, "iterations");
+  // An empty mask means "draw it from the seed"; a given one must be N x H x W.
+  const bool given_mask = mask.size() > 0;
+  if (given_mask) require_shape(checked_shape(mask, "mask", 3), {shape[0], shape[2], shape[3]}, "mask");
   require_writable(out, "out");
   require_writable(iterations, "iterations");
   if (!(keep_prob > 0.0f && keep_prob <= 1.0f)) throw py::value_error("keep_prob: expected a number in (0, 1]");
@@ -274,7 +282,9 @@ void tv_minimize(carray<float> x, carray<float> out, carray<int32_t> iterations,
     for (index_t n = 0; n < N; ++n) iterations.mutable_data()[n] = 0;
     return;
   }
-  TvProblem p{C, H, W, tv_half_width(W), tv_plane_size(H, W), keep_prob, weight, tol, max_iter, seed, raster};
+  TvProblem p{C,        H,    W,      tv_half_width(W), tv_plane_size(H, W),
+              keep_prob, weight, tol, max_iter, seed, raster, reflect_far,
+              given_mask ? mask.data() : nullptr};
   const float* in_data = x.data();
   float* out_data = out.mutable_data();
   int32_t* iter_data = iterations.mutable_data();
@@ -310,9 +320,12 @@ void tv_mask(carray<uint8_t> out, float keep_prob, unsigned long long seed) {
 void register_tv(py::module_& m) {
   m.def("tv_minimize", &tv_minimize, py::arg("x"), py::arg("out").noconvert(), py::arg("iterations").noconvert(),
         py::arg("keep_prob"), py::arg("weight"), py::arg("tol"), py::arg("max_iter"), py::arg("seed"), py::arg("raster") = false,
+        py::arg("reflect_far") = false, py::arg("mask") = py::array_t<uint8_t>(0),
         "Masked anisotropic TV minimisation (split Bregman; red-black Gauss-Seidel, or raster "
         "order if `raster`) of a float32 NCHW batch into `out`; writes each image's iteration "
-        "count to `iterations`.");
+        "count to `iterations`. `reflect_far`: Athalye et al.'s border (bottom/right ghosts from "
+        "row H-2 / column W-2); `mask`: an N x H x W uint8 keep mask (1 = kept) instead of the "
+        "seed's Philox mask (empty: use the seed).");
   m.def("tv_mask", &tv_mask, py::arg("out").noconvert(), py::arg("keep_prob"), py::arg("seed"),
         "Guo et al.'s pixel keep mask (1 = kept) of an N x H x W batch for `seed`.");
 }

@@ -13,12 +13,15 @@ __device__ __forceinline__ index_t thread_index() {
   return (index_t)blockIdx.x * (index_t)blockDim.x + (index_t)threadIdx.x;
 }
 
-// One thread per extended cell (n, c, R, C): u (with the ghost ring) and f in the packed
-// layout; channel 0 also writes the image's fidelity weight from the Philox mask.
+// One thread per extended cell (n, c, R, C): u (with the ghost ring; `reflect_far` selects
+// Athalye et al.'s border) and f in the packed layout; channel 0 also writes the image's
+// fidelity weight from the keep mask: the caller's N x H x W `mask` when `has_mask`, else the
+// Philox mask of `seed`.
 extern "C" __global__ void tv_pack_kernel(long long total, const float* x, float* u, float* f,
-                                          float* fidelity, long long batch, long long channels,
-                                          long long height, long long width, float keep_prob,
-                                          float weight, long long seed) {
+                                          float* fidelity, const unsigned char* mask,
+                                          long long batch, long long channels, long long height,
+                                          long long width, float keep_prob, float weight,
+                                          long long seed, int reflect_far, int has_mask) {
   const index_t i = thread_index();
   if (i >= total) return;
   const index_t col = i % (width + 2);
@@ -30,7 +33,7 @@ extern "C" __global__ void tv_pack_kernel(long long total, const float* x, float
   const index_t at = obfgrad::tv_half_row_index(row, colour, half) +
                      (col - obfgrad::tv_colour_offset(row, colour)) / 2;
   index_t y, xx;
-  if (!obfgrad::tv_source_pixel(row, col, height, width, &y, &xx)) return;
+  if (!obfgrad::tv_source_pixel(row, col, height, width, reflect_far != 0, &y, &xx)) return;
   const float value = x[((n * channels + c) * height + y) * width + xx];
   const index_t base = (n * channels + c) * plane;
   u[base + at] = value;
@@ -38,7 +41,9 @@ extern "C" __global__ void tv_pack_kernel(long long total, const float* x, float
   if (!interior) return;
   f[base + at] = value;
   if (c == 0) {
-    const bool keep = obfgrad::tv_keep_pixel((unsigned long long)seed, (n * height + y) * width + xx, keep_prob);
+    const index_t pixel = (n * height + y) * width + xx;
+    const bool keep = has_mask ? mask[pixel] != 0
+                               : obfgrad::tv_keep_pixel((unsigned long long)seed, pixel, keep_prob);
     fidelity[n * plane + at] = keep ? weight : 0.0f;
   }
 }

@@ -34,6 +34,7 @@ from torch import nn
 
 from obfgrad._checks import check_choice, check_float, check_generator, check_images, check_int
 from obfgrad.attacks.bpda import BPDA
+from obfgrad.defenses.tf_resize import _crop_and_resize, _resize_bilinear_tf1
 from obfgrad.ops.quilt_db import PatchDatabase
 
 # The op modules (obfgrad.ops re-exports functions of the same names, so import the modules).
@@ -42,9 +43,13 @@ quilt_op = importlib.import_module("obfgrad.ops.quilt")
 tv_op = importlib.import_module("obfgrad.ops.tv")
 
 __all__ = ["InputTransform", "BitDepthReduction", "JPEGCompression", "CropRescale", "TVMinimization",
-           "ImageQuilting", "TransformedClassifier", "BACKENDS", "GUO_TRANSFORMS"]
+           "ImageQuilting", "TransformedClassifier", "crop_rescale", "BACKENDS", "GUO_TRANSFORMS",
+           "CROP_GEOMETRIES"]
 
 BACKENDS = ("native", "reference")
+#: Crop-rescale geometries: the box sampled straight at the input size, or Athalye et al.'s
+#: crop to 90x90 then TF1 resize to 299 (see crop_rescale).
+CROP_GEOMETRIES = ("direct", "authors")
 GUO_TRANSFORMS = ("bit_depth", "jpeg", "crop_rescale", "tv", "quilting")
 _SEED_BOUND = 2**62
 
@@ -118,26 +123,28 @@ class BitDepthReduction(InputTransform):
 
 class JPEGCompression(InputTransform):
     """JPEG round trip at ``quality`` (Guo et al.: 75), bit-exact with Pillow; deterministic.
-    See :func:`obfgrad.ops.jpeg.jpeg`."""
+    ``rounding``: float to 8 bits by ``"nearest"`` (default) or ``"truncate"`` (Athalye et al.'s
+    ``defend_jpeg``; the paper profile's). See :func:`obfgrad.ops.jpeg.jpeg`."""
 
-    def __init__(self, quality: int = 75, bpda: bool = True, backend: str = "native"):
+    def __init__(self, quality: int = 75, bpda: bool = True, backend: str = "native", rounding: str = "nearest"):
         super().__init__()
         self.quality = check_int(quality, "quality", low=1, high=100)
         self.bpda = bool(bpda)
         self.backend = check_choice(backend, "backend", BACKENDS)
+        self.rounding = check_choice(rounding, "rounding", jpeg_op.ROUNDINGS)
 
     def transform(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         if self.backend == "native" and self.bpda:
-            return jpeg_op.jpeg(x, self.quality)  # its registered backward is the identity
+            return jpeg_op.jpeg(x, self.quality, rounding=self.rounding)  # its registered backward is the identity
         return _straight_through(lambda v: self._forward(v), x, self.bpda)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "reference":
-            return jpeg_op.reference(x, self.quality)
-        return jpeg_op.jpeg(x, self.quality)
+            return jpeg_op.reference(x, self.quality, rounding=self.rounding)
+        return jpeg_op.jpeg(x, self.quality, rounding=self.rounding)
 
     def extra_repr(self) -> str:
-        return f"quality={self.quality}, bpda={self.bpda}, backend={self.backend!r}"
+        return f"quality={self.quality}, rounding={self.rounding!r}, bpda={self.bpda}, backend={self.backend!r}"
 
 
 class CropRescale(InputTransform):
@@ -148,6 +155,11 @@ class CropRescale(InputTransform):
 
     The defense classifies with the mean softmax over 30 such crops:
     ``TransformedClassifier(CropRescale(), net, ensemble=30)``.
+
+    Geometry (see :func:`crop_rescale`): ``"direct"`` (default) samples the crop box straight at
+    the input size; ``"authors"`` is the authors' two steps, a ``crop_and_resize`` to a
+    ``round(crop_fraction * side)``-pixel square (90x90) and their InceptionV3 wrapper's TF1
+    bilinear resize back to the side (the paper profile's).
 
     Example:
         >>> import torch
@@ -160,65 +172,138 @@ class CropRescale(InputTransform):
     random = True
 
     def __init__(self, crop_fraction: float = 90 / 299, seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, geometry: str = "direct"):
         super().__init__(seed, generator)
         self.crop_fraction = check_float(crop_fraction, "crop_fraction", low=0.0, high=1.0, low_inclusive=False)
+        self.geometry = check_choice(geometry, "geometry", CROP_GEOMETRIES)
 
     def transform(self, x: torch.Tensor, seed: int) -> torch.Tensor:
-        n, _, height, width = x.shape
-        offsets = torch.rand((n, 2), generator=torch.Generator().manual_seed(seed)).to(x.device, x.dtype)
-        # Normalised coordinates in [-1, 1] (align_corners=True: -1 and 1 are the corner pixels'
-        # centres, as crop_and_resize's box corners). The crop spans ``f`` of the side.
-        scale = self.crop_fraction
-        centre = (offsets * (1.0 - scale)) * 2.0 - (1.0 - scale)  # crop centre, uniform start offset
-        theta = torch.zeros((n, 2, 3), dtype=x.dtype, device=x.device)
-        theta[:, 0, 0] = scale
-        theta[:, 1, 1] = scale
-        theta[:, 0, 2] = centre[:, 1]
-        theta[:, 1, 2] = centre[:, 0]
-        grid = F.affine_grid(theta, [n, x.shape[1], height, width], align_corners=True)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        draws = torch.rand((x.shape[0], 2), generator=torch.Generator().manual_seed(seed)).to(x.device)
+        if self.geometry == "authors":  # tf.random_uniform((), 0, (side - crop) / side), float32
+            _, start_max, _ = _authors_crop_box(x, self.crop_fraction)
+            return _crop_rescale_authors(x, draws * start_max, self.crop_fraction)
+        return _crop_rescale_direct(x, draws.to(x.dtype) * (1.0 - self.crop_fraction), self.crop_fraction)
 
     def extra_repr(self) -> str:
-        return f"crop_fraction={self.crop_fraction:.4f}"
+        return f"crop_fraction={self.crop_fraction:.4f}, geometry={self.geometry!r}"
+
+
+def crop_rescale(x: torch.Tensor, starts: torch.Tensor, crop_fraction: float = 90 / 299, *,
+                 geometry: str = "direct") -> torch.Tensor:
+    """Guo et al.'s crop-rescale with the crop positions given: image ``n``'s square crop starts
+    at ``starts[n] = (start_y, start_x)``, fractions of the side in the box convention of
+    ``tf.image.crop_and_resize`` (0 and 1 are the first and last pixel centres).
+
+    Args:
+        x: images (N, C, H, W) in [0, 1].
+        starts: (N, 2) floats in ``[0, 1 - crop_fraction]`` (the authors draw each uniformly
+            over ``[0, (side - crop) / side)``).
+        crop_fraction: the crop's side as a fraction of the image's.
+        geometry: ``"direct"``: bilinear samples of the box straight at the input size
+            (``grid_sample``, corners aligned); ``"authors"``: Athalye et al.'s two steps,
+            ``crop_and_resize`` of the box ``[sy, sx, sy + f, sx + f]`` (``f = float32(crop) /
+            float32(side)``, ``crop = round(crop_fraction * side)``) to ``crop x crop`` pixels
+            (``inputtransformations/defense.py: defend_crop``), then TF1's ``resize_bilinear``
+            back to the input size (``inputtransformations/inceptionv3.py: _preprocess``). The
+            two agree to within the resampling: "authors" passes the crop through a 90-pixel
+            grid and its legacy resize shifts it by up to a crop pixel, so "direct" is the
+            default and "authors" the paper profile's (it equals their outputs bit for bit).
+
+    Example:
+        >>> import torch
+        >>> x = torch.rand(1, 3, 299, 299)
+        >>> crop_rescale(x, torch.tensor([[0.2, 0.5]]), geometry="authors").shape
+        torch.Size([1, 3, 299, 299])
+    """
+    check_images(x.detach(), "x")
+    crop_fraction = check_float(crop_fraction, "crop_fraction", low=0.0, high=1.0, low_inclusive=False)
+    check_choice(geometry, "geometry", CROP_GEOMETRIES)
+    if not isinstance(starts, torch.Tensor) or tuple(starts.shape) != (x.shape[0], 2) or not starts.is_floating_point():
+        raise ValueError(f"starts: expected ({x.shape[0]}, 2) floats, got {getattr(starts, 'shape', starts)}")
+    starts = starts.to(x.device)
+    if starts.numel() and not (bool(torch.isfinite(starts).all()) and float(starts.min()) >= 0.0
+                               and float(starts.max()) <= 1.0 - crop_fraction + 1e-6):
+        raise ValueError(f"starts: expected values in [0, 1 - crop_fraction] = [0, {1.0 - crop_fraction:.6g}]")
+    if geometry == "authors":
+        return _crop_rescale_authors(x, starts.to(torch.float32), crop_fraction)
+    return _crop_rescale_direct(x, starts.to(x.dtype), crop_fraction)
+
+
+def _crop_rescale_direct(x: torch.Tensor, starts: torch.Tensor, crop_fraction: float) -> torch.Tensor:
+    n, _, height, width = x.shape
+    # Normalised coordinates in [-1, 1] (align_corners=True: -1 and 1 are the corner pixels'
+    # centres, as crop_and_resize's box corners). The crop spans ``f`` of the side.
+    scale = crop_fraction
+    centre = starts * 2.0 - (1.0 - scale)  # crop centre of a box starting at `starts`
+    theta = torch.zeros((n, 2, 3), dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = scale
+    theta[:, 1, 1] = scale
+    theta[:, 0, 2] = centre[:, 1]
+    theta[:, 1, 2] = centre[:, 0]
+    grid = F.affine_grid(theta, [n, x.shape[1], height, width], align_corners=True)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def _authors_crop_box(x: torch.Tensor, crop_fraction: float):
+    """((crop_h, crop_w) pixels, the start fractions' upper bound (2,), the box sides (2,)), in
+    defend_crop's float32 arithmetic: frac = crop / side, start_max = (side - crop) / side."""
+    sides = torch.tensor([x.shape[2], x.shape[3]], dtype=torch.float32)
+    crops = torch.tensor([max(1, round(crop_fraction * side)) for side in x.shape[2:]], dtype=torch.float32)
+    return tuple(int(c) for c in crops), ((sides - crops) / sides).to(x.device), (crops / sides).to(x.device)
+
+
+def _crop_rescale_authors(x: torch.Tensor, starts: torch.Tensor, crop_fraction: float) -> torch.Tensor:
+    crop_size, _, box_sides = _authors_crop_box(x, crop_fraction)
+    boxes = torch.cat([starts, starts + box_sides], dim=1)  # [y1, x1, y2, x2], float32 sums
+    crops = _crop_and_resize(x.to(torch.float32), boxes, crop_size)
+    return _resize_bilinear_tf1(crops, (x.shape[2], x.shape[3])).to(x.dtype)
 
 
 class TVMinimization(InputTransform):
     """Random pixel dropout (keep ``keep_prob``) + masked total-variation minimisation with
-    ``lambda_tv`` (Guo et al.: 0.5, 0.03). Random (the mask). See :func:`obfgrad.ops.tv.tv_minimize`."""
+    ``lambda_tv`` (Guo et al.: 0.5, 0.03). Random (the mask). ``sweep`` and ``border``: the
+    solver's order and ghost ring, ``"red_black"``/``"skimage"`` by default; the paper profile
+    runs Athalye et al.'s ``"raster"``/``"reflect"``. See :func:`obfgrad.ops.tv.tv_minimize`."""
 
     random = True
 
     def __init__(self, keep_prob: float = 0.5, lambda_tv: float = 0.03, *, bpda: bool = True,
-                 backend: str = "native", seed: Optional[int] = None, generator: Optional[torch.Generator] = None):
+                 backend: str = "native", seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                 sweep: str = "red_black", border: str = "skimage"):
         super().__init__(seed, generator)
         self.keep_prob = check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
         self.lambda_tv = check_float(lambda_tv, "lambda_tv", low=0.0, low_inclusive=False)
         self.bpda = bool(bpda)
         self.backend = check_choice(backend, "backend", BACKENDS)
+        self.sweep = check_choice(sweep, "sweep", tv_op.SWEEPS)
+        self.border = check_choice(border, "border", tv_op.BORDERS)
 
     def transform(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        options = {"seed": seed, "sweep": self.sweep, "border": self.border}
         if self.backend == "native" and self.bpda:
-            return tv_op.tv_minimize(x, self.keep_prob, self.lambda_tv, seed=seed)
+            return tv_op.tv_minimize(x, self.keep_prob, self.lambda_tv, **options)
         if self.backend == "reference":
-            fn = lambda v: tv_op.reference(v, self.keep_prob, self.lambda_tv, seed=seed)  # noqa: E731
+            fn = lambda v: tv_op.reference(v, self.keep_prob, self.lambda_tv, **options)  # noqa: E731
         else:
-            fn = lambda v: tv_op.tv_minimize(v, self.keep_prob, self.lambda_tv, seed=seed)  # noqa: E731
+            fn = lambda v: tv_op.tv_minimize(v, self.keep_prob, self.lambda_tv, **options)  # noqa: E731
         return _straight_through(fn, x, self.bpda)
 
     def extra_repr(self) -> str:
-        return f"keep_prob={self.keep_prob}, lambda_tv={self.lambda_tv}, bpda={self.bpda}, backend={self.backend!r}"
+        return (f"keep_prob={self.keep_prob}, lambda_tv={self.lambda_tv}, sweep={self.sweep!r}, "
+                f"border={self.border!r}, bpda={self.bpda}, backend={self.backend!r}")
 
 
 class ImageQuilting(InputTransform):
     """Image quilting from ``database`` (Guo et al.: 5x5 patches, overlap 2, K = 10 nearest
-    neighbours, one picked at random). Random (the pick). See :func:`obfgrad.ops.quilt.quilt`."""
+    neighbours, one picked at random). Random (the pick). ``stitch``: ``"min_cut"`` (default,
+    the textbook boundary cut) or ``"authors"`` (Athalye et al.'s ``assign_block``; the paper
+    profile's). See :func:`obfgrad.ops.quilt.quilt`."""
 
     random = True
 
     def __init__(self, database: Union[PatchDatabase, torch.Tensor], k: int = 10, overlap: int = 2, *,
                  bpda: bool = True, backend: str = "native", seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, stitch: str = "min_cut"):
         super().__init__(seed, generator)
         if isinstance(database, np.ndarray):
             database = torch.from_numpy(database)
@@ -235,19 +320,21 @@ class ImageQuilting(InputTransform):
         self.overlap = check_int(overlap, "overlap", low=1, high=max(size - 1, 1))
         self.bpda = bool(bpda)
         self.backend = check_choice(backend, "backend", BACKENDS)
+        self.stitch = check_choice(stitch, "stitch", quilt_op.STITCHES)
 
     def transform(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        options = {"k": self.k, "overlap": self.overlap, "seed": seed, "stitch": self.stitch}
         if self.backend == "native" and self.bpda:
-            return quilt_op.quilt(x, self.database, k=self.k, overlap=self.overlap, seed=seed)
+            return quilt_op.quilt(x, self.database, **options)
         if self.backend == "reference":
-            fn = lambda v: quilt_op.reference(v, self.database, k=self.k, overlap=self.overlap, seed=seed)  # noqa: E731
+            fn = lambda v: quilt_op.reference(v, self.database, **options)  # noqa: E731
         else:
-            fn = lambda v: quilt_op.quilt(v, self.database, k=self.k, overlap=self.overlap, seed=seed)  # noqa: E731
+            fn = lambda v: quilt_op.quilt(v, self.database, **options)  # noqa: E731
         return _straight_through(fn, x, self.bpda)
 
     def extra_repr(self) -> str:
-        return (f"patches={len(self.database)}, k={self.k}, overlap={self.overlap}, bpda={self.bpda}, "
-                f"backend={self.backend!r}")
+        return (f"patches={len(self.database)}, k={self.k}, overlap={self.overlap}, stitch={self.stitch!r}, "
+                f"bpda={self.bpda}, backend={self.backend!r}")
 
 
 class TransformedClassifier(nn.Module):

@@ -18,9 +18,15 @@ decodes with the islow IDCT and fancy upsampling. Grayscale ("L") images are one
 without colour conversion or subsampling. Edge blocks are padded by repeating the last column
 and row, as libjpeg does (for 4:2:0 chroma: full-resolution columns, downsampled rows).
 
-Float to 8 bits: ``floor(255 x + 0.5)`` computed in float32 (round half up; users who feed
-Pillow ``(255 x).round()`` differ only on exact halves). The result is ``v / 255`` in float32.
-Results are bit-identical to Pillow on every image and quality tested.
+Float to 8 bits (``rounding``): ``"nearest"`` (the default) is ``floor(255 x + 0.5)`` computed in
+float32 (round half up; users who feed Pillow ``(255 x).round()`` differ only on exact halves);
+``"truncate"`` is ``floor(255 x)``, i.e. ``(x * 255).astype(np.uint8)``, which is what Athalye et
+al.'s ``defend_jpeg`` (``inputtransformations/defense.py``) feeds Pillow. The two agree on images
+of 8-bit values ``k/255``; elsewhere truncation lowers every value by half a level on average
+(about half the values of an attack iterate land one level apart), which is why rounding is
+the default and truncation the paper profile's choice (it reproduces the authors' outputs bit
+for bit, ``tests/test_authors_golden.py``). The result is ``v / 255`` in float32. Results are
+bit-identical to Pillow on every image and quality tested.
 
 Two backwards (BPDA, Athalye, Carlini & Wagner, ICML 2018, Section 4.1):
 
@@ -43,10 +49,12 @@ from obfgrad import _native
 from obfgrad._checks import check_choice, check_float32_images, check_image_batch, check_int
 
 __all__ = ["jpeg", "JPEG", "reference", "linear_surrogate", "quantization_tables",
-           "SUBSAMPLINGS", "BACKWARDS"]
+           "SUBSAMPLINGS", "BACKWARDS", "ROUNDINGS"]
 
 SUBSAMPLINGS = ("4:2:0", "4:4:4")
 BACKWARDS = ("identity", "linear")
+#: Float -> 8-bit sample: round to nearest (default) or truncate (Athalye et al.'s defend_jpeg).
+ROUNDINGS = ("nearest", "truncate")
 
 # IJG default tables: JPEG standard (ITU-T T.81) Annex K, tables K.1 (luminance) and K.2
 # (chrominance), in natural (row-major) order.
@@ -125,9 +133,17 @@ def _descale(x: torch.Tensor, bits: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- reference steps
 
 
-def _to_samples(x: torch.Tensor) -> torch.Tensor:
-    """Float images in [0, 1] -> 8-bit samples floor(x * 255 + 0.5), computed in float32."""
-    return torch.floor(x.to(torch.float32) * 255.0 + 0.5).to(torch.int64)
+def _to_samples(x: torch.Tensor, rounding: str = "nearest") -> torch.Tensor:
+    """Float images in [0, 1] -> 8-bit samples floor(x * 255 + 0.5) (or floor(x * 255) when
+    truncating), computed in float32."""
+    scaled = x.to(torch.float32) * 255.0
+    return torch.floor(scaled if rounding == "truncate" else scaled + 0.5).to(torch.int64)
+
+
+def _truncate_to_levels(x: torch.Tensor) -> torch.Tensor:
+    """floor(255 x) / 255 in float32: the truncated 8-bit value as a float that the kernels'
+    round-to-nearest maps back to exactly that value (float32(k / 255) * 255 == k for every k)."""
+    return torch.floor(x * 255.0) / 255.0
 
 
 def _rgb_to_ycbcr(rgb: torch.Tensor) -> torch.Tensor:
@@ -291,13 +307,14 @@ def _upsample_h2v2(small: torch.Tensor) -> torch.Tensor:
     return out.reshape(n, 2 * h, 2 * w)
 
 
-def reference(x: torch.Tensor, quality: int = 75, subsampling: str = "4:2:0") -> torch.Tensor:
+def reference(x: torch.Tensor, quality: int = 75, subsampling: str = "4:2:0",
+              rounding: str = "nearest") -> torch.Tensor:
     """Pure-torch JPEG round trip in libjpeg's integer arithmetic: the oracle and the fallback.
 
     Same contract as :func:`jpeg` (no autograd); slow but exact.
     """
     luma_table, chroma_table = (t.to(x.device) for t in quantization_tables(quality))
-    samples = _to_samples(x)
+    samples = _to_samples(x, rounding)
     if samples.shape[1] == 1:
         out = _luma_roundtrip(samples[:, 0], luma_table)[:, None]
     else:
@@ -440,12 +457,14 @@ def _forward_cuda(x: torch.Tensor, luma: torch.Tensor, chroma: torch.Tensor, sub
     return out
 
 
-def _forward_impl(x: torch.Tensor, quality: int, subsample: bool) -> torch.Tensor:
+def _forward_impl(x: torch.Tensor, quality: int, subsample: bool, truncate: bool = False) -> torch.Tensor:
     # Dense NCHW in, dense NCHW out: the kernels index a C-contiguous buffer, so a channels_last
     # or sliced input is copied first and every layout gives the same answer.
     x = x.contiguous()
     if x.numel() == 0:
         return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if truncate:  # the kernels round to nearest; feed them the truncated levels
+        x = _truncate_to_levels(x)
     luma, chroma = quantization_tables(quality)
     if x.is_cuda and _cuda_ready():
         return _forward_cuda(x, luma, chroma, subsample)
@@ -562,13 +581,13 @@ def _check_op_arguments(x: torch.Tensor, quality: int, mode: int) -> None:
 
 
 @torch.library.custom_op("obfgrad::jpeg_roundtrip", mutates_args=())
-def _roundtrip_op(x: torch.Tensor, quality: int, subsample: bool, mode: int) -> torch.Tensor:
+def _roundtrip_op(x: torch.Tensor, quality: int, subsample: bool, mode: int, truncate: bool = False) -> torch.Tensor:
     _check_op_arguments(x, quality, mode)
-    return _forward_impl(x, quality, subsample)
+    return _forward_impl(x, quality, subsample, truncate)
 
 
 @_roundtrip_op.register_fake
-def _roundtrip_fake(x: torch.Tensor, quality: int, subsample: bool, mode: int) -> torch.Tensor:
+def _roundtrip_fake(x: torch.Tensor, quality: int, subsample: bool, mode: int, truncate: bool = False) -> torch.Tensor:
     _check_op_arguments(x, quality, mode)
     return x.new_empty(x.shape)
 
@@ -586,25 +605,26 @@ def _linear_backward_fake(grad_out: torch.Tensor, subsample: bool) -> torch.Tens
 
 
 def _setup_context(ctx, inputs, output):
-    _, _, subsample, mode = inputs
+    subsample, mode = inputs[2], inputs[3]
     ctx.subsample = subsample
     ctx.mode = mode
 
 
 def _roundtrip_backward(ctx, grad_out):
     if ctx.mode == _MODE_CODE["identity"]:
-        return grad_out, None, None, None
-    return _linear_backward_op(grad_out, ctx.subsample), None, None, None
+        return grad_out, None, None, None, None
+    return _linear_backward_op(grad_out, ctx.subsample), None, None, None, None
 
 
 torch.library.register_autograd("obfgrad::jpeg_roundtrip", _roundtrip_backward, setup_context=_setup_context)
 
 
 def jpeg(x: torch.Tensor, quality: int = 75, *, subsampling: str = "4:2:0",
-         backward: str = "identity") -> torch.Tensor:
+         backward: str = "identity", rounding: str = "nearest") -> torch.Tensor:
     """JPEG-compress and decompress a batch of images, as Pillow does, with a BPDA gradient.
 
-    Forward: ``x`` is quantised to 8 bits as ``floor(255 x + 0.5)``, encoded as baseline JPEG
+    Forward: ``x`` is quantised to 8 bits as ``floor(255 x + 0.5)`` (``rounding="truncate"``:
+    ``floor(255 x)``, as Athalye et al.'s ``defend_jpeg``), encoded as baseline JPEG
     at ``quality`` and decoded, all in libjpeg-turbo's integer arithmetic (islow DCTs, fancy
     upsampling), and returned as ``v / 255``. It equals
     ``Image.open(save(Image.fromarray(u8), format="jpeg", quality=quality))`` bit for bit.
@@ -620,6 +640,9 @@ def jpeg(x: torch.Tensor, quality: int = 75, *, subsampling: str = "4:2:0",
         subsampling: ``"4:2:0"`` (Pillow's default) or ``"4:4:4"`` (``subsampling=0``).
         backward: ``"identity"`` (straight through, the paper's choice) or ``"linear"``: the
             exact gradient of :func:`linear_surrogate`, the round trip without rounding.
+        rounding: float to 8 bits, ``"nearest"`` (default; unbiased) or ``"truncate"``
+            (``(x * 255).astype(uint8)``, what Athalye et al.'s ``defend_jpeg`` in
+            ``inputtransformations/defense.py`` does; the paper profile's choice).
 
     Shape:
         ``(N, C, H, W) -> (N, C, H, W)``, ``C`` in ``{1, 3}``.
@@ -639,21 +662,26 @@ def jpeg(x: torch.Tensor, quality: int = 75, *, subsampling: str = "4:2:0",
     check_int(quality, "quality", low=1, high=100)
     check_choice(subsampling, "subsampling", SUBSAMPLINGS)
     check_choice(backward, "backward", BACKWARDS)
-    out = _roundtrip_op(x.to(torch.float32).contiguous(), quality, subsampling == "4:2:0", _MODE_CODE[backward])
+    check_choice(rounding, "rounding", ROUNDINGS)
+    out = _roundtrip_op(x.to(torch.float32).contiguous(), quality, subsampling == "4:2:0", _MODE_CODE[backward],
+                        rounding == "truncate")
     return out if x.dtype == torch.float32 else out.to(x.dtype)
 
 
 class JPEG(torch.nn.Module):
     """``nn.Module`` form of :func:`jpeg` (for ``nn.Sequential(JPEG(75), net)``)."""
 
-    def __init__(self, quality: int = 75, subsampling: str = "4:2:0", backward: str = "identity"):
+    def __init__(self, quality: int = 75, subsampling: str = "4:2:0", backward: str = "identity",
+                 rounding: str = "nearest"):
         super().__init__()
         self.quality = check_int(quality, "quality", low=1, high=100)
         self.subsampling = check_choice(subsampling, "subsampling", SUBSAMPLINGS)
         self.backward_mode = check_choice(backward, "backward", BACKWARDS)
+        self.rounding = check_choice(rounding, "rounding", ROUNDINGS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return jpeg(x, self.quality, subsampling=self.subsampling, backward=self.backward_mode)
+        return jpeg(x, self.quality, subsampling=self.subsampling, backward=self.backward_mode, rounding=self.rounding)
 
     def extra_repr(self) -> str:
-        return f"quality={self.quality}, subsampling={self.subsampling!r}, backward={self.backward_mode!r}"
+        return (f"quality={self.quality}, subsampling={self.subsampling!r}, backward={self.backward_mode!r}, "
+                f"rounding={self.rounding!r}")

@@ -22,7 +22,20 @@ Definitions that make the op exact and reproducible:
   pixel only if it is on its side of both cuts. The overlap error is summed over channels.
   (Athalye et al.'s ``assign_block`` glues the two cuts on the diagonal instead; Guo et al.'s
   code uses a graph cut. Both are "minimum-error boundary cuts"; this one is the textbook
-  DP of Efros & Freeman.)
+  DP of Efros & Freeman.) This is ``stitch="min_cut"``, the default.
+* ``stitch="authors"``: what Athalye et al.'s ``make_defend_quilt``
+  (``inputtransformations/defense.py``) actually does, the paper profile's variant. Their
+  "minimum error table" adds to each entry only the smallest *raw* error of its neighbours one
+  step on (not a cumulative cost), their "index exists" test treats index 0 as missing (so a
+  seam never returns to offset 0), and interior blocks measure their overlap errors against
+  the canvas's first block row and column instead of their own position. With 5x5 patches and
+  overlap 2 the seam collapses to one decision per block: a block writes its 4x4 bottom-right
+  part, plus (first row/column) its top-left pixel or (interior) its three top-left pixels when
+  that is cheaper. It reproduces their outputs bit for bit (``tests/test_authors_golden.py``).
+  The textbook cut stays the default: it follows each block's actual seam. ``stitch="paste"``
+  writes whole patches in raster order (their ``graphcut=False``).
+* Choices from outside: ``choices=`` gives the database row of every block (skipping the search
+  and the pick), e.g. to replay the authors' draws.
 * Sizes: the patches tile an image of size P + n*(P - overlap) exactly (299 = 5 + 98*3).
   Other sizes are padded at the bottom/right by edge replication to the next such size,
   quilted, and cropped back, so every output pixel comes from some patch.
@@ -36,14 +49,24 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from obfgrad._checks import check_float32_images, check_generator, check_images, check_int
-from obfgrad._native import launch_cuda, native
+from obfgrad import _native
+from obfgrad._checks import (
+    check_choice,
+    check_float32_images,
+    check_generator,
+    check_images,
+    check_int,
+)
+from obfgrad._native import native
 from obfgrad.ops.quilt_db import PatchDatabase, search_projections
 
-__all__ = ["quilt", "reference", "knn_reference", "philox_uniform_reference", "MAX_PATCH_SIZE"]
+__all__ = ["quilt", "reference", "knn_reference", "philox_uniform_reference", "MAX_PATCH_SIZE", "STITCHES"]
 
 MAX_PATCH_SIZE = 16  # OBF_QUILT_MAX_PATCH in quilt.h
 _SEED_BOUND = 2**63 - 1
+#: Stitching rules, in the order of QuiltStitch in quilt.h: the textbook minimum-error boundary
+#: cut, Athalye et al.'s assign_block, whole patches pasted in raster order.
+STITCHES = ("min_cut", "authors", "paste")
 
 DatabaseLike = Union[PatchDatabase, torch.Tensor, np.ndarray]
 
@@ -110,6 +133,8 @@ def quilt(
     patch_size: Optional[int] = None,
     seed: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
+    stitch: str = "min_cut",
+    choices: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     r"""Quilt each image from its patches' nearest neighbours in ``database``.
 
@@ -128,6 +153,12 @@ def quilt(
         seed: key of the random pick (same seed -> same output on CPU and GPU); drawn from
             ``generator`` (or torch's default generator) when None.
         generator: torch generator used to draw the seed.
+        stitch: ``"min_cut"`` (default, Efros & Freeman's boundary cut), ``"authors"`` (Athalye
+            et al.'s ``assign_block``, overlap >= 2; the paper profile's) or ``"paste"``.
+        choices: the database row of every block given from outside instead of the search and
+            the pick: (B, rows * cols) integers, blocks in raster order (rows and cols of the
+            padded size); rows index ``database`` as passed (a :class:`PatchDatabase` in its
+            stored order). ``seed`` and ``generator`` must then be None.
 
     Shape:
         x: (B, C, H, W) -> (B, C, H, W). Sizes that the patches do not tile exactly are
@@ -157,17 +188,41 @@ def quilt(
         raise ValueError(f"database: has {channels}-channel patches, but x has {x.shape[1]} channels")
     if size > MAX_PATCH_SIZE:
         raise ValueError(f"database: patch size {size} exceeds the supported maximum {MAX_PATCH_SIZE}")
+    if x.device.type == "cuda" and channels * size * size > CUDA_MAX_PATCH_DIM:
+        raise ValueError(f"database: {channels}x{size}x{size} patches exceed the GPU search's "
+                         f"{CUDA_MAX_PATCH_DIM} values")
     if patch_size is not None and check_int(patch_size, "patch_size", low=2) != size:
         raise ValueError(f"database: has {size}x{size} patches, expected patch_size={patch_size}")
     check_int(k, "k", low=1, high=int(flat.shape[0]))
-    check_int(overlap, "overlap", low=1, high=size - 1)
-    seed = _draw_seed(seed, generator)
+    check_int(overlap, "overlap", low=2 if stitch == "authors" else 1, high=size - 1)
+    stitch_code = STITCHES.index(check_choice(stitch, "stitch", STITCHES))
+    if choices is not None:
+        if seed is not None or generator is not None:
+            raise ValueError("choices: give either choices or seed/generator, not both")
+        choices, seed = _checked_choices(choices, x, size, overlap, int(flat.shape[0])), 0
+    else:
+        seed = _draw_seed(seed, generator)
     if x.numel() == 0:
         return x.clone()
-    return _quilt_op(x, flat, sq, proj, size, k, overlap, seed)
+    return _quilt_op(x, flat, sq, proj, size, k, overlap, seed, stitch_code, choices)
 
 
-def _check_op_arguments(x, database, size, k, overlap, seed) -> None:
+def _checked_choices(choices, x: torch.Tensor, size: int, overlap: int, patches: int) -> torch.Tensor:
+    """Given block choices as the kernels take them: (B, blocks, 1) int64, contiguous, on x's device."""
+    stride = size - overlap
+    blocks = ((_tiled_size(x.shape[2], size, stride) - size) // stride + 1) * \
+        ((_tiled_size(x.shape[3], size, stride) - size) // stride + 1)
+    if not isinstance(choices, torch.Tensor) or choices.is_floating_point() or choices.dtype == torch.bool:
+        raise TypeError(f"choices: expected an integer tensor, got {getattr(choices, 'dtype', type(choices).__name__)}")
+    if tuple(choices.shape) != (x.shape[0], blocks):
+        raise ValueError(f"choices: expected shape ({x.shape[0]}, {blocks}), got {tuple(choices.shape)}")
+    if choices.numel() and (int(choices.min()) < 0 or int(choices.max()) >= patches):
+        raise ValueError(f"choices: expected database rows in [0, {patches}), got [{int(choices.min())}, "
+                         f"{int(choices.max())}]")
+    return choices.to(device=x.device, dtype=torch.int64).reshape(x.shape[0], blocks, 1).contiguous()
+
+
+def _check_op_arguments(x, database, size, k, overlap, seed, stitch) -> None:
     # The registered op is callable directly (torch.ops.obfgrad.quilt): check what the kernels
     # rely on (the public quilt has checked all of it already).
     check_float32_images(x, "x")
@@ -177,40 +232,45 @@ def _check_op_arguments(x, database, size, k, overlap, seed) -> None:
     check_int(k, "k", low=1, high=int(database.shape[0]))
     check_int(overlap, "overlap", low=1, high=size - 1)
     check_int(seed, "seed", low=0, high=_SEED_BOUND - 1)
+    check_int(stitch, "stitch", low=0, high=len(STITCHES) - 1)
 
 
 @torch.library.custom_op("obfgrad::quilt", mutates_args=())
 def _quilt_op(x: torch.Tensor, database: torch.Tensor, database_sq_norms: torch.Tensor,
-              database_projections: torch.Tensor, size: int, k: int, overlap: int, seed: int) -> torch.Tensor:
-    _check_op_arguments(x, database, size, k, overlap, seed)
+              database_projections: torch.Tensor, size: int, k: int, overlap: int, seed: int, stitch: int = 0,
+              choices: Optional[torch.Tensor] = None) -> torch.Tensor:
+    _check_op_arguments(x, database, size, k, overlap, seed, stitch)
     stride = size - overlap
     height, width = x.shape[2], x.shape[3]
     padded_h, padded_w = _tiled_size(height, size, stride), _tiled_size(width, size, stride)
     xp = x.contiguous()
     if (padded_h, padded_w) != (height, width):
         xp = torch.nn.functional.pad(xp, (0, padded_w - width, 0, padded_h - height), mode="replicate")
-    queries = _extract_patches(xp, size, stride)
     module = native() if x.device.type == "cpu" else None
     if x.device.type == "cuda":
-        out = _quilt_cuda(xp, queries, database, size, k, overlap, seed)
+        queries = None if choices is not None else _extract_patches(xp, size, stride)
+        out = _quilt_cuda(xp, queries, database, size, k, overlap, seed, stitch, choices)
     elif module is not None:
-        out = _quilt_cpu(module, xp, queries, database, database_sq_norms, database_projections, size, k, overlap,
-                         seed)
+        index = choices if choices is not None else _knn_cpu(module, _extract_patches(xp, size, stride), database,
+                                                             database_sq_norms, database_projections, xp.shape[1], k)
+        out = torch.empty_like(xp)
+        module.quilt_assemble(database.detach().numpy(), index.reshape(xp.shape[0], -1, index.shape[-1]).numpy(),
+                              seed, out.numpy(), size, overlap, stitch)
     else:
         out = _quilt_reference_padded(xp, database.reshape(database.shape[0], x.shape[1], size, size), k, overlap,
-                                      seed)
+                                      seed, STITCHES[stitch], choices)
     return out[:, :, :height, :width].contiguous()
 
 
 @_quilt_op.register_fake
-def _(x, database, database_sq_norms, database_projections, size, k, overlap, seed):
-    _check_op_arguments(x, database, size, k, overlap, seed)
+def _(x, database, database_sq_norms, database_projections, size, k, overlap, seed, stitch=0, choices=None):
+    _check_op_arguments(x, database, size, k, overlap, seed, stitch)
     return x.new_empty(x.shape)
 
 
 def _quilt_backward(ctx, grad):
     # BPDA with the identity (Athalye et al. section 4.1; the paper's choice for quilting).
-    return grad, None, None, None, None, None, None, None
+    return grad, None, None, None, None, None, None, None, None, None
 
 
 _quilt_op.register_autograd(_quilt_backward)
@@ -223,30 +283,84 @@ def _extract_patches(x: torch.Tensor, size: int, stride: int) -> torch.Tensor:
     return patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, channels * size * size).contiguous()
 
 
-def _quilt_cpu(module, xp, queries, database, database_sq_norms, database_projections, size, k, overlap, seed):
-    db = database.detach().numpy()
+def _knn_cpu(module, queries, database, database_sq_norms, database_projections, channels, k) -> torch.Tensor:
+    """(Q, k) int64 neighbour indices of the queries (the native exact search)."""
     index = np.empty((queries.shape[0], k), dtype=np.int64)
     dist = np.empty((queries.shape[0], k), dtype=np.float32)
-    module.quilt_knn(queries.detach().numpy(), db, database_sq_norms.detach().numpy(),
-                     database_projections.detach().numpy(), xp.shape[1], k, index, dist)
-    out = torch.empty_like(xp)
-    module.quilt_assemble(db, index.reshape(xp.shape[0], -1, k), seed, out.numpy(), size, overlap)
-    return out
+    module.quilt_knn(queries.detach().numpy(), database.detach().numpy(), database_sq_norms.detach().numpy(),
+                     database_projections.detach().numpy(), channels, k, index, dist)
+    return torch.from_numpy(index)
 
 
-def _quilt_cuda(xp, queries, database, size, k, overlap, seed):
-    num_queries = queries.shape[0]
-    index = torch.empty((num_queries, k), dtype=torch.int64, device=xp.device)
-    dist = torch.empty((num_queries, k), dtype=torch.float32, device=xp.device)
-    launch_cuda("quilt", "quilt_knn_kernel", num_queries,
-                (queries, database, num_queries, int(database.shape[0]), int(database.shape[1]), k, index, dist),
-                device=xp.device)
+# The tiled k-NN kernel's constants (csrc/cuda/quilt.cu): threads (queries) per block, rows
+# scored together, shared-memory floats per tile.
+_KNN_QUERIES, _KNN_ROWS, _KNN_TILE_FLOATS = 128, 8, 8192
+#: Longest patch vector (C*P*P) the GPU search takes: a tile must hold OBF_KNN_ROWS rows.
+CUDA_MAX_PATCH_DIM = _KNN_TILE_FLOATS // _KNN_ROWS
+_KNN_BLOCKS_PER_MULTIPROCESSOR = 8  # enough blocks to fill the GPU when the queries are few
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _knn_splits(num_queries: int, num_db: int, dim: int, multiprocessors: int) -> tuple[int, int]:
+    """(splits, rows_per_split): the database is cut into splits of whole tiles so that
+    query blocks x splits fill ``multiprocessors`` several times over."""
+    tile_rows = _KNN_TILE_FLOATS // dim // _KNN_ROWS * _KNN_ROWS
+    wanted = _ceil_div(_KNN_BLOCKS_PER_MULTIPROCESSOR * multiprocessors, _ceil_div(num_queries, _KNN_QUERIES))
+    splits = max(1, min(wanted, _ceil_div(num_db, tile_rows)))
+    rows_per_split = _ceil_div(_ceil_div(num_db, splits), tile_rows) * tile_rows
+    return _ceil_div(num_db, rows_per_split), rows_per_split
+
+
+def _multiprocessors(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # a CPU device: the host emulation of the CUDA driver in the tests
+
+
+def _knn_cuda(queries: torch.Tensor, database: torch.Tensor, k: int, *,
+              multiprocessors: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact (index (Q, k) int64, distance (Q, k)) with the CUDA driver's tiled search and merge."""
+    num_queries, dim = queries.shape
+    num_db = int(database.shape[0])
+    if dim > CUDA_MAX_PATCH_DIM:
+        raise ValueError(f"database: patches of {dim} values exceed the GPU search's maximum {CUDA_MAX_PATCH_DIM}")
+    device = queries.device
+    splits, rows_per_split = _knn_splits(num_queries, num_db, dim,
+                                         multiprocessors or _multiprocessors(device))
+    index = torch.empty((num_queries, k), dtype=torch.int64, device=device)
+    dist = torch.empty((num_queries, k), dtype=torch.float32, device=device)
+    part_index, part_dist = index, dist
+    if splits > 1:
+        part_index = torch.empty((num_queries, splits, k), dtype=torch.int64, device=device)
+        part_dist = torch.empty((num_queries, splits, k), dtype=torch.float32, device=device)
+    grid = (-(-num_queries // _KNN_QUERIES), splits)
+    _native.launch_cuda_grid("quilt", "quilt_knn_tiled_kernel", grid, _KNN_QUERIES,
+                             (queries.t().contiguous(), database, num_queries, num_db, dim, k, rows_per_split,
+                              part_index, part_dist), device=device)
+    if splits > 1:
+        _native.launch_cuda("quilt", "quilt_knn_merge_kernel", num_queries,
+                            (part_index, part_dist, num_queries, splits, k, index, dist), device=device)
+    return index, dist
+
+
+def _assemble_cuda(xp, database, index, size, overlap, seed, stitch):
+    """Stitch on the GPU from (B, blocks, K) neighbour indices (K = 1: given choices)."""
     out = torch.empty_like(xp)
     batch, channels, height, width = xp.shape
-    launch_cuda("quilt", "quilt_assemble_kernel", batch,
-                (out, database, index, batch, channels, height, width, k, size, overlap, seed),
-                device=xp.device, block=32)
+    _native.launch_cuda("quilt", "quilt_assemble_kernel", batch,
+                        (out, database, index.contiguous(), batch, channels, height, width, int(index.shape[-1]),
+                         size, overlap, seed, stitch), device=xp.device, block=32)
     return out
+
+
+def _quilt_cuda(xp, queries, database, size, k, overlap, seed, stitch=0, choices=None):
+    """The CUDA path: the tiled k-NN search (or the given choices), then the stitch."""
+    index = choices if choices is not None else _knn_cuda(queries, database, k)[0]
+    return _assemble_cuda(xp, database, index.reshape(xp.shape[0], -1, index.shape[-1]), size, overlap, seed,
+                          stitch)
 
 
 # ------------------------------------------------------------------------ reference
@@ -320,26 +434,97 @@ def _place_patch_reference(image: np.ndarray, patch: np.ndarray, top: int, left:
     region[:, take] = patch[:, take]
 
 
-def _quilt_reference_padded(xp: torch.Tensor, database: torch.Tensor, k: int, overlap: int, seed: int) -> torch.Tensor:
+def _authors_table(err: np.ndarray) -> np.ndarray:
+    """Athalye et al.'s "minimum error table" of a strip whose seam runs down axis 0: each entry
+    is its own error plus the smallest raw error of its (up to three) neighbours in the next row."""
+    table = err.copy()
+    for a in range(err.shape[0] - 1):
+        for b in range(err.shape[1]):
+            table[a, b] = err[a, b] + err[a + 1, max(b - 1, 0):b + 2].min()
+    return table
+
+
+def _authors_seam(table: np.ndarray, start_row: int, start_col: int) -> list[int]:
+    """The seam's column in rows start_row.. : from start_col, each next row takes the first
+    cheapest of (same, left, right) whose indices are all strictly positive and inside."""
+    cols = [start_col]
+    for row in range(start_row + 1, table.shape[0]):
+        candidates = [c for c in (cols[-1], cols[-1] - 1, cols[-1] + 1) if 0 < c < table.shape[1]]
+        cols.append(min(candidates, key=lambda c: table[row, c]))
+    return cols
+
+
+def _channel_sum_float64(diff: np.ndarray) -> np.ndarray:
+    squares = diff.astype(np.float64) ** 2
+    total = np.zeros(squares.shape[1:])
+    for channel in squares:  # (0 + e_0) + e_1 + ..., numpy's float64 sum over the channel axis
+        total = total + channel
+    return total
+
+
+def _place_patch_authors_reference(image: np.ndarray, patch: np.ndarray, top: int, left: int, overlap: int) -> None:
+    """Athalye et al.'s assign_block (see quilt.h): the left strip against canvas rows 0..P-1, the
+    top strip against canvas columns 0..P-1, seams that never re-enter offset 0."""
+    size = patch.shape[1]
+    take = np.zeros((size, size), dtype=bool)
+    left_table = top_table = None
+    if left > 0:  # (P, O): seam down the rows
+        strip = image[:, :size, left:left + overlap].astype(np.float64)
+        left_table = _authors_table(_channel_sum_float64(patch[:, :, :overlap].astype(np.float64) - strip))
+    if top > 0:  # transposed to (P, O): seam along the columns
+        strip = image[:, top:top + overlap, :size].astype(np.float64)
+        top_table = _authors_table(_channel_sum_float64(patch[:, :overlap, :].astype(np.float64) - strip).T)
+    if left_table is None and top_table is None:
+        take[:] = True
+    elif top_table is None or left_table is None:  # first block row or column: one seam
+        table = left_table if top_table is None else top_table
+        seam = _authors_seam(table, 0, int(np.argmin(table[0])))
+        for a, b in enumerate(seam):
+            if top_table is None:
+                take[a, b:] = True
+            else:
+                take[b:, a] = True
+    else:  # interior: both seams from the cheapest diagonal entry, glued there
+        glue = int(np.argmin([top_table[i, i] + left_table[i, i] for i in range(overlap)]))
+        for a, b in enumerate(_authors_seam(left_table, glue, glue), start=glue):
+            take[a, b:overlap] = True
+        for a, b in enumerate(_authors_seam(top_table, glue, glue), start=glue):
+            take[b:overlap, a] = True
+        take[overlap:, overlap:] = True
+    image[:, top:top + size, left:left + size][:, take] = patch[:, take]
+
+
+def _quilt_reference_padded(xp: torch.Tensor, database: torch.Tensor, k: int, overlap: int, seed: int,
+                            stitch: str = "min_cut", choices: Optional[torch.Tensor] = None) -> torch.Tensor:
     batch, channels, height, width = xp.shape
     size = database.shape[2]
     stride = size - overlap
     rows, cols = (height - size) // stride + 1, (width - size) // stride + 1
     flat = database.reshape(database.shape[0], -1).float().cpu()
-    index, _ = knn_reference(_extract_patches(xp.detach().float().cpu(), size, stride), flat, k)
-    index = index.reshape(batch, rows * cols, k).numpy()
+    if choices is None:
+        index, _ = knn_reference(_extract_patches(xp.detach().float().cpu(), size, stride), flat, k)
+        index = index.reshape(batch, rows * cols, k).numpy()
+    else:
+        index = choices.cpu().reshape(batch, rows * cols, 1).numpy()
     db = database.detach().float().cpu().numpy()
     out = np.zeros((batch, channels, height, width), dtype=np.float32)
     for n in range(batch):
         u = philox_uniform_reference(seed, n, np.arange(rows * cols))
-        pick = np.minimum((u * np.float32(k)).astype(np.int64), k - 1)
+        pick = np.minimum((u * np.float32(index.shape[2])).astype(np.int64), index.shape[2] - 1)
         for p in range(rows * cols):
             py, px = divmod(p, cols)
-            _place_patch_reference(out[n], db[index[n, p, pick[p]]], py * stride, px * stride, overlap)
+            patch, top, left = db[index[n, p, pick[p]]], py * stride, px * stride
+            if stitch == "paste":
+                out[n, :, top:top + size, left:left + size] = patch
+            elif stitch == "authors":
+                _place_patch_authors_reference(out[n], patch, top, left, overlap)
+            else:
+                _place_patch_reference(out[n], patch, top, left, overlap)
     return torch.from_numpy(out).to(xp.device)
 
 
-def reference(x: torch.Tensor, database: DatabaseLike, *, k: int = 10, overlap: int = 2, seed: int = 0) -> torch.Tensor:
+def reference(x: torch.Tensor, database: DatabaseLike, *, k: int = 10, overlap: int = 2, seed: int = 0,
+              stitch: str = "min_cut", choices: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Pure torch/numpy quilting (brute-force search, Python stitching): the tests' oracle.
     Same definitions and outputs as :func:`quilt`; practical for small images only."""
     check_images(x, "x", in_unit_range=True)
@@ -347,11 +532,14 @@ def reference(x: torch.Tensor, database: DatabaseLike, *, k: int = 10, overlap: 
     if channels != x.shape[1]:
         raise ValueError(f"database: has {channels}-channel patches, but x has {x.shape[1]} channels")
     check_int(k, "k", low=1, high=int(flat.shape[0]))
-    check_int(overlap, "overlap", low=1, high=size - 1)
+    check_int(overlap, "overlap", low=2 if stitch == "authors" else 1, high=size - 1)
+    check_choice(stitch, "stitch", STITCHES)
     stride = size - overlap
     height, width = x.shape[2], x.shape[3]
+    if choices is not None:
+        choices = _checked_choices(choices, x.cpu(), size, overlap, int(flat.shape[0]))
     padded_h, padded_w = _tiled_size(height, size, stride), _tiled_size(width, size, stride)
     xp = torch.nn.functional.pad(x.detach().float().cpu(), (0, padded_w - width, 0, padded_h - height),
                                  mode="replicate")
-    out = _quilt_reference_padded(xp, flat.reshape(-1, channels, size, size), k, overlap, seed)
+    out = _quilt_reference_padded(xp, flat.reshape(-1, channels, size, size), k, overlap, seed, stitch, choices)
     return out[:, :, :height, :width].contiguous().to(x.device)

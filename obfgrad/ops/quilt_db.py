@@ -6,12 +6,21 @@ random ImageNet training image resized so its long side is 300 pixels. :func:`bu
 follows that recipe for any collection of images and any count (thousands for tests and the
 smoke profile, 1,000,000 at paper scale).
 
-Resizing rule. Every source image is resized (Pillow bicubic, Pillow's default) so that its
-long side is ``long_side`` pixels, keeping the aspect ratio; ``long_side=None`` keeps the
-source resolution -- use it for small images (CIFAR-10, Fashion-MNIST), where the defended
-images themselves are small and patches should come at their scale. (The original script skips
-the resize for square images; here every image is resized, so the patch scale is uniform.)
-Grayscale images are repeated to three channels and alpha channels dropped, as in the script.
+Resizing rule (``recipe="uniform"``, the default). Every source image is resized (Pillow bicubic,
+Pillow's default) so that its long side is ``long_side`` pixels (the short side rounded), keeping
+the aspect ratio; ``long_side=None`` keeps the source resolution -- use it for small images
+(CIFAR-10, Fashion-MNIST), where the defended images themselves are small and patches should
+come at their scale. Every image is resized, so the patch scale is uniform. Images are drawn
+with replacement. Grayscale images are repeated to three channels and alpha channels dropped, as
+in the script.
+
+``recipe="authors"`` is ``quilt_preprocess.py`` as Athalye et al. ran it (the paper profile's):
+square images are left at their size; others get a long side of ``long_side`` and a short side
+of ``int(ratio * long_side)`` (truncated), resampled with Pillow's *default filter of the time*,
+nearest neighbour (Pillow < 7.0, January 2020; it is bicubic since), on the decoded 8-bit image
+(:func:`authors_resize`); each patch comes from a different image (``random.sample`` of the
+files), so ``count`` may not exceed the number of images; an image may be a file path, opened
+only when drawn, so a paper-scale build from ImageNet's training files fits in memory.
 
 File format: one ``.npy`` array plus a JSON sidecar.
 
@@ -60,7 +69,15 @@ __all__ = [
     "cache_dir",
     "skimage_patch_database",
     "search_projections",
+    "authors_resize",
+    "RECIPES",
 ]
+
+#: Database recipes: every image resized to the long side, bicubic ("uniform"), or Athalye et
+#: al.'s quilt_preprocess.py ("authors").
+RECIPES = ("uniform", "authors")
+#: Pillow filters by name (``resample=``).
+_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos")
 
 FORMAT_VERSION = 1
 _HASH_CHUNK = 1 << 24
@@ -243,6 +260,100 @@ def _resize_long_side(image: np.ndarray, long_side: Optional[int]) -> np.ndarray
     return np.clip(np.stack(planes, axis=2), 0.0, 1.0).astype(np.float32)
 
 
+def _pillow_filter(name: str):
+    from PIL import Image
+
+    if name not in _FILTERS:
+        raise ValueError(f"resample: expected one of {', '.join(map(repr, _FILTERS))}, got {name!r}")
+    return getattr(Image.Resampling, name.upper())
+
+
+def authors_resize(image: Any, long_side: Optional[int] = 300, resample: str = "nearest") -> np.ndarray:
+    """One source image as Athalye et al.'s ``quilt_preprocess.py: load_image`` prepares it,
+    before the channel handling: square images unchanged; otherwise the long side becomes
+    ``long_side`` and the short side ``int(short / long * long_side)`` (truncated), resampled
+    with ``resample`` (their Pillow's default, nearest neighbour; ``"bicubic"`` is Pillow >= 7's).
+
+    Args:
+        image: a file path (opened with Pillow), or an HxW / HxWxC array or tensor; uint8 is
+            resized as 8-bit (as their decoded JPEGs), floats channel by channel.
+        long_side: the long side of non-square images; None keeps every size.
+        resample: Pillow filter, ``"nearest"``, ``"bilinear"``, ``"bicubic"`` or ``"lanczos"``.
+
+    Returns:
+        The image as an array (uint8 stays uint8), HxW or HxWxC.
+    """
+    from PIL import Image
+
+    resample_filter = _pillow_filter(resample)
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as opened:
+            pil = opened.convert("RGB") if opened.mode not in ("L", "RGB", "RGBA") else opened.copy()
+        array = None
+    else:
+        array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        pil = Image.fromarray(array) if array.dtype == np.uint8 else None
+    width, height = (pil.width, pil.height) if pil is not None else (array.shape[1], array.shape[0])
+    if long_side is None or width == height:
+        return np.asarray(pil) if pil is not None else array
+    if height > width:
+        size = (int(float(width) / height * long_side), long_side)
+    else:
+        size = (long_side, int(float(height) / width * long_side))
+    size = (max(1, size[0]), max(1, size[1]))
+    if pil is not None:
+        return np.asarray(pil.resize(size, resample_filter))
+    planes = array[:, :, None] if array.ndim == 2 else array
+    resized = [np.asarray(Image.fromarray(np.ascontiguousarray(planes[:, :, c], dtype=np.float32), mode="F")
+                          .resize(size, resample_filter)) for c in range(planes.shape[2])]
+    return np.stack(resized, axis=2) if array.ndim == 3 else resized[0]
+
+
+def _crops(image: np.ndarray, top: np.ndarray, left: np.ndarray, patch_size: int) -> np.ndarray:
+    """(n, C, P, P) crops of an HxWxC image at the given top-left corners."""
+    offsets = np.arange(patch_size)
+    ys = (top[:, None] + offsets)[:, :, None]  # (n, P, 1)
+    xs = (left[:, None] + offsets)[:, None, :]  # (n, 1, P)
+    return np.transpose(image[ys, xs], (0, 3, 1, 2))
+
+
+def _uniform_patches(images: Sequence[Any], count: int, patch_size: int, channels: int, long_side: Optional[int],
+                     rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    prepared = [_resize_long_side(_to_hwc_float(image, channels), long_side) for image in images]
+    prepared = [image for image in prepared if min(image.shape[:2]) >= patch_size]
+    if not prepared:
+        raise ValueError(f"images: expected at least one image of at least {patch_size}x{patch_size} pixels")
+    which = rng.integers(0, len(prepared), size=count)
+    patches = np.empty((count, channels, patch_size, patch_size), dtype=np.float32)
+    for index, image in enumerate(prepared):
+        rows = np.flatnonzero(which == index)
+        if rows.size == 0:
+            continue
+        height, width = image.shape[:2]
+        top = rng.integers(0, height - patch_size + 1, size=rows.size)
+        left = rng.integers(0, width - patch_size + 1, size=rows.size)
+        patches[rows] = _crops(image, top, left, patch_size)
+    return patches, len(prepared)
+
+
+def _authors_patches(images: Sequence[Any], count: int, patch_size: int, channels: int, long_side: Optional[int],
+                     resample: str, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    # quilt_preprocess.py: random.sample(files, SAMPLES), then one random crop of each file.
+    if count > len(images):
+        raise ValueError(f"count: the authors' recipe takes each patch from a different image; got {count} patches "
+                         f"from {len(images)} images")
+    patches = np.empty((count, channels, patch_size, patch_size), dtype=np.float32)
+    for row, index in enumerate(rng.choice(len(images), size=count, replace=False)):
+        image = _to_hwc_float(authors_resize(images[int(index)], long_side, resample), channels)
+        height, width = image.shape[:2]
+        if min(height, width) < patch_size:
+            raise ValueError(f"images: image {int(index)} is {height}x{width} after resizing, smaller than a patch")
+        top = rng.integers(0, height - patch_size + 1, size=1)
+        left = rng.integers(0, width - patch_size + 1, size=1)
+        patches[row] = _crops(image, top, left, patch_size)[0]
+    return patches, len(images)
+
+
 def build_patch_database(
     images: Sequence[Any],
     count: int,
@@ -252,20 +363,27 @@ def build_patch_database(
     seed: int = 0,
     long_side: Optional[int] = 300,
     source: str = "",
+    recipe: str = "uniform",
+    resample: Optional[str] = None,
 ) -> PatchDatabase:
     """Sample ``count`` random ``patch_size`` crops from ``images``, as quilt_preprocess.py does.
 
-    Each patch comes from an image drawn uniformly (with replacement) and a uniformly random
-    position in it, after the image is resized to ``long_side`` (see the module docstring).
+    Each patch comes from an image drawn uniformly (with replacement; ``recipe="authors"``:
+    each from a different image) and a uniformly random position in it, after the image is
+    resized to ``long_side`` (see the module docstring).
 
     Args:
-        images: arrays or tensors, HxW, HxWxC or CxHxW, uint8 or float in [0, 1].
+        images: arrays or tensors, HxW, HxWxC or CxHxW, uint8 or float in [0, 1]; with
+            ``recipe="authors"`` also image file paths (HxW / HxWxC only).
         count: number of patches (>= 1).
         patch_size: side P of the square patches.
         channels: 3 (colour; grayscale repeated) or 1 (colour averaged).
         seed: seed of the numpy generator that draws images and positions.
         long_side: pixels of each image's long side after resizing; None keeps the size.
         source: free-text description stored with the database.
+        recipe: ``"uniform"`` (default) or ``"authors"`` (Athalye et al.'s quilt_preprocess.py).
+        resample: the resize filter (``"nearest"``, ``"bilinear"``, ``"bicubic"``,
+            ``"lanczos"``); None: the recipe's, bicubic (uniform) or nearest (authors).
 
     Returns:
         An in-memory :class:`PatchDatabase`, in search order.
@@ -276,25 +394,17 @@ def build_patch_database(
         raise ValueError(f"patch_size: expected an int >= 2, got {patch_size!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
-    prepared = [_resize_long_side(_to_hwc_float(image, channels), long_side) for image in images]
-    prepared = [image for image in prepared if min(image.shape[:2]) >= patch_size]
-    if not prepared:
-        raise ValueError(f"images: expected at least one image of at least {patch_size}x{patch_size} pixels")
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe: expected one of {', '.join(map(repr, RECIPES))}, got {recipe!r}")
+    resample = resample if resample is not None else ("nearest" if recipe == "authors" else "bicubic")
+    _pillow_filter(resample)
     rng = np.random.default_rng(seed)
-    which = rng.integers(0, len(prepared), size=count)
-    patches = np.empty((count, channels, patch_size, patch_size), dtype=np.float32)
-    for index, image in enumerate(prepared):
-        rows = np.flatnonzero(which == index)
-        if rows.size == 0:
-            continue
-        height, width = image.shape[:2]
-        top = rng.integers(0, height - patch_size + 1, size=rows.size)
-        left = rng.integers(0, width - patch_size + 1, size=rows.size)
-        offsets = np.arange(patch_size)
-        ys = (top[:, None] + offsets)[:, :, None]  # (n, P, 1)
-        xs = (left[:, None] + offsets)[:, None, :]  # (n, 1, P)
-        crops = image[ys, xs]  # (n, P, P, C)
-        patches[rows] = np.transpose(crops, (0, 3, 1, 2))
+    if recipe == "authors":
+        patches, used = _authors_patches(images, count, patch_size, channels, long_side, resample, rng)
+    else:
+        if resample != "bicubic":
+            raise ValueError(f"resample: the uniform recipe resizes bicubic, got {resample!r}")
+        patches, used = _uniform_patches(images, count, patch_size, channels, long_side, rng)
     patches = patches[_storage_order(patches)]
     meta = {
         "format_version": FORMAT_VERSION,
@@ -303,8 +413,10 @@ def build_patch_database(
         "count": count,
         "seed": seed,
         "long_side": long_side,
-        "source": source or f"{len(prepared)} images",
-        "source_images": len(prepared),
+        "recipe": recipe,
+        "resample": resample,
+        "source": source or f"{used} images",
+        "source_images": used,
         "order": "k-d blocks of 480 in the search's projection space" if _native_loaded() else "ascending squared norm",
         "dtype": "float32",
         "shape": list(patches.shape),

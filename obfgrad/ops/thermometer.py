@@ -10,6 +10,18 @@ with BPDA: forward through the true encoding, backward through the soft thermome
 
 which for ``L = 16`` is the repository's ``clip((x_{255} - 16(k-1))/16, 0, 1)``.
 
+``backward="soft_255"`` evaluates that relaxation as Athalye et al.'s attack graph does
+(``thermometer/robustml_attack.py``), on the 0-255 scale in float32:
+``clip((255 x - c_k) / w, 0, 1)`` with ``w = 256/L``, ``c_k = w (k - 1)``. It is the same function
+up to rounding, which matters only within a few ulps of a ramp's ends (``255 x = 16 m`` for
+``L = 16``), where it decides whether a component counts. Measured on the authors' golden
+arrays (``tests/test_authors_golden.py``; their sweep of 9,216 values on the 0-255 scale fed as
+``x = x255 / 255``): ``"soft_255"`` reproduces every gradient entry exactly, ``"soft"`` all but one
+(at ``x255 = 16 - 1 ulp``, off by ``G/16``, the opposite sign). (Fed ``x255 * float32(1/255)``,
+which does not map back to ``x255``, both differ at about 90 entries: there the scale conversion's
+rounding decides.) ``"soft"`` stays the default (the smoke profile's numbers); the paper profile
+uses ``"soft_255"``.
+
 Forward (the discrete encoding, ``discretize_uniform`` of the paper's repository):
 
 .. math::  b(x) = \\lfloor 0.99999\\, L\\, x \\rfloor,\\qquad \\tau(x)_k = [\\, b(x) \\ge k \\,],
@@ -37,8 +49,8 @@ __all__ = ["thermometer", "thermometer_reference", "soft_thermometer_reference",
 
 #: BPDA backward choices: the paper's soft-thermometer derivative, or straight-through
 #: (d bit_k / dx = 1 for every k).
-BACKWARD_MODES = ("soft", "straight_through")
-_MODE_CODE = {"soft": 0, "straight_through": 1}
+BACKWARD_MODES = ("soft", "straight_through", "soft_255")
+_MODE_CODE = {"soft": 0, "straight_through": 1, "soft_255": 2}
 
 
 def _scale(levels: int, device: torch.device) -> torch.Tensor:
@@ -63,10 +75,22 @@ def thermometer_reference(x: torch.Tensor, levels: int = 16) -> torch.Tensor:
     return bits.reshape(n, c * levels, h, w)
 
 
-def soft_thermometer_reference(x: torch.Tensor, levels: int = 16) -> torch.Tensor:
-    """The differentiable relaxation the BPDA backward differentiates (same layout)."""
+def _ramp_starts_255(levels: int, device: torch.device) -> torch.Tensor:
+    # c_k = (256/L) (k - 1) in float64, then float32: the authors' numpy constant fed to TF.
+    starts = (256.0 / levels) * torch.arange(-1, levels - 1, dtype=torch.float64, device=device)
+    return starts.to(torch.float32).view(1, 1, levels, 1, 1)
+
+
+def soft_thermometer_reference(x: torch.Tensor, levels: int = 16, scale: str = "unit") -> torch.Tensor:
+    """The differentiable relaxation the BPDA backward differentiates (same layout):
+    ``scale="unit"`` for ``backward="soft"``, ``"255"`` for ``"soft_255"`` (the authors'
+    float32 evaluation on the 0-255 scale)."""
     n, c, h, w = x.shape
-    t = _soft_slope(levels) * x.unsqueeze(2) - _level_index(levels, x.device).to(x.dtype) + 1.0
+    if scale == "255":
+        width = torch.tensor(256.0 / levels, dtype=torch.float32).item()
+        t = (x.unsqueeze(2) * 255.0 - _ramp_starts_255(levels, x.device)) / width
+    else:
+        t = _soft_slope(levels) * x.unsqueeze(2) - _level_index(levels, x.device).to(x.dtype) + 1.0
     return t.clamp(0.0, 1.0).reshape(n, c * levels, h, w)
 
 
@@ -98,17 +122,30 @@ def _cuda_ready() -> bool:
     return True
 
 
+def _forward_cuda(x: torch.Tensor, levels: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    out = torch.empty((n, c * levels, h, w), dtype=torch.float32, device=x.device)
+    _native.launch_cuda("thermometer", "thermometer_forward", x.numel(),
+                        (x, out, x.numel(), h * w, levels, float(_scale(levels, torch.device("cpu")))),
+                        device=x.device)
+    return out
+
+
+def _backward_cuda(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
+    grad_in = torch.empty_like(x)
+    _native.launch_cuda("thermometer", "thermometer_backward", x.numel(),
+                        (x, grad_out, grad_in, x.numel(), x.shape[2] * x.shape[3], levels,
+                         _soft_slope(levels), mode), device=x.device)
+    return grad_in
+
+
 def _forward_impl(x: torch.Tensor, levels: int) -> torch.Tensor:
     # The kernels index a dense NCHW buffer: any other layout (channels_last, a slice) is copied
     # first, and the output is allocated contiguous, so every layout gives the same answer.
     x = x.contiguous()
     n, c, h, w = x.shape
     if x.is_cuda and _cuda_ready():
-        out = torch.empty((n, c * levels, h, w), dtype=torch.float32, device=x.device)
-        _native.launch_cuda("thermometer", "thermometer_forward", x.numel(),
-                            (x, out, x.numel(), h * w, levels, float(_scale(levels, torch.device("cpu")))),
-                            device=x.device)
-        return out
+        return _forward_cuda(x, levels)
     module = _native.native() if x.device.type == "cpu" else None
     if module is None:
         return thermometer_reference(x, levels)
@@ -117,18 +154,26 @@ def _forward_impl(x: torch.Tensor, levels: int) -> torch.Tensor:
     return out
 
 
+def _soft_255_backward_reference(x: torch.Tensor, grad_out: torch.Tensor, levels: int) -> torch.Tensor:
+    # Autograd through soft_thermometer_reference(scale="255"), written out: divide each active
+    # component's gradient by w, sum over k, scale by 255 (autograd's order).
+    n, c, h, w = x.shape
+    width = torch.tensor(256.0 / levels, dtype=torch.float32).item()
+    t = (x.clamp(0.0, 1.0).unsqueeze(2) * 255.0 - _ramp_starts_255(levels, x.device)) / width
+    active = (t >= 0.0) & (t <= 1.0)
+    return ((grad_out.reshape(n, c, levels, h, w) * active) / width).sum(dim=2) * 255.0
+
+
 def _backward_impl(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
     x, grad_out = x.contiguous(), grad_out.contiguous()
     if x.is_cuda and _cuda_ready():
-        grad_in = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-        _native.launch_cuda("thermometer", "thermometer_backward", x.numel(),
-                            (x, grad_out, grad_in, x.numel(), x.shape[2] * x.shape[3], levels,
-                             _soft_slope(levels), mode), device=x.device)
-        return grad_in
+        return _backward_cuda(x, grad_out, levels, mode)
     module = _native.native() if x.device.type == "cpu" else None
     if module is None:
         if mode == _MODE_CODE["straight_through"]:
             return _straight_through_backward_reference(grad_out, levels)
+        if mode == _MODE_CODE["soft_255"]:
+            return _soft_255_backward_reference(x, grad_out, levels)
         return _soft_backward_reference(x, grad_out, levels)
     grad_in = torch.empty(x.shape, dtype=torch.float32)
     module.thermometer_backward(x.numpy(), grad_out.numpy(), grad_in.numpy(), levels, mode)
@@ -202,7 +247,10 @@ def thermometer(x: torch.Tensor, levels: int = 16, *, backward: str = "soft") ->
         levels: number of quantisation levels ``L >= 2`` (Buckman et al. and Table 1 use 16).
         backward: ``"soft"`` (default, the paper's choice): the gradient of the soft
             thermometer, ``slope = L*255/256`` where ``0 <= slope*x - k + 1 <= 1``, else 0;
-            ``"straight_through"``: every bit's derivative is 1, so ``grad_x = sum_k grad_k``.
+            ``"straight_through"``: every bit's derivative is 1, so ``grad_x = sum_k grad_k``;
+            ``"soft_255"``: the soft thermometer evaluated as Athalye et al.'s attack graph
+            (``thermometer/robustml_attack.py``) on the 0-255 scale, ``255/w`` where
+            ``0 <= (255 x - w (k - 1)) / w <= 1`` in float32, ``w = 256/L`` (the paper profile's).
 
     Shape:
         ``(N, C, H, W) -> (N, C*L, H, W)``; channel ``c*L + k`` is bit ``k`` of channel ``c``.

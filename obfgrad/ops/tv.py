@@ -21,7 +21,16 @@ with ``w_p = w`` on kept pixels and 0 on dropped ones, until the root-mean-squar
 ``u`` over the image (all channels) is at most ``tol`` or ``max_iter`` iterations ran. Each
 image of a batch stops at its own tolerance. With ``keep_prob = 1`` this is
 ``skimage.restoration.denoise_tv_bregman(..., isotropic=False)`` with ``weight = w``, including
-its boundary rule (fixed ghost ring: reflected top/left, replicated bottom/right).
+its boundary rule (``border="skimage"``, the default: a fixed ghost ring, reflected top/left,
+replicated bottom/right).
+
+Border: ``border="reflect"`` is the ring of Athalye et al.'s ``bregman``: reflected without
+repeating the edge on all four sides (top ghost row = image row 1, bottom = row H-2, left =
+column 1, right = column W-2; corners 0, never read). With it, ``sweep="raster"`` runs the
+authors' iteration: on their golden arrays (``tests/data/authors_ops.npz``) it stops after the
+same number of sweeps and agrees to float32 rounding (the float64 :func:`reference` equals them
+bit for bit). The two rules differ only near the bottom and right edges (by up to 0.18 on
+the golden 32x32 images); the default stays scikit-image's, the outside oracle of the tests.
 
 Sweep order: ``sweep="red_black"`` (default) updates the pixels of one checkerboard colour at a
 time, all in parallel (OpenMP rows, one CUDA thread each); ``sweep="raster"`` is the
@@ -33,13 +42,15 @@ iterations, about one iteration's change apart), 1e-5 after 100 iterations and 1
 convergence; with ``keep_prob = 0.5`` by 2e-3 to 3e-3 at ``tol = 1e-3`` and 4e-4 to 8e-4 after
 100 iterations (the dropped pixels are pure TV inpainting, which converges slowly; on white
 noise the gap after 100 iterations is ~1e-2). Use ``sweep="raster"`` to reproduce the paper's
-numbers exactly, ``"red_black"`` for speed.
+numbers (with ``border="reflect"``), ``"red_black"`` for speed.
 
 The mask is drawn inside the kernel from Philox4x32-10 keyed by ``seed``: pixel ``(n, y, x)``
 of the batch is kept iff ``uniform(seed, (n*H + y)*W + x) < keep_prob``, identically on CPU and
 GPU; :func:`tv_mask` returns it. ``seed=None`` draws a fresh seed from ``generator`` (torch's
 default generator when ``None``), so ``torch.manual_seed`` makes runs reproducible and an EOT
-attacker resamples the randomness on every call; passing the same seed replays it.
+attacker resamples the randomness on every call; passing the same seed replays it. ``mask=``
+supplies the keep mask from outside instead (e.g. the authors' ``np.random.uniform(size=(H, W))
+< keep_prob``, to replay their draws).
 
 BPDA backward: the identity (the paper's choice, Section 5.2.2): ``grad_x = grad_output``.
 The computation is float32; other float dtypes are converted and the output has the input's
@@ -51,6 +62,7 @@ from __future__ import annotations
 import warnings
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from obfgrad import _native
@@ -63,10 +75,13 @@ from obfgrad._checks import (
     check_int,
 )
 
-__all__ = ["tv_minimize", "tv_mask", "draw_seed", "reference", "TVMinimize", "SWEEPS", "SEED_BOUND"]
+__all__ = ["tv_minimize", "tv_mask", "draw_seed", "reference", "TVMinimize", "SWEEPS", "BORDERS", "SEED_BOUND"]
 
 #: Sweep orders: parallel red-black Gauss-Seidel, or scikit-image's raster Gauss-Seidel.
 SWEEPS = ("red_black", "raster")
+#: Ghost-ring rules: scikit-image's (reflect top/left, replicate bottom/right) or Athalye et al.'s
+#: (reflect on all four sides).
+BORDERS = ("skimage", "reflect")
 #: Seeds are integers in [0, SEED_BOUND) (they travel as int64 through torch and CUDA).
 SEED_BOUND = 2**63 - 1
 #: Philox stream of the TV mask: OBF_TV_MASK_STREAM in csrc/include/obfgrad/tv.h.
@@ -174,16 +189,19 @@ def tv_mask(shape: Union[torch.Tensor, Sequence[int]], keep_prob: float = 0.5, *
 # ----------------------------------------------------------------------------- reference
 
 
-def _extend_with_ghosts(x: torch.Tensor) -> torch.Tensor:
-    # The fixed ghost ring of scikit-image's split Bregman: top row <- image row 1, left column
-    # <- image column 1 (edge when the image is 1 wide), bottom/right <- last row/column.
+def _extend_with_ghosts(x: torch.Tensor, border: str = "skimage") -> torch.Tensor:
+    # The fixed ghost ring (see BORDERS): top row <- image row 1, left column <- image column 1
+    # (the edge when the image is 1 wide); bottom/right <- the last row/column ("skimage") or
+    # the one before it ("reflect", Athalye et al.'s bregman). Corners stay 0 (never read).
     n, c, h, w = x.shape
+    far_row = h - 2 if border == "reflect" and h > 1 else h - 1
+    far_col = w - 2 if border == "reflect" and w > 1 else w - 1
     u = x.new_zeros((n, c, h + 2, w + 2))
     u[:, :, 1:-1, 1:-1] = x
     u[:, :, 0, 1:-1] = x[:, :, min(1, h - 1)]
     u[:, :, 1:-1, 0] = x[:, :, :, min(1, w - 1)]
-    u[:, :, -1, 1:-1] = x[:, :, h - 1]
-    u[:, :, 1:-1, -1] = x[:, :, :, w - 1]
+    u[:, :, -1, 1:-1] = x[:, :, far_row]
+    u[:, :, 1:-1, -1] = x[:, :, :, far_col]
     return u
 
 
@@ -191,55 +209,73 @@ def _shrink(s: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.sign(s) * (s.abs() - threshold).clamp_min(0.0)
 
 
+def _update_pixels(state, f: torch.Tensor, kept: torch.Tensor, weight: float, rows: torch.Tensor,
+                   cols: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """One split-Bregman step at the extended positions (rows[i], cols[i]) of every plane, all
+    at once (none may neighbour another); returns each image's summed squared change of u.
+    The order of operations is that of Athalye et al.'s loop (a dropped pixel takes B / 4)."""
+    u, dx, dy, bx, by = state
+    lam = 2.0 * weight
+    left, up = (rows, cols - 1), (rows - 1, cols)
+    here = u[:, :, rows, cols]
+    ux, uy = u[:, :, rows, cols + 1] - here, u[:, :, rows + 1, cols] - here
+    s = (u[:, :, rows + 1, cols] + u[:, :, rows - 1, cols] + u[:, :, rows, cols + 1] + u[:, :, left[0], left[1]]
+         + dx[:, :, left[0], left[1]] - dx[:, :, rows, cols] + dy[:, :, up[0], up[1]] - dy[:, :, rows, cols]
+         - bx[:, :, left[0], left[1]] + bx[:, :, rows, cols] - by[:, :, up[0], up[1]] + by[:, :, rows, cols])
+    keep = kept[:, :, rows - 1, cols - 1]
+    u_new = torch.where(keep, (lam * s + weight * f[:, :, rows - 1, cols - 1]) / (weight + 4.0 * lam), s / 4.0)
+    dx_new = _shrink(ux + bx[:, :, rows, cols], 1.0 / lam)
+    dy_new = _shrink(uy + by[:, :, rows, cols], 1.0 / lam)
+    select = active.view(-1, 1, 1)
+    for field, new in ((bx, bx[:, :, rows, cols] + (ux - dx_new)), (by, by[:, :, rows, cols] + (uy - dy_new)),
+                       (dx, dx_new), (dy, dy_new), (u, u_new)):
+        field[:, :, rows, cols] = torch.where(select, new, field[:, :, rows, cols])
+    return torch.where(select, (u_new - here) ** 2, 0.0).sum(dim=(1, 2))
+
+
+def _sweep_positions(h: int, w: int, sweep: str, device) -> list:
+    """The (rows, cols) groups one sweep updates in order, in extended coordinates: the two
+    checkerboard colours (red-black) or the anti-diagonals r + c = const (raster: a pixel
+    reads its left and upper neighbours, on the previous diagonal, after their update and its
+    right and lower ones before theirs, exactly as the row-by-row loop)."""
+    rows, cols = torch.meshgrid(torch.arange(1, h + 1, device=device), torch.arange(1, w + 1, device=device),
+                                indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()
+    keys = (rows + cols) % 2 if sweep == "red_black" else rows + cols
+    return [(rows[keys == key], cols[keys == key]) for key in torch.unique(keys).tolist()]
+
+
 def reference(x: torch.Tensor, keep_prob: float = 0.5, lambda_tv: float = 0.03, *, tol: float = 1e-3,
               max_iter: int = 100, seed: int = 0, mask: Optional[torch.Tensor] = None,
-              return_iterations: bool = False):
-    """Pure-torch float64 red-black split Bregman: the oracle in tests and the fallback.
+              return_iterations: bool = False, sweep: str = "red_black", border: str = "skimage"):
+    """Pure-torch float64 split Bregman: the oracle in tests and the fallback.
 
-    Same maths, mask and stopping rule as :func:`tv_minimize` (``sweep="red_black"``), computed
-    in float64 over the whole batch with one boolean selection per colour. ``mask`` overrides
-    the Philox mask (``(N, 1, H, W)`` bool).
+    Same maths, mask, sweep order, border and stopping rule as :func:`tv_minimize`, computed in
+    float64 over the whole batch, one group of independent pixels at a time (a checkerboard
+    colour, or an anti-diagonal for ``sweep="raster"``). ``mask`` overrides the Philox mask
+    (``(N, 1, H, W)`` bool). With ``sweep="raster", border="reflect"`` this is Athalye et al.'s
+    ``bregman`` (the authors' golden arrays agree to float64 rounding).
     """
     n, c, h, w = x.shape
     if mask is None:
         mask = _mask_reference(n, h, w, keep_prob, seed, x.device)
     weight = 2.0 / lambda_tv
-    lam = 2.0 * weight
     f = x.to(torch.float64)
-    fidelity = mask.to(torch.float64) * weight
-    u = _extend_with_ghosts(f)
-    dx, dy, bx, by = (torch.zeros_like(u) for _ in range(4))
-    rows = torch.arange(1, h + 1, device=x.device).view(-1, 1)
-    cols = torch.arange(1, w + 1, device=x.device).view(1, -1)
-    colours = [((rows + cols) % 2) == k for k in (0, 1)]
+    u = _extend_with_ghosts(f, border)
+    state = (u, *(torch.zeros_like(u) for _ in range(4)))
+    groups = _sweep_positions(h, w, sweep, x.device)
     active = torch.ones(n, dtype=torch.bool, device=x.device)
     iterations = torch.zeros(n, dtype=torch.int32, device=x.device)
-    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))
     for iteration in range(1, max_iter + 1):
         change2 = torch.zeros(n, dtype=torch.float64, device=x.device)
-        for colour in colours:
-            here = u[inner]
-            left, right = u[:, :, 1:-1, :-2], u[:, :, 1:-1, 2:]
-            up, down = u[:, :, :-2, 1:-1], u[:, :, 2:, 1:-1]
-            ux, uy = right - here, down - here
-            s = (down + up + right + left + dx[:, :, 1:-1, :-2] - dx[inner] + dy[:, :, :-2, 1:-1]
-                 - dy[inner] - bx[:, :, 1:-1, :-2] + bx[inner] - by[:, :, :-2, 1:-1] + by[inner])
-            u_new = (lam * s + fidelity * f) / (fidelity + 4.0 * lam)
-            dx_new = _shrink(ux + bx[inner], 1.0 / lam)
-            dy_new = _shrink(uy + by[inner], 1.0 / lam)
-            select = colour & active.view(n, 1, 1, 1)
-            change2 += torch.where(select, (u_new - here) ** 2, 0.0).sum(dim=(1, 2, 3))
-            bx[inner] = torch.where(select, bx[inner] + ux - dx_new, bx[inner])
-            by[inner] = torch.where(select, by[inner] + uy - dy_new, by[inner])
-            dx[inner] = torch.where(select, dx_new, dx[inner])
-            dy[inner] = torch.where(select, dy_new, dy[inner])
-            u[inner] = torch.where(select, u_new, here)
+        for rows, cols in groups:
+            change2 += _update_pixels(state, f, mask, weight, rows, cols, active)
         iterations = torch.where(active, iteration, iterations)
         rmse = torch.sqrt(change2 / max(c * h * w, 1))
         active = active & (rmse > tol)
         if not bool(active.any()):
             break
-    out = u[inner].to(x.dtype)
+    out = u[:, :, 1:-1, 1:-1].to(x.dtype)
     return (out, iterations) if return_iterations else out
 
 
@@ -257,7 +293,8 @@ def _cuda_ready() -> bool:
 
 
 def _forward_cuda(x: torch.Tensor, keep_prob: float, weight: float, tol: float, max_iter: int,
-                  seed: int, raster: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                  seed: int, raster: bool, reflect: bool = False,
+                  mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     # Host loop over iterations; kernels over the whole batch (one thread per pixel of a
     # colour, or of an anti-diagonal for the raster order), images that met the tolerance idle.
     n, c, h, w = x.shape
@@ -278,7 +315,9 @@ def _forward_cuda(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
     def launch(kernel: str, total: int, *args) -> None:
         _native.launch_cuda("tv", kernel, total, (total, *args), device=device)
 
-    launch("tv_pack_kernel", n * c * (h + 2) * (w + 2), x, u, f, fidelity, *geometry, keep_prob, weight, seed)
+    given = mask if mask is not None else torch.zeros(1, dtype=torch.uint8, device=device)  # unread placeholder
+    launch("tv_pack_kernel", n * c * (h + 2) * (w + 2), x, u, f, fidelity, given, *geometry, keep_prob, weight, seed,
+           reflect, mask is not None)
     pointers = (u, dx, dy, bx, by, f, fidelity, change2, active)
     for iteration in range(1, max_iter + 1):
         if raster:
@@ -296,7 +335,9 @@ def _forward_cuda(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
 
 
 def _forward_impl(x: torch.Tensor, keep_prob: float, weight: float, tol: float, max_iter: int,
-                  seed: int, raster: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                  seed: int, raster: bool, reflect: bool = False,
+                  mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    # mask: None (the Philox mask of `seed`) or the caller's (N, H, W) uint8 keep mask.
     # Dense NCHW in, dense NCHW out: the kernels index a C-contiguous buffer, so a channels_last
     # or sliced input is copied first and every layout gives the same answer.
     x = x.contiguous()
@@ -304,15 +345,19 @@ def _forward_impl(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
     if x.numel() == 0:
         return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.zeros(n, dtype=torch.int32, device=x.device)
     if x.is_cuda and _cuda_ready():
-        return _forward_cuda(x, keep_prob, weight, tol, max_iter, seed, raster)
+        return _forward_cuda(x, keep_prob, weight, tol, max_iter, seed, raster, reflect, mask)
     module = _native.native() if x.device.type == "cpu" else None
     if module is None:
-        out, iterations = reference(x, keep_prob, 2.0 / weight, tol=tol, max_iter=max_iter, seed=seed,
-                                    return_iterations=True)
+        given = None if mask is None else mask.bool().unsqueeze(1)
+        out, iterations = reference(x, keep_prob, 2.0 / weight, tol=tol, max_iter=max_iter, seed=seed, mask=given,
+                                    return_iterations=True, sweep="raster" if raster else "red_black",
+                                    border="reflect" if reflect else "skimage")
         return out.to(torch.float32), iterations
     out = torch.empty(x.shape, dtype=torch.float32)
     iterations = torch.zeros(n, dtype=torch.int32)
-    module.tv_minimize(x.numpy(), out.numpy(), iterations.numpy(), keep_prob, weight, tol, max_iter, seed, raster)
+    given = np.empty((0,), dtype=np.uint8) if mask is None else mask.numpy()
+    module.tv_minimize(x.numpy(), out.numpy(), iterations.numpy(), keep_prob, weight, tol, max_iter, seed, raster,
+                       reflect, given)
     return out, iterations
 
 
@@ -332,20 +377,21 @@ def _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed) -> None:
 
 @torch.library.custom_op("obfgrad::tv_minimize", mutates_args=())
 def _tv_op(x: torch.Tensor, keep_prob: float, weight: float, tol: float, max_iter: int, seed: int,
-           raster: bool) -> tuple[torch.Tensor, torch.Tensor]:
+           raster: bool, reflect: bool = False,
+           mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed)
-    return _forward_impl(x, keep_prob, weight, tol, max_iter, seed, raster)
+    return _forward_impl(x, keep_prob, weight, tol, max_iter, seed, raster, reflect, mask)
 
 
 @_tv_op.register_fake
-def _tv_fake(x, keep_prob, weight, tol, max_iter, seed, raster):
+def _tv_fake(x, keep_prob, weight, tol, max_iter, seed, raster, reflect=False, mask=None):
     _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed)
     return x.new_empty(x.shape), x.new_empty((x.shape[0],), dtype=torch.int32)
 
 
 def _tv_backward(ctx, grad_out, grad_iterations):
     # BPDA with the identity (Athalye et al., Section 5.2.2): TV minimisation is roughly x -> x.
-    return grad_out, None, None, None, None, None, None
+    return grad_out, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("obfgrad::tv_minimize", _tv_backward)
@@ -353,7 +399,8 @@ torch.library.register_autograd("obfgrad::tv_minimize", _tv_backward)
 
 def tv_minimize(x: torch.Tensor, keep_prob: float = 0.5, lambda_tv: float = 0.03, *, tol: float = 1e-3,
                 max_iter: int = 100, seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                sweep: str = "red_black", return_iterations: bool = False):
+                sweep: str = "red_black", border: str = "skimage", mask: Optional[torch.Tensor] = None,
+                return_iterations: bool = False):
     """Guo et al.'s TV-minimisation defense: random pixel dropout + masked split-Bregman TV.
 
     Args:
@@ -367,7 +414,13 @@ def tv_minimize(x: torch.Tensor, keep_prob: float = 0.5, lambda_tv: float = 0.03
         max_iter: at most this many iterations, ``>= 1`` (paper: 100).
         seed: mask seed in ``[0, 2**63 - 1)``; ``None`` draws one from ``generator``.
         generator: torch generator for the seed when ``seed is None`` (default: torch's).
-        sweep: ``"red_black"`` (parallel, default) or ``"raster"`` (scikit-image's order).
+        sweep: ``"red_black"`` (parallel, default) or ``"raster"`` (scikit-image's and
+            Athalye et al.'s order).
+        border: the fixed ghost ring: ``"skimage"`` (default; scikit-image's rule) or
+            ``"reflect"`` (Athalye et al.'s ``bregman``: reflected on all four sides).
+        mask: the keep mask from outside, ``(N, 1, H, W)`` or ``(N, H, W)`` bool on ``x``'s
+            device (True = kept); it replaces the seeded draw, so ``seed`` and ``generator``
+            must then be None and ``keep_prob`` plays no role.
         return_iterations: also return the iterations each image ran (int32, ``(N,)``).
 
     Shape:
@@ -394,11 +447,29 @@ def tv_minimize(x: torch.Tensor, keep_prob: float = 0.5, lambda_tv: float = 0.03
     tol = check_float(tol, "tol", low=0.0)
     max_iter = check_int(max_iter, "max_iter", low=1)
     check_choice(sweep, "sweep", SWEEPS)
-    seed = _resolve_seed(seed, generator)
+    check_choice(border, "border", BORDERS)
+    if mask is not None:
+        if seed is not None or generator is not None:
+            raise ValueError("mask: give either mask or seed/generator, not both")
+        mask, seed = _checked_mask(mask, x), 0
+    else:
+        seed = _resolve_seed(seed, generator)
     out, iterations = _tv_op(x.to(torch.float32).contiguous(), keep_prob, 2.0 / lambda_tv, tol, max_iter,
-                             seed, sweep == "raster")
+                             seed, sweep == "raster", border == "reflect", mask)
     out = out if x.dtype == torch.float32 else out.to(x.dtype)
     return (out, iterations) if return_iterations else out
+
+
+def _checked_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A caller's keep mask as the kernels take it: (N, H, W) uint8, contiguous, on x's device."""
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask: expected a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+    n, _, h, w = x.shape
+    if tuple(mask.shape) not in ((n, 1, h, w), (n, h, w)):
+        raise ValueError(f"mask: expected shape ({n}, 1, {h}, {w}) or ({n}, {h}, {w}), got {tuple(mask.shape)}")
+    if mask.device != x.device:
+        raise ValueError(f"mask: expected it on {x.device}, got {mask.device}")
+    return mask.reshape(n, h, w).to(torch.uint8).contiguous()
 
 
 class TVMinimize(torch.nn.Module):
@@ -407,7 +478,7 @@ class TVMinimize(torch.nn.Module):
 
     def __init__(self, keep_prob: float = 0.5, lambda_tv: float = 0.03, *, tol: float = 1e-3,
                  max_iter: int = 100, seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                 sweep: str = "red_black"):
+                 sweep: str = "red_black", border: str = "skimage"):
         super().__init__()
         self.keep_prob = check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
         self.lambda_tv = check_float(lambda_tv, "lambda_tv", low=0.0, low_inclusive=False)
@@ -416,12 +487,13 @@ class TVMinimize(torch.nn.Module):
         self.seed = None if seed is None else check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
         self.generator = check_generator(generator)
         self.sweep = check_choice(sweep, "sweep", SWEEPS)
+        self.border = check_choice(border, "border", BORDERS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return tv_minimize(x, self.keep_prob, self.lambda_tv, tol=self.tol, max_iter=self.max_iter,
                            seed=self.seed, generator=None if self.seed is not None else self.generator,
-                           sweep=self.sweep)
+                           sweep=self.sweep, border=self.border)
 
     def extra_repr(self) -> str:
         return (f"keep_prob={self.keep_prob}, lambda_tv={self.lambda_tv}, tol={self.tol}, "
-                f"max_iter={self.max_iter}, seed={self.seed}, sweep={self.sweep!r}")
+                f"max_iter={self.max_iter}, seed={self.seed}, sweep={self.sweep!r}, border={self.border!r}")

@@ -122,8 +122,9 @@ def quilt_database(ctx: RunContext, settings: Dict[str, Any], dataset: str):
     if settings["source"] != "fashion-mnist-train":
         raise FileNotFoundError(
             f"quilting: no patch database at {path}; build it from ImageNet training images with "
-            "obfgrad.ops.quilt_db.build_patch_database(images, 1_000_000) (or convert Athalye et al.'s "
-            "quilt_db.npy with patch_database_from_array(..., layout='NHWC')) and save_patch_database it there")
+            "obfgrad.ops.quilt_db.build_patch_database(image_files, 1_000_000, recipe='authors') (or convert "
+            "Athalye et al.'s quilt_db.npy with patch_database_from_array(..., layout='NHWC')) and "
+            "save_patch_database it there")
     started = time.perf_counter()
     images, _ = pipeline.training_data(ctx)({"dataset": "fashion-mnist"})
     database = build_patch_database(list(images[:, 0].numpy()), settings["patches"], patch_size=settings["patch_size"],
@@ -140,6 +141,16 @@ def quilt_database(ctx: RunContext, settings: Dict[str, Any], dataset: str):
 
 
 # ---------------------------------------------------------------------------- config
+
+
+def _authors_variants(paper: bool) -> Dict[str, Dict[str, Any]]:
+    """Paper: each transformation exactly as Athalye et al. ran it (inputtransformations/defense.py
+    and inceptionv3.py; matched to their golden arrays in tests/test_authors_golden.py). Smoke: the
+    library's defaults (the better algorithms), so the smoke settings and numbers stay as they were."""
+    if not paper:
+        return {"jpeg": {}, "crop_rescale": {}, "tv": {}, "quilting": {}}
+    return {"jpeg": {"rounding": "truncate"}, "crop_rescale": {"geometry": "authors"},
+            "tv": {"sweep": "raster", "border": "reflect"}, "quilting": {"stitch": "authors"}}
 
 
 def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
@@ -161,18 +172,19 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
     adaptive = {"lr": 0.1, "penalty": 1.0, "loss": "ce", "project": False, "normalize": False} if paper else \
         {"lr": eps / 5, "penalty": 0.0, "loss": "ce", "project": True, "normalize": True}
     long = lambda n: steps(n if paper else 50)  # noqa: E731 (smoke: 50 steps for every transform)
+    variant = _authors_variants(paper)
     return {
         "eps": eps,
         "classifier": imagenet_classifier_recipe(dry_run) if paper else recipes.smoke_classifier(None),
         "targeted": paper,
         "transforms": {
             "bit_depth": {"bits": 3},
-            "jpeg": {"quality": 75},
+            "jpeg": {"quality": 75, **variant["jpeg"]},
             # Smoke: crops of 0.8 of the side, not 90/299: the natural smoke CNN classifies 14% of 30-crop
             # ensembles of 8-px crops correctly (20% at 0.5, 52% at 0.7, 69% at 0.8; 200 test images).
-            "crop_rescale": {"crop_fraction": 90 / 299 if paper else 0.8, "crops": crops},
-            "tv": {"keep_prob": 0.5, "lambda_tv": 0.03},
-            "quilting": {"patch_size": 5, "overlap": 2, "k": 10, "patches": patches, "seed": 0,
+            "crop_rescale": {"crop_fraction": 90 / 299 if paper else 0.8, "crops": crops, **variant["crop_rescale"]},
+            "tv": {"keep_prob": 0.5, "lambda_tv": 0.03, **variant["tv"]},
+            "quilting": {"patch_size": 5, "overlap": 2, "k": 10, "patches": patches, "seed": 0, **variant["quilting"],
                          "source": "imagenet-train" if paper else "fashion-mnist-train",
                          "file": (f"imagenet-train-p5-n{PAPER_PATCHES}.npy" if paper
                                   else f"fashion-mnist-train-p5-n{SMOKE_PATCHES}-s0.npy")},
@@ -239,6 +251,10 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
              "stop an example at its first in-budget success."),
             "Bit-depth: Athalye et al.'s defend_reduce (keep the top 3 bits of floor(255 x)).",
             "Crop offsets are continuous and uniform; bilinear sampling of the crop, resized to the input side.",
+            *(["Each transformation as Athalye et al. ran it: JPEG input truncated to 8 bits, TV in raster order "
+               "with the reflected border, their quilting stitch, crop_and_resize to 90x90 then TF1's resize to 299 "
+               "(reproduce/paper_settings.md cites the file of each; smoke keeps the library's defaults)."]
+              if paper else []),
             "TV/quilting EOT: the notebooks draw one fresh transform per step (paper profile: 1 draw); smoke uses "
             "8 (TV) and 4 (quilting) draws per step.",
             "Own evaluation: l2 PGD (10 steps of eps/4, cross-entropy) on the undefended classifier, transferred.",
@@ -265,13 +281,16 @@ def make_transform(name: str, settings: Dict[str, Any], *, bpda: bool = True, ba
     if name == "bit_depth":
         return BitDepthReduction(settings["bits"], bpda=bpda)
     if name == "jpeg":
-        return JPEGCompression(settings["quality"], bpda=bpda, backend=backend)
+        return JPEGCompression(settings["quality"], bpda=bpda, backend=backend,
+                               rounding=settings.get("rounding", "nearest"))
     if name == "crop_rescale":
-        return CropRescale(settings["crop_fraction"])
+        return CropRescale(settings["crop_fraction"], geometry=settings.get("geometry", "direct"))
     if name == "tv":
-        return TVMinimization(settings["keep_prob"], settings["lambda_tv"], bpda=bpda, backend=backend)
+        return TVMinimization(settings["keep_prob"], settings["lambda_tv"], bpda=bpda, backend=backend,
+                              sweep=settings.get("sweep", "red_black"), border=settings.get("border", "skimage"))
     if name == "quilting":
-        return ImageQuilting(database, settings["k"], settings["overlap"], bpda=bpda, backend=backend)
+        return ImageQuilting(database, settings["k"], settings["overlap"], bpda=bpda, backend=backend,
+                             stitch=settings.get("stitch", "min_cut"))
     raise ValueError(f"name: expected one of {GUO_TRANSFORMS}, got {name!r}")
 
 

@@ -53,9 +53,10 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
         "own_lspga": {"steps": steps(7), "step_size": 0.01, "inv_temp": 1.0, "anneal": 1.2, "loss": "ce",
                       "random_start": True, "update": "sign"},
         "own_plain_gradient": {"steps": steps(20), "step_size": eps / 4, "loss": "ce", "update": "sign"},
-        # lr 1/255 at eps 8/255 in the repo: lr = eps / 8 at any eps.
+        # lr 1/255 at eps 8/255 in the repo: lr = eps / 8 at any eps. Paper: the soft thermometer
+        # evaluated on the 0-255 scale as thermometer/robustml_attack.py does (obfgrad.ops.thermometer).
         "adaptive_attack": {"steps": steps(30), "step_size": eps / 8, "loss": "margin", "update": "adam_sign",
-                            "random_start": False, "backward": "soft"},
+                            "random_start": False, "backward": "soft_255" if paper else "soft"},
         "timing": None if dry_run else {"examples": 100, "steps": 5},  # a dry run skips the timing
     }
 
@@ -106,7 +107,8 @@ def encoded_classifier(ctx: RunContext, config: Dict[str, Any]) -> ThermometerDe
                               progress=ctx.progress is not False)
         if time.perf_counter() - started > 5:
             ctx.log(f"  trained thermometer {recipe['arch']} in {time.perf_counter() - started:.0f} s; cached")
-    return ThermometerDefense.from_sequential(model.to(ctx.device).eval())
+    return ThermometerDefense.from_sequential(model.to(ctx.device).eval(),
+                                              backward=config["adaptive_attack"]["backward"])
 
 
 def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:

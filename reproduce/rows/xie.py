@@ -40,7 +40,10 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
         "eps": eps,
         "classifier": guo.imagenet_classifier_recipe(dry_run) if paper else recipes.smoke_classifier(None),
         "targeted": paper,
-        "transform": {"min_size": 299, "max_size": 331, "padded": 331, "pad_value": 0.5, "resize_back": True}
+        # Paper: Athalye et al.'s geometry (randomization/defense.py, inceptionv3.py: corner-aligned
+        # resize, offsets in [0, 331 - r), TF1's resize back); smoke: the library's centred default.
+        "transform": {"min_size": 299, "max_size": 331, "padded": 331, "pad_value": 0.5, "resize_back": True,
+                      "geometry": "authors"}
         if paper else {"min_size": 28, "max_size": 31, "padded": 31, "pad_value": 0.5, "resize_back": True},
         "own_attack": {"kind": "transfer from the undefended classifier", "steps": steps(10), "step_size": eps / 4,
                        "loss": "ce", "update": "sign"},
@@ -83,6 +86,8 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         choices=[
             "Pad value 0.5 (Athalye et al.'s choice; Xie et al. say zero-padding) and the resize back to 299 of "
             "the repo's InceptionV3 wrapper.",
+            *(["Athalye et al.'s geometry: crop_and_resize to r, offsets in [0, 331 - r), TF1's legacy resize "
+               "back to 299 (smoke keeps the library's centred default)."] if paper else []),
             "Adaptive accuracy: examples some of 10 fresh draws still classify correctly (the paper's '10 out of "
             "10' rule, [PAPER-RECALLED]); the single-draw accuracy is reported beside it.",
             "Paper profile: the first 1000 sorted ImageNet validation images, targeted to random classes "

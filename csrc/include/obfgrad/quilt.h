@@ -12,6 +12,7 @@
 //                         smaller database index;
 //   * quilt_pick          the uniform pick among the K neighbours (Philox, keyed by seed);
 //   * quilt_min_cut       Efros & Freeman's minimum-error boundary cut (dynamic programming);
+//   * quilt_place_patch_authors  Athalye et al.'s stitch (the paper profile's variant);
 //   * quilt_assemble_image  raster-order stitching of one image.
 #pragma once
 
@@ -26,24 +27,31 @@ namespace obfgrad {
 
 // ---------------------------------------------------------------------------- k-NN pieces
 
+// One term of the canonical distance: lane += (a - b)^2, the square rounded before the sum
+// (no fused multiply-add on either side).
+OBF_HD void quilt_lane_add(float& lane, float a, float b) {
+  float diff = a - b;
+  lane += diff * diff;
+}
+
+// The fixed pairwise tree that combines the eight lanes of the canonical distance.
+OBF_HD float quilt_lane_total(const float* lane) {
+  return ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
+}
+
 // Canonical squared distance between two vectors of length `dim`. Eight interleaved partial
 // sums (element j goes to lane j mod 8), each accumulated in order, then a fixed pairwise
 // tree: the order is part of the definition, so the host compiler may vectorise it and the
-// GPU computes the same float bits (both built without fused multiply-add).
+// GPU computes the same float bits (both built without fused multiply-add). The GPU's tiled
+// search (csrc/cuda/quilt.cu) scores several rows at once with the same two helpers.
 OBF_HD float quilt_distance(const float* a, const float* b, int dim) {
   float lane[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   int j = 0;
   for (; j + 8 <= dim; j += 8) {
-    for (int l = 0; l < 8; ++l) {
-      float diff = a[j + l] - b[j + l];
-      lane[l] += diff * diff;
-    }
+    for (int l = 0; l < 8; ++l) quilt_lane_add(lane[l], a[j + l], b[j + l]);
   }
-  for (int l = 0; j + l < dim; ++l) {
-    float diff = a[j + l] - b[j + l];
-    lane[l] += diff * diff;
-  }
-  return ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
+  for (int l = 0; j + l < dim; ++l) quilt_lane_add(lane[l], a[j + l], b[j + l]);
+  return quilt_lane_total(lane);
 }
 
 // (d1, i1) strictly before (d2, i2): smaller distance first, then smaller index.
@@ -171,21 +179,163 @@ OBF_HD void quilt_place_patch(float* image, int channels, int height, int width,
   }
 }
 
+// ------------------------------------------------------- Athalye et al.'s stitch (paper profile)
+//
+// `make_defend_quilt` in their inputtransformations/defense.py stitches differently from the
+// textbook cut above; this reproduces its behaviour (bit for bit on their golden arrays,
+// tests/test_authors_golden.py), for any patch size and overlap >= 2:
+//   * Errors are float64 sums over the channels of squared differences, (0 + e_0) + e_1 + ...
+//   * Their "minimum error table" T is not a cumulative path cost: an entry is its own error
+//     plus the smallest raw error among its (up to three) neighbours one step along the seam.
+//   * The seam is continued one step at a time to the cheapest admissible neighbour of
+//     (same, -1, +1) across the strip, first on ties, where admissible means every coordinate
+//     is strictly positive and inside the table: offset 0 is never re-entered.
+//   * Each block's first row (column) of the seam starts at the cheapest table entry of the
+//     strip's first row (column); an interior block starts both seams at the diagonal entry i
+//     minimising T_top[i][i] + T_left[i][i] (first on ties).
+//   * Interior blocks measure the top strip against canvas columns 0..P-1 and the left strip
+//     against canvas rows 0..P-1 (the image's first block column/row, not the block's own
+//     position): a quirk of their indexing, kept.
+// With P = 5, overlap 2 the seams collapse to single decisions (their golden README lists them).
+
+enum QuiltStitch { QUILT_MIN_CUT = 0, QUILT_AUTHORS = 1, QUILT_PASTE = 2 };
+
+OBF_HD double quilt_pixel_error64(const float* image, int channels, int height, int width, const float* patch,
+                                  int size, int image_row, int image_col, int y, int x) {
+  double sum = 0.0;
+  for (int c = 0; c < channels; ++c) {
+    double diff = (double)patch[(c * size + y) * size + x] -
+                  (double)image[((index_t)c * height + image_row) * width + image_col];
+    sum += diff * diff;
+  }
+  return sum;
+}
+
+// T[a][b] of an error strip err[a][b] (along x across, `along` x `across`, row-major) whose seam
+// runs along a: err[a][b] + min over b' in {b-1, b, b+1} of err[a+1][b'] (the last a: err).
+OBF_HD double quilt_authors_table(const double* err, int along, int across, int a, int b) {
+  const double* here = err + a * across;
+  if (a + 1 >= along) return here[b];
+  const double* next = here + across;
+  double best = next[b];
+  if (b > 0 && next[b - 1] < best) best = next[b - 1];
+  if (b + 1 < across && next[b + 1] < best) best = next[b + 1];
+  return here[b] + best;
+}
+
+// The seam's position at step a (> 0) coming from b: the cheapest admissible of b, b-1, b+1.
+OBF_HD int quilt_authors_seam_step(const double* err, int along, int across, int a, int b) {
+  int best = -1;
+  double best_value = 0.0;
+  const int candidates[3] = {b, b - 1, b + 1};
+  for (int i = 0; i < 3; ++i) {
+    const int c = candidates[i];
+    if (c <= 0 || c >= across) continue;  // "index exists": strictly positive, inside
+    const double value = quilt_authors_table(err, along, across, a, c);
+    if (best < 0 || value < best_value) best = c, best_value = value;
+  }
+  return best >= 0 ? best : b;  // overlap >= 2: b or b + 1 is always admissible (b: memory-safe fallback)
+}
+
+// Marks take[y][x] for the pixels one seam covers: for each step a from `start` on (position b
+// at a = start), the pixels across from b to `end` - 1. `vertical`: a is the tile row, b the
+// column (take[a][b..end)); otherwise a is the column, b the row (take[b..end)[a]).
+OBF_HD void quilt_authors_seam(const double* err, int along, int across, int start, int b, int end, int size,
+                               bool vertical, bool* take) {
+  for (int a = start; a < along; ++a) {
+    if (a > start) b = quilt_authors_seam_step(err, along, across, a, b);
+    for (int i = b; i < end; ++i) take[vertical ? a * size + i : i * size + a] = true;
+  }
+}
+
+// Where a seam starts: the first b minimising the table's first step T[0][b].
+OBF_HD int quilt_authors_seam_start(const double* err, int along, int across) {
+  int best = 0;
+  double best_value = quilt_authors_table(err, along, across, 0, 0);
+  for (int b = 1; b < across; ++b) {
+    const double value = quilt_authors_table(err, along, across, 0, b);
+    if (value < best_value) best = b, best_value = value;
+  }
+  return best;
+}
+
+// Which tile pixels (take[y][x]) Athalye et al.'s stitch writes for a block, from its strips'
+// errors: left_err[y][o] (size x overlap) and top_err[x][o] (the top strip transposed, so both
+// strips are seam-position-major).
+OBF_HD void quilt_authors_take(const double* left_err, const double* top_err, int size, int overlap,
+                               bool has_top, bool has_left, bool* take) {
+  for (int i = 0; i < size * size; ++i) take[i] = !has_top && !has_left;
+  if (has_left && !has_top) {  // first block row: the left seam runs down the whole tile
+    const int start = quilt_authors_seam_start(left_err, size, overlap);
+    quilt_authors_seam(left_err, size, overlap, 0, start, size, size, true, take);
+  } else if (has_top && !has_left) {  // first block column: the top seam runs across
+    const int start = quilt_authors_seam_start(top_err, size, overlap);
+    quilt_authors_seam(top_err, size, overlap, 0, start, size, size, false, take);
+  } else if (has_top && has_left) {  // glue both seams on the diagonal
+    int glue = 0;
+    double glue_value = 0.0;
+    for (int i = 0; i < overlap; ++i) {
+      const double value = quilt_authors_table(top_err, size, overlap, i, i) +
+                           quilt_authors_table(left_err, size, overlap, i, i);
+      if (i == 0 || value < glue_value) glue = i, glue_value = value;
+    }
+    quilt_authors_seam(left_err, size, overlap, glue, glue, overlap, size, true, take);
+    quilt_authors_seam(top_err, size, overlap, glue, glue, overlap, size, false, take);
+    for (int y = overlap; y < size; ++y)
+      for (int x = overlap; x < size; ++x) take[y * size + x] = true;
+  }
+}
+
+// Stitch one tile into `image` at (top, left) the way Athalye et al.'s assign_block does.
+OBF_HD void quilt_place_patch_authors(float* image, int channels, int height, int width, const float* patch,
+                                      int size, int overlap, int top, int left, bool has_top, bool has_left) {
+  double left_err[OBF_QUILT_MAX_PATCH * OBF_QUILT_MAX_PATCH];
+  double top_err[OBF_QUILT_MAX_PATCH * OBF_QUILT_MAX_PATCH];
+  bool take[OBF_QUILT_MAX_PATCH * OBF_QUILT_MAX_PATCH];
+  // The left strip is always measured against canvas rows 0..P-1 and the top strip against
+  // canvas columns 0..P-1: the block's own rows/columns in the first block row/column, the
+  // canvas's first ones for interior blocks (their quirk, see above).
+  for (int i = 0; i < size; ++i)
+    for (int o = 0; o < overlap; ++o) {
+      if (has_left)  // tile (i, o) against canvas (i, left + o)
+        left_err[i * overlap + o] =
+            quilt_pixel_error64(image, channels, height, width, patch, size, i, left + o, i, o);
+      if (has_top)  // tile (o, i) against canvas (top + o, i), stored at [i][o]
+        top_err[i * overlap + o] =
+            quilt_pixel_error64(image, channels, height, width, patch, size, top + o, i, o, i);
+    }
+  quilt_authors_take(left_err, top_err, size, overlap, has_top, has_left, take);
+  for (int y = 0; y < size; ++y)
+    for (int x = 0; x < size; ++x) {
+      if (!take[y * size + x]) continue;
+      for (int c = 0; c < channels; ++c)
+        image[((index_t)c * height + top + y) * width + left + x] = patch[(c * size + y) * size + x];
+    }
+}
+
 // Quilt one image in raster order. `neighbours` holds, for each of the rows x cols patch
 // positions (row-major), its k database indices; the patch used is neighbours[p][pick].
 // `image` (channels x height x width) is the output, filled completely since the patches
 // tile it exactly: height = size + (rows - 1) * stride, and likewise for the width.
+// `stitch`: QUILT_MIN_CUT (Efros & Freeman), QUILT_AUTHORS (Athalye et al.'s) or QUILT_PASTE
+// (whole tiles, later over earlier: their graphcut=False).
 OBF_HD void quilt_assemble_image(float* image, int channels, int height, int width, const float* database,
                                  const long long* neighbours, int k, int size, int overlap, int rows,
-                                 int cols, unsigned long long seed, long long image_index) {
+                                 int cols, unsigned long long seed, long long image_index, int stitch) {
   int stride = size - overlap;
   index_t patch_len = (index_t)channels * size * size;
   for (int py = 0; py < rows; ++py) {
     for (int px = 0; px < cols; ++px) {
       long long p = (long long)py * cols + px;
       long long chosen = neighbours[p * k + quilt_pick(seed, image_index, p, k)];
-      quilt_place_patch(image, channels, height, width, database + chosen * patch_len, size, overlap,
-                        py * stride, px * stride, py > 0, px > 0);
+      const float* patch = database + chosen * patch_len;
+      const bool has_top = stitch != QUILT_PASTE && py > 0, has_left = stitch != QUILT_PASTE && px > 0;
+      if (stitch == QUILT_AUTHORS)
+        quilt_place_patch_authors(image, channels, height, width, patch, size, overlap, py * stride,
+                                  px * stride, has_top, has_left);
+      else
+        quilt_place_patch(image, channels, height, width, patch, size, overlap, py * stride, px * stride,
+                          has_top, has_left);
     }
   }
 }

@@ -24,11 +24,14 @@
 // and its left/right neighbours at j + o - 1 / j + o of the other colour's half row of R, so a
 // half-row update is a unit-stride loop the compiler vectorises.
 //
-// Boundary (as scikit-image 0.26, checked bit for bit against it in the tests): the ghost ring
-// of u holds fixed values: the top ghost row copies image row 1, the left ghost column image
-// column 1 (reflection), the bottom ghost row image row H-1 and the right ghost column image
-// column W-1 (edge); d and b are zero on the ring. For H == 1 (W == 1) the reflection falls back
-// to the edge row (column). Athalye et al.'s copy reflects the bottom/right side at H-2/W-2.
+// Boundary: the ghost ring of u holds fixed values; d and b are zero on the ring. Two rules:
+//   * scikit-image 0.26's (checked bit for bit against it in the tests): the top ghost row
+//     copies image row 1, the left ghost column image column 1 (reflection), the bottom ghost
+//     row image row H-1 and the right ghost column image column W-1 (edge);
+//   * `reflect_far` (Athalye et al.'s `inputtransformations/defense.py:bregman`): the same top
+//     and left, but the bottom ghost row copies image row H-2 and the right ghost column image
+//     column W-2, a reflection on all four sides.
+// A reflection that would leave the image (H == 1 or W == 1) falls back to the edge.
 #pragma once
 
 #include "obfgrad/common.h"
@@ -69,13 +72,16 @@ OBF_HD bool tv_keep_pixel(unsigned long long seed, index_t pixel_index, float ke
 }
 
 // The image pixel (y, x) whose value initialises extended cell (R, C) of u, following the
-// boundary rule above; returns false for the four corners, which are never read (zero).
+// boundary rule above (`reflect_far`: Athalye et al.'s); returns false for the four corners,
+// which are never read (zero).
 OBF_HD bool tv_source_pixel(index_t row, index_t col, index_t height, index_t width,
-                            index_t* y, index_t* x) {
+                            bool reflect_far, index_t* y, index_t* x) {
   bool top = row == 0, bottom = row == height + 1, left = col == 0, right = col == width + 1;
   if ((top || bottom) && (left || right)) return false;
-  *y = top ? (height > 1 ? 1 : 0) : (bottom ? height - 1 : row - 1);
-  *x = left ? (width > 1 ? 1 : 0) : (right ? width - 1 : col - 1);
+  const index_t far_row = (reflect_far && height > 1) ? height - 2 : height - 1;
+  const index_t far_col = (reflect_far && width > 1) ? width - 2 : width - 1;
+  *y = top ? (height > 1 ? 1 : 0) : (bottom ? far_row : row - 1);
+  *x = left ? (width > 1 ? 1 : 0) : (right ? far_col : col - 1);
   return true;
 }
 

@@ -98,7 +98,38 @@ OP_CASES = [
      "x: the registered op takes float32"),
     ("registered op mode", lambda: torch.ops.obfgrad.thermometer_encode(RGB, 16, 7), ValueError, "mode: expected one of"),
     ("registered op quality", lambda: torch.ops.obfgrad.jpeg_roundtrip(RGB, 0, True, 0), ValueError, "quality: expected"),
+    ("registered tv mask dtype", lambda: _tv_op_with_mask(torch.ones(4, 8, 8)), TypeError,
+     "mask: the registered op takes a uint8 or bool"),
+    ("registered tv mask shape", lambda: _tv_op_with_mask(torch.ones(4, 8, 7, dtype=torch.bool)), ValueError,
+     r"mask: expected shape \(4, 8, 8\)"),
+    ("registered quilt choices int32", lambda: _quilt_op_with(choices=torch.zeros(4, 4, 1, dtype=torch.int32)),
+     TypeError, "choices: the registered op takes int64"),
+    ("registered quilt choices shape", lambda: _quilt_op_with(choices=torch.zeros(4, 4, dtype=torch.long)),
+     ValueError, r"choices: expected shape \(4, 4, K >= 1\)"),
+    ("registered quilt choices range", lambda: _quilt_op_with(choices=torch.full((4, 4, 1), 40)), ValueError,
+     r"choices: expected database rows in \[0, 40\)"),
+    ("registered quilt choices negative", lambda: _quilt_op_with(choices=torch.full((4, 4, 1), -1)), ValueError,
+     r"choices: expected database rows in \[0, 40\)"),
+    ("registered quilt nan database", lambda: _quilt_op_with(database_nan=True), ValueError,
+     "database: the search found no neighbour for some patches: the database or its squared norms hold NaN"),
+    ("registered quilt float64 database", lambda: _quilt_op_with(database_dtype=torch.float64), ValueError,
+     "database: expected float32"),
 ]
+
+
+def _tv_op_with_mask(mask):
+    return torch.ops.obfgrad.tv_minimize(images(h=8, w=8), 0.5, 66.7, 1e-3, 5, 0, False, False, mask)
+
+
+def _quilt_op_with(choices=None, database_nan=False, database_dtype=torch.float32):
+    from obfgrad.ops.quilt import _quilt_op
+    from obfgrad.ops.quilt_db import search_projections
+
+    flat = DB.reshape(40, -1).clone()
+    proj = torch.from_numpy(search_projections(flat.numpy(), 3))
+    if database_nan:
+        flat[:] = float("nan")
+    return _quilt_op(RGB, flat.to(database_dtype), (flat * flat).sum(1), proj, 5, 3, 2, 0, 0, choices)
 
 
 @pytest.mark.parametrize("name,call,error,match", OP_CASES, ids=[case[0] for case in OP_CASES])

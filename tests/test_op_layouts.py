@@ -85,6 +85,34 @@ def test_opcheck_on_non_contiguous_inputs(op_name, layout):
     torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
+def _strided_tensor(values: torch.Tensor) -> torch.Tensor:
+    """``values`` as a non-contiguous view (every other element of the last dimension)."""
+    wide = torch.zeros(values.shape[:-1] + (2 * values.shape[-1],), dtype=values.dtype)
+    wide[..., ::2] = values
+    assert not wide[..., ::2].is_contiguous()
+    return wide[..., ::2]
+
+
+def test_registered_tv_op_reads_a_strided_mask_like_a_contiguous_one():
+    x = _images(h=10, w=10)
+    mask = torch.rand(2, 10, 10, generator=torch.Generator().manual_seed(4)) < 0.5
+    answers = [torch.ops.obfgrad.tv_minimize(x, 0.5, 66.7, 1e-3, 20, 0, False, False, given)[0]
+               for given in (mask, _strided_tensor(mask), mask.to(torch.uint8))]
+    assert not torch.equal(answers[0], torch.ops.obfgrad.tv_minimize(x, 0.5, 66.7, 1e-3, 20, 0, False)[0])
+    for got in answers[1:]:
+        assert torch.equal(got, answers[0])
+
+
+def test_registered_quilt_op_reads_strided_choices_and_database_like_contiguous_ones():
+    x = _images(h=8, w=8)
+    args = list(_quilt_args(x))
+    choices = torch.randint(0, 200, (2, 4, 1), generator=torch.Generator().manual_seed(5))
+    want = _quilt_op(*args, 0, choices)
+    args[1] = _strided_tensor(args[1])
+    assert torch.equal(_quilt_op(*args, 0, _strided_tensor(choices)), want)
+    assert not torch.equal(want, _quilt_op(*args, 0, choices.flip(1)))  # the choices are read
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 def test_public_ops_backward_with_non_contiguous_gradients(layout):
     from obfgrad.ops.jpeg import jpeg

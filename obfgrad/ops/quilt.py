@@ -222,24 +222,58 @@ def _checked_choices(choices, x: torch.Tensor, size: int, overlap: int, patches:
     return choices.to(device=x.device, dtype=torch.int64).reshape(x.shape[0], blocks, 1).contiguous()
 
 
-def _check_op_arguments(x, database, size, k, overlap, seed, stitch) -> None:
+def _check_op_arguments(x, database, size, k, overlap, seed, stitch, choices=None) -> None:
     # The registered op is callable directly (torch.ops.obfgrad.quilt): check what the kernels
     # rely on (the public quilt has checked all of it already).
     check_float32_images(x, "x")
     check_int(size, "size", low=2, high=MAX_PATCH_SIZE)
     if database.dim() != 2 or database.shape[1] != x.shape[1] * size * size or database.shape[0] < 1:
         raise ValueError(f"database: expected (N, {x.shape[1] * size * size}) flat patches, got {tuple(database.shape)}")
+    if database.dtype != torch.float32 or database.device != x.device:
+        raise ValueError(f"database: expected float32 on {x.device}, got {database.dtype} on {database.device}")
     check_int(k, "k", low=1, high=int(database.shape[0]))
     check_int(overlap, "overlap", low=1, high=size - 1)
     check_int(seed, "seed", low=0, high=_SEED_BOUND - 1)
     check_int(stitch, "stitch", low=0, high=len(STITCHES) - 1)
+    if choices is not None:
+        _check_op_choices(choices, x, size, overlap)
+
+
+def _check_op_choices(choices: torch.Tensor, x: torch.Tensor, size: int, overlap: int) -> None:
+    # The GPU stitch reads the rows as int64 without a bounds check: a wrong dtype, shape or
+    # device would read garbage or outside the buffer. (Values are checked by _checked_rows.)
+    stride = size - overlap
+    blocks = ((_tiled_size(x.shape[2], size, stride) - size) // stride + 1) * \
+        ((_tiled_size(x.shape[3], size, stride) - size) // stride + 1)
+    if choices.dtype != torch.int64:
+        raise TypeError(f"choices: the registered op takes int64 database rows, got {choices.dtype}")
+    if choices.dim() != 3 or tuple(choices.shape[:2]) != (x.shape[0], blocks) or choices.shape[2] < 1:
+        raise ValueError(f"choices: expected shape ({x.shape[0]}, {blocks}, K >= 1), got {tuple(choices.shape)}")
+    if choices.device != x.device:
+        raise ValueError(f"choices: expected them on {x.device}, got {choices.device}")
+
+
+def _checked_rows(index: torch.Tensor, patches: int, given: bool) -> torch.Tensor:
+    """Neighbour rows (given, or found by the search) inside the database, before a kernel reads
+    them: the GPU stitch has no bounds check, and a search over NaN distances finds no row."""
+    if index.numel():
+        lo, hi = (int(v) for v in torch.aminmax(index))
+        if lo < 0 or hi >= patches:
+            if given:
+                raise ValueError(f"choices: expected database rows in [0, {patches}), got [{lo}, {hi}]")
+            raise ValueError("database: the search found no neighbour for some patches: the database or its "
+                             "squared norms hold NaN or Inf")
+    return index.contiguous()
 
 
 @torch.library.custom_op("obfgrad::quilt", mutates_args=())
 def _quilt_op(x: torch.Tensor, database: torch.Tensor, database_sq_norms: torch.Tensor,
               database_projections: torch.Tensor, size: int, k: int, overlap: int, seed: int, stitch: int = 0,
               choices: Optional[torch.Tensor] = None) -> torch.Tensor:
-    _check_op_arguments(x, database, size, k, overlap, seed, stitch)
+    _check_op_arguments(x, database, size, k, overlap, seed, stitch, choices)
+    if choices is not None:
+        choices = _checked_rows(choices, int(database.shape[0]), given=True)
+    database = database.contiguous()  # the GPU kernels index dense rows
     stride = size - overlap
     height, width = x.shape[2], x.shape[3]
     padded_h, padded_w = _tiled_size(height, size, stride), _tiled_size(width, size, stride)
@@ -264,7 +298,7 @@ def _quilt_op(x: torch.Tensor, database: torch.Tensor, database_sq_norms: torch.
 
 @_quilt_op.register_fake
 def _(x, database, database_sq_norms, database_projections, size, k, overlap, seed, stitch=0, choices=None):
-    _check_op_arguments(x, database, size, k, overlap, seed, stitch)
+    _check_op_arguments(x, database, size, k, overlap, seed, stitch, choices)
     return x.new_empty(x.shape)
 
 
@@ -289,7 +323,7 @@ def _knn_cpu(module, queries, database, database_sq_norms, database_projections,
     dist = np.empty((queries.shape[0], k), dtype=np.float32)
     module.quilt_knn(queries.detach().numpy(), database.detach().numpy(), database_sq_norms.detach().numpy(),
                      database_projections.detach().numpy(), channels, k, index, dist)
-    return torch.from_numpy(index)
+    return _checked_rows(torch.from_numpy(index), int(database.shape[0]), given=False)
 
 
 # The tiled k-NN kernel's constants (csrc/cuda/quilt.cu): threads (queries) per block, rows
@@ -358,7 +392,10 @@ def _assemble_cuda(xp, database, index, size, overlap, seed, stitch):
 
 def _quilt_cuda(xp, queries, database, size, k, overlap, seed, stitch=0, choices=None):
     """The CUDA path: the tiled k-NN search (or the given choices), then the stitch."""
-    index = choices if choices is not None else _knn_cuda(queries, database, k)[0]
+    if choices is not None:
+        index = choices
+    else:
+        index = _checked_rows(_knn_cuda(queries, database, k)[0], int(database.shape[0]), given=False)
     return _assemble_cuda(xp, database, index.reshape(xp.shape[0], -1, index.shape[-1]), size, overlap, seed,
                           stitch)
 

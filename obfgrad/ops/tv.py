@@ -364,7 +364,7 @@ def _forward_impl(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
 # ----------------------------------------------------------------------------- torch op
 
 
-def _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed) -> None:
+def _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed, mask=None) -> None:
     # The registered op is callable directly (torch.ops.obfgrad.tv_minimize): check what the
     # kernels rely on (the public tv_minimize has checked all of it already).
     check_float32_images(x, "x")
@@ -373,19 +373,28 @@ def _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed) -> None:
     check_float(tol, "tol", low=0.0)
     check_int(max_iter, "max_iter", low=1)
     check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
+    if mask is not None:  # the GPU kernel reads (N, H, W) bytes without a bounds check
+        n, _, h, w = x.shape
+        if mask.dtype not in (torch.uint8, torch.bool):
+            raise TypeError(f"mask: the registered op takes a uint8 or bool keep mask, got {mask.dtype}")
+        if tuple(mask.shape) != (n, h, w) or mask.device != x.device:
+            raise ValueError(f"mask: expected shape ({n}, {h}, {w}) on {x.device}, got {tuple(mask.shape)} "
+                             f"on {mask.device}")
 
 
 @torch.library.custom_op("obfgrad::tv_minimize", mutates_args=())
 def _tv_op(x: torch.Tensor, keep_prob: float, weight: float, tol: float, max_iter: int, seed: int,
            raster: bool, reflect: bool = False,
            mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed)
+    _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed, mask)
+    if mask is not None:  # the kernels index a dense (N, H, W) byte buffer; nonzero keeps the pixel
+        mask = mask.to(torch.uint8).contiguous()
     return _forward_impl(x, keep_prob, weight, tol, max_iter, seed, raster, reflect, mask)
 
 
 @_tv_op.register_fake
 def _tv_fake(x, keep_prob, weight, tol, max_iter, seed, raster, reflect=False, mask=None):
-    _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed)
+    _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed, mask)
     return x.new_empty(x.shape), x.new_empty((x.shape[0],), dtype=torch.int32)
 
 

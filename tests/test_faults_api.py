@@ -20,7 +20,13 @@ from obfgrad.attacks import (
 )
 from obfgrad.attacks.inputs import NonFiniteOutputError
 from obfgrad.attacks.losses import NoGradientError
-from obfgrad.defenses import ImageQuilting, RandomResizePad, ThermometerDefense, TVMinimization
+from obfgrad.defenses import (
+    ImageQuilting,
+    RandomResizePad,
+    ThermometerDefense,
+    TransformedClassifier,
+    TVMinimization,
+)
 from obfgrad.distances import get_distance
 from obfgrad.eval import DiagnoseBudget, diagnose, evaluate
 from obfgrad.ops.jpeg import jpeg
@@ -145,6 +151,19 @@ DEFENSE_CASES = [
      "k: expected an int <= 5"),
     ("quilting overlap", lambda: ImageQuilting(DB, overlap=5), ValueError, "overlap: expected an int <= 4"),
     ("quilting database type", lambda: ImageQuilting("db.npy"), TypeError, "database: expected a PatchDatabase"),
+    ("quilting authors overlap 1", lambda: ImageQuilting(DB, overlap=1, stitch="authors"), ValueError,
+     "overlap: expected an int >= 2"),
+    ("quilting database 0-255", lambda: ImageQuilting(DB * 255), ValueError, r"database: expected finite patches in \[0, 1\]"),
+    ("quilting database nan", lambda: ImageQuilting(DB.masked_fill(DB > 0.99, float("nan"))), ValueError, "NaN or Inf"),
+    ("quilting database float64", lambda: ImageQuilting(DB.double()), TypeError, "database: expected float32"),
+    ("quilting database not square", lambda: ImageQuilting(DB[:, :, :, :4]), ValueError,
+     r"database: expected a non-empty \(N, C, P, P\) tensor"),
+    ("quilting 1x1 patches", lambda: ImageQuilting(torch.rand(20, 3, 1, 1)), ValueError, "1x1 patches are too small"),
+    ("transformed classifier transform", lambda: TransformedClassifier(3, linear()), TypeError,
+     "transform: expected a callable"),
+    ("transformed classifier classifier", lambda: TransformedClassifier(RandomResizePad(), "net"), TypeError,
+     "classifier: expected a callable"),
+    ("thermometer classifier", lambda: ThermometerDefense(None), TypeError, "classifier: expected a model"),
     ("transform generator", lambda: TVMinimization(generator=1), TypeError, "generator: expected a torch.Generator"),
     ("eps tensor nan", lambda: get_distance("linf").project(RGB[:2], RGB[:2], torch.tensor([float("nan"), 0.1])),
      ValueError, "eps: expected finite budgets >= 0"),

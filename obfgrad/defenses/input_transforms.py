@@ -27,7 +27,6 @@ import importlib
 import math
 from typing import Callable, Optional, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -305,22 +304,17 @@ class ImageQuilting(InputTransform):
                  bpda: bool = True, backend: str = "native", seed: Optional[int] = None,
                  generator: Optional[torch.Generator] = None, stitch: str = "min_cut"):
         super().__init__(seed, generator)
-        if isinstance(database, np.ndarray):
-            database = torch.from_numpy(database)
-        if isinstance(database, PatchDatabase):
-            count, size = len(database), database.patch_size
-        elif isinstance(database, torch.Tensor) and database.dim() == 4:
-            count, size = int(database.shape[0]), int(database.shape[2])
-        else:
-            raise TypeError(f"database: expected a PatchDatabase or an (N, C, P, P) tensor, got "
-                            f"{tuple(database.shape) if isinstance(database, torch.Tensor) else type(database).__name__}")
+        # Checked now (the database once, k and overlap against it) rather than at the first call.
+        if not isinstance(database, PatchDatabase):  # a PatchDatabase was checked when built or loaded
+            database = quilt_op.check_database_tensor(database)
         self.database = database
-        # Checked now, against the database, rather than at the first call.
-        self.k = check_int(k, "k", low=1, high=max(count, 1))
-        self.overlap = check_int(overlap, "overlap", low=1, high=max(size - 1, 1))
+        count, size = len(database), int(database.shape[2] if isinstance(database, torch.Tensor) else
+                                          database.patch_size)
+        self.stitch = check_choice(stitch, "stitch", quilt_op.STITCHES)
+        self.k = check_int(k, "k", low=1, high=count)
+        self.overlap = check_int(overlap, "overlap", low=2 if self.stitch == "authors" else 1, high=size - 1)
         self.bpda = bool(bpda)
         self.backend = check_choice(backend, "backend", BACKENDS)
-        self.stitch = check_choice(stitch, "stitch", quilt_op.STITCHES)
 
     def transform(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         options = {"k": self.k, "overlap": self.overlap, "seed": seed, "stitch": self.stitch}
@@ -357,6 +351,9 @@ class TransformedClassifier(nn.Module):
 
     def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], classifier: nn.Module, ensemble: int = 1):
         super().__init__()
+        for name, value in (("transform", transform), ("classifier", classifier)):
+            if not callable(value):  # else the first call fails with "'int' object is not callable"
+                raise TypeError(f"{name}: expected a callable (x -> tensor), got {type(value).__name__}")
         self.transform = transform
         self.classifier = classifier
         self.ensemble = check_int(ensemble, "ensemble", low=1)

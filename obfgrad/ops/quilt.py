@@ -74,13 +74,9 @@ DatabaseLike = Union[PatchDatabase, torch.Tensor, np.ndarray]
 # ------------------------------------------------------------------------ validation
 
 
-def _database_tensors(database: DatabaseLike, device: torch.device):
-    """(flat (N, D) float32, squared norms (N,), search projections (N, m), channels, patch
-    size); the projections only for CPU searches (else (N, 0))."""
-    if isinstance(database, PatchDatabase):
-        flat, sq = database.on_device(device)
-        proj = database.projections() if device.type == "cpu" else np.zeros((len(database), 0), np.float32)
-        return flat, sq, torch.from_numpy(proj), database.channels, database.patch_size
+def check_database_tensor(database) -> torch.Tensor:
+    """A patch database given as an array: a non-empty (N, C, P, P) float32 tensor (or numpy
+    array) of finite patches in [0, 1] with P >= 2, returned as a tensor."""
     if isinstance(database, np.ndarray):
         database = torch.from_numpy(database)
     if not isinstance(database, torch.Tensor):
@@ -96,6 +92,17 @@ def _database_tensors(database: DatabaseLike, device: torch.device):
     if not (0.0 <= lo and hi <= 1.0):  # NaN propagates through aminmax and fails both comparisons
         what = "NaN or Inf" if not (math.isfinite(lo) and math.isfinite(hi)) else f"values in [{lo:.6g}, {hi:.6g}]"
         raise ValueError(f"database: expected finite patches in [0, 1] (the images' scale, not 0-255), found {what}")
+    return database
+
+
+def _database_tensors(database: DatabaseLike, device: torch.device):
+    """(flat (N, D) float32, squared norms (N,), search projections (N, m), channels, patch
+    size); the projections only for CPU searches (else (N, 0))."""
+    if isinstance(database, PatchDatabase):
+        flat, sq = database.on_device(device)
+        proj = database.projections() if device.type == "cpu" else np.zeros((len(database), 0), np.float32)
+        return flat, sq, torch.from_numpy(proj), database.channels, database.patch_size
+    database = check_database_tensor(database)
     flat = database.reshape(database.shape[0], -1).to(device).contiguous()
     channels = int(database.shape[1])
     if device.type == "cpu":

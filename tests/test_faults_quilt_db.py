@@ -16,6 +16,7 @@ from obfgrad.ops.quilt import quilt
 from obfgrad.ops.quilt_db import (
     PatchDatabase,
     PatchDatabaseError,
+    authors_resize,
     build_patch_database,
     load_patch_database,
     patch_database_from_array,
@@ -73,6 +74,46 @@ def test_one_pixel_patches_get_a_clear_error():
         quilt(torch.rand(1, 3, 8, 8), torch.rand(20, 3, 1, 1), seed=0)
     with pytest.raises(PatchDatabaseError, match="P >= 2"):
         PatchDatabase(np.random.default_rng(0).random((20, 3, 1, 1), dtype=np.float32), {})
+
+
+def _image(seed=0):
+    return np.random.default_rng(seed).random((20, 30, 3), dtype=np.float32)
+
+
+BUILD_CASES = [
+    ("one image, not a list", lambda: build_patch_database(_image(), 10), ValueError,
+     r"images: got one \(20, 30, 3\) array, expected a sequence of images"),
+    ("one image tensor", lambda: build_patch_database(torch.rand(20, 30), 10), ValueError, "images: got one"),
+    ("one path, not a list", lambda: build_patch_database("photo.jpg", 10, recipe="authors"), TypeError,
+     "images: expected a sequence of images"),
+    ("paths in the uniform recipe", lambda: build_patch_database(["photo.jpg"], 10), TypeError,
+     "images: file paths .* are read by recipe='authors' only"),
+    ("seed negative", lambda: build_patch_database([_image()], 10, seed=-1), ValueError, "seed: expected an int >= 0"),
+    ("seed float", lambda: build_patch_database([_image()], 10, seed=1.5), TypeError, "seed: expected an int"),
+    ("long_side 0", lambda: build_patch_database([_image()], 10, long_side=0), ValueError,
+     "long_side: expected an int >= 5"),
+    ("long_side below the patch", lambda: build_patch_database([_image()], 10, long_side=3, recipe="authors"),
+     ValueError, "long_side: expected an int >= 5"),
+    ("patch above the kernels' maximum", lambda: build_patch_database([_image()], 10, patch_size=17), ValueError,
+     r"patch_size: expected an int in \[2, 16\]"),
+    ("authors_resize long_side 0", lambda: authors_resize(_image(), 0), ValueError, "long_side: expected an int >= 1"),
+]
+
+
+@pytest.mark.parametrize("name,call,error,match", BUILD_CASES, ids=[case[0] for case in BUILD_CASES])
+def test_building_a_database_checks_its_arguments_before_reading_images(name, call, error, match):
+    """One (H, W, C) image passed as ``images`` was once quilted row by row into a database of
+    (W, C) slivers; a long side of 0 made every image one pixel; a 17-pixel patch failed only
+    at the first quilt()."""
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_a_stack_of_images_is_still_a_sequence_of_images():
+    stack = np.stack([_image(0), _image(1)])
+    from_stack = build_patch_database(stack, 20, seed=2, long_side=None)
+    from_list = build_patch_database(list(stack), 20, seed=2, long_side=None)
+    assert np.array_equal(from_stack.patches, from_list.patches)
 
 
 # ------------------------------------------------------------------------ case 5: the checksum

@@ -58,11 +58,10 @@ from obfgrad._checks import (
     check_int,
 )
 from obfgrad._native import native
-from obfgrad.ops.quilt_db import PatchDatabase, search_projections
+from obfgrad.ops.quilt_db import MAX_PATCH_SIZE, PatchDatabase, search_projections
 
 __all__ = ["quilt", "reference", "knn_reference", "philox_uniform_reference", "MAX_PATCH_SIZE", "STITCHES"]
 
-MAX_PATCH_SIZE = 16  # OBF_QUILT_MAX_PATCH in quilt.h
 _SEED_BOUND = 2**63 - 1
 #: Stitching rules, in the order of QuiltStitch in quilt.h: the textbook minimum-error boundary
 #: cut, Athalye et al.'s assign_block, whole patches pasted in raster order.

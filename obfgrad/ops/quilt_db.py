@@ -57,6 +57,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from obfgrad._checks import check_int
 from obfgrad.atomic import atomic_write, atomic_write_json
 
 __all__ = [
@@ -83,6 +84,10 @@ FORMAT_VERSION = 1
 _HASH_CHUNK = 1 << 24
 
 PathLike = Union[str, os.PathLike]
+
+
+#: Largest patch side the quilting kernels take (OBF_QUILT_MAX_PATCH in quilt.h).
+MAX_PATCH_SIZE = 16
 
 
 class PatchDatabaseError(ValueError):
@@ -221,6 +226,9 @@ def cache_dir() -> Path:
 
 def _to_hwc_float(image: Any, channels: int) -> np.ndarray:
     """An (H, W, C) float32 array in [0, 1] from a uint8/bool/float HxW, HxWxC or CxHxW image."""
+    if isinstance(image, (str, bytes, os.PathLike)):
+        raise TypeError(f"images: file paths ({image!r}) are read by recipe='authors' only; load them as arrays "
+                        "for the uniform recipe")
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     array = np.asarray(image)
@@ -286,6 +294,8 @@ def authors_resize(image: Any, long_side: Optional[int] = 300, resample: str = "
     from PIL import Image
 
     resample_filter = _pillow_filter(resample)
+    if long_side is not None:  # 0 or less once made every non-square image a single pixel
+        check_int(long_side, "long_side", low=1)
     if isinstance(image, (str, os.PathLike)):
         with Image.open(image) as opened:
             pil = opened.convert("RGB") if opened.mode not in ("L", "RGB", "RGBA") else opened.copy()
@@ -388,12 +398,7 @@ def build_patch_database(
     Returns:
         An in-memory :class:`PatchDatabase`, in search order.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count: expected a positive int, got {count!r}")
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 2:
-        raise ValueError(f"patch_size: expected an int >= 2, got {patch_size!r}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
+    images = _check_build_arguments(images, count, patch_size, channels, seed, long_side)
     if recipe not in RECIPES:
         raise ValueError(f"recipe: expected one of {', '.join(map(repr, RECIPES))}, got {recipe!r}")
     resample = resample if resample is not None else ("nearest" if recipe == "authors" else "bicubic")
@@ -423,6 +428,30 @@ def build_patch_database(
     }
     meta["sha256"] = _checksum(patches)
     return PatchDatabase(patches, meta)
+
+
+def _check_build_arguments(images, count, patch_size, channels, seed, long_side) -> Sequence[Any]:
+    """build_patch_database's arguments, checked before any image is read; returns ``images``."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count: expected a positive int, got {count!r}")
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or not 2 <= patch_size <= MAX_PATCH_SIZE:
+        raise ValueError(f"patch_size: expected an int in [2, {MAX_PATCH_SIZE}] (what quilt() takes), got "
+                         f"{patch_size!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
+    check_int(seed, "seed", low=0)
+    if long_side is not None:
+        check_int(long_side, "long_side", low=patch_size)
+    # One image is not a list of images: iterating an (H, W, C) array would quilt its rows as
+    # (W, C) "images", silently. A stack (N, H, W[, C]) or a list is what is meant.
+    if isinstance(images, (str, bytes, os.PathLike)) or not hasattr(images, "__len__"):
+        raise TypeError(f"images: expected a sequence of images (a list, or an (N, H, W[, C]) stack), got "
+                        f"{type(images).__name__}")
+    if isinstance(images, (np.ndarray, torch.Tensor)) and (images.ndim < 3 or (images.ndim == 3 and
+                                                                              images.shape[-1] in (1, 3, 4))):
+        raise ValueError(f"images: got one {tuple(images.shape)} array, expected a sequence of images: pass a list "
+                         "([image]) or an (N, H, W[, C]) stack")
+    return images
 
 
 def patch_database_from_array(patches: np.ndarray, *, layout: str = "NCHW", source: str = "") -> PatchDatabase:

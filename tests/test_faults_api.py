@@ -29,9 +29,11 @@ from obfgrad.defenses import (
 )
 from obfgrad.distances import get_distance
 from obfgrad.eval import DiagnoseBudget, diagnose, evaluate
-from obfgrad.ops.jpeg import jpeg
-from obfgrad.ops.quilt import quilt
-from obfgrad.ops.thermometer import thermometer
+from obfgrad.ops.jpeg import jpeg, linear_surrogate, quantization_tables
+from obfgrad.ops.jpeg import reference as jpeg_reference
+from obfgrad.ops.quilt import knn_reference, quilt
+from obfgrad.ops.thermometer import soft_thermometer_reference, thermometer, thermometer_reference
+from obfgrad.ops.tv import reference as tv_reference
 from obfgrad.ops.tv import tv_mask, tv_minimize
 
 
@@ -104,6 +106,32 @@ OP_CASES = [
      "x: the registered op takes float32"),
     ("registered op mode", lambda: torch.ops.obfgrad.thermometer_encode(RGB, 16, 7), ValueError, "mode: expected one of"),
     ("registered op quality", lambda: torch.ops.obfgrad.jpeg_roundtrip(RGB, 0, True, 0), ValueError, "quality: expected"),
+    # The references and helpers are public too: an unknown choice once ran as the default,
+    # quality 0 or lambda_tv 0 divided by zero, a shorter query matched a prefix.
+    ("jpeg reference subsampling", lambda: jpeg_reference(RGB, subsampling="4:1:1"), ValueError,
+     "subsampling: expected one of"),
+    ("jpeg reference quality", lambda: jpeg_reference(RGB, 0), ValueError, "quality: expected an int >= 1"),
+    ("jpeg reference numpy", lambda: jpeg_reference(RGB.numpy()), TypeError, "x: expected a torch.Tensor"),
+    ("quantization tables quality", lambda: quantization_tables(0), ValueError, "quality: expected an int >= 1"),
+    ("linear surrogate subsampling", lambda: linear_surrogate(RGB, subsampling="4:2:2"), ValueError,
+     "subsampling: expected one of"),
+    ("thermometer reference levels", lambda: thermometer_reference(RGB, levels=1), ValueError,
+     "levels: expected an int >= 2"),
+    ("soft thermometer scale", lambda: soft_thermometer_reference(RGB, 4, scale="0-255"), ValueError,
+     "scale: expected one of 'unit', '255'"),
+    ("tv reference sweep", lambda: tv_reference(RGB, sweep="spiral"), ValueError, "sweep: expected one of"),
+    ("tv reference border", lambda: tv_reference(RGB, border="wrap"), ValueError, "border: expected one of"),
+    ("tv reference lambda", lambda: tv_reference(RGB, 0.5, 0.0), ValueError, "lambda_tv: expected a number > 0"),
+    ("tv reference max_iter", lambda: tv_reference(RGB, max_iter=0), ValueError, "max_iter: expected an int >= 1"),
+    ("tv reference mask", lambda: tv_reference(RGB, mask=torch.ones(3, 3, dtype=torch.bool)), ValueError,
+     r"mask: expected a \(4, 1, 8, 8\) bool tensor"),
+    ("tv max_iter beyond int32", lambda: tv_minimize(RGB, seed=0, max_iter=2**40), ValueError,
+     "max_iter: expected an int <= 2147483647"),
+    ("tv_mask device", lambda: tv_mask((1, 1, 4, 4), seed=1, device="tpu"), ValueError, "device: not a torch device"),
+    ("knn reference dims", lambda: knn_reference(torch.rand(3, 74), DB.reshape(40, -1), 3), ValueError,
+     r"queries, database: expected \(Q, D\) and \(N, D\)"),
+    ("knn reference k", lambda: knn_reference(torch.rand(3, 75), DB.reshape(40, -1), 41), ValueError,
+     "k: expected an int <= 40"),
     ("registered tv mask dtype", lambda: _tv_op_with_mask(torch.ones(4, 8, 8)), TypeError,
      "mask: the registered op takes a uint8 or bool"),
     ("registered tv mask shape", lambda: _tv_op_with_mask(torch.ones(4, 8, 7, dtype=torch.bool)), ValueError,

@@ -82,6 +82,7 @@ def quantization_tables(quality: int) -> Tuple[torch.Tensor, torch.Tensor]:
     IJG's quality scaling (jcparam.c): percentage s = 5000/q for q < 50, else 200 - 2q;
     entry = (base * s + 50) // 100 clamped to [1, 255] (baseline, as Pillow requests).
     """
+    check_int(quality, "quality", low=1, high=100)  # 0 divided by zero, 101 gave negative scales
     scale = 5000 // quality if quality < 50 else 200 - 2 * quality
 
     def scaled(base):
@@ -313,6 +314,9 @@ def reference(x: torch.Tensor, quality: int = 75, subsampling: str = "4:2:0",
 
     Same contract as :func:`jpeg` (no autograd); slow but exact.
     """
+    check_image_batch(x, "x", channels=(1, 3))
+    check_choice(subsampling, "subsampling", SUBSAMPLINGS)  # any other once ran as 4:4:4
+    check_choice(rounding, "rounding", ROUNDINGS)
     luma_table, chroma_table = (t.to(x.device) for t in quantization_tables(quality))
     samples = _to_samples(x, rounding)
     if samples.shape[1] == 1:
@@ -384,6 +388,8 @@ def linear_surrogate(x: torch.Tensor, quality: int = 75, subsampling: str = "4:2
     colour transform, 2x2 chroma averaging of the edge-padded plane, triangle upsampling and
     the inverse colour transform. Grayscale images come back unchanged.
     """
+    check_image_batch(x, "x", channels=(1, 3))
+    check_choice(subsampling, "subsampling", SUBSAMPLINGS)
     luma_table, chroma_table = quantization_tables(quality)
     samples = x * 255.0
     if x.shape[1] == 1:

@@ -440,6 +440,11 @@ def _canonical_distances(queries: torch.Tensor, database: torch.Tensor) -> torch
 def knn_reference(queries: torch.Tensor, database: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Brute-force (index (Q, k) int64, distance (Q, k)): canonical distance, ties to the
     smaller index. Materialises the (Q, N) matrix: small sizes only."""
+    if queries.dim() != 2 or database.dim() != 2 or queries.shape[1] != database.shape[1]:
+        # a shorter query once matched the database's first values only
+        raise ValueError(f"queries, database: expected (Q, D) and (N, D), got {tuple(queries.shape)} and "
+                         f"{tuple(database.shape)}")
+    check_int(k, "k", low=1, high=int(database.shape[0]))
     dist = _canonical_distances(queries.float().cpu(), database.float().cpu())
     order = torch.sort(dist, dim=1, stable=True).indices[:, :k]  # stable: equal distances keep index order
     return order, torch.gather(dist, 1, order)

@@ -43,7 +43,13 @@ import warnings
 import torch
 
 from obfgrad import _native
-from obfgrad._checks import check_choice, check_float32_images, check_images, check_int
+from obfgrad._checks import (
+    check_choice,
+    check_float32_images,
+    check_image_batch,
+    check_images,
+    check_int,
+)
 
 __all__ = ["thermometer", "thermometer_reference", "soft_thermometer_reference", "BACKWARD_MODES"]
 
@@ -68,6 +74,8 @@ def _level_index(levels: int, device: torch.device) -> torch.Tensor:
 
 def thermometer_reference(x: torch.Tensor, levels: int = 16) -> torch.Tensor:
     """Pure-torch discrete encoding: the oracle in tests and the fallback without ``_C``."""
+    check_image_batch(x, "x")
+    check_int(levels, "levels", low=2)
     x = x.to(torch.float32).clamp(0.0, 1.0)
     n, c, h, w = x.shape
     buckets = torch.floor(x * _scale(levels, x.device))
@@ -85,6 +93,9 @@ def soft_thermometer_reference(x: torch.Tensor, levels: int = 16, scale: str = "
     """The differentiable relaxation the BPDA backward differentiates (same layout):
     ``scale="unit"`` for ``backward="soft"``, ``"255"`` for ``"soft_255"`` (the authors'
     float32 evaluation on the 0-255 scale)."""
+    check_image_batch(x, "x")
+    check_int(levels, "levels", low=2)
+    check_choice(scale, "scale", ("unit", "255"))  # any other once ran as "unit"
     n, c, h, w = x.shape
     if scale == "255":
         width = torch.tensor(256.0 / levels, dtype=torch.float32).item()

@@ -68,9 +68,11 @@ import torch
 from obfgrad import _native
 from obfgrad._checks import (
     check_choice,
+    check_device,
     check_float,
     check_float32_images,
     check_generator,
+    check_image_batch,
     check_images,
     check_int,
 )
@@ -84,6 +86,8 @@ SWEEPS = ("red_black", "raster")
 BORDERS = ("skimage", "reflect")
 #: Seeds are integers in [0, SEED_BOUND) (they travel as int64 through torch and CUDA).
 SEED_BOUND = 2**63 - 1
+#: Most iterations the kernels count (int32 counters).
+MAX_ITER = 2**31 - 1
 #: Philox stream of the TV mask: OBF_TV_MASK_STREAM in csrc/include/obfgrad/tv.h.
 _MASK_STREAM = 0x7476
 
@@ -170,7 +174,7 @@ def tv_mask(shape: Union[torch.Tensor, Sequence[int]], keep_prob: float = 0.5, *
     shape = tuple(int(s) for s in shape)
     keep_prob = check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
     seed = check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
-    device = torch.device("cpu" if device is None else device)
+    device = check_device("cpu" if device is None else device, "device")
     n, _, h, w = shape
     if device.type == "cuda" and _cuda_ready():
         mask = torch.empty((n, 1, h, w), dtype=torch.uint8, device=device)
@@ -245,6 +249,21 @@ def _sweep_positions(h: int, w: int, sweep: str, device) -> list:
     return [(rows[keys == key], cols[keys == key]) for key in torch.unique(keys).tolist()]
 
 
+def _check_reference_arguments(x, keep_prob, lambda_tv, tol, max_iter, seed, mask, sweep, border) -> None:
+    # An unknown sweep or border once ran as the default, lambda_tv = 0 divided by zero.
+    check_image_batch(x, "x")
+    check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
+    check_float(lambda_tv, "lambda_tv", low=0.0, low_inclusive=False)
+    check_float(tol, "tol", low=0.0)
+    check_int(max_iter, "max_iter", low=1)
+    check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
+    check_choice(sweep, "sweep", SWEEPS)
+    check_choice(border, "border", BORDERS)
+    n, _, h, w = x.shape
+    if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (n, 1, h, w)):
+        raise ValueError(f"mask: expected a ({n}, 1, {h}, {w}) bool tensor, got {getattr(mask, 'shape', mask)}")
+
+
 def reference(x: torch.Tensor, keep_prob: float = 0.5, lambda_tv: float = 0.03, *, tol: float = 1e-3,
               max_iter: int = 100, seed: int = 0, mask: Optional[torch.Tensor] = None,
               return_iterations: bool = False, sweep: str = "red_black", border: str = "skimage"):
@@ -256,6 +275,7 @@ def reference(x: torch.Tensor, keep_prob: float = 0.5, lambda_tv: float = 0.03, 
     (``(N, 1, H, W)`` bool). With ``sweep="raster", border="reflect"`` this is Athalye et al.'s
     ``bregman`` (the authors' golden arrays agree to float64 rounding).
     """
+    _check_reference_arguments(x, keep_prob, lambda_tv, tol, max_iter, seed, mask, sweep, border)
     n, c, h, w = x.shape
     if mask is None:
         mask = _mask_reference(n, h, w, keep_prob, seed, x.device)
@@ -371,7 +391,7 @@ def _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed, mask=None) ->
     check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
     check_float(weight, "weight", low=0.0, low_inclusive=False)
     check_float(tol, "tol", low=0.0)
-    check_int(max_iter, "max_iter", low=1)
+    check_int(max_iter, "max_iter", low=1, high=MAX_ITER)
     check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
     if mask is not None:  # the GPU kernel reads (N, H, W) bytes without a bounds check
         n, _, h, w = x.shape
@@ -454,7 +474,7 @@ def tv_minimize(x: torch.Tensor, keep_prob: float = 0.5, lambda_tv: float = 0.03
     keep_prob = check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
     lambda_tv = check_float(lambda_tv, "lambda_tv", low=0.0, low_inclusive=False)
     tol = check_float(tol, "tol", low=0.0)
-    max_iter = check_int(max_iter, "max_iter", low=1)
+    max_iter = check_int(max_iter, "max_iter", low=1, high=MAX_ITER)
     check_choice(sweep, "sweep", SWEEPS)
     check_choice(border, "border", BORDERS)
     if mask is not None:
@@ -492,7 +512,7 @@ class TVMinimize(torch.nn.Module):
         self.keep_prob = check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
         self.lambda_tv = check_float(lambda_tv, "lambda_tv", low=0.0, low_inclusive=False)
         self.tol = check_float(tol, "tol", low=0.0)
-        self.max_iter = check_int(max_iter, "max_iter", low=1)
+        self.max_iter = check_int(max_iter, "max_iter", low=1, high=MAX_ITER)
         self.seed = None if seed is None else check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
         self.generator = check_generator(generator)
         self.sweep = check_choice(sweep, "sweep", SWEEPS)

@@ -67,6 +67,7 @@ DIAGNOSE_CASES = [
     ("distance", lambda t: _model_args(t, "--distance", "l3"), "distance: expected one of"),
     ("steps", lambda t: _model_args(t, "--steps", "0"), "budget.steps: expected an int >= 1"),
     ("tolerance", lambda t: _model_args(t, "--tolerance", "1.5"), "budget.tolerance"),
+    ("one gradient call", lambda t: _model_args(t, "--grad-repeats", "1"), "budget.grad_repeats: expected an int >= 2"),
     ("examples", lambda t: _model_args(t, "--examples", "0"), "--examples: expected a positive number"),
     ("data and dataset", lambda t: _model_args(t, "--dataset", "mnist"), "--data, --dataset: give one of them"),
     ("data-dir", lambda t: _model_args(t, "--data-dir", str(t / "nowhere")), "--data-dir: .* is not a directory"),

@@ -72,7 +72,7 @@ class DiagnoseBudget:
         eps_multiples: the budgets of the success-vs-eps curve, as multiples of eps (1.0 is
             always added); the unbounded attack is appended as the curve's last point.
         random_samples: random points per example and budget (check 4).
-        grad_repeats: gradient calls at the same input (stochasticity probe).
+        grad_repeats: gradient calls at the same input (stochasticity probe), >= 2.
         judge_samples: draws averaged to judge a randomized model's prediction.
         eot_samples: draws per EOT gradient (remedy probe on randomized models).
         probe_directions: random directions in the loss-change probe.
@@ -94,9 +94,11 @@ class DiagnoseBudget:
     batch_size: int = 256
 
     def validated(self) -> DiagnoseBudget:
-        for name in ("examples", "steps", "random_samples", "grad_repeats", "judge_samples", "eot_samples",
+        for name in ("examples", "steps", "random_samples", "judge_samples", "eot_samples",
                      "probe_directions", "batch_size"):
             check_int(getattr(self, name), f"budget.{name}", low=1)
+        # One call compares nothing: check 6b once said "no non-zero gradient to compare".
+        check_int(self.grad_repeats, "budget.grad_repeats", low=2)
         check_int(self.surrogate_steps, "budget.surrogate_steps", low=0)
         check_float(self.tolerance, "budget.tolerance", low=0.0, high=1.0, low_inclusive=False)
         multiples = tuple(float(m) for m in self.eps_multiples)

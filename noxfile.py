@@ -148,4 +148,7 @@ def reproduce(session: nox.Session) -> None:
     # Editable: `python -m reproduce` runs from the repo root, where ./obfgrad is first on
     # sys.path; an editable install builds obfgrad._C right there.
     session.install("-e", ".[reproduce]")
+    # The data first: found, downloaded, or (Debian/Ubuntu as root, as .ci/run does) installed
+    # with apt-get, and checksum-verified, before any model is trained (reproduce/dataset_setup.py).
+    session.run("python", "-m", "reproduce.dataset_setup", *session.posargs)
     session.run("python", "-m", "reproduce", *session.posargs)

@@ -25,13 +25,7 @@ def check_images(
     allow_empty: bool = True,
 ) -> torch.Tensor:
     """A float NCHW batch, finite, optionally with values in [0, 1] and given channel counts."""
-    check_tensor(x, name)
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected a floating-point tensor (float32 images in [0, 1]), got {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"{name}: expected a 4-D NCHW batch, got shape {tuple(x.shape)}")
-    if channels is not None and x.shape[1] not in channels:
-        raise ValueError(f"{name}: expected {' or '.join(map(str, channels))} channels, got {x.shape[1]}")
+    check_image_batch(x, name, channels=channels)
     if x.numel() == 0:
         if not allow_empty:
             raise ValueError(f"{name}: expected a non-empty batch")
@@ -43,6 +37,29 @@ def check_images(
         lo, hi = float(x_values.min()), float(x_values.max())
         if lo < 0.0 or hi > 1.0:
             raise ValueError(f"{name}: expected values in [0, 1], got range [{lo:.6g}, {hi:.6g}]")
+    return x
+
+
+def check_image_batch(x, name: str = "x", *, channels: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """The structure of an image batch (a floating-point NCHW tensor, given channel counts),
+    without reading its values."""
+    check_tensor(x, name)
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a floating-point tensor (float32 images in [0, 1]), got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{name}: expected a 4-D NCHW batch, got shape {tuple(x.shape)}")
+    if channels is not None and x.shape[1] not in channels:
+        raise ValueError(f"{name}: expected {' or '.join(map(str, channels))} channels, got {x.shape[1]}")
+    return x
+
+
+def check_float32_images(x, name: str = "x", *, channels: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """What a registered op (``torch.ops.obfgrad.*``) takes: a float32 NCHW tensor. The public
+    functions convert other float dtypes and check the values; the ops only check the structure."""
+    check_image_batch(x, name, channels=channels)
+    if x.dtype != torch.float32:
+        raise TypeError(f"{name}: the registered op takes float32, got {x.dtype} (the public function "
+                        "converts other float dtypes)")
     return x
 
 
@@ -72,7 +89,50 @@ def check_float(value, name: str, *, low: Optional[float] = None, high: Optional
     return value
 
 
+def check_generator(generator, name: str = "generator"):
+    """None (torch's default generator) or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name}: expected a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
 def check_choice(value, name: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+#: Seeds reach torch, numpy and scikit-learn alike; scikit-learn takes 0 <= seed < 2**32.
+SEED_LIMIT = 2**32
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed every library the project seeds accepts: an int in [0, 2**32)."""
+    return check_int(seed, name, low=0, high=SEED_LIMIT - 1)
+
+
+def check_device(device, name: str = "device") -> torch.device:
+    """A torch device this machine has: cpu, or an available cuda[:N]."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise ValueError(f"{name}: not a torch device: {device!r} ({str(error).splitlines()[0]}); "
+                         "expected cpu or cuda[:N]") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name}: {device!r}: only cpu and cuda[:N] devices are supported")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}: {device!r}: CUDA is not available on this machine")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}: {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return parsed
+
+
+def finite_loss(loss: torch.Tensor, where: str) -> float:
+    """The value of a training loss, or :class:`FloatingPointError` when it is NaN or Inf: a
+    diverged run stops at once instead of caching NaN weights for every later run to use."""
+    value = float(loss.detach())
+    if value != value or value in (float("inf"), float("-inf")):
+        raise FloatingPointError(f"{where}: the training loss became {value}: training diverged "
+                                 "(lower the learning rate, check the images)")
     return value

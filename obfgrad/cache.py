@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -51,6 +52,8 @@ CHECKPOINT_FORMAT = 2
 TRAINING_ROOTS = ("obfgrad.models", "obfgrad.models.training", "obfgrad.models.wgan", "obfgrad.models.pixelcnn",
                   "obfgrad.defenses.cascade", "obfgrad.data", "obfgrad.ops.thermometer", "obfgrad.attacks.pgd",
                   "obfgrad.cache")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_SUFFIX = re.compile(r"(\.[A-Za-z0-9_-]+)*")
 _KEY_HEX_CHARS = 16
 
 
@@ -98,10 +101,11 @@ def recipe_key(recipe: Mapping[str, Any]) -> str:
 
 def cached_path(kind: str, recipe: Mapping[str, Any], suffix: str) -> Path:
     """``cache_dir()/<kind>/<recipe_key(recipe)><suffix>``, e.g. ``models/3f2a...c1.pt``."""
-    if not kind or "/" in kind or "\\" in kind or kind in (".", ".."):
-        raise ValueError(f"kind: expected a plain directory name, got {kind!r}")
-    if suffix and not suffix.startswith("."):
-        raise ValueError(f"suffix: expected '' or a suffix starting with '.', got {suffix!r}")
+    # Plain names only: a separator or '..' in either would place the file outside cache_dir()/kind.
+    if not isinstance(kind, str) or not _PLAIN_NAME.fullmatch(kind) or set(kind) == {"."}:
+        raise ValueError(f"kind: expected a plain directory name (letters, digits, '_', '-', '.'), got {kind!r}")
+    if not isinstance(suffix, str) or not _SUFFIX.fullmatch(suffix):
+        raise ValueError(f"suffix: expected '' or file extensions like '.pt' or '.tar.gz', got {suffix!r}")
     return cache_dir() / kind / f"{recipe_key(recipe)}{suffix}"
 
 
@@ -203,8 +207,9 @@ def load_or_train(recipe: Mapping[str, Any], build: Callable[[], torch.nn.Module
     (``cache_dir()/models/<key>.pt``) when one is present and passes :func:`load_checkpoint`'s
     checks for this recipe and training code (``code_files``: files of the caller's that shape
     training, added to the fingerprint); else a fresh ``build()`` trained by ``train(model)``
-    (which may return extra metadata), saved atomically with its training time. Returned in eval
-    mode. A checkpoint that is refused, or does not fit the model, is reported with a warning and
+    (which may return extra metadata), saved atomically with its training time (a cache that
+    cannot be written gets a warning; the model is still returned). Returned in eval mode. A
+    checkpoint that is refused, or does not fit the model, is reported with a warning and
     replaced by a fresh run."""
     path = cached_path("models", recipe, ".pt")
     code = training_code(code_files)
@@ -218,6 +223,11 @@ def load_or_train(recipe: Mapping[str, Any], build: Callable[[], torch.nn.Module
             model = build()
     started = time.perf_counter()
     extra = train(model) or {}
-    save_checkpoint(path, recipe, model.state_dict(), code=code,
-                    meta={"train_seconds": round(time.perf_counter() - started, 3), **extra})
+    try:
+        save_checkpoint(path, recipe, model.state_dict(), code=code,
+                        meta={"train_seconds": round(time.perf_counter() - started, 3), **extra})
+    except OSError as error:  # a read-only or full cache must not throw the trained model away
+        warnings.warn(f"could not cache the trained model at {path} ({error.strerror or error}); using it "
+                      "from memory (it will be trained again next time): set OBFGRAD_CACHE to a writable "
+                      "folder to keep it", RuntimeWarning, stacklevel=2)
     return model.eval()

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -124,12 +125,34 @@ def _load_callable(reference: str, option: str):
     if not Path(path).is_file():
         raise SystemExit(f"{option}: no such file {path!r}")
     module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    if module_spec is None or module_spec.loader is None:
+        raise SystemExit(f"{option}: cannot import {path!r} as a Python module (expected a .py file)")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:  # the user's code: say whose error it is
+        raise SystemExit(f"{option}: importing your file {path} raised {_describe(error)}") from error
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise SystemExit(f"{option}: {path} has no callable {attribute!r}")
     return factory
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _read_data(path: Path) -> Dict[str, Any]:
+    """``--data``: a torch.save'd dict with tensors ``x`` and ``y``, or a clear error."""
+    import torch
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # missing, unreadable, truncated, not a torch file, a pickle of code
+        raise SystemExit(f"--data: cannot read {path}: {_describe(error)}") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(key), torch.Tensor) for key in ("x", "y")):
+        raise SystemExit(f"--data: expected a torch.save'd dict with tensors 'x' and 'y' in {path}")
+    return data
 
 
 def _model_case(args: argparse.Namespace) -> Dict[str, Any]:
@@ -138,23 +161,32 @@ def _model_case(args: argparse.Namespace) -> Dict[str, Any]:
     ``eps``."""
     import torch
 
-    made = _load_callable(args.model, "--model")()
+    data = _read_data(args.data) if args.data is not None else None  # before the factory runs
+    factory = _load_callable(args.model, "--model")
+    try:
+        made = factory()
+    except Exception as error:  # the user's code: say whose error it is
+        raise SystemExit(f"--model: your factory {args.model} raised {_describe(error)}") from error
     case: Dict[str, Any] = dict(made) if isinstance(made, dict) else {"model": made}
-    if "model" not in case:
-        raise SystemExit("--model: the factory's dict needs a 'model' entry")
-    if args.data is not None:
-        data = torch.load(args.data, map_location="cpu", weights_only=True)
-        if not isinstance(data, dict) or "x" not in data or "y" not in data:
-            raise SystemExit(f"--data: expected a torch.save'd dict with tensors 'x' and 'y' in {args.data}")
+    if not callable(case.get("model")):
+        raise SystemExit(f"--model: the factory must return a model (an nn.Module or callable) or a dict with a "
+                         f"'model' entry, got {type(case.get('model', made)).__name__}")
+    if data is not None:
         case["x"], case["y"] = data["x"], data["y"]
     elif args.dataset is not None:
         from obfgrad.data import load_dataset
 
-        images, labels = load_dataset(args.dataset, "test", data_dir=args.data_dir)
+        try:
+            images, labels = load_dataset(args.dataset, "test", data_dir=args.data_dir)
+        except (FileNotFoundError, ValueError) as error:  # not found, damaged, or not this dataset
+            raise SystemExit(f"--dataset {args.dataset}: {error}") from None
         case["x"], case["y"] = images[:args.examples], labels[:args.examples]
     if "x" not in case or "y" not in case:
         raise SystemExit("--model: give the labelled batch with --data file.pt or --dataset NAME "
                          "(or return 'x' and 'y' from the factory)")
+    for key in ("x", "y"):
+        if not isinstance(case[key], torch.Tensor):
+            raise SystemExit(f"--model: the batch's {key!r} must be a tensor, got {type(case[key]).__name__}")
     for key in ("distance", "eps"):
         if getattr(args, key) is not None:
             case[key] = getattr(args, key)
@@ -182,10 +214,16 @@ def _budget(args: argparse.Namespace):
 def _diagnose_case(name: str, case: Dict[str, Any], args: argparse.Namespace, out_dir: Optional[Path]):
     from obfgrad.eval.diagnose import diagnose
 
-    report = diagnose(case["model"], case["x"], case["y"], distance=case["distance"], eps=case["eps"],
-                      surrogate=case.get("surrogate"), preprocess=case.get("preprocess"),
-                      adaptive_model=case.get("adaptive_model"), randomized=case.get("randomized"),
-                      budget=_budget(args), seed=args.seed, progress=not args.quiet)
+    try:
+        report = diagnose(case["model"], case["x"], case["y"], distance=case["distance"], eps=case["eps"],
+                          surrogate=case.get("surrogate"), preprocess=case.get("preprocess"),
+                          adaptive_model=case.get("adaptive_model"), randomized=case.get("randomized"),
+                          budget=_budget(args), seed=args.seed, progress=not args.quiet,
+                          # A dry run's untrained model on synthetic images gets the random labels
+                          # right by chance only: judge it against its own predictions.
+                          relabel=args.dry_run)
+    except (ValueError, TypeError) as error:  # the library's checks of what it was given
+        raise SystemExit(f"obfgrad diagnose {name}: {error}") from error
     report.config["defense"] = name
     report.config["expected_obfuscation"] = case.get("expected")
     report.config["model"] = name
@@ -211,7 +249,7 @@ def _verdict_table(rows: List[Dict[str, Any]]) -> str:
 
 def _diagnose(args: argparse.Namespace) -> int:
     if args.model is not None:
-        reports = [_diagnose_case(Path(args.model.rpartition(":")[0]).stem, _model_case(args), args, None)]
+        reports = [_diagnose_case(Path(args.model.rpartition(":")[0]).stem, _model_case(args), args, args.out_dir)]
     else:
         _import_reproduce()
         known = _row_names() + [UNDEFENDED, ALL]
@@ -219,11 +257,20 @@ def _diagnose(args: argparse.Namespace) -> int:
             raise SystemExit(f"--defense: unknown {args.defense!r}; choose from {', '.join(known)} "
                              "(a row with variants also takes ROW:VARIANT, e.g. guo:jpeg)")
         names = _available_defenses(args) if args.defense == ALL else _expand(args.defense, args)
+        if len(names) > 1 and (args.json is not None or args.plot is not None):
+            raise SystemExit(f"--json/--plot: --defense {args.defense} diagnoses {len(names)} defenses "
+                             f"({', '.join(names)}); one file would hold only the last: use --out-dir DIR")
         out_dir = args.out_dir if args.defense == ALL or args.out_dir is not None else None
+        if out_dir is None and args.defense == ALL:
+            raise SystemExit("--out-dir: --defense all writes one report per defense: give --out-dir DIR")
         reports = []
         for name in names:
             print(f"== {name} ==")
-            reports.append(_diagnose_case(name, _defense_case(name, args), args, out_dir))
+            try:
+                case = _defense_case(name, args)
+            except (FileNotFoundError, ValueError) as error:  # missing or damaged data or weights files
+                raise SystemExit(f"obfgrad diagnose --defense {name}: {error}") from None
+            reports.append(_diagnose_case(name, case, args, out_dir))
             print()
     rows = [{"defense": r.config["defense"], "expected": r.config.get("expected_obfuscation"),
              "verdict": r.verdict, "types": r.obfuscation_types,
@@ -249,10 +296,11 @@ def _add_diagnose(commands) -> None:
                                           "madry, na; guo:bit_depth ... for one of Guo's five transformations, guo for all five), "
                                           "'undefended', or 'all' (needs a source checkout)")
     source.add_argument("--model", help="path/to/file.py:factory returning your nn.Module (or a dict, see docs)")
-    diagnose.add_argument("--profile", choices=("smoke", "paper"), default="smoke", help="row profile (default smoke)")
+    diagnose.add_argument("--profile", choices=("smoke", "paper"), default=None, help="row profile (default smoke)")
     diagnose.add_argument("--dry-run", action="store_true", help="untrained models, synthetic data (code path only)")
     diagnose.add_argument("--data", type=Path, help="with --model: a torch.save'd dict {'x': images, 'y': labels}")
-    diagnose.add_argument("--dataset", help="with --model: use the test split of mnist, fashion-mnist or cifar10")
+    diagnose.add_argument("--dataset", choices=("mnist", "fashion-mnist", "cifar10"),
+                          help="with --model: use the test split of mnist, fashion-mnist or cifar10")
     diagnose.add_argument("--data-dir", type=Path, default=None, help="where datasets are (searched first)")
     diagnose.add_argument("--distance", default=None, help="with --model: linf (default), l2, l2_rms_pixels, ...")
     diagnose.add_argument("--eps", type=float, default=None, help="with --model: the budget")
@@ -286,10 +334,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_diagnose_args(args: argparse.Namespace) -> None:
+    """Every option checked before any model is built or trained: a bad value, or an output
+    location that cannot be written, fails now rather than after the whole run."""
+    from obfgrad._checks import check_device, check_seed
+    from obfgrad.atomic import check_writable_dir, check_writable_file
+    from obfgrad.distances import get_distance
+
+    if args.examples < 1:
+        raise ValueError("--examples: expected a positive number of examples")
+    check_seed(args.seed, "--seed")
+    check_device(args.device, "--device")
+    _budget(args).validated()
+    if args.defense is not None:
+        given = [f"--{name}" for name in ("data", "dataset", "distance", "eps") if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only with --model (a --defense row brings its own data and "
+                             "threat model)")
+    elif args.dry_run or args.profile is not None:
+        raise ValueError("--dry-run/--profile: only with --defense (they choose how a Table 1 row is built)")
+    args.profile = args.profile or "smoke"
+    if args.eps is not None and not (math.isfinite(args.eps) and args.eps > 0):
+        raise ValueError(f"--eps: expected a positive finite budget, got {args.eps}")
+    if args.distance is not None:
+        get_distance(args.distance)
+    if args.data is not None and args.dataset is not None:
+        raise ValueError("--data, --dataset: give one of them")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise ValueError(f"--data-dir: {args.data_dir} is not a directory")
+    if args.json is not None:
+        check_writable_file(args.json, "--json")
+    if args.plot is not None:
+        check_writable_file(args.plot, "--plot")
+    if args.out_dir is not None:
+        check_writable_dir(args.out_dir, "--out-dir")
+    if args.plot is not None or args.out_dir is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("--plot/--out-dir: figures need matplotlib (pip install matplotlib)") from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "examples", 1) is not None and getattr(args, "examples", 1) < 1:
-        raise SystemExit("--examples: expected a positive number of examples")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "diagnose":
+        try:
+            _check_diagnose_args(args)
+        except (ValueError, TypeError) as error:
+            parser.exit(2, f"obfgrad diagnose: error: {error}\n")
     return args.handler(args)
 
 

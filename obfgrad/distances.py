@@ -40,7 +40,7 @@ DISTANCE_NAMES = ("linf", "l2", "l2_rms_pixels", "l2_per_value")
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1)
+    return t.flatten(1)  # also for an empty batch, where reshape(0, -1) is ambiguous
 
 
 def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -55,6 +55,8 @@ def _eps_tensor(eps, like: torch.Tensor) -> torch.Tensor:
             eps = eps.expand(like.shape[0])
         if eps.shape != (like.shape[0],):
             raise ValueError(f"eps: expected a number or a tensor of shape ({like.shape[0]},), got {tuple(eps.shape)}")
+        if eps.numel() and not bool((torch.isfinite(eps) & (eps >= 0)).all()):  # NaN would pass into x_adv
+            raise ValueError("eps: expected finite budgets >= 0 in the tensor")
         return _per_example(eps.to(device=like.device, dtype=like.dtype), like)
     check_float(eps, "eps", low=0.0)
     return torch.full(_per_example(torch.empty(like.shape[0]), like).shape, float(eps),

@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from obfgrad.atomic import atomic_write_json
+from obfgrad.atomic import atomic_write_json, check_writable_file
 from reproduce import fidelity
 from reproduce.rows import all_specs
 from reproduce.spec import ROW_NAMES, RowSpec, RunContext
@@ -587,6 +587,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--repeats: expected a positive integer, got {args.repeats}")
     try:
         device = _device(args.device)
+        if args.json:  # before the measurements, not after them
+            check_writable_file(args.json, "--json")
     except ValueError as error:
         parser.error(str(error))
     command = "python -m reproduce.estimate " + " ".join(argv if argv is not None else sys.argv[1:])

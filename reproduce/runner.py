@@ -24,8 +24,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 import obfgrad
-from obfgrad.atomic import atomic_write_json
+from obfgrad._checks import check_device, check_seed
+from obfgrad.atomic import atomic_write_json, check_writable_dir
 from obfgrad.cache import recipe_key
+from obfgrad.data.locate import DATASETS, DatasetNotFoundError, locate_split
 from reproduce import curves, distributed, environment, figures, provenance, table
 from reproduce.rows import all_specs
 from reproduce.spec import PROFILES, ROW_NAMES, RowSpec, RunContext
@@ -63,21 +65,92 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if unknown or not names:
         parser.error(f"--rows: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(ROW_NAMES)}")
     args.rows = [name for name in ROW_NAMES if name in names]  # Table 1 order
-    weights = {}
-    for item in args.weights:
-        row, sep, path = item.partition("=")
-        if not sep or row not in ROW_NAMES or not Path(path).is_file():
-            parser.error(f"--weights: expected ROW=PATH with an existing file, got {item!r}")
-        weights[row] = Path(path)
-    args.weights = weights
+    # Everything that can be wrong on the command line fails here, before any row runs.
+    for message in (seed_problem(args.seed), device_problem(args.device),
+                    results_dir_problem(args.results_dir)):
+        if message:
+            parser.error(message)
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        parser.error(f"--data-dir: {args.data_dir} is not a directory")
+    imagenet_rows = [name for name in args.rows if name in IMAGENET_ROWS]
+    if args.profile == "paper" and not args.dry_run and imagenet_rows and args.data_dir is None:
+        parser.error(f"--data-dir: rows {', '.join(imagenet_rows)} of the paper profile read ImageNet's validation "
+                     "images: pass --data-dir with its val/ and val.txt (or leave those rows out of --rows)")
+    args.weights = _parse_weights(parser, args)
     return args
 
 
+#: Rows whose paper profile reads ImageNet validation images from --data-dir.
+IMAGENET_ROWS = ("guo", "xie")
+
+
+def seed_problem(seed: int, option: str = "--seed") -> Optional[str]:
+    try:
+        check_seed(seed, option)
+    except (TypeError, ValueError) as error:
+        return str(error)
+    return None
+
+
+def device_problem(name: str, option: str = "--device") -> Optional[str]:
+    """Why ``name`` is not a usable torch device here (cpu, or an existing cuda device), or None."""
+    try:
+        check_device(name, option)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def results_dir_problem(results_dir: Path) -> Optional[str]:
+    """Why a run could not write its results (checked before any computation), or None."""
+    try:
+        for folder in (results_dir, results_dir / "rows", results_dir / "records", results_dir / "figures"):
+            check_writable_dir(folder, "--results-dir")
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _parse_weights(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Dict[str, Path]:
+    """``--weights ROW=PATH`` for rows that read a user checkpoint in this profile; any other is an
+    error now (it would otherwise be ignored without a word)."""
+    if args.weights and args.dry_run:
+        parser.error("--weights: a dry run uses untrained models and reads no weights; drop --weights or --dry-run")
+    takers = [spec.name for spec in all_specs(list(ROW_NAMES), args.profile, False) if spec.takes_weights]
+    weights = {}
+    for item in args.weights:
+        row, sep, path = item.partition("=")
+        if not sep or row not in ROW_NAMES or not path:
+            parser.error(f"--weights: expected ROW=PATH, got {item!r}")
+        if row not in takers:
+            parser.error(f"--weights {item}: row {row} reads no weights in the {args.profile} profile; "
+                         f"rows that take weights: {', '.join(takers)}")
+        if row not in args.rows:
+            parser.error(f"--weights {item}: row {row} is not among --rows ({', '.join(args.rows)})")
+        if not Path(path).is_file():
+            parser.error(f"--weights {item}: no such file {path!r}")
+        if row in weights:
+            parser.error(f"--weights: row {row} given twice")
+        weights[row] = Path(path)
+    return weights
+
+
+def _check_datasets(specs: List[RowSpec], data_dir: Optional[Path]) -> None:
+    """Every dataset the rows read is on this machine (or downloads now): a missing one fails
+    before the first row, not after the rows before it have run for hours."""
+    for name in sorted({spec.dataset for spec in specs if spec.implemented and spec.dataset in DATASETS}):
+        for split in ("train", "test"):
+            try:
+                locate_split(name, split, data_dir=data_dir, download=True)
+            except DatasetNotFoundError as missing:
+                raise SystemExit(f"python -m reproduce: {missing}") from None
+
+
 def _device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
-    return device
+    problem = device_problem(name)
+    if problem:
+        raise SystemExit(problem)
+    return torch.device(name)
 
 
 def row_key(spec: RowSpec, ctx: RunContext) -> str:
@@ -183,6 +256,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      progress=False if args.quiet or not main_rank else None, weights=args.weights,
                      log=print if main_rank else (lambda message: None))
     specs = all_specs(args.rows, args.profile, args.dry_run)
+    if not args.dry_run:
+        _check_datasets(specs, args.data_dir)
     outcome = run_table(specs, ctx, resume=args.resume)
     distributed.shutdown()
     if not main_rank:

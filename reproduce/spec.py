@@ -93,6 +93,9 @@ class RowSpec:
     # Budget of the row's accuracy-vs-eps curve (reproduce.curves), e.g. {"examples": 20, "steps": 10}
     # for rows whose adaptive model is slow; None: the profile's default.
     curve: Optional[Dict[str, Any]] = None
+    # Whether the row reads a user checkpoint given with ``--weights ROW=FILE`` (in this profile);
+    # a weights file for any other row is refused when the command line is parsed.
+    takes_weights: bool = False
 
     @property
     def implemented(self) -> bool:

@@ -97,3 +97,23 @@ def test_bad_arguments_are_refused(gpu_check, capsys):
     assert "--time-limit" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         gpu_check.parse_args([])
+
+
+@pytest.mark.parametrize("name, argv, message", [
+    ("time limit nan", lambda t: ["--out", str(t / "out"), "--time-limit", "nan"], "--time-limit: expected a finite"),
+    ("time limit inf", lambda t: ["--out", str(t / "out"), "--time-limit", "inf"], "--time-limit: expected a finite"),
+    ("out is a file", lambda t: ["--out", str(t / "a_file")], "--out: .*a_file exists and is not a directory"),
+    ("out under a file", lambda t: ["--out", str(t / "a_file" / "out")], "--out: cannot write in"),
+    ("python missing", lambda t: ["--out", str(t / "out"), "--python", str(t / "no-python")],
+     "--python: .*no-python' is not an executable"),
+])
+def test_bad_arguments_are_refused_before_any_stage(gpu_check, tmp_path, capsys, name, argv, message):
+    """A NaN time limit once lifted the limit silently; a bad --out or --python failed with a
+    traceback, or in every stage, instead of at once."""
+    import re
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SystemExit) as raised:
+        gpu_check.parse_args(argv(tmp_path))
+    assert raised.value.code == 2
+    assert re.search(message, capsys.readouterr().err), name

@@ -99,6 +99,18 @@ def test_bad_arguments_give_a_clear_error(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where", ["under a file", "a folder"])
+def test_a_bad_json_location_is_refused_before_any_measurement(tmp_path, monkeypatch, capsys, where):
+    (tmp_path / "a_file").write_text("x")
+    target = tmp_path / "a_file" / "e.json" if where == "under a file" else tmp_path
+    measured = []
+    monkeypatch.setattr(estimate, "run", lambda *a, **k: measured.append(1))
+    with pytest.raises(SystemExit) as raised:
+        estimate.main(["--rows", "defensegan", "--json", str(target)])
+    assert raised.value.code == 2 and measured == []
+    assert "--json: " in capsys.readouterr().err
+
+
 def test_cuda_without_a_gpu_is_a_clear_error(capsys):
     import torch
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -435,9 +436,30 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--dry", action="store_true", help="CPU-only dry mode even where a GPU is present")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the stages (default: this one)")
     args = parser.parse_args(argv)
-    if args.time_limit <= RESERVE_SECONDS:
-        parser.error(f"--time-limit: expected more than {RESERVE_SECONDS:.0f} seconds, got {args.time_limit}")
+    # NaN passes a "<=" test and would silently lift the limit (every stage then gets its full
+    # budget, and summary.json records NaN); inf would too.
+    if not math.isfinite(args.time_limit) or args.time_limit <= RESERVE_SECONDS:
+        parser.error(f"--time-limit: expected a finite number of seconds above {RESERVE_SECONDS:.0f}, "
+                     f"got {args.time_limit}")
+    error = _output_problem(args.out)
+    if error:
+        parser.error(f"--out: {error}")
+    if shutil.which(args.python) is None:  # else every stage would fail with FileNotFoundError
+        parser.error(f"--python: {args.python!r} is not an executable")
     return args
+
+
+def _output_problem(out: Path) -> Optional[str]:
+    """Why ``out`` cannot hold the results (None: it can), checked before any stage runs."""
+    if out.exists() and not out.is_dir():
+        return f"{out} exists and is not a directory"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        return f"cannot write in {out} ({exc.strerror or exc})"
+    return None
 
 
 def dry_reason(forced: bool) -> Optional[str]:

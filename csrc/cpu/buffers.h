@@ -35,6 +35,10 @@ std::vector<long long> checked_shape(const carray<T>& a, const char* name, int r
   return shape;
 }
 
+// Output buffers must be bound with py::arg(...).noconvert(): pybind11 would otherwise convert a
+// non-contiguous or wrongly typed array into a temporary copy, the kernel would write into the
+// copy and the caller's array would silently keep its old contents. With noconvert such a call
+// is refused with a TypeError instead.
 template <typename T>
 void require_writable(carray<T>& a, const char* name) {
   if (!a.writeable()) throw py::value_error(std::string(name) + ": output buffer is read-only");

@@ -370,10 +370,10 @@ void jpeg_backward_linear(const carray<float>& grad_out, carray<float>& grad_in,
 }
 
 void register_jpeg(py::module_& m) {
-  m.def("jpeg_forward", &jpeg_forward, py::arg("x"), py::arg("out"), py::arg("luma_table"),
+  m.def("jpeg_forward", &jpeg_forward, py::arg("x"), py::arg("out").noconvert(), py::arg("luma_table"),
         py::arg("chroma_table"), py::arg("subsample"),
         "JPEG round trip of x (N,C,H,W) into out; tables: 64 int32 each, natural order.");
-  m.def("jpeg_backward_linear", &jpeg_backward_linear, py::arg("grad_out"), py::arg("grad_in"),
+  m.def("jpeg_backward_linear", &jpeg_backward_linear, py::arg("grad_out"), py::arg("grad_in").noconvert(),
         py::arg("subsample"), "Transpose of the rounding-free JPEG round trip.");
 }
 

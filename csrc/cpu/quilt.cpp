@@ -714,20 +714,20 @@ void min_cut(carray<float> err, carray<int> out_cut) {
 }
 
 void register_quilt(py::module_& m) {
-  m.def("quilt_min_cut", &min_cut, py::arg("err"), py::arg("out_cut"),
+  m.def("quilt_min_cut", &min_cut, py::arg("err"), py::arg("out_cut").noconvert(),
         "Minimum-error boundary cut through err (length x width): out_cut[l] = column at row l.");
   m.def("quilt_knn", &knn, py::arg("queries"), py::arg("database"), py::arg("database_sq_norms"),
-        py::arg("database_projections"), py::arg("channels"), py::arg("k"), py::arg("out_index"),
-        py::arg("out_dist"), py::arg("isa") = "auto",
+        py::arg("database_projections"), py::arg("channels"), py::arg("k"), py::arg("out_index").noconvert(),
+        py::arg("out_dist").noconvert(), py::arg("isa") = "auto",
         "Exact k nearest neighbours (canonical squared l2, ties to the smaller index) of each query row; "
         "fills out_index/out_dist (ascending) and returns search statistics.");
-  m.def("quilt_projections", &projections, py::arg("database"), py::arg("channels"), py::arg("out"),
+  m.def("quilt_projections", &projections, py::arg("database"), py::arg("channels"), py::arg("out").noconvert(),
         "Coordinates of each row along the search's pruning directions (out: N x quilt_num_projections).");
   m.def("quilt_num_projections", &num_projections, py::arg("dim"), py::arg("channels"));
-  m.def("quilt_storage_order", &storage_order, py::arg("projections"), py::arg("out"),
+  m.def("quilt_storage_order", &storage_order, py::arg("projections"), py::arg("out").noconvert(),
         "Permutation that makes every 480-row block of the database compact in projection space.");
-  m.def("quilt_sq_norms", &sq_norms, py::arg("database"), py::arg("out"), "Squared l2 norm of every row.");
-  m.def("quilt_assemble", &assemble, py::arg("database"), py::arg("neighbours"), py::arg("seed"), py::arg("out"),
+  m.def("quilt_sq_norms", &sq_norms, py::arg("database"), py::arg("out").noconvert(), "Squared l2 norm of every row.");
+  m.def("quilt_assemble", &assemble, py::arg("database"), py::arg("neighbours"), py::arg("seed"), py::arg("out").noconvert(),
         py::arg("size"), py::arg("overlap"), py::arg("stitch") = 0,
         "Stitch each image from its patches' K neighbours (one picked per patch by Philox(seed)) along "
         "minimum-error boundary cuts (stitch 0), as Athalye et al.'s assign_block (1) or by pasting whole "

@@ -72,10 +72,10 @@ void thermometer_backward(const carray<float>& x, const carray<float>& grad_out,
 }
 
 void register_thermometer(py::module_& m) {
-  m.def("thermometer_forward", &thermometer_forward, py::arg("x"), py::arg("out"), py::arg("levels"),
+  m.def("thermometer_forward", &thermometer_forward, py::arg("x"), py::arg("out").noconvert(), py::arg("levels"),
         "Thermometer encoding of x (N,C,H,W) into out (N,C*levels,H,W).");
   m.def("thermometer_backward", &thermometer_backward, py::arg("x"), py::arg("grad_out"),
-        py::arg("grad_in"), py::arg("levels"), py::arg("mode"),
+        py::arg("grad_in").noconvert(), py::arg("levels"), py::arg("mode"),
         "BPDA backward: mode 0 soft thermometer, 1 straight-through, 2 soft thermometer evaluated on the "
         "0-255 scale as Athalye et al.'s attack graph.");
 }

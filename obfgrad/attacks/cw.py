@@ -94,6 +94,8 @@ class CarliniWagnerL2:
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor,
                  target: Optional[torch.Tensor] = None) -> AttackResult:
         x, y, target = check_attack_inputs(x, y, target, self.targeted)
+        if x.shape[0] == 0:
+            return AttackResult.empty(x)
         x = x.detach()
         n, device = x.shape[0], x.device
         labels = target if target is not None else y

@@ -23,6 +23,7 @@ from torch import nn
 
 from obfgrad._checks import check_choice, check_int
 from obfgrad.attacks import losses
+from obfgrad.attacks.inputs import check_logits
 
 __all__ = ["EOT", "REDUCTIONS"]
 
@@ -103,10 +104,9 @@ class EOT(nn.Module):
             x_var = x.detach().clone().requires_grad_(True)
             with torch.enable_grad():
                 values, logits = self._pass(x_var, k, objective)
-                (grad,) = torch.autograd.grad(values.sum(), x_var, allow_unused=True)
+                grad = losses.gradient_wrt(values.sum(), x_var)
             value_sum = value_sum + values.detach().sum(dim=0)
-            if grad is not None:
-                grad_sum += grad
+            grad_sum += grad
             all_logits.append(logits.detach())
         return value_sum / self.samples, grad_sum / self.samples, self.reduce(torch.cat(all_logits))
 
@@ -136,7 +136,4 @@ class EOT(nn.Module):
 
     @staticmethod
     def _check_logits(logits, rows: int) -> torch.Tensor:
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != rows:
-            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ValueError(f"model: expected logits of shape ({rows}, K), got {shape}")
-        return logits
+        return check_logits(logits, rows)

@@ -35,6 +35,26 @@ def check_attack_inputs(x, y, target, targeted: bool
     return x, y, target
 
 
+class NonFiniteOutputError(ValueError):
+    """A model returned NaN or Inf logits: no attack, evaluation or diagnosis can trust them
+    (``argmax`` of NaN is an arbitrary class, ``torch.equal`` of NaN is False)."""
+
+
+def check_logits(logits, rows: int, name: str = "model") -> torch.Tensor:
+    """``logits`` is a finite ``(rows, K)`` tensor, the output of ``name`` on a batch of ``rows``."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != rows:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"{name}: expected logits of shape ({rows}, K), got {shape}")
+    finite = torch.isfinite(logits.detach()).all(dim=1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        listed = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
+        raise NonFiniteOutputError(
+            f"{name}: its output (logits) contains NaN or Inf for {len(bad)} of the batch's {rows} examples "
+            f"(rows {listed} of the batch); a model must return finite logits")
+    return logits
+
+
 def check_num_classes(labels: torch.Tensor, name: str, num_classes: int) -> None:
     """Labels index into the model's K logits."""
     if labels.numel() and int(labels.max()) >= num_classes:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from obfgrad._checks import check_float, check_int
 from obfgrad.attacks.adam import AdamAscent
-from obfgrad.attacks.inputs import check_attack_inputs
+from obfgrad.attacks.inputs import check_attack_inputs, check_logits
 from obfgrad.attacks.losses import margin
 from obfgrad.attacks.result import AttackResult
 from obfgrad.distances import Distance, get_distance
@@ -85,6 +85,10 @@ class LatentAttack:
                  inversion_lr: float = 0.1, steps: int = 30000, lr: float = 0.1, binary_search_steps: int = 5,
                  initial_const: float = 1.0, kappa: float = 0.0, distance: Union[str, Distance] = "l2_per_value",
                  seed: Optional[int] = 0, progress: bool = False):
+        if not callable(generator) or isinstance(getattr(generator, "latent_dim", None), bool) \
+                or not isinstance(getattr(generator, "latent_dim", None), int):
+            raise TypeError("generator: expected a generator module z -> image with an int attribute latent_dim, "
+                            f"got {type(generator).__name__}")
         self.generator = generator
         self.inversion_steps = check_int(inversion_steps, "inversion_steps", low=0)
         self.inversion_restarts = check_int(inversion_restarts, "inversion_restarts", low=1)
@@ -95,7 +99,8 @@ class LatentAttack:
         self.initial_const = check_float(initial_const, "initial_const", low=0.0, low_inclusive=False)
         self.kappa = check_float(kappa, "kappa", low=0.0)
         self.distance = get_distance(distance)
-        self.seed, self.progress = seed, bool(progress)
+        self.seed = None if seed is None else check_int(seed, "seed", low=0)
+        self.progress = bool(progress)
 
     def __repr__(self) -> str:
         return (f"LatentAttack(inversion_steps={self.inversion_steps}, inversion_restarts={self.inversion_restarts}, "
@@ -105,6 +110,8 @@ class LatentAttack:
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor] = None) -> AttackResult:
         x, y, _ = check_attack_inputs(x, y, target, False)
+        if x.shape[0] == 0:
+            return AttackResult.empty(x)
         x = x.detach()
         n = x.shape[0]
         z0 = invert(self.generator, x, self.inversion_steps, self.inversion_restarts, self.inversion_lr, self.seed)
@@ -140,7 +147,7 @@ class LatentAttack:
                 z_var = z.detach().requires_grad_(True)
                 image = self.generator(z_var)
                 l2sq = (image - x).flatten(1).pow(2).sum(dim=1)
-                log_probs = F.log_softmax(model(image), dim=1)
+                log_probs = F.log_softmax(check_logits(model(image), x.shape[0]), dim=1)
                 gap = margin(log_probs, y)
                 loss = l2sq + const * gap.clamp_min(-self.kappa)
                 grad = torch.autograd.grad(loss.sum(), z_var)[0] if step < self.steps else None

@@ -25,6 +25,8 @@ from typing import Callable, Optional, Protocol, Tuple, runtime_checkable
 import torch
 import torch.nn.functional as F
 
+from obfgrad.attacks.inputs import check_logits
+
 __all__ = [
     "LOSSES",
     "Objective",
@@ -34,6 +36,8 @@ __all__ = [
     "make_objective",
     "expected_loss",
     "loss_and_grad",
+    "gradient_wrt",
+    "NoGradientError",
 ]
 
 LOSSES = ("ce", "margin")
@@ -104,10 +108,7 @@ def expected_loss(model, x: torch.Tensor, objective: Objective) -> Tuple[torch.T
     model_expected_loss = getattr(model, "expected_loss", None)
     if callable(model_expected_loss):
         return model_expected_loss(x, objective)
-    logits = model(x)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"model: expected logits of shape ({x.shape[0]}, K), got {shape}")
+    logits = check_logits(model(x), x.shape[0])
     return objective(logits), logits
 
 
@@ -125,7 +126,31 @@ def loss_and_grad(model, x: torch.Tensor, objective: Objective
     x_var = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         value, logits = expected_loss(model, x_var, objective)
-        (grad,) = torch.autograd.grad(value.sum(), x_var, allow_unused=True)
-    if grad is None:  # the model ignores its input: no direction to follow
-        grad = torch.zeros_like(x_var)
+        grad = gradient_wrt(value.sum(), x_var)
     return value.detach(), grad.detach(), logits.detach()
+
+
+class NoGradientError(RuntimeError):
+    """The model's output is cut from the autograd graph of its input. ``output_in_graph``: the
+    output still depends on other tensors requiring grad (trainable weights), so the input's
+    gradient is zero rather than undefined."""
+
+    def __init__(self, message: str, output_in_graph: bool = False):
+        super().__init__(message)
+        self.output_in_graph = output_in_graph
+
+
+def gradient_wrt(total: torch.Tensor, x_var: torch.Tensor) -> torch.Tensor:
+    """``d total / d x_var``, or :class:`NoGradientError` when ``x_var`` is not in the graph at all.
+
+    A silent zero gradient there would let every gradient attack fail and report the model
+    robust. A model whose true gradient is zero says so explicitly (e.g. ``0 * x`` in the graph,
+    as ``ThermometerDefense(gradient="true")`` does) and gets zeros."""
+    grad = None
+    if total.requires_grad:
+        (grad,) = torch.autograd.grad(total, x_var, allow_unused=True)
+    if grad is None:
+        raise NoGradientError(
+            "model: no gradient reaches x (a step cuts x from the autograd graph, e.g. .detach(), numpy, or "
+            "torch.no_grad): wrap non-differentiable steps in obfgrad.attacks.BPDA", output_in_graph=total.requires_grad)
+    return grad

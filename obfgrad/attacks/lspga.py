@@ -29,7 +29,7 @@ from typing import Optional, Tuple
 import torch
 
 from obfgrad._checks import check_choice, check_float, check_int
-from obfgrad.attacks.inputs import check_attack_inputs
+from obfgrad.attacks.inputs import check_attack_inputs, check_logits
 from obfgrad.attacks.losses import LOSSES, make_objective
 from obfgrad.attacks.result import AttackResult
 from obfgrad.distances import get_distance
@@ -136,7 +136,8 @@ class LSPGA:
         for _ in range(self.steps):
             u_var = u.clone().requires_grad_(True)
             with torch.enable_grad():
-                value = objective(classifier(soft_code(u_var, mask, inv_temp)))
+                value = objective(check_logits(classifier(soft_code(u_var, mask, inv_temp)), x.shape[0],
+                                               "model.classifier"))
                 (grad,) = torch.autograd.grad(value.sum(), u_var)
             u = u + self.step_size * (grad.sign() if self.update == "sign" else grad)
             inv_temp *= self.anneal
@@ -150,11 +151,13 @@ class LSPGA:
         if not isinstance(levels, int) or not callable(classifier):
             raise TypeError("model: LSPGA needs a thermometer model with `levels` and `classifier` "
                             "(obfgrad.defenses.ThermometerDefense)")
+        if x.shape[0] == 0:
+            return AttackResult.empty(x)
         x = x.detach()
         u, mask = self.ascend(classifier, x, y, levels)
         chosen = (u * mask - _MASKED * (1.0 - mask)).argmax(dim=-1)
         x_adv = levels_to_image(x, chosen, self.eps, levels)
         with torch.no_grad():
-            success = model(x_adv).argmax(dim=1) != y
+            success = check_logits(model(x_adv), x.shape[0]).argmax(dim=1) != y
         return AttackResult(x_adv=x_adv, success=success, distance=self._distance.norm(x_adv - x),
                             steps=torch.full_like(y, self.steps))

@@ -108,6 +108,8 @@ class PGD:
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor,
                  target: Optional[torch.Tensor] = None) -> AttackResult:
         x, y, target = check_attack_inputs(x, y, target, self.targeted)
+        if x.shape[0] == 0:
+            return AttackResult.empty(x)
         x = x.detach()
         n = x.shape[0]
         generator = torch.Generator().manual_seed(self.generator_seed) if self.generator_seed is not None else None

@@ -35,6 +35,12 @@ class AttackResult:
             if value.shape != (n,):
                 raise ValueError(f"{name}: expected shape ({n},), got {tuple(value.shape)}")
 
+    @classmethod
+    def empty(cls, x: torch.Tensor) -> AttackResult:
+        """The result on an empty batch (N = 0): the ops accept one, so the attacks do too."""
+        n_zero = torch.zeros(0, device=x.device)
+        return cls(x_adv=x.detach().clone(), success=n_zero.bool(), distance=n_zero, steps=n_zero.long())
+
     def __len__(self) -> int:
         return self.x_adv.shape[0]
 

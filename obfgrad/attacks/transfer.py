@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from obfgrad.attacks.inputs import check_logits
 from obfgrad.attacks.pgd import is_success
 from obfgrad.attacks.result import AttackResult
 
@@ -33,6 +34,10 @@ class TransferAttack:
     """
 
     def __init__(self, attack: Callable[..., AttackResult], surrogate: Callable[[torch.Tensor], torch.Tensor]):
+        if not callable(attack):
+            raise TypeError(f"attack: expected an attack(model, x, y) callable, got {type(attack).__name__}")
+        if not callable(surrogate):
+            raise TypeError(f"surrogate: expected a model (a callable x -> logits), got {type(surrogate).__name__}")
         self.attack = attack
         self.surrogate = surrogate
 
@@ -42,6 +47,8 @@ class TransferAttack:
     def __call__(self, model: Any, x: torch.Tensor, y: torch.Tensor,
                  target: Optional[torch.Tensor] = None) -> AttackResult:
         crafted = self.attack(self.surrogate, x, y) if target is None else self.attack(self.surrogate, x, y, target=target)
+        if x.shape[0] == 0:
+            return crafted
         with torch.no_grad():
-            success = is_success(model(crafted.x_adv), y, target)
+            success = is_success(check_logits(model(crafted.x_adv), x.shape[0]), y, target)
         return AttackResult(x_adv=crafted.x_adv, success=success, distance=crafted.distance, steps=crafted.steps)

@@ -12,13 +12,15 @@ import gzip
 import io
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
-from typing import Any, Dict, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from obfgrad.atomic import atomic_write_bytes
+from obfgrad.data.idx import read_content, verify_content
 
 PathLike = Union[str, Path]
 
@@ -31,6 +33,10 @@ _NUM_CLASSES = 10
 
 class UnsafePickleError(pickle.UnpicklingError):
     """The pickle asked for a global that is not on the allow-list."""
+
+
+class CifarFormatError(ValueError):
+    """A CIFAR-10 batch file or archive is unreadable or malformed."""
 
 
 def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
@@ -86,25 +92,33 @@ def restricted_loads(data: bytes) -> Any:
     return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
 
 
-def read_batch(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
-    """One batch file -> (uint8 N×3×32×32 images, int64 N labels), validated."""
+def read_batch(path: PathLike, md5: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """One batch file -> (uint8 N×3×32×32 images, int64 N labels), validated; with ``md5``,
+    the file's (decompressed) content must have that MD5."""
     path = Path(path)
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":  # a gzipped copy of the batch
-        raw = gzip.decompress(raw)
-    batch = restricted_loads(raw)
+    raw = read_content(path)
+    verify_content(raw, md5, str(path))
+    try:
+        batch = restricted_loads(raw)
+    except UnsafePickleError as error:
+        raise UnsafePickleError(f"{path}: {error}") from None
+    except Exception as error:  # truncated or corrupt: EOFError, UnpicklingError, ValueError, ...
+        raise CifarFormatError(f"{path}: not a readable CIFAR-10 batch ({type(error).__name__}: {error})") from None
     if not isinstance(batch, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(batch).__name__}")
+        raise CifarFormatError(f"{path}: expected a pickled dict, got {type(batch).__name__}")
     batch = {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in batch.items()}
     data, labels = batch.get("data"), batch.get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _PIXELS_PER_IMAGE:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise ValueError(f"{path}: 'data' must be a uint8 array N×{_PIXELS_PER_IMAGE}, got {got}")
-    labels = np.asarray(labels)
+        raise CifarFormatError(f"{path}: 'data' must be a uint8 array N×{_PIXELS_PER_IMAGE}, got {got}")
+    try:
+        labels = np.asarray(labels)
+    except ValueError as error:  # ragged lists
+        raise CifarFormatError(f"{path}: 'labels' is not a list of integers ({error})") from None
     if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{path}: 'labels' must be {len(data)} integers, got shape {labels.shape} {labels.dtype}")
+        raise CifarFormatError(f"{path}: 'labels' must be {len(data)} integers, got shape {labels.shape} {labels.dtype}")
     if len(labels) and (labels.min() < 0 or labels.max() >= _NUM_CLASSES):
-        raise ValueError(f"{path}: labels outside 0..{_NUM_CLASSES - 1}")
+        raise CifarFormatError(f"{path}: labels outside 0..{_NUM_CLASSES - 1}")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
@@ -114,9 +128,12 @@ def load_cifar10_folder(folder: PathLike, split: str) -> Tuple[torch.Tensor, tor
     return load_cifar10_batches([Path(folder) / name for name in names])
 
 
-def load_cifar10_batches(paths: Sequence[PathLike]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate batch files -> float32 N×3×32×32 in [0, 1], int64 N."""
-    parts = [read_batch(path) for path in paths]
+def load_cifar10_batches(paths: Sequence[PathLike], md5: Optional[Dict[str, str]] = None
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate batch files -> float32 N×3×32×32 in [0, 1], int64 N; ``md5`` maps a batch's
+    file name (without ``.gz``) to its content MD5."""
+    md5 = md5 or {}
+    parts = [read_batch(path, md5.get(Path(path).name.removesuffix(".gz"))) for path in paths]
     images = np.concatenate([images for images, _ in parts])
     labels = np.concatenate([labels for _, labels in parts])
     return torch.from_numpy(images).to(torch.float32).div_(255.0), torch.from_numpy(labels)
@@ -129,15 +146,19 @@ def extract_batches(archive: PathLike, destination: PathLike) -> Path:
     wanted = {f"{BATCH_FOLDER}/{name}" for name in TRAIN_BATCHES + TEST_BATCHES + ("batches.meta",)}
     folder = destination / BATCH_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "r:gz") as tar:
-        for member in tar.getmembers():
-            if member.name not in wanted or not member.isfile():
-                continue
-            handle = tar.extractfile(member)
-            assert handle is not None  # a regular file always has contents
-            atomic_write_bytes(folder / Path(member.name).name, handle.read())
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar.getmembers():
+                if member.name not in wanted or not member.isfile():
+                    continue
+                handle = tar.extractfile(member)
+                assert handle is not None  # a regular file always has contents
+                atomic_write_bytes(folder / Path(member.name).name, handle.read())
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise CifarFormatError(f"{archive}: cannot extract ({type(error).__name__}: {error}); delete this file "
+                               "to download it again") from None
     missing = [name for name in TRAIN_BATCHES + TEST_BATCHES if not (folder / name).is_file()]
     if missing:
-        raise ValueError(f"{archive}: archive lacks {', '.join(missing)}")
+        raise CifarFormatError(f"{archive}: archive lacks {', '.join(missing)}; delete this file to download it again")
     return folder
 

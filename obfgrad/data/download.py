@@ -18,6 +18,8 @@ from typing import Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
+from obfgrad.atomic import remove_stale_temporaries, temporary_name_prefix
+
 PathLike = Union[str, Path]
 _CHUNK = 1 << 20
 _USER_AGENT = "obfgrad-dataset-fetch/1 (+python urllib)"
@@ -97,7 +99,8 @@ def download(
 
 def _fetch_verified(url: str, destination: Path, expected: dict, progress: Optional[bool], timeout: float) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    remove_stale_temporaries(destination.parent, ".part")  # of downloads killed earlier
+    fd, tmp = tempfile.mkstemp(prefix=temporary_name_prefix(destination), suffix=".part", dir=destination.parent)
     try:
         digests = {name: hashlib.new(name) for name in expected}
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as response:

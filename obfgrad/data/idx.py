@@ -8,12 +8,17 @@ the values in C order, big-endian.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import math
 import struct
+import zlib
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
+
+from obfgrad.data.download import ChecksumError
 
 PathLike = Union[str, Path]
 
@@ -33,15 +38,28 @@ class IdxFormatError(ValueError):
     """The bytes are not a well-formed IDX file."""
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_content(path: PathLike) -> bytes:
+    """The bytes of ``path``, gunzipped when it starts with the gzip magic."""
+    path = Path(path)
     with open(path, "rb") as handle:
         head = handle.read(2)
     opener = gzip.open if head == _GZIP_MAGIC else open
     try:
         with opener(path, "rb") as handle:
             return handle.read()
-    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
         raise IdxFormatError(f"{path}: cannot decompress ({error})") from error
+
+
+def verify_content(data: bytes, md5: Optional[str], name: str) -> None:
+    """Raise :class:`~obfgrad.data.download.ChecksumError` unless ``data`` has MD5 ``md5``
+    (``None``: nothing to check)."""
+    if md5 is None:
+        return
+    actual = hashlib.md5(data).hexdigest()
+    if actual != md5:
+        raise ChecksumError(f"{name}: content md5 is {actual}, expected {md5} (the published file): the file is "
+                            "damaged or is not this dataset")
 
 
 def parse_idx(data: bytes, name: str = "data") -> np.ndarray:
@@ -56,7 +74,7 @@ def parse_idx(data: bytes, name: str = "data") -> np.ndarray:
         raise IdxFormatError(f"{name}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", data[4:header_size])
     dtype = _IDX_DTYPES[type_code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no int64 overflow on a forged header
     if len(data) - header_size != expected:
         raise IdxFormatError(
             f"{name}: IDX header says shape {shape} ({expected} bytes) but {len(data) - header_size} bytes follow"
@@ -65,8 +83,9 @@ def parse_idx(data: bytes, name: str = "data") -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=True)
 
 
-def read_idx(path: PathLike) -> np.ndarray:
-    """Read an IDX file (gzipped or not, detected from its first bytes).
+def read_idx(path: PathLike, md5: Optional[str] = None) -> np.ndarray:
+    """Read an IDX file (gzipped or not, detected from its first bytes); with ``md5``, its
+    decompressed content must have that MD5.
 
     Example:
         >>> import tempfile, os
@@ -76,7 +95,9 @@ def read_idx(path: PathLike) -> np.ndarray:
         [0, 1, 2]
     """
     path = Path(path)
-    return parse_idx(_read_bytes(path), name=str(path))
+    data = read_content(path)
+    verify_content(data, md5, str(path))
+    return parse_idx(data, name=str(path))
 
 
 def encode_idx(array: np.ndarray) -> bytes:
@@ -99,15 +120,22 @@ def write_idx(path: PathLike, array: np.ndarray, *, compress: bool = False) -> P
     return path
 
 
-def load_idx_pair(images_path: PathLike, labels_path: PathLike) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Images (uint8 N×H×W) and labels (uint8 N) -> float32 N×1×H×W in [0, 1] and int64 N."""
-    images = read_idx(images_path)
-    labels = read_idx(labels_path)
+def load_idx_pair(images_path: PathLike, labels_path: PathLike, *, images_md5: Optional[str] = None,
+                  labels_md5: Optional[str] = None, num_classes: Optional[int] = None
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Images (uint8 N×H×W) and labels (uint8 N) -> float32 N×1×H×W in [0, 1] and int64 N.
+
+    ``images_md5``/``labels_md5`` verify the files' decompressed content; with ``num_classes``
+    every label must be below it."""
+    images = read_idx(images_path, images_md5)
+    labels = read_idx(labels_path, labels_md5)
     if images.dtype != np.uint8 or images.ndim != 3:
         raise IdxFormatError(f"{images_path}: expected uint8 images of shape N×H×W, got {images.dtype} {images.shape}")
     if labels.dtype != np.uint8 or labels.ndim != 1:
         raise IdxFormatError(f"{labels_path}: expected uint8 labels of shape N, got {labels.dtype} {labels.shape}")
     if len(images) != len(labels):
         raise IdxFormatError(f"{images_path}, {labels_path}: {len(images)} images but {len(labels)} labels")
+    if num_classes is not None and len(labels) and int(labels.max()) >= num_classes:
+        raise IdxFormatError(f"{labels_path}: label {int(labels.max())} out of range for {num_classes} classes")
     pixels = torch.from_numpy(images).unsqueeze(1).to(torch.float32).div_(255.0)
     return pixels, torch.from_numpy(labels.astype(np.int64))

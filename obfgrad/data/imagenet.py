@@ -24,6 +24,8 @@ from obfgrad._checks import check_choice, check_int
 
 PathLike = Union[str, Path]
 _IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".webp"}
+#: ILSVRC-2012 classes: labels are 0..999 (robustml's val.txt).
+NUM_CLASSES = 1000
 
 
 def _pil():
@@ -50,9 +52,15 @@ def read_labels_file(labels_file: PathLike) -> Dict[str, int]:
         if len(fields) != 2:
             raise ValueError(f"{labels_file}:{number}: expected 'filename label', got {line!r}")
         try:
-            labels[os.path.basename(fields[0])] = int(fields[1])
+            label = int(fields[1])
         except ValueError:
             raise ValueError(f"{labels_file}:{number}: label {fields[1]!r} is not an integer") from None
+        if not 0 <= label < NUM_CLASSES:  # e.g. a 1-based file: every label would be off by one
+            raise ValueError(f"{labels_file}:{number}: label {label} outside 0..{NUM_CLASSES - 1}")
+        name = os.path.basename(fields[0])
+        if labels.get(name, label) != label:
+            raise ValueError(f"{labels_file}:{number}: {name} is listed again with another label")
+        labels[name] = label
     return labels
 
 
@@ -70,10 +78,13 @@ def load_image(path: PathLike, size: int = 299, resample: str = "bicubic") -> np
     Image = _pil()
     filters = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
                "lanczos": Image.LANCZOS}
-    with Image.open(path) as image:
-        image = image.crop(centre_crop_box(image.width, image.height))
-        image = image.convert("RGB").resize((size, size), filters[resample])
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
+    try:
+        with Image.open(path) as image:
+            image = image.crop(centre_crop_box(image.width, image.height))
+            image = image.convert("RGB").resize((size, size), filters[resample])
+            pixels = np.asarray(image, dtype=np.float32) / 255.0
+    except (OSError, ValueError, SyntaxError) as error:  # unreadable, truncated, not an image (PIL)
+        raise ValueError(f"{path}: cannot read the image ({type(error).__name__}: {error})") from None
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
@@ -128,6 +139,8 @@ def load_imagenet_val(
         raise FileNotFoundError(f"labels_file: no file {labels_path} (lines 'filename label')")
     labels_by_name = read_labels_file(labels_path)
     paths = list_images(root)
+    if not paths:
+        raise FileNotFoundError(f"root: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in {root}")
     if limit is not None:
         paths = paths[:limit]
     unlabeled = [p.name for p in paths if p.name not in labels_by_name]

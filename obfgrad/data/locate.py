@@ -17,12 +17,13 @@ as torchvision lays them out, ``cifar-10-batches-py``, ...).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from obfgrad.cache import cache_dir
-from obfgrad.data.download import DownloadError
+from obfgrad.data.download import ChecksumError, DownloadError, verify_checksum
 from obfgrad.data.download import download as download_file
 
 PathLike = Union[str, Path]
@@ -59,6 +60,9 @@ class DatasetSource:
     apt_package: Optional[str] = None
     system_folders: Tuple[str, ...] = field(default_factory=tuple)
     homepage: str = ""
+    #: MD5 of each split file's *content* (after gzip decompression), by name without ``.gz``:
+    #: verifies any copy -- the publisher's .gz, Debian's recompressed .gz, an uncompressed file.
+    content_md5: Dict[str, str] = field(default_factory=dict)
 
 
 def _idx_split_files() -> Dict[str, Tuple[str, ...]]:
@@ -77,7 +81,12 @@ def _idx_archives(mirrors: Sequence[str], md5: Dict[str, str]) -> Tuple[Archive,
 # torchvision/datasets/cifar.py `CIFAR10.tgz_md5`) and by many projects that download them.
 # Debian's dataset-fashion-mnist ships recompressed .gz files whose own digests differ
 # (sha256 of its t10k-images-idx3-ubyte.gz: cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa);
-# local files are therefore validated by structure (IDX header, sizes), downloads by checksum.
+# Downloads are verified by these MD5s; every file, wherever it was found, by the MD5 of its
+# decompressed content (``content_md5``), which Debian's files share with the publishers'
+# (checked against the installed dataset-fashion-mnist 0.0~git20200523.55506a9-1). The content
+# MD5s are those listed for the uncompressed files by torchvision (CIFAR-10 batches,
+# torchvision/datasets/cifar.py `train_list`, `test_list`) and by projects that verify the
+# extracted MNIST and Fashion-MNIST files.
 DATASETS: Dict[str, DatasetSource] = {
     "mnist": DatasetSource(
         name="mnist",
@@ -94,6 +103,12 @@ DATASETS: Dict[str, DatasetSource] = {
         ),
         system_folders=("mnist",),
         homepage="http://yann.lecun.com/exdb/mnist/",
+        content_md5={
+            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+        },
     ),
     "fashion-mnist": DatasetSource(
         name="fashion-mnist",
@@ -114,6 +129,12 @@ DATASETS: Dict[str, DatasetSource] = {
         apt_package="dataset-fashion-mnist",
         system_folders=("fashion-mnist",),
         homepage="https://github.com/zalandoresearch/fashion-mnist",
+        content_md5={
+            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+        },
     ),
     "cifar10": DatasetSource(
         name="cifar10",
@@ -131,6 +152,14 @@ DATASETS: Dict[str, DatasetSource] = {
         ),
         system_folders=("cifar10", "cifar-10"),
         homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
+        content_md5={
+            "data_batch_1": "c99cafc152244af753f735de768cd75f",
+            "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+            "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+            "data_batch_4": "634d18415352ddfa80567beed471001a",
+            "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+            "test_batch": "40351d587109b95175f43aff81a1287e",
+        },
     ),
 }
 
@@ -211,11 +240,20 @@ def locate_split(name: str, split: str, data_dir: Optional[PathLike] = None, dow
 
 
 def fetch_into_cache(name: str) -> Path:
-    """Download (and for CIFAR-10 extract) dataset ``name`` into its cache directory."""
+    """Download (and for CIFAR-10 extract) dataset ``name`` into its cache directory. An archive
+    already in the cache is used only if it still has its published checksum; a damaged one is
+    deleted (with a warning) and downloaded again."""
     source = dataset_source(name)
     target = dataset_cache_dir(name)
     for archive in source.archives:
         destination = target / archive.filename
+        if destination.is_file():
+            try:
+                verify_checksum(destination, md5=archive.md5)
+            except ChecksumError as error:
+                warnings.warn(f"{destination}: cached download is damaged ({error}); deleting it and downloading "
+                              "again", RuntimeWarning, stacklevel=2)
+                destination.unlink()
         if not destination.is_file():
             download_file(archive.urls, destination, md5=archive.md5)
     if name == "cifar10":
@@ -225,12 +263,24 @@ def fetch_into_cache(name: str) -> Path:
     return target
 
 
+def content_name(path: PathLike) -> str:
+    """The key of ``content_md5`` for a split file: its name without ``.gz``."""
+    name = Path(path).name
+    return name[:-3] if name.endswith(".gz") else name
+
+
+def in_cache(name: str, paths: Sequence[PathLike]) -> bool:
+    """Whether every path lies in the dataset's download cache (files obfgrad may replace)."""
+    cache = dataset_cache_dir(name).resolve()
+    return all(cache in Path(path).resolve().parents for path in paths)
+
+
 def missing_dataset_message(source: DatasetSource, split: str, roots, download: bool, problem: Optional[str]) -> str:
     files = ", ".join(source.split_files[split])
     searched = "\n".join(f"    {path}  ({label})" for label, path in roots)
     ways = []
     if source.apt_package:
-        system = SYSTEM_DATA_ROOTS[0] / source.system_folders[0]
+        system = (SYSTEM_DATA_ROOTS[0] if SYSTEM_DATA_ROOTS else Path("/usr/share/datasets")) / source.system_folders[0]
         ways.append(f"  - install the Debian/Ubuntu package: apt-get install {source.apt_package}  (installs {system})")
     ways.append(f"  - put {files} in a directory DIR and pass --data-dir DIR (data_dir=DIR in Python)")
     ways.append("  - or set the environment variable OBFGRAD_DATA=DIR")

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from obfgrad._checks import finite_loss
 from obfgrad.cache import load_or_train, normalize_recipe
 
 Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -129,6 +130,7 @@ def train_cascade(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
                 one_step = step_ll(model, x[quarter:half], settings["one_step_eps"], shuffle)
                 adversarial = torch.cat([cascade_images[index[:quarter]], one_step])
                 loss = cascade_loss(model, x, adversarial, y, y[:half], settings)
+                finite_loss(loss, "train cascade")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from obfgrad._checks import check_choice, check_float, check_images, check_int
+from obfgrad._checks import check_choice, check_float, check_generator, check_images, check_int
 from obfgrad.attacks.bpda import BPDA
 from obfgrad.defenses.tf_resize import _crop_and_resize, _resize_bilinear_tf1
 from obfgrad.ops.quilt_db import PatchDatabase
@@ -74,7 +74,7 @@ class InputTransform(nn.Module):
     def __init__(self, seed: Optional[int] = None, generator: Optional[torch.Generator] = None):
         super().__init__()
         self.seed = None if seed is None else check_int(seed, "seed", low=0, high=_SEED_BOUND - 1)
-        self.generator = generator
+        self.generator = check_generator(generator)
 
     def draw_seed(self, seed: Optional[int] = None) -> int:
         """The seed of one call: ``seed``, else the fixed seed, else a fresh draw."""
@@ -85,7 +85,7 @@ class InputTransform(nn.Module):
         return int(torch.randint(0, _SEED_BOUND, (), generator=self.generator))
 
     def forward(self, x: torch.Tensor, seed: Optional[int] = None) -> torch.Tensor:
-        check_images(x.detach(), "x", in_unit_range=True)
+        check_images(x, "x", in_unit_range=True)
         return self.transform(x, self.draw_seed(seed) if self.random else 0)
 
     def transform(self, x: torch.Tensor, seed: int) -> torch.Tensor:  # pragma: no cover - abstract
@@ -304,12 +304,17 @@ class ImageQuilting(InputTransform):
                  bpda: bool = True, backend: str = "native", seed: Optional[int] = None,
                  generator: Optional[torch.Generator] = None, stitch: str = "min_cut"):
         super().__init__(seed, generator)
+        # Checked now (the database once, k and overlap against it) rather than at the first call.
+        if not isinstance(database, PatchDatabase):  # a PatchDatabase was checked when built or loaded
+            database = quilt_op.check_database_tensor(database)
         self.database = database
-        self.k = check_int(k, "k", low=1)
-        self.overlap = check_int(overlap, "overlap", low=1)
+        count, size = len(database), int(database.shape[2] if isinstance(database, torch.Tensor) else
+                                          database.patch_size)
+        self.stitch = check_choice(stitch, "stitch", quilt_op.STITCHES)
+        self.k = check_int(k, "k", low=1, high=count)
+        self.overlap = check_int(overlap, "overlap", low=2 if self.stitch == "authors" else 1, high=size - 1)
         self.bpda = bool(bpda)
         self.backend = check_choice(backend, "backend", BACKENDS)
-        self.stitch = check_choice(stitch, "stitch", quilt_op.STITCHES)
 
     def transform(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         options = {"k": self.k, "overlap": self.overlap, "seed": seed, "stitch": self.stitch}
@@ -346,6 +351,9 @@ class TransformedClassifier(nn.Module):
 
     def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], classifier: nn.Module, ensemble: int = 1):
         super().__init__()
+        for name, value in (("transform", transform), ("classifier", classifier)):
+            if not callable(value):  # else the first call fails with "'int' object is not callable"
+                raise TypeError(f"{name}: expected a callable (x -> tensor), got {type(value).__name__}")
         self.transform = transform
         self.classifier = classifier
         self.ensemble = check_int(ensemble, "ensemble", low=1)

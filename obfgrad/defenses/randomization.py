@@ -92,6 +92,13 @@ class RandomResizePad(InputTransform):
         self.pad_value = check_float(pad_value, "pad_value", low=0.0, high=1.0)
         self.resize_back = bool(resize_back)
         self.geometry = check_choice(geometry, "geometry", GEOMETRIES)
+        # The sizes given must already be consistent (the others follow the input at each call).
+        lo, hi, padded = self.min_size, self.max_size, self.padded
+        if (lo is not None and hi is not None and not lo < hi) or (hi is not None and padded is not None and
+                                                                    not hi <= padded) or \
+                (lo is not None and padded is not None and not lo < padded):
+            raise ValueError(f"sizes: expected min_size < max_size <= padded, got {self.min_size}, {self.max_size}, "
+                             f"{self.padded}")
 
     def sizes(self, side: int) -> Tuple[int, int, int]:
         lo, hi, padded = scaled_sizes(side)

@@ -52,6 +52,8 @@ class ThermometerDefense(nn.Module):
 
     def __init__(self, classifier: nn.Module, levels: int = 16, gradient: str = "bpda", backward: str = "soft"):
         super().__init__()
+        if not callable(classifier):  # else the first call fails with "'int' object is not callable"
+            raise TypeError(f"classifier: expected a model (codes -> logits), got {type(classifier).__name__}")
         self.classifier = classifier
         self.levels = check_int(levels, "levels", low=2)
         self.gradient = check_choice(gradient, "gradient", GRADIENTS)

@@ -44,8 +44,8 @@ import obfgrad
 from obfgrad._checks import check_float, check_images, check_int, check_tensor
 from obfgrad.attacks.bpda import BPDA
 from obfgrad.attacks.eot import EOT
-from obfgrad.attacks.inputs import check_labels
-from obfgrad.attacks.losses import loss_and_grad, margin
+from obfgrad.attacks.inputs import check_labels, check_logits
+from obfgrad.attacks.losses import NoGradientError, loss_and_grad, margin
 from obfgrad.attacks.pgd import PGD
 from obfgrad.distances import L2, Distance, get_distance
 from obfgrad.eval.diagnose_report import REMEDIES, CheckResult, DiagnosisReport, Obfuscation
@@ -73,7 +73,7 @@ class DiagnoseBudget:
         eps_multiples: the budgets of the success-vs-eps curve, as multiples of eps (1.0 is
             always added); the unbounded attack is appended as the curve's last point.
         random_samples: random points per example and budget (check 4).
-        grad_repeats: gradient calls at the same input (stochasticity probe).
+        grad_repeats: gradient calls at the same input (stochasticity probe), >= 2.
         judge_samples: draws averaged to judge a randomized model's prediction.
         eot_samples: draws per EOT gradient (remedy probe on randomized models).
         probe_directions: random directions in the loss-change probe.
@@ -95,9 +95,11 @@ class DiagnoseBudget:
     batch_size: int = 256
 
     def validated(self) -> DiagnoseBudget:
-        for name in ("examples", "steps", "random_samples", "grad_repeats", "judge_samples", "eot_samples",
+        for name in ("examples", "steps", "random_samples", "judge_samples", "eot_samples",
                      "probe_directions", "batch_size"):
             check_int(getattr(self, name), f"budget.{name}", low=1)
+        # One call compares nothing: check 6b once said "no non-zero gradient to compare".
+        check_int(self.grad_repeats, "budget.grad_repeats", low=2)
         check_int(self.surrogate_steps, "budget.surrogate_steps", low=0)
         check_float(self.tolerance, "budget.tolerance", low=0.0, high=1.0, low_inclusive=False)
         multiples = tuple(float(m) for m in self.eps_multiples)
@@ -133,8 +135,9 @@ class _FiniteGrad(torch.autograd.Function):
 
 
 class _Guarded(nn.Module):
-    """A model attacks can always differentiate: a model with no gradient path (e.g. a numpy
-    or PIL step inside) gets an all-zero gradient instead of an autograd error."""
+    """A model attacks can always differentiate: a model with no gradient path to its input (e.g.
+    a numpy or PIL step inside, or a step cut from the graph before trainable layers) gets an
+    all-zero gradient, stated explicitly, instead of an autograd error."""
 
     def __init__(self, model: Model):
         super().__init__()
@@ -143,7 +146,7 @@ class _Guarded(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tracked = x.requires_grad and torch.is_grad_enabled()
         logits = self.model(_FiniteGrad.apply(x) if tracked else x)
-        if tracked and not logits.requires_grad:
+        if tracked:  # x stays in the graph even where the model cut it out (attacks then see zeros)
             logits = logits + 0.0 * x.flatten(1).sum(dim=1, keepdim=True)
         return logits
 
@@ -189,7 +192,8 @@ class _Judge:
         with torch.no_grad(), self._draws(x.device):
             for start in range(0, x.shape[0], self.batch_size):
                 xb = x[start:start + self.batch_size]
-                probs = sum(torch.softmax(self.model(xb).float(), dim=1) for _ in range(self.draws)) / self.draws
+                probs = sum(torch.softmax(check_logits(self.model(xb), xb.shape[0]).float(), dim=1)
+                            for _ in range(self.draws)) / self.draws
                 chunks.append(probs.clamp_min(1e-30).log())
         return torch.cat(chunks)
 
@@ -199,12 +203,13 @@ class _Judge:
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The attack objective ``-margin`` (per example), averaged over draws."""
         with torch.no_grad(), self._draws(x.device):
-            return sum(-margin(self.model(x).float(), y) for _ in range(self.draws)) / self.draws
+            return sum(-margin(check_logits(self.model(x), x.shape[0]).float(), y) for _ in range(self.draws)) / self.draws
 
 
 def _is_randomized(model: Model, x: torch.Tensor) -> bool:
+    # NaN logits would compare unequal to themselves and pass for randomness: refused first.
     with torch.no_grad():
-        first, second = model(x), model(x)
+        first, second = check_logits(model(x), x.shape[0]), check_logits(model(x), x.shape[0])
     return not torch.equal(first, second)
 
 
@@ -305,6 +310,13 @@ def _raw_gradient(model: Model, x, y) -> Tuple[Optional[torch.Tensor], str]:
     """d(-margin)/dx as the model gives it (NaN/Inf kept), or None with the reason."""
     try:
         _, grad, _ = loss_and_grad(model, x, lambda logits: -margin(logits, y))
+    except NoGradientError as error:
+        # x is cut from the graph: an output that still depends on trainable weights means a zero
+        # input gradient (what an attack differentiating the model gets); no graph at all means
+        # no gradient path.
+        if error.output_in_graph:
+            return torch.zeros_like(x), ""
+        return None, str(error).splitlines()[0]
     except RuntimeError as error:  # no gradient path through the model
         return None, str(error).splitlines()[0]
     return grad, ""
@@ -594,7 +606,8 @@ def _check_inputs(model, x, y, eps, preprocess, surrogate, adaptive_model) -> No
 def diagnose(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[str, Distance] = "linf",
              eps: float, surrogate: Optional[Model] = None, preprocess: Optional[Model] = None,
              adaptive_model: Optional[Model] = None, randomized: Optional[bool] = None,
-             budget: Optional[DiagnoseBudget] = None, seed: int = 0, progress: bool = True) -> DiagnosisReport:
+             budget: Optional[DiagnoseBudget] = None, seed: int = 0, progress: bool = True,
+             relabel: bool = False) -> DiagnosisReport:
     """Run the obfuscated-gradient checks of Athalye et al. (2018, Sec. 3) on a defended model.
 
     Args:
@@ -614,6 +627,8 @@ def diagnose(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[
             (:func:`obfgrad.eval.streams.derive_seed`; recorded in ``report.config["seeds"]``),
             so no two of them see the same draws; the caller's generator state is restored.
         progress: a tqdm bar over the stages (quiet off a terminal).
+        relabel: judge against the defended model's own predictions instead of ``y`` (synthetic
+            data and untrained models: ``obfgrad diagnose --dry-run`` proves the code path).
 
     Returns:
         :class:`DiagnosisReport` (``.to_text()``, ``.to_dict()``, ``.save_json(path)``, ``.plot(path)``).
@@ -644,6 +659,7 @@ def diagnose(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[
                 randomized = _is_randomized(defended, x[:8])
         setting = _Setting(distance, eps, budget, bool(randomized), seed, seeds)
         judge = _Judge(defended, setting.randomized, budget.judge_samples, budget.batch_size, seeds["judge"])
+        y = judge.predict(x) if relabel else y
         correct = judge.predict(x) == y
         n, n_correct = x.shape[0], int(correct.sum())
         if n_correct == 0:

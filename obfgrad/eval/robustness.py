@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 import obfgrad
 from obfgrad._checks import check_float, check_images, check_int
 from obfgrad.atomic import atomic_write_json
-from obfgrad.attacks.inputs import check_labels
+from obfgrad.attacks.inputs import NonFiniteOutputError, check_labels, check_logits
 from obfgrad.attacks.result import AttackResult
 from obfgrad.distances import Distance, get_distance
 from obfgrad.eval.confidence import clopper_pearson
@@ -167,9 +167,29 @@ def _eval_mode(model):
 def argmax_predictor(model) -> Callable[[torch.Tensor], torch.Tensor]:
     """``inputs -> model(inputs).argmax(1)`` without autograd (one call: one draw of a randomized model)."""
     def predict(inputs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(inputs).argmax(dim=1)
+        with torch.no_grad():  # argmax of NaN logits is an arbitrary class: refuse them
+            return check_logits(model(inputs), inputs.shape[0]).argmax(dim=1)
     return predict
+
+
+def _checked_predictions(predict, inputs: torch.Tensor) -> torch.Tensor:
+    """``predict(inputs)``: one integer class per example, on the inputs' device."""
+    labels = predict(inputs)
+    if not isinstance(labels, torch.Tensor) or labels.shape != (inputs.shape[0],) \
+            or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"predict: expected integer class labels of shape ({inputs.shape[0]},), got {got} "
+                         "(predict returns labels, e.g. model(v).argmax(1), not logits)")
+    return labels.to(inputs.device)
+
+
+def _check_callables(model, attack, predict) -> None:
+    if not callable(attack):
+        raise TypeError(f"attack: expected a callable attack(model, x, y, target=None), got {type(attack).__name__}")
+    if not callable(model):
+        raise TypeError(f"model: expected a callable x -> logits (an nn.Module), got {type(model).__name__}")
+    if predict is not None and not callable(predict):
+        raise TypeError(f"predict: expected a callable inputs -> labels or None, got {type(predict).__name__}")
 
 
 def _check_attack_result(result, xb: torch.Tensor) -> AttackResult:
@@ -177,6 +197,8 @@ def _check_attack_result(result, xb: torch.Tensor) -> AttackResult:
         raise TypeError(f"attack: expected it to return an AttackResult, got {type(result).__name__}")
     if result.x_adv.shape != xb.shape:
         raise ValueError(f"attack: returned x_adv of shape {tuple(result.x_adv.shape)}, expected {tuple(xb.shape)}")
+    if not bool(torch.isfinite(result.x_adv.detach()).all()):
+        raise ValueError("attack: returned an x_adv with NaN or Inf values")
     return result
 
 
@@ -185,7 +207,7 @@ def _batch_records(start, xb, yb, tb, result, clean_pred, distance: Distance, ep
     within = distance.within(xb, x_adv, eps)
     x_final = torch.where(within.view(-1, 1, 1, 1), x_adv, xb)
     # A violation is an attack failure: judge the example on its clean prediction.
-    adv_pred = torch.where(within, predict(x_final).to(xb.device), clean_pred)
+    adv_pred = torch.where(within, _checked_predictions(predict, x_final), clean_pred)
     reached = adv_pred == tb if targeted else adv_pred != yb
     columns = {  # one device-to-host copy per column, not one per example
         "label": yb.tolist(),
@@ -213,6 +235,16 @@ _SEED_RANGE = SEED_RANGE  # base seeds; base + batch index stays inside torch.ma
 def _seeded(seed: int, device: torch.device):
     """torch's global generators seeded with ``seed`` for the body, restored afterwards."""
     return random_stream(seed, device)
+
+
+@contextlib.contextmanager
+def _naming_the_batch(index: int, start: int, size: int):
+    """Non-finite model outputs are reported with the evaluation batch they came from."""
+    try:
+        yield
+    except NonFiniteOutputError as error:
+        raise NonFiniteOutputError(f"{error} [evaluate: batch {index}, examples {start}..{start + size - 1} of x]") \
+            from error
 
 
 def _shard(distributed: bool) -> Tuple[int, int]:
@@ -268,7 +300,7 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
     """
     distance = get_distance(distance)
     eps = check_float(eps, "eps", low=0.0, low_inclusive=False)
-    check_images(x, "x")
+    check_images(x, "x", allow_empty=False)
     y = check_labels(y, "y", x.shape[0], x.device)
     targeted = targets is not None
     if targeted:
@@ -276,8 +308,7 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
         if bool((targets == y).any()):
             raise ValueError("targets: every target must differ from its label y")
     batch_size = check_int(batch_size, "batch_size", low=1)
-    if not callable(attack):
-        raise TypeError(f"attack: expected a callable attack(model, x, y, target=None), got {type(attack).__name__}")
+    _check_callables(model, attack, predict)
     predict = predict if predict is not None else argmax_predictor(model)
     rank, world = _shard(distributed)
     # Drawn on every rank alike (same global generator state), before any rank-specific work.
@@ -297,12 +328,12 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
         for index, start in tqdm(batches, desc="evaluate", disable=None if progress and rank == 0 else True):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             tb = targets[start:start + batch_size] if targeted else None
-            with _seeded(judge_seed + index, x.device):
-                clean_pred = predict(xb).to(xb.device)
-            with _seeded(seed + index, x.device):
+            with _seeded(judge_seed + index, x.device), _naming_the_batch(index, start, xb.shape[0]):
+                clean_pred = _checked_predictions(predict, xb)
+            with _seeded(seed + index, x.device), _naming_the_batch(index, start, xb.shape[0]):
                 result = attack(model, xb, yb, target=tb) if targeted else attack(model, xb, yb)
                 result = _check_attack_result(result, xb)
-            with _seeded(judge_seed + index, x.device):
+            with _seeded(judge_seed + index, x.device), _naming_the_batch(index, start, xb.shape[0]):
                 records = _batch_records(start, xb, yb, tb, result, clean_pred, distance, eps, predict, targeted)
             local.append((index, records, result.x_adv.detach() if keep_x_adv else None))
     merged = _gather_batches(local, world)

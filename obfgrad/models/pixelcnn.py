@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from obfgrad._checks import finite_loss
 from obfgrad.cache import load_or_train, normalize_recipe
 
 __all__ = ["PixelCNN", "discretized_mix_log_prob", "bin_log_probs", "bits_per_dim", "train_pixelcnn",
@@ -314,7 +315,7 @@ def train_pixelcnn(model: PixelCNN, images: torch.Tensor, recipe: Mapping[str, A
                 optimizer.step()
                 schedule.step()
                 bar.update(1)
-                bar.set_postfix(bpd=f"{loss.item():.3f}", refresh=False)
+                bar.set_postfix(bpd=f"{finite_loss(loss, 'train pixelcnn'):.3f}", refresh=False)
     return model.eval()
 
 

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from obfgrad._checks import finite_loss
 from obfgrad.cache import load_or_train, normalize_recipe
 
 RECIPE_VERSION = 1
@@ -161,7 +162,7 @@ def train(
     with torch.random.fork_rng(devices=[]), bar:
         torch.manual_seed(recipe["seed"] + 1)  # dropout and the adversary's random starts
         model.train()
-        for _ in range(recipe["epochs"]):
+        for epoch in range(recipe["epochs"]):
             order = torch.randperm(count, generator=shuffle)
             for start in range(0, count, batch_size):
                 index = order[start : start + batch_size]
@@ -169,11 +170,12 @@ def train(
                 if adversary is not None:
                     x = _adversarial_batch(model, adversary, x, y)
                 loss = _training_loss(model, x, y)
+                value = finite_loss(loss, f"train {recipe['arch']} (epoch {epoch}, batch {start // batch_size})")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                bar.set_postfix(loss=f"{value:.3f}", refresh=False)
             schedule.step()
     return model.eval()
 

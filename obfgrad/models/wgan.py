@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from obfgrad._checks import finite_loss
 from obfgrad.cache import load_or_train, normalize_recipe
 
 __all__ = ["Generator", "Critic", "LATENT_DIM", "wgan_recipe", "build_wgan", "train_wgan_gp",
@@ -144,7 +145,7 @@ def train_wgan_gp(generator: Generator, critic: Critic, images: torch.Tensor, re
             loss_g.backward()
             opt_g.step()
             bar.update(1)
-            bar.set_postfix(critic=f"{loss_c.item():.3f}", refresh=False)
+            bar.set_postfix(critic=f"{finite_loss(loss_c, 'train wgan-gp (critic)'):.3f}", refresh=False)
     return generator.eval()
 
 

@@ -46,7 +46,7 @@ from typing import Tuple
 import torch
 
 from obfgrad import _native
-from obfgrad._checks import check_choice, check_images, check_int
+from obfgrad._checks import check_choice, check_float32_images, check_image_batch, check_int
 
 __all__ = ["jpeg", "JPEG", "reference", "linear_surrogate", "quantization_tables",
            "SUBSAMPLINGS", "BACKWARDS", "ROUNDINGS"]
@@ -82,6 +82,7 @@ def quantization_tables(quality: int) -> Tuple[torch.Tensor, torch.Tensor]:
     IJG's quality scaling (jcparam.c): percentage s = 5000/q for q < 50, else 200 - 2q;
     entry = (base * s + 50) // 100 clamped to [1, 255] (baseline, as Pillow requests).
     """
+    check_int(quality, "quality", low=1, high=100)  # 0 divided by zero, 101 gave negative scales
     scale = 5000 // quality if quality < 50 else 200 - 2 * quality
 
     def scaled(base):
@@ -313,6 +314,9 @@ def reference(x: torch.Tensor, quality: int = 75, subsampling: str = "4:2:0",
 
     Same contract as :func:`jpeg` (no autograd); slow but exact.
     """
+    check_image_batch(x, "x", channels=(1, 3))
+    check_choice(subsampling, "subsampling", SUBSAMPLINGS)  # any other once ran as 4:4:4
+    check_choice(rounding, "rounding", ROUNDINGS)
     luma_table, chroma_table = (t.to(x.device) for t in quantization_tables(quality))
     samples = _to_samples(x, rounding)
     if samples.shape[1] == 1:
@@ -384,6 +388,8 @@ def linear_surrogate(x: torch.Tensor, quality: int = 75, subsampling: str = "4:2
     colour transform, 2x2 chroma averaging of the edge-padded plane, triangle upsampling and
     the inverse colour transform. Grayscale images come back unchanged.
     """
+    check_image_batch(x, "x", channels=(1, 3))
+    check_choice(subsampling, "subsampling", SUBSAMPLINGS)
     luma_table, chroma_table = quantization_tables(quality)
     samples = x * 255.0
     if x.shape[1] == 1:
@@ -458,8 +464,11 @@ def _forward_cuda(x: torch.Tensor, luma: torch.Tensor, chroma: torch.Tensor, sub
 
 
 def _forward_impl(x: torch.Tensor, quality: int, subsample: bool, truncate: bool = False) -> torch.Tensor:
+    # Dense NCHW in, dense NCHW out: the kernels index a C-contiguous buffer, so a channels_last
+    # or sliced input is copied first and every layout gives the same answer.
+    x = x.contiguous()
     if x.numel() == 0:
-        return torch.empty_like(x)
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if truncate:  # the kernels round to nearest; feed them the truncated levels
         x = _truncate_to_levels(x)
     luma, chroma = quantization_tables(quality)
@@ -468,7 +477,7 @@ def _forward_impl(x: torch.Tensor, quality: int, subsample: bool, truncate: bool
     module = _native.native() if x.device.type == "cpu" else None
     if module is None:
         return reference(x, quality, "4:2:0" if subsample else "4:4:4")
-    out = torch.empty_like(x)
+    out = torch.empty(x.shape, dtype=torch.float32)
     module.jpeg_forward(x.numpy(), out.numpy(), luma.flatten().numpy(), chroma.flatten().numpy(), subsample)
     return out
 
@@ -537,14 +546,15 @@ def _linear_backward_cuda(grad_out: torch.Tensor, subsample: bool) -> torch.Tens
 
 
 def _backward_impl(grad_out: torch.Tensor, subsample: bool) -> torch.Tensor:
+    grad_out = grad_out.contiguous()
     if grad_out.numel() == 0:
-        return torch.zeros_like(grad_out)
+        return torch.zeros(grad_out.shape, dtype=grad_out.dtype, device=grad_out.device)
     if grad_out.is_cuda and _cuda_ready():
         return _linear_backward_cuda(grad_out, subsample)
     module = _native.native() if grad_out.device.type == "cpu" else None
     if module is None:
         return _linear_backward_reference(grad_out, subsample)
-    grad_in = torch.empty_like(grad_out)
+    grad_in = torch.empty(grad_out.shape, dtype=torch.float32)
     module.jpeg_backward_linear(grad_out.numpy(), grad_in.numpy(), subsample)
     return grad_in
 
@@ -558,7 +568,7 @@ def _check_images(x) -> None:
     check_images reads the batch three times (isfinite, min, max), which costs as much as the
     native round trip itself; aminmax reads it once and propagates NaN.
     """
-    check_images(x[:0] if isinstance(x, torch.Tensor) and x.dim() >= 1 else x, "x", channels=(1, 3))
+    check_image_batch(x, "x", channels=(1, 3))
     if x.numel() == 0:
         return
     lo, hi = (float(v) for v in torch.aminmax(x.detach()))
@@ -569,24 +579,35 @@ def _check_images(x) -> None:
 
 
 
+def _check_op_arguments(x: torch.Tensor, quality: int, mode: int) -> None:
+    # The registered ops are callable directly (torch.ops.obfgrad.*): check what the kernels rely on.
+    check_float32_images(x, "x", channels=(1, 3))
+    check_int(quality, "quality", low=1, high=100)
+    check_choice(mode, "mode", tuple(_MODE_CODE.values()))
+
+
 @torch.library.custom_op("obfgrad::jpeg_roundtrip", mutates_args=())
 def _roundtrip_op(x: torch.Tensor, quality: int, subsample: bool, mode: int, truncate: bool = False) -> torch.Tensor:
+    _check_op_arguments(x, quality, mode)
     return _forward_impl(x, quality, subsample, truncate)
 
 
 @_roundtrip_op.register_fake
 def _roundtrip_fake(x: torch.Tensor, quality: int, subsample: bool, mode: int, truncate: bool = False) -> torch.Tensor:
-    return torch.empty_like(x)
+    _check_op_arguments(x, quality, mode)
+    return x.new_empty(x.shape)
 
 
 @torch.library.custom_op("obfgrad::jpeg_linear_backward", mutates_args=())
 def _linear_backward_op(grad_out: torch.Tensor, subsample: bool) -> torch.Tensor:
-    return _backward_impl(grad_out.to(torch.float32).contiguous(), subsample)
+    check_image_batch(grad_out, "grad_out", channels=(1, 3))
+    return _backward_impl(grad_out.to(torch.float32), subsample)
 
 
 @_linear_backward_op.register_fake
 def _linear_backward_fake(grad_out: torch.Tensor, subsample: bool) -> torch.Tensor:
-    return torch.empty_like(grad_out, dtype=torch.float32)
+    check_image_batch(grad_out, "grad_out", channels=(1, 3))
+    return grad_out.new_empty(grad_out.shape, dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):

@@ -43,19 +43,25 @@ Definitions that make the op exact and reproducible:
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import numpy as np
 import torch
 
 from obfgrad import _native
-from obfgrad._checks import check_choice, check_images, check_int
+from obfgrad._checks import (
+    check_choice,
+    check_float32_images,
+    check_generator,
+    check_images,
+    check_int,
+)
 from obfgrad._native import native
-from obfgrad.ops.quilt_db import PatchDatabase, search_projections
+from obfgrad.ops.quilt_db import MAX_PATCH_SIZE, PatchDatabase, search_projections
 
 __all__ = ["quilt", "reference", "knn_reference", "philox_uniform_reference", "MAX_PATCH_SIZE", "STITCHES"]
 
-MAX_PATCH_SIZE = 16  # OBF_QUILT_MAX_PATCH in quilt.h
 _SEED_BOUND = 2**63 - 1
 #: Stitching rules, in the order of QuiltStitch in quilt.h: the textbook minimum-error boundary
 #: cut, Athalye et al.'s assign_block, whole patches pasted in raster order.
@@ -67,13 +73,9 @@ DatabaseLike = Union[PatchDatabase, torch.Tensor, np.ndarray]
 # ------------------------------------------------------------------------ validation
 
 
-def _database_tensors(database: DatabaseLike, device: torch.device):
-    """(flat (N, D) float32, squared norms (N,), search projections (N, m), channels, patch
-    size); the projections only for CPU searches (else (N, 0))."""
-    if isinstance(database, PatchDatabase):
-        flat, sq = database.on_device(device)
-        proj = database.projections() if device.type == "cpu" else np.zeros((len(database), 0), np.float32)
-        return flat, sq, torch.from_numpy(proj), database.channels, database.patch_size
+def check_database_tensor(database) -> torch.Tensor:
+    """A patch database given as an array: a non-empty (N, C, P, P) float32 tensor (or numpy
+    array) of finite patches in [0, 1] with P >= 2, returned as a tensor."""
     if isinstance(database, np.ndarray):
         database = torch.from_numpy(database)
     if not isinstance(database, torch.Tensor):
@@ -82,8 +84,24 @@ def _database_tensors(database: DatabaseLike, device: torch.device):
         raise ValueError(f"database: expected a non-empty (N, C, P, P) tensor, got shape {tuple(database.shape)}")
     if database.dtype != torch.float32:
         raise TypeError(f"database: expected float32, got {database.dtype}")
-    if not bool(torch.isfinite(database).all()):
-        raise ValueError("database: contains NaN or Inf")
+    if database.shape[2] < 2:
+        raise ValueError(f"database: {database.shape[2]}x{database.shape[3]} patches are too small to quilt "
+                         "(adjacent patches overlap by 1 <= overlap < P, so P >= 2)")
+    lo, hi = (float(v) for v in torch.aminmax(database.detach()))
+    if not (0.0 <= lo and hi <= 1.0):  # NaN propagates through aminmax and fails both comparisons
+        what = "NaN or Inf" if not (math.isfinite(lo) and math.isfinite(hi)) else f"values in [{lo:.6g}, {hi:.6g}]"
+        raise ValueError(f"database: expected finite patches in [0, 1] (the images' scale, not 0-255), found {what}")
+    return database
+
+
+def _database_tensors(database: DatabaseLike, device: torch.device):
+    """(flat (N, D) float32, squared norms (N,), search projections (N, m), channels, patch
+    size); the projections only for CPU searches (else (N, 0))."""
+    if isinstance(database, PatchDatabase):
+        flat, sq = database.on_device(device)
+        proj = database.projections() if device.type == "cpu" else np.zeros((len(database), 0), np.float32)
+        return flat, sq, torch.from_numpy(proj), database.channels, database.patch_size
+    database = check_database_tensor(database)
     flat = database.reshape(database.shape[0], -1).to(device).contiguous()
     channels = int(database.shape[1])
     if device.type == "cpu":
@@ -94,8 +112,11 @@ def _database_tensors(database: DatabaseLike, device: torch.device):
 
 
 def _draw_seed(seed: Optional[int], generator: Optional[torch.Generator]) -> int:
+    check_generator(generator)
     if seed is None:
         return int(torch.randint(0, _SEED_BOUND, (), generator=generator))
+    if generator is not None:  # the generator would be silently ignored
+        raise ValueError("generator: give either seed or generator, not both")
     return check_int(seed, "seed", low=0, high=_SEED_BOUND - 1)
 
 
@@ -207,10 +228,58 @@ def _checked_choices(choices, x: torch.Tensor, size: int, overlap: int, patches:
     return choices.to(device=x.device, dtype=torch.int64).reshape(x.shape[0], blocks, 1).contiguous()
 
 
+def _check_op_arguments(x, database, size, k, overlap, seed, stitch, choices=None) -> None:
+    # The registered op is callable directly (torch.ops.obfgrad.quilt): check what the kernels
+    # rely on (the public quilt has checked all of it already).
+    check_float32_images(x, "x")
+    check_int(size, "size", low=2, high=MAX_PATCH_SIZE)
+    if database.dim() != 2 or database.shape[1] != x.shape[1] * size * size or database.shape[0] < 1:
+        raise ValueError(f"database: expected (N, {x.shape[1] * size * size}) flat patches, got {tuple(database.shape)}")
+    if database.dtype != torch.float32 or database.device != x.device:
+        raise ValueError(f"database: expected float32 on {x.device}, got {database.dtype} on {database.device}")
+    check_int(k, "k", low=1, high=int(database.shape[0]))
+    check_int(overlap, "overlap", low=1, high=size - 1)
+    check_int(seed, "seed", low=0, high=_SEED_BOUND - 1)
+    check_int(stitch, "stitch", low=0, high=len(STITCHES) - 1)
+    if choices is not None:
+        _check_op_choices(choices, x, size, overlap)
+
+
+def _check_op_choices(choices: torch.Tensor, x: torch.Tensor, size: int, overlap: int) -> None:
+    # The GPU stitch reads the rows as int64 without a bounds check: a wrong dtype, shape or
+    # device would read garbage or outside the buffer. (Values are checked by _checked_rows.)
+    stride = size - overlap
+    blocks = ((_tiled_size(x.shape[2], size, stride) - size) // stride + 1) * \
+        ((_tiled_size(x.shape[3], size, stride) - size) // stride + 1)
+    if choices.dtype != torch.int64:
+        raise TypeError(f"choices: the registered op takes int64 database rows, got {choices.dtype}")
+    if choices.dim() != 3 or tuple(choices.shape[:2]) != (x.shape[0], blocks) or choices.shape[2] < 1:
+        raise ValueError(f"choices: expected shape ({x.shape[0]}, {blocks}, K >= 1), got {tuple(choices.shape)}")
+    if choices.device != x.device:
+        raise ValueError(f"choices: expected them on {x.device}, got {choices.device}")
+
+
+def _checked_rows(index: torch.Tensor, patches: int, given: bool) -> torch.Tensor:
+    """Neighbour rows (given, or found by the search) inside the database, before a kernel reads
+    them: the GPU stitch has no bounds check, and a search over NaN distances finds no row."""
+    if index.numel():
+        lo, hi = (int(v) for v in torch.aminmax(index))
+        if lo < 0 or hi >= patches:
+            if given:
+                raise ValueError(f"choices: expected database rows in [0, {patches}), got [{lo}, {hi}]")
+            raise ValueError("database: the search found no neighbour for some patches: the database or its "
+                             "squared norms hold NaN or Inf")
+    return index.contiguous()
+
+
 @torch.library.custom_op("obfgrad::quilt", mutates_args=())
 def _quilt_op(x: torch.Tensor, database: torch.Tensor, database_sq_norms: torch.Tensor,
               database_projections: torch.Tensor, size: int, k: int, overlap: int, seed: int, stitch: int = 0,
               choices: Optional[torch.Tensor] = None) -> torch.Tensor:
+    _check_op_arguments(x, database, size, k, overlap, seed, stitch, choices)
+    if choices is not None:
+        choices = _checked_rows(choices, int(database.shape[0]), given=True)
+    database = database.contiguous()  # the GPU kernels index dense rows
     stride = size - overlap
     height, width = x.shape[2], x.shape[3]
     padded_h, padded_w = _tiled_size(height, size, stride), _tiled_size(width, size, stride)
@@ -235,7 +304,8 @@ def _quilt_op(x: torch.Tensor, database: torch.Tensor, database_sq_norms: torch.
 
 @_quilt_op.register_fake
 def _(x, database, database_sq_norms, database_projections, size, k, overlap, seed, stitch=0, choices=None):
-    return torch.empty_like(x)
+    _check_op_arguments(x, database, size, k, overlap, seed, stitch, choices)
+    return x.new_empty(x.shape)
 
 
 def _quilt_backward(ctx, grad):
@@ -259,7 +329,7 @@ def _knn_cpu(module, queries, database, database_sq_norms, database_projections,
     dist = np.empty((queries.shape[0], k), dtype=np.float32)
     module.quilt_knn(queries.detach().numpy(), database.detach().numpy(), database_sq_norms.detach().numpy(),
                      database_projections.detach().numpy(), channels, k, index, dist)
-    return torch.from_numpy(index)
+    return _checked_rows(torch.from_numpy(index), int(database.shape[0]), given=False)
 
 
 # The tiled k-NN kernel's constants (csrc/cuda/quilt.cu): threads (queries) per block, rows
@@ -328,7 +398,10 @@ def _assemble_cuda(xp, database, index, size, overlap, seed, stitch):
 
 def _quilt_cuda(xp, queries, database, size, k, overlap, seed, stitch=0, choices=None):
     """The CUDA path: the tiled k-NN search (or the given choices), then the stitch."""
-    index = choices if choices is not None else _knn_cuda(queries, database, k)[0]
+    if choices is not None:
+        index = choices
+    else:
+        index = _checked_rows(_knn_cuda(queries, database, k)[0], int(database.shape[0]), given=False)
     return _assemble_cuda(xp, database, index.reshape(xp.shape[0], -1, index.shape[-1]), size, overlap, seed,
                           stitch)
 
@@ -367,6 +440,11 @@ def _canonical_distances(queries: torch.Tensor, database: torch.Tensor) -> torch
 def knn_reference(queries: torch.Tensor, database: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Brute-force (index (Q, k) int64, distance (Q, k)): canonical distance, ties to the
     smaller index. Materialises the (Q, N) matrix: small sizes only."""
+    if queries.dim() != 2 or database.dim() != 2 or queries.shape[1] != database.shape[1]:
+        # a shorter query once matched the database's first values only
+        raise ValueError(f"queries, database: expected (Q, D) and (N, D), got {tuple(queries.shape)} and "
+                         f"{tuple(database.shape)}")
+    check_int(k, "k", low=1, high=int(database.shape[0]))
     dist = _canonical_distances(queries.float().cpu(), database.float().cpu())
     order = torch.sort(dist, dim=1, stable=True).indices[:, :k]  # stable: equal distances keep index order
     return order, torch.gather(dist, 1, order)

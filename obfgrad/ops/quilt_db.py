@@ -28,15 +28,16 @@ File format: one ``.npy`` array plus a JSON sidecar.
   order**: a k-d tree order that makes every block of 480 consecutive patches compact along
   the native search's pruning directions (mean level, ramps, colour contrasts), so the exact
   k-NN search can skip whole blocks. Any order gives the same neighbours (as patches); this one
-  gives speed. (Without the native extension the patches are sorted by norm instead.) ``.npy`` is self-describing (dtype, shape, order), is read
-  zero-copy with ``numpy.load(mmap_mode="r")`` -- a 1,000,000-patch file (300 MB) opens in
-  milliseconds and pages in on demand -- and any numpy reads it without obfgrad. An ``.npz``
-  would be compressed or zipped and could not be memory-mapped.
+  gives speed. (Without the native extension the patches are sorted by norm instead.) ``.npy`` is self-describing (dtype, shape, order) and any numpy reads it without obfgrad.
+  Loading reads it into memory (a 1,000,000-patch file is 300 MB) rather than memory-mapping
+  it: a mapped file rewritten or truncated by another process would silently change the
+  verified database, or kill this one with SIGBUS.
 * ``<name>.json`` records how it was built (format version, patch size, channels, count,
   seed, long side, source description) and a SHA-256 of the array's data bytes. Loading
   checks shape and dtype against it and, unless ``verify=False``, the checksum (about 1.4 s
-  per GB; done once per file per process); a missing, truncated, corrupt or mismatched file
-  raises :class:`PatchDatabaseError` saying what differs.
+  per GB; done once per file per process; a sidecar without one is refused); every database,
+  built or loaded, must hold finite values in [0, 1]. A missing, truncated, corrupt or
+  mismatched file raises :class:`PatchDatabaseError` saying what differs.
 
 Files are written with :mod:`obfgrad.atomic` (array first, sidecar last), so a crash never
 leaves a sidecar describing a partial array.
@@ -56,6 +57,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from obfgrad._checks import check_int
 from obfgrad.atomic import atomic_write, atomic_write_json
 
 __all__ = [
@@ -84,6 +86,10 @@ _HASH_CHUNK = 1 << 24
 PathLike = Union[str, os.PathLike]
 
 
+#: Largest patch side the quilting kernels take (OBF_QUILT_MAX_PATCH in quilt.h).
+MAX_PATCH_SIZE = 16
+
+
 class PatchDatabaseError(ValueError):
     """A patch database file is missing, corrupt, or not what the caller asked for."""
 
@@ -92,7 +98,7 @@ class PatchDatabaseError(ValueError):
 class PatchDatabase:
     """Patches (N, C, P, P) float32 in [0, 1] in search order, and how they were made.
 
-    ``patches`` may be a read-only memory map. ``sq_norms`` are the rows' squared l2 norms
+    ``patches`` is made read-only. ``sq_norms`` are the rows' squared l2 norms
     (the search's pruning input), computed on load.
     """
 
@@ -103,6 +109,9 @@ class PatchDatabase:
     _device_copies: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        _validate_patches(self.patches)
+        # The verified bytes are kept as they are: the ops never write to them, nor may a caller.
+        self.patches.flags.writeable = False
         self.sq_norms = _sq_norms(self.flat())
         self._projections: Optional[np.ndarray] = None
 
@@ -135,7 +144,7 @@ class PatchDatabase:
         """(flat patches, squared norms) as tensors on ``device``; GPU copies are cached."""
         device = torch.device(device)
         if device.type == "cpu":
-            with warnings.catch_warnings():  # a read-only memory map: the ops never write to it
+            with warnings.catch_warnings():  # read-only patches: the ops never write to them
                 warnings.simplefilter("ignore", UserWarning)
                 return torch.from_numpy(np.asarray(self.flat())), torch.from_numpy(self.sq_norms)
         key = str(device)
@@ -143,6 +152,27 @@ class PatchDatabase:
             flat = torch.from_numpy(np.ascontiguousarray(self.flat())).to(device)
             self._device_copies[key] = (flat, torch.from_numpy(self.sq_norms).to(device))
         return self._device_copies[key]
+
+
+def _validate_patches(patches) -> None:
+    """(N, C, P, P) float32, C in (1, 3), finite values in [0, 1]: checked once, when a database is
+    built or loaded, so a database on the 0-255 scale or with NaN patches never reaches quilt()."""
+    if not isinstance(patches, np.ndarray) or patches.dtype != np.float32 or patches.ndim != 4:
+        got = f"{patches.dtype} {patches.shape}" if isinstance(patches, np.ndarray) else type(patches).__name__
+        raise PatchDatabaseError(f"patches: expected a float32 (N, C, P, P) numpy array, got {got}")
+    count, channels, height, width = patches.shape
+    if count < 1 or height != width or channels not in (1, 3) or height < 2:
+        raise PatchDatabaseError(f"patches: expected (N, C, P, P) with N >= 1, C in (1, 3) and P >= 2, "
+                                 f"got {patches.shape}")
+    flat = patches.reshape(count, -1)
+    rows = max(1, _HASH_CHUNK // (4 * flat.shape[1]))
+    for start in range(0, count, rows):  # in chunks: no full-size temporary for a 1M-patch file
+        chunk = flat[start:start + rows]
+        lo, hi = float(chunk.min()), float(chunk.max())  # NaN propagates through min and max
+        if not (0.0 <= lo and hi <= 1.0):
+            what = "NaN or Inf" if not (np.isfinite(lo) and np.isfinite(hi)) else f"values in [{lo:.6g}, {hi:.6g}]"
+            raise PatchDatabaseError(f"patches: expected finite values in [0, 1] (images scaled to [0, 1], not "
+                                     f"0-255), found {what} in patches {start}..{start + len(chunk) - 1}")
 
 
 def _sq_norms(flat: np.ndarray) -> np.ndarray:
@@ -196,6 +226,9 @@ def cache_dir() -> Path:
 
 def _to_hwc_float(image: Any, channels: int) -> np.ndarray:
     """An (H, W, C) float32 array in [0, 1] from a uint8/bool/float HxW, HxWxC or CxHxW image."""
+    if isinstance(image, (str, bytes, os.PathLike)):
+        raise TypeError(f"images: file paths ({image!r}) are read by recipe='authors' only; load them as arrays "
+                        "for the uniform recipe")
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     array = np.asarray(image)
@@ -261,6 +294,8 @@ def authors_resize(image: Any, long_side: Optional[int] = 300, resample: str = "
     from PIL import Image
 
     resample_filter = _pillow_filter(resample)
+    if long_side is not None:  # 0 or less once made every non-square image a single pixel
+        check_int(long_side, "long_side", low=1)
     if isinstance(image, (str, os.PathLike)):
         with Image.open(image) as opened:
             pil = opened.convert("RGB") if opened.mode not in ("L", "RGB", "RGBA") else opened.copy()
@@ -363,12 +398,7 @@ def build_patch_database(
     Returns:
         An in-memory :class:`PatchDatabase`, in search order.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count: expected a positive int, got {count!r}")
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 2:
-        raise ValueError(f"patch_size: expected an int >= 2, got {patch_size!r}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
+    images = _check_build_arguments(images, count, patch_size, channels, seed, long_side)
     if recipe not in RECIPES:
         raise ValueError(f"recipe: expected one of {', '.join(map(repr, RECIPES))}, got {recipe!r}")
     resample = resample if resample is not None else ("nearest" if recipe == "authors" else "bicubic")
@@ -398,6 +428,30 @@ def build_patch_database(
     }
     meta["sha256"] = _checksum(patches)
     return PatchDatabase(patches, meta)
+
+
+def _check_build_arguments(images, count, patch_size, channels, seed, long_side) -> Sequence[Any]:
+    """build_patch_database's arguments, checked before any image is read; returns ``images``."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count: expected a positive int, got {count!r}")
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or not 2 <= patch_size <= MAX_PATCH_SIZE:
+        raise ValueError(f"patch_size: expected an int in [2, {MAX_PATCH_SIZE}] (what quilt() takes), got "
+                         f"{patch_size!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
+    check_int(seed, "seed", low=0)
+    if long_side is not None:
+        check_int(long_side, "long_side", low=patch_size)
+    # One image is not a list of images: iterating an (H, W, C) array would quilt its rows as
+    # (W, C) "images", silently. A stack (N, H, W[, C]) or a list is what is meant.
+    if isinstance(images, (str, bytes, os.PathLike)) or not hasattr(images, "__len__"):
+        raise TypeError(f"images: expected a sequence of images (a list, or an (N, H, W[, C]) stack), got "
+                        f"{type(images).__name__}")
+    if isinstance(images, (np.ndarray, torch.Tensor)) and (images.ndim < 3 or (images.ndim == 3 and
+                                                                              images.shape[-1] in (1, 3, 4))):
+        raise ValueError(f"images: got one {tuple(images.shape)} array, expected a sequence of images: pass a list "
+                         "([image]) or an (N, H, W[, C]) stack")
+    return images
 
 
 def patch_database_from_array(patches: np.ndarray, *, layout: str = "NCHW", source: str = "") -> PatchDatabase:
@@ -478,7 +532,12 @@ def load_patch_database(
     patch_size: Optional[int] = None,
     channels: Optional[int] = None,
 ) -> PatchDatabase:
-    """Memory-map a database written by :func:`save_patch_database`.
+    """Read a database written by :func:`save_patch_database`.
+
+    The array is read into memory, not memory-mapped: a mapped file that is rewritten or
+    truncated after loading would change a verified database under the process, or kill it
+    with SIGBUS on the next access. The bytes checked against the sidecar's SHA-256 are the
+    bytes the ops use.
 
     Args:
         path: the ``.npy`` file (its ``.json`` sidecar must sit beside it).
@@ -487,48 +546,65 @@ def load_patch_database(
 
     Raises:
         PatchDatabaseError: the file or sidecar is missing, unreadable, inconsistent with the
-            sidecar, fails the checksum, or has the wrong patch size or channels.
+            sidecar, fails the checksum, holds values outside [0, 1], or has the wrong patch
+            size or channels.
     """
     path = Path(path)
-    sidecar = _sidecar(path)
     if not path.is_file():
         raise PatchDatabaseError(f"path: no patch database at {path}")
-    try:
-        meta = json.loads(sidecar.read_text())
-    except FileNotFoundError:
-        raise PatchDatabaseError(f"path: {path} has no sidecar {sidecar.name} (incomplete write?)") from None
-    except json.JSONDecodeError as exc:
-        raise PatchDatabaseError(f"path: sidecar {sidecar} is not valid JSON ({exc})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise PatchDatabaseError(f"path: {sidecar} has format version {meta.get('format_version')!r}, "
-                                 f"expected {FORMAT_VERSION}")
-    try:
-        patches = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise PatchDatabaseError(f"path: {path} is not a readable .npy array ({exc})") from None
+    meta = _read_sidecar(path)
     expected_shape = (meta["count"], meta["channels"], meta["patch_size"], meta["patch_size"])
-    if patches.dtype != np.float32 or patches.shape != expected_shape or not patches.flags.c_contiguous:
-        raise PatchDatabaseError(
-            f"path: {path} holds {patches.dtype} {patches.shape}, but its sidecar describes "
-            f"float32 {expected_shape} (mismatched or corrupt file)")
     if patch_size is not None and meta["patch_size"] != patch_size:
         raise PatchDatabaseError(f"path: database has {meta['patch_size']}x{meta['patch_size']} patches, "
                                  f"expected {patch_size}x{patch_size}")
     if channels is not None and meta["channels"] != channels:
         raise PatchDatabaseError(f"path: database has {meta['channels']} channels, expected {channels}")
+    stat = path.stat()
+    try:
+        patches = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise PatchDatabaseError(f"path: {path} is not a readable .npy array ({exc}); delete it and its "
+                                 f"sidecar {_sidecar(path).name} to rebuild") from None
+    if patches.dtype != np.float32 or patches.shape != expected_shape:
+        raise PatchDatabaseError(
+            f"path: {path} holds {patches.dtype} {patches.shape}, but its sidecar describes "
+            f"float32 {expected_shape} (mismatched or corrupt file)")
     if verify:
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
         with _verified_lock:
             known = _verified.get(key)
-        if known != meta.get("sha256"):
+        if known != meta["sha256"]:
             actual = _checksum(patches)
-            if actual != meta.get("sha256"):
+            if actual != meta["sha256"]:
                 raise PatchDatabaseError(f"path: {path} fails its checksum (corrupt file): sha256 {actual}, "
-                                         f"sidecar says {meta.get('sha256')}")
+                                         f"sidecar says {meta['sha256']}; delete both files to rebuild")
             with _verified_lock:
                 _verified[key] = actual
-    return PatchDatabase(patches, meta, path)
+    return PatchDatabase(np.ascontiguousarray(patches), meta, path)
+
+
+def _read_sidecar(path: Path) -> dict:
+    """The sidecar of ``path``, with the fields loading relies on checked (a sidecar without a
+    checksum would let any array through unverified)."""
+    sidecar = _sidecar(path)
+    try:
+        meta = json.loads(sidecar.read_text())
+    except FileNotFoundError:
+        raise PatchDatabaseError(f"path: {path} has no sidecar {sidecar.name} (incomplete write?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PatchDatabaseError(f"path: sidecar {sidecar} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise PatchDatabaseError(f"path: {sidecar} has format version {version!r}, expected {FORMAT_VERSION}")
+    for name in ("count", "channels", "patch_size"):
+        value = meta.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PatchDatabaseError(f"path: sidecar {sidecar} has no valid {name!r} (got {value!r})")
+    digest = meta.get("sha256")
+    if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise PatchDatabaseError(f"path: sidecar {sidecar} has no valid 'sha256' (got {digest!r}): the database "
+                                 "cannot be verified; rebuild it with save_patch_database")
+    return meta
 
 
 # ----------------------------------------------------------------- bundled images
@@ -553,5 +629,9 @@ def skimage_patch_database(count: int, *, patch_size: int = 5, seed: int = 0,
     images = [getattr(skimage.data, n)() for n in SKIMAGE_SOURCES]
     database = build_patch_database(images, count, patch_size=patch_size, seed=seed, long_side=long_side,
                                     source="scikit-image data: " + ", ".join(SKIMAGE_SOURCES))
-    save_patch_database(database, path)
+    try:
+        save_patch_database(database, path)
+    except OSError as error:  # a read-only cache must not throw the built database away
+        warnings.warn(f"could not cache the patch database at {path} ({error.strerror or error}); using it "
+                      "from memory", RuntimeWarning, stacklevel=2)
     return database

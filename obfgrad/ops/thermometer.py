@@ -43,7 +43,13 @@ import warnings
 import torch
 
 from obfgrad import _native
-from obfgrad._checks import check_choice, check_images, check_int
+from obfgrad._checks import (
+    check_choice,
+    check_float32_images,
+    check_image_batch,
+    check_images,
+    check_int,
+)
 
 __all__ = ["thermometer", "thermometer_reference", "soft_thermometer_reference", "BACKWARD_MODES"]
 
@@ -68,6 +74,8 @@ def _level_index(levels: int, device: torch.device) -> torch.Tensor:
 
 def thermometer_reference(x: torch.Tensor, levels: int = 16) -> torch.Tensor:
     """Pure-torch discrete encoding: the oracle in tests and the fallback without ``_C``."""
+    check_image_batch(x, "x")
+    check_int(levels, "levels", low=2)
     x = x.to(torch.float32).clamp(0.0, 1.0)
     n, c, h, w = x.shape
     buckets = torch.floor(x * _scale(levels, x.device))
@@ -85,6 +93,9 @@ def soft_thermometer_reference(x: torch.Tensor, levels: int = 16, scale: str = "
     """The differentiable relaxation the BPDA backward differentiates (same layout):
     ``scale="unit"`` for ``backward="soft"``, ``"255"`` for ``"soft_255"`` (the authors'
     float32 evaluation on the 0-255 scale)."""
+    check_image_batch(x, "x")
+    check_int(levels, "levels", low=2)
+    check_choice(scale, "scale", ("unit", "255"))  # any other once ran as "unit"
     n, c, h, w = x.shape
     if scale == "255":
         width = torch.tensor(256.0 / levels, dtype=torch.float32).item()
@@ -140,6 +151,9 @@ def _backward_cuda(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: i
 
 
 def _forward_impl(x: torch.Tensor, levels: int) -> torch.Tensor:
+    # The kernels index a dense NCHW buffer: any other layout (channels_last, a slice) is copied
+    # first, and the output is allocated contiguous, so every layout gives the same answer.
+    x = x.contiguous()
     n, c, h, w = x.shape
     if x.is_cuda and _cuda_ready():
         return _forward_cuda(x, levels)
@@ -162,6 +176,7 @@ def _soft_255_backward_reference(x: torch.Tensor, grad_out: torch.Tensor, levels
 
 
 def _backward_impl(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
+    x, grad_out = x.contiguous(), grad_out.contiguous()
     if x.is_cuda and _cuda_ready():
         return _backward_cuda(x, grad_out, levels, mode)
     module = _native.native() if x.device.type == "cpu" else None
@@ -171,7 +186,7 @@ def _backward_impl(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: i
         if mode == _MODE_CODE["soft_255"]:
             return _soft_255_backward_reference(x, grad_out, levels)
         return _soft_backward_reference(x, grad_out, levels)
-    grad_in = torch.empty_like(x)
+    grad_in = torch.empty(x.shape, dtype=torch.float32)
     module.thermometer_backward(x.numpy(), grad_out.numpy(), grad_in.numpy(), levels, mode)
     return grad_in
 
@@ -179,25 +194,45 @@ def _backward_impl(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: i
 # ----------------------------------------------------------------------------- torch ops
 
 
+def _check_op_arguments(x: torch.Tensor, levels: int, mode: int) -> None:
+    # The registered ops are callable directly (torch.ops.obfgrad.*): check what the kernels rely on.
+    check_float32_images(x, "x")
+    check_int(levels, "levels", low=2)
+    check_choice(mode, "mode", tuple(_MODE_CODE.values()))
+
+
 @torch.library.custom_op("obfgrad::thermometer_encode", mutates_args=())
 def _encode_op(x: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
+    _check_op_arguments(x, levels, mode)
     return _forward_impl(x, levels)
 
 
 @_encode_op.register_fake
 def _encode_fake(x: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
+    _check_op_arguments(x, levels, mode)
     n, c, h, w = x.shape
     return x.new_empty((n, c * levels, h, w))
 
 
 @torch.library.custom_op("obfgrad::thermometer_bpda_backward", mutates_args=())
 def _backward_op(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
-    return _backward_impl(x, grad_out.contiguous(), levels, mode)
+    _check_op_arguments(x, levels, mode)
+    _check_grad_out(x, grad_out, levels)
+    return _backward_impl(x, grad_out, levels, mode)
 
 
 @_backward_op.register_fake
 def _backward_fake(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
-    return torch.empty_like(x)
+    _check_op_arguments(x, levels, mode)
+    _check_grad_out(x, grad_out, levels)
+    return x.new_empty(x.shape)
+
+
+def _check_grad_out(x: torch.Tensor, grad_out: torch.Tensor, levels: int) -> None:
+    n, c, h, w = x.shape
+    if grad_out.dtype != torch.float32 or tuple(grad_out.shape) != (n, c * levels, h, w):
+        raise ValueError(f"grad_out: expected float32 of shape {(n, c * levels, h, w)}, "
+                         f"got {grad_out.dtype} {tuple(grad_out.shape)}")
 
 
 def _setup_context(ctx, inputs, output):

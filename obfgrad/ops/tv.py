@@ -66,7 +66,16 @@ import numpy as np
 import torch
 
 from obfgrad import _native
-from obfgrad._checks import check_choice, check_float, check_images, check_int
+from obfgrad._checks import (
+    check_choice,
+    check_device,
+    check_float,
+    check_float32_images,
+    check_generator,
+    check_image_batch,
+    check_images,
+    check_int,
+)
 
 __all__ = ["tv_minimize", "tv_mask", "draw_seed", "reference", "TVMinimize", "SWEEPS", "BORDERS", "SEED_BOUND"]
 
@@ -77,6 +86,8 @@ SWEEPS = ("red_black", "raster")
 BORDERS = ("skimage", "reflect")
 #: Seeds are integers in [0, SEED_BOUND) (they travel as int64 through torch and CUDA).
 SEED_BOUND = 2**63 - 1
+#: Most iterations the kernels count (int32 counters).
+MAX_ITER = 2**31 - 1
 #: Philox stream of the TV mask: OBF_TV_MASK_STREAM in csrc/include/obfgrad/tv.h.
 _MASK_STREAM = 0x7476
 
@@ -86,6 +97,7 @@ _MASK_STREAM = 0x7476
 
 def draw_seed(generator: Optional[torch.Generator] = None) -> int:
     """A mask seed drawn from ``generator`` (torch's default generator when ``None``)."""
+    check_generator(generator)
     return int(torch.randint(0, SEED_BOUND, (1,), generator=generator).item())
 
 
@@ -156,12 +168,13 @@ def tv_mask(shape: Union[torch.Tensor, Sequence[int]], keep_prob: float = 0.5, *
     if isinstance(shape, torch.Tensor):
         device = shape.device if device is None else device
         shape = tuple(shape.shape)
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != 4 \
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in shape):
+        raise ValueError(f"shape: expected (N, C, H, W) of non-negative ints, or an image batch, got {shape!r}")
     shape = tuple(int(s) for s in shape)
-    if len(shape) != 4 or min(shape) < 0:
-        raise ValueError(f"shape: expected (N, C, H, W), got {shape}")
     keep_prob = check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
     seed = check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
-    device = torch.device("cpu" if device is None else device)
+    device = check_device("cpu" if device is None else device, "device")
     n, _, h, w = shape
     if device.type == "cuda" and _cuda_ready():
         mask = torch.empty((n, 1, h, w), dtype=torch.uint8, device=device)
@@ -236,6 +249,21 @@ def _sweep_positions(h: int, w: int, sweep: str, device) -> list:
     return [(rows[keys == key], cols[keys == key]) for key in torch.unique(keys).tolist()]
 
 
+def _check_reference_arguments(x, keep_prob, lambda_tv, tol, max_iter, seed, mask, sweep, border) -> None:
+    # An unknown sweep or border once ran as the default, lambda_tv = 0 divided by zero.
+    check_image_batch(x, "x")
+    check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
+    check_float(lambda_tv, "lambda_tv", low=0.0, low_inclusive=False)
+    check_float(tol, "tol", low=0.0)
+    check_int(max_iter, "max_iter", low=1)
+    check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
+    check_choice(sweep, "sweep", SWEEPS)
+    check_choice(border, "border", BORDERS)
+    n, _, h, w = x.shape
+    if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (n, 1, h, w)):
+        raise ValueError(f"mask: expected a ({n}, 1, {h}, {w}) bool tensor, got {getattr(mask, 'shape', mask)}")
+
+
 def reference(x: torch.Tensor, keep_prob: float = 0.5, lambda_tv: float = 0.03, *, tol: float = 1e-3,
               max_iter: int = 100, seed: int = 0, mask: Optional[torch.Tensor] = None,
               return_iterations: bool = False, sweep: str = "red_black", border: str = "skimage"):
@@ -247,6 +275,7 @@ def reference(x: torch.Tensor, keep_prob: float = 0.5, lambda_tv: float = 0.03, 
     (``(N, 1, H, W)`` bool). With ``sweep="raster", border="reflect"`` this is Athalye et al.'s
     ``bregman`` (the authors' golden arrays agree to float64 rounding).
     """
+    _check_reference_arguments(x, keep_prob, lambda_tv, tol, max_iter, seed, mask, sweep, border)
     n, c, h, w = x.shape
     if mask is None:
         mask = _mask_reference(n, h, w, keep_prob, seed, x.device)
@@ -329,9 +358,12 @@ def _forward_impl(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
                   seed: int, raster: bool, reflect: bool = False,
                   mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     # mask: None (the Philox mask of `seed`) or the caller's (N, H, W) uint8 keep mask.
+    # Dense NCHW in, dense NCHW out: the kernels index a C-contiguous buffer, so a channels_last
+    # or sliced input is copied first and every layout gives the same answer.
+    x = x.contiguous()
     n = x.shape[0]
     if x.numel() == 0:
-        return x.clone(), torch.zeros(n, dtype=torch.int32, device=x.device)
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.zeros(n, dtype=torch.int32, device=x.device)
     if x.is_cuda and _cuda_ready():
         return _forward_cuda(x, keep_prob, weight, tol, max_iter, seed, raster, reflect, mask)
     module = _native.native() if x.device.type == "cpu" else None
@@ -341,7 +373,7 @@ def _forward_impl(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
                                     return_iterations=True, sweep="raster" if raster else "red_black",
                                     border="reflect" if reflect else "skimage")
         return out.to(torch.float32), iterations
-    out = torch.empty_like(x)
+    out = torch.empty(x.shape, dtype=torch.float32)
     iterations = torch.zeros(n, dtype=torch.int32)
     given = np.empty((0,), dtype=np.uint8) if mask is None else mask.numpy()
     module.tv_minimize(x.numpy(), out.numpy(), iterations.numpy(), keep_prob, weight, tol, max_iter, seed, raster,
@@ -352,16 +384,38 @@ def _forward_impl(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
 # ----------------------------------------------------------------------------- torch op
 
 
+def _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed, mask=None) -> None:
+    # The registered op is callable directly (torch.ops.obfgrad.tv_minimize): check what the
+    # kernels rely on (the public tv_minimize has checked all of it already).
+    check_float32_images(x, "x")
+    check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
+    check_float(weight, "weight", low=0.0, low_inclusive=False)
+    check_float(tol, "tol", low=0.0)
+    check_int(max_iter, "max_iter", low=1, high=MAX_ITER)
+    check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
+    if mask is not None:  # the GPU kernel reads (N, H, W) bytes without a bounds check
+        n, _, h, w = x.shape
+        if mask.dtype not in (torch.uint8, torch.bool):
+            raise TypeError(f"mask: the registered op takes a uint8 or bool keep mask, got {mask.dtype}")
+        if tuple(mask.shape) != (n, h, w) or mask.device != x.device:
+            raise ValueError(f"mask: expected shape ({n}, {h}, {w}) on {x.device}, got {tuple(mask.shape)} "
+                             f"on {mask.device}")
+
+
 @torch.library.custom_op("obfgrad::tv_minimize", mutates_args=())
 def _tv_op(x: torch.Tensor, keep_prob: float, weight: float, tol: float, max_iter: int, seed: int,
            raster: bool, reflect: bool = False,
            mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed, mask)
+    if mask is not None:  # the kernels index a dense (N, H, W) byte buffer; nonzero keeps the pixel
+        mask = mask.to(torch.uint8).contiguous()
     return _forward_impl(x, keep_prob, weight, tol, max_iter, seed, raster, reflect, mask)
 
 
 @_tv_op.register_fake
 def _tv_fake(x, keep_prob, weight, tol, max_iter, seed, raster, reflect=False, mask=None):
-    return torch.empty_like(x), x.new_empty((x.shape[0],), dtype=torch.int32)
+    _check_op_arguments(x, keep_prob, weight, tol, max_iter, seed, mask)
+    return x.new_empty(x.shape), x.new_empty((x.shape[0],), dtype=torch.int32)
 
 
 def _tv_backward(ctx, grad_out, grad_iterations):
@@ -416,11 +470,11 @@ def tv_minimize(x: torch.Tensor, keep_prob: float = 0.5, lambda_tv: float = 0.03
         >>> bool((x.grad == 1).all())
         True
     """
-    check_images(x.detach(), "x")
+    check_images(x, "x")
     keep_prob = check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
     lambda_tv = check_float(lambda_tv, "lambda_tv", low=0.0, low_inclusive=False)
     tol = check_float(tol, "tol", low=0.0)
-    max_iter = check_int(max_iter, "max_iter", low=1)
+    max_iter = check_int(max_iter, "max_iter", low=1, high=MAX_ITER)
     check_choice(sweep, "sweep", SWEEPS)
     check_choice(border, "border", BORDERS)
     if mask is not None:
@@ -458,9 +512,9 @@ class TVMinimize(torch.nn.Module):
         self.keep_prob = check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
         self.lambda_tv = check_float(lambda_tv, "lambda_tv", low=0.0, low_inclusive=False)
         self.tol = check_float(tol, "tol", low=0.0)
-        self.max_iter = check_int(max_iter, "max_iter", low=1)
+        self.max_iter = check_int(max_iter, "max_iter", low=1, high=MAX_ITER)
         self.seed = None if seed is None else check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
-        self.generator = generator
+        self.generator = check_generator(generator)
         self.sweep = check_choice(sweep, "sweep", SWEEPS)
         self.border = check_choice(border, "border", BORDERS)
 

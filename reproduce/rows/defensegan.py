@@ -50,9 +50,11 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
                                 generator_steps=recipes.train_steps(1500, 30000), critic_steps=5, batch_size=64,
                                 lr=2e-4)
         classifier = recipes.smoke_classifier(None)
-        projection = {"steps": 100, "restarts": 4, "lr": 10.0, "momentum": 0.7, "lr_decay": 0.1, "lr_decay_at": 0.8}
-        latent = {"inversion_steps": 300, "inversion_restarts": 8, "inversion_lr": 0.1, "steps": 200, "lr": 0.05,
-                  "binary_search_steps": 4, "initial_const": 1.0}
+        # A dry run proves the path with 2 steps here too (it ran the full smoke attack: 3 minutes).
+        projection = {"steps": steps(100), "restarts": 2 if dry_run else 4, "lr": 10.0, "momentum": 0.7,
+                      "lr_decay": 0.1, "lr_decay_at": 0.8}
+        latent = {"inversion_steps": steps(300), "inversion_restarts": 2 if dry_run else 8, "inversion_lr": 0.1,
+                  "steps": steps(200), "lr": 0.05, "binary_search_steps": 1 if dry_run else 4, "initial_const": 1.0}
     pgd = {"steps": steps(100 if paper else 20), "step_size": EPS / 10 if paper else EPS / 5, "loss": "margin"}
     return {"eps": EPS, "generator": generator, "classifier": classifier, "projection": projection,
             "clean_floor": recipes.clean_floor(classifier),
@@ -67,6 +69,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     projection = config["projection"]
     return RowSpec(
         name="defensegan",
+        takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Samangouei et al. (2018), Defense-GAN",
         dataset="mnist" if paper else "fashion-mnist",
         distance="l2_per_value",

@@ -115,15 +115,16 @@ def classifier(ctx: RunContext, row: RowSpec) -> nn.Module:
 # ---------------------------------------------------------------------------- quilting database
 
 
-def quilt_database(ctx: RunContext, settings: Dict[str, Any]):
+def quilt_database(ctx: RunContext, settings: Dict[str, Any], dataset: str):
     """The quilting patch database: built once from the training split and cached (smoke); the
-    user's 1,000,000-patch ImageNet database file (paper); a small synthetic one (dry run)."""
+    user's 1,000,000-patch ImageNet database file (paper); a small synthetic one with the
+    channels of ``dataset``'s images (dry run)."""
     from obfgrad.ops.quilt_db import build_patch_database, load_patch_database, save_patch_database
 
     if ctx.dry_run:
-        images, _ = pipeline.synthetic_batch("imagenet", 4, ctx.seed)
+        images, _ = pipeline.synthetic_batch(dataset, 4, ctx.seed)
         return build_patch_database(list(images), settings["patches"], patch_size=settings["patch_size"],
-                                    channels=3, long_side=None, source="dry run: synthetic")
+                                    channels=int(images.shape[1]), long_side=None, source="dry run: synthetic")
     path = cache_dir() / "quilt" / settings["file"]
     if path.is_file():
         return load_patch_database(path, patch_size=settings["patch_size"])
@@ -138,7 +139,12 @@ def quilt_database(ctx: RunContext, settings: Dict[str, Any]):
     database = build_patch_database(list(images[:, 0].numpy()), settings["patches"], patch_size=settings["patch_size"],
                                     channels=1, seed=settings["seed"], long_side=None,
                                     source="Fashion-MNIST training split")
-    save_patch_database(database, path)
+    try:
+        save_patch_database(database, path)
+    except OSError as error:  # a read-only cache: keep the database built in memory
+        ctx.log(f"  built quilting database ({settings['patches']} patches); could not cache it at {path} "
+                f"({error.strerror or error}), using it from memory")
+        return database
     ctx.log(f"  built quilting database ({settings['patches']} patches) in {time.perf_counter() - started:.0f} s; cached")
     return load_patch_database(path, patch_size=settings["patch_size"])
 
@@ -230,6 +236,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     paper = profile == "paper"
     return RowSpec(
         name="guo",
+        takes_weights=profile == "paper",  # --weights: the paper profile's InceptionV3 weights
         defense="Guo et al. (2018), input transformations",
         dataset="imagenet" if paper else "fashion-mnist",
         distance="l2_rms_pixels",
@@ -353,7 +360,7 @@ def build_defense(row: RowSpec, ctx: RunContext, n: int, variant: str = "quiltin
     transform = variant
     x, y = test_set(ctx, row.dataset, n)
     net = classifier(ctx, row)
-    database = quilt_database(ctx, row.config["transforms"]["quilting"]) if transform == "quilting" else None
+    database = quilt_database(ctx, row.config["transforms"]["quilting"], row.dataset) if transform == "quilting" else None
     return DefenseBundle(model=defended_model(transform, row.config, net, database), undefended=net, x=x, y=y,
                          distance=row.distance, eps=row.eps,
                          adaptive_model=adaptive_model(transform, row.config, net, database,
@@ -434,7 +441,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     net = classifier(ctx, row)
     guard = pipeline.guard_clean_accuracy(ctx, row, net, x, y, row.config["clean_floor"])
     targets = random_targets(y, pipeline.num_classes(row.dataset), seed=ctx.seed) if row.targeted else None
-    database = quilt_database(ctx, row.config["transforms"]["quilting"])
+    database = quilt_database(ctx, row.config["transforms"]["quilting"], row.dataset)
     results = {}
     for name in GUO_TRANSFORMS:
         ctx.log(f"  [{name}]")

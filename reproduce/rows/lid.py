@@ -71,6 +71,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     paper = profile == "paper"
     return RowSpec(
         name="lid",
+        takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Ma et al. (2018), local intrinsic dimensionality",
         dataset="cifar10" if paper else "fashion-mnist",
         distance="linf",

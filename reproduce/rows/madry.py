@@ -49,6 +49,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     paper = profile == "paper"
     return RowSpec(
         name="madry",
+        takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Madry et al. (2018), PGD adversarial training",
         dataset="cifar10" if paper else "fashion-mnist",
         distance="linf",

@@ -72,6 +72,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     paper = profile == "paper"
     return RowSpec(
         name="pixeldefend",
+        takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Song et al. (2018), PixelDefend",
         dataset="cifar10" if paper else "fashion-mnist",
         distance="linf",

@@ -64,6 +64,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     paper = profile == "paper"
     return RowSpec(
         name="sap",
+        takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Dhillon et al. (2018), stochastic activation pruning",
         dataset="cifar10" if paper else "fashion-mnist",
         distance="linf",

@@ -80,6 +80,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     paper = profile == "paper"
     return RowSpec(
         name="xie",
+        takes_weights=profile == "paper",  # --weights: the paper profile's InceptionV3 weights
         defense="Xie et al. (2018), randomization",
         dataset="imagenet" if paper else "fashion-mnist",
         distance="linf",

@@ -5,8 +5,9 @@ any batch."""
 import pytest
 import torch
 
-from obfgrad.defenses.pixeldefend import METHODS, PixelDefend, purify
+from obfgrad.defenses.pixeldefend import METHODS, TIE_NATS, PixelDefend, purify
 from obfgrad.models.pixelcnn import PixelCNN, bin_log_probs, pixelcnn_recipe, train_pixelcnn
+from obfgrad.models.pixelcnn_incremental import IncrementalPixelCNN
 
 
 def _model(channels, seed=0, filters=8, resnet=1, stages=1, mixtures=3):
@@ -105,6 +106,33 @@ def _assert_identical_everywhere(model, x, eps):
     assert torch.equal(purify(model, x.flip(0), eps).flip(0), expected)  # the batch's order does not matter
 
 
+@pytest.mark.parametrize("trained", [False, True])
+def test_float64_rounding_stays_far_below_the_tie_band(trained):
+    """The premise of exactness: at every position, incremental and full-image log-probabilities
+    of all 256 bins differ by far less than TIE_NATS."""
+    model = (_trained_ish(3)[0] if trained else _model(3, filters=16, resnet=2, stages=2, mixtures=10)).double()
+    with torch.no_grad():
+        _assert_rounding_below_the_tie_band(model)
+
+
+def _assert_rounding_below_the_tie_band(model):
+    mixtures = model.nr_logistic_mix
+    levels = torch.randint(0, 256, (3, 3, 6, 6), generator=torch.Generator().manual_seed(0)).double()
+    expected = model(levels / 255)
+    steps = IncrementalPixelCNN(model, 3, 6, 6, levels)
+    worst = 0.0
+    for i in range(6):
+        steps.start_row(levels, i)
+        for j in range(6):
+            got = steps.params_at(levels, i, j)
+            for c in range(3):
+                previous = levels[:, :, i, j] / 255
+                difference = bin_log_probs(got, previous, c, mixtures) - bin_log_probs(
+                    expected[:, :, i, j], previous, c, mixtures)
+                worst = max(worst, float(difference.abs().max()))
+    assert worst < TIE_NATS / 100
+
+
 def test_ties_go_to_the_lowest_intensity():
     """A model whose every mixture is centred at 127.5/255 rates 127 and 128 exactly alike; float
     rounding must not decide: every method picks 127."""
@@ -176,3 +204,13 @@ def test_memoised_purification_equals_a_fresh_one_and_skips_repeats():
     again = defense(torch.cat([x[1:], torch.rand(1, 1, 4, 4)]))
     assert defense.last_stats["memo_hits"] == 2 and defense.last_stats["images"] == 1
     assert torch.equal(again[:2], first[1:])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_purification_on_cuda_equals_the_cpu_one():
+    model = _model(3, seed=4, filters=8, resnet=1, stages=2, mixtures=4)
+    x = torch.rand((3, 3, 5, 5), generator=torch.Generator().manual_seed(0))
+    expected = purify(model, x, 16 / 255)
+    for method in METHODS:
+        assert torch.equal(purify(model.cuda(), x.cuda(), 16 / 255, method=method).cpu(), expected), method
+        model.cpu()

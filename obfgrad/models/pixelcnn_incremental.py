@@ -81,9 +81,7 @@ class _CausalRows:
 
 
 def _pointwise(values: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """A 1x1 convolution (``weight`` (cout, cin)) applied to ``(N, cin)`` or ``(N, cin, W)`` values."""
-    if values.dim() == 2:
-        return F.linear(values, weight, bias)
+    """A 1x1 convolution (``weight`` (cout, cin)) applied to a row ``(N, cin, W)``."""
     return F.conv1d(values, weight.unsqueeze(2), bias)
 
 
@@ -149,7 +147,7 @@ class IncrementalPixelCNN:
         self.ul_rows = [(_down_right(b.conv_in, batch, width, like), _down_right(b.conv_out, batch, width, like))
                         for b in (*model.up_ul, *model.down_ul)]
         self.down_skip_weights = [_split_skip(block.nin_skip) for block in model.down_ul]
-        self.down_skip_taps = [s_part.t() for _, s_part in self.down_skip_weights]  # for addmm
+        self.down_skip_taps = [s_part.t() for _, s_part in self.down_skip_weights]  # (2F, F) for addmm
         self.out_weight = model.out.weight.reshape(model.out.out_channels, -1)
         self.ul_above_row: Optional[torch.Tensor] = None  # (W, N, F): the first ``ul`` layer's row part
 

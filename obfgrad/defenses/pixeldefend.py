@@ -214,7 +214,7 @@ class PixelDefend(nn.Module):
         memo: remember the purification of every 8-bit image seen (purification is deterministic
             and per image): attacks and the evaluator purify the same image several times (the
             clean batch in each evaluation, an attack's last iterate and the evaluator's check of
-            it), and each repeat would cost H·W network evaluations.
+            it), and each repeat would cost a whole purification.
     """
 
     def __init__(self, pixelcnn: PixelCNN, eps_defend: float = EPS_DEFEND, max_positions: Optional[int] = None,

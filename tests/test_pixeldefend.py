@@ -69,6 +69,36 @@ def test_every_method_equals_the_naive_loop_in_float64(channels):
         assert stats["evaluations"] <= 20  # at most one per pixel, never one per sub-pixel
 
 
+def test_choices_over_the_window_equal_choices_over_all_256_bins_at_the_edges():
+    """The chooser evaluates only the bins of each value's window (clamped at 0 and 255); the
+    definition masks all 256. Values near 0 and 255 make the windows clamp on both sides; the
+    model's sharp mixtures centred at levels 70 and 185 favour bins just outside the windows."""
+    model = _model(3, seed=6, mixtures=4).double()
+    with torch.no_grad():  # parameters: 4 logits, 3x4 means, 3x4 log-scales, 3x4 coefficients
+        model.out.weight.mul_(0.05)
+        model.out.bias.zero_()
+        model.out.bias[4:16] = torch.tensor([70.0, 185.0]).repeat(6) * 2 / 255 - 1
+        model.out.bias[16:28] = -4.0  # scale 0.018: about 2.3 bins
+    generator = torch.Generator().manual_seed(6)
+    near_edges = torch.cat([torch.arange(0, 12), torch.arange(244, 256)])
+    levels = near_edges[torch.randint(0, near_edges.numel(), (2, 3, 3, 4), generator=generator)].double()
+    radius = 40
+    out = levels.clone()
+    with torch.no_grad():
+        for i in range(3):
+            for j in range(4):
+                for c in range(3):
+                    log_probs = bin_log_probs(model(out / 255)[:, :, i, j], out[:, :, i, j] / 255, c, 4)
+                    bins = torch.arange(256, dtype=torch.float64)
+                    low, high = (levels[:, c, i, j, None] - radius).clamp_min(0), levels[:, c, i, j, None] + radius
+                    log_probs = log_probs.masked_fill((bins < low) | (bins > high), float("-inf"))
+                    near = log_probs >= log_probs.max(dim=1, keepdim=True).values - TIE_NATS
+                    out[:, c, i, j] = near.double().argmax(dim=1).double()  # the lowest near bin
+    assert float((out - levels).abs().max()) > 0  # it moved values
+    for method in METHODS:
+        assert torch.equal(purify(model, levels / 255, radius / 255, method=method).double(), out / 255), method
+
+
 CASES = [  # (name, channels, model kwargs, height, width, batch, eps_defend)
     ("smoke-size", 1, {"filters": 12, "resnet": 1, "stages": 2, "mixtures": 5}, 7, 6, 3, 0.2),
     ("rgb", 3, {"filters": 8, "resnet": 2, "stages": 2, "mixtures": 4}, 5, 5, 2, 16 / 255),

@@ -57,6 +57,16 @@ def test_mixture_probabilities_sum_to_one_over_the_256_intensities():
             assert torch.allclose(total, torch.ones_like(total), atol=1e-4)
 
 
+def test_bin_log_probs_of_chosen_bins_are_those_of_all_256():
+    torch.manual_seed(2)
+    params = torch.randn(5, num_mixture_params(3, 4), dtype=torch.float64) * 2
+    previous = torch.rand(5, 3, dtype=torch.float64)
+    bins = torch.randint(0, 256, (5, 7))
+    for c in range(3):
+        full = bin_log_probs(params, previous, c, 4)
+        assert torch.allclose(bin_log_probs(params, previous, c, 4, bins), full.gather(1, bins), rtol=0, atol=1e-12)
+
+
 def test_bin_log_probs_agree_with_the_per_image_likelihood():
     model = _model(channels=3)
     x = torch.randint(0, 256, (2, 3, 4, 4)).float() / 255

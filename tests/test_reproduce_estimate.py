@@ -51,11 +51,11 @@ def test_units_per_evaluation_add_up():
     assert work.seconds({"a": 0.001, "b": 0.25}) == pytest.approx(120 * (1.024 + 0.25))
 
 
-def test_pixeldefend_counts_one_pixelcnn_evaluation_per_pixel_per_step():
+def test_pixeldefend_counts_one_purification_of_32_rows_per_step():
     (spec,) = all_specs(["pixeldefend"], "paper", False)
     resolved = fidelity.resolve(fidelity.entries_of("pixeldefend"), {"pixeldefend": spec})
     adaptive = estimate.plan(spec, resolved).work[0]
-    assert adaptive.units == {"pixelcnn_forward_32": 32 * 32, "wide_resnet": 1}
+    assert adaptive.units == {"pixeldefend_row_32": 32, "wide_resnet": 1}
     assert adaptive.gradient_evaluations == 100 * 100
 
 
@@ -127,4 +127,4 @@ def test_every_row_has_a_plan_over_measurable_units():
     plans = [estimate.plan(specs[name], resolved) for name in estimate.PLANS]
     needed = estimate.units_needed(plans)
     assert set(needed) <= set(estimate.UNITS)
-    assert "inception_v3_299" in needed and "pixelcnn_forward_32" in needed
+    assert "inception_v3_299" in needed and "pixeldefend_row_32" in needed

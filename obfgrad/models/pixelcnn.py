@@ -220,7 +220,8 @@ def discretized_mix_log_prob(params: torch.Tensor, x: torch.Tensor, mixtures: in
     return torch.logsumexp(total, dim=1)
 
 
-def bin_log_probs(params_at: torch.Tensor, previous: torch.Tensor, channel: int, mixtures: int) -> torch.Tensor:
+def bin_log_probs(params_at: torch.Tensor, previous: torch.Tensor, channel: int, mixtures: int,
+                  bins: Optional[torch.Tensor] = None) -> torch.Tensor:
     """log P(channel = k/255 | the channels before it) for all k, at one pixel.
 
     The mixture components are shared by a pixel's channels, so the exact conditional weighs each
@@ -231,9 +232,11 @@ def bin_log_probs(params_at: torch.Tensor, previous: torch.Tensor, channel: int,
         params_at: mixture parameters at one pixel, (N, P).
         previous: the pixel's values in [0, 1], (N, C); only channels < ``channel`` are read.
         channel: which sub-pixel.
+        bins: if given, ``(N, K)`` intensities (integers 0..255) to evaluate, per image, instead
+            of all 256 (PixelDefend only needs the bins within its window).
 
     Returns:
-        (N, 256) log-probabilities; ``exp`` sums to 1 over the 256 intensities.
+        (N, 256) log-probabilities (``exp`` sums to 1 over the 256 intensities), or (N, K) for ``bins``.
     """
     channels = previous.shape[1]
     logits, means, log_scales, coeffs = _split_params(params_at, channels, mixtures)  # (N, M), (N, C, M)
@@ -245,8 +248,8 @@ def bin_log_probs(params_at: torch.Tensor, previous: torch.Tensor, channel: int,
     weights = torch.log_softmax(weights, dim=1)
     mean = _coupled_mean(means, coeffs, values, channel)  # (N, M)
     levels = torch.linspace(-1.0, 1.0, LEVELS, device=params_at.device, dtype=params_at.dtype)
-    per_mixture = _logistic_bin_log_prob(levels.view(1, 1, -1), mean.unsqueeze(2),
-                                         log_scales[:, channel].unsqueeze(2))  # (N, M, 256)
+    levels = levels.view(1, 1, -1) if bins is None else levels[bins].unsqueeze(1)  # (1 or N, 1, 256 or K)
+    per_mixture = _logistic_bin_log_prob(levels, mean.unsqueeze(2), log_scales[:, channel].unsqueeze(2))
     return torch.logsumexp(weights.unsqueeze(2) + per_mixture, dim=1)
 
 

@@ -40,7 +40,6 @@ Two backwards (BPDA, Athalye, Carlini & Wagner, ICML 2018, Section 4.1):
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Tuple
 
 import torch
@@ -421,15 +420,6 @@ def linear_surrogate(x: torch.Tensor, quality: int = 75, subsampling: str = "4:2
 _MODE_CODE = {"identity": 0, "linear": 1}
 
 
-def _cuda_ready() -> bool:
-    try:
-        import cupy  # noqa: F401
-    except Exception:
-        warnings.warn("obfgrad: CuPy is not installed; jpeg on CUDA uses the torch reference "
-                      "(pip install 'obfgrad[cuda]').", RuntimeWarning, stacklevel=4)
-        return False
-    return True
-
 
 def _plane_geometry(height: int, width: int, subsample: bool):
     """Padded plane sizes, as plane_geometry in jpeg.h computes them."""
@@ -472,13 +462,13 @@ def _forward_impl(x: torch.Tensor, quality: int, subsample: bool, truncate: bool
     if truncate:  # the kernels round to nearest; feed them the truncated levels
         x = _truncate_to_levels(x)
     luma, chroma = quantization_tables(quality)
-    if x.is_cuda and _cuda_ready():
+    backend = _native.choose_backend("jpeg", x.device)
+    if backend == "cuda":
         return _forward_cuda(x, luma, chroma, subsample)
-    module = _native.native() if x.device.type == "cpu" else None
-    if module is None:
+    if backend == "reference":
         return reference(x, quality, "4:2:0" if subsample else "4:4:4")
     out = torch.empty(x.shape, dtype=torch.float32)
-    module.jpeg_forward(x.numpy(), out.numpy(), luma.flatten().numpy(), chroma.flatten().numpy(), subsample)
+    _native.native().jpeg_forward(x.numpy(), out.numpy(), luma.flatten().numpy(), chroma.flatten().numpy(), subsample)
     return out
 
 
@@ -549,13 +539,13 @@ def _backward_impl(grad_out: torch.Tensor, subsample: bool) -> torch.Tensor:
     grad_out = grad_out.contiguous()
     if grad_out.numel() == 0:
         return torch.zeros(grad_out.shape, dtype=grad_out.dtype, device=grad_out.device)
-    if grad_out.is_cuda and _cuda_ready():
+    backend = _native.choose_backend("jpeg", grad_out.device)
+    if backend == "cuda":
         return _linear_backward_cuda(grad_out, subsample)
-    module = _native.native() if grad_out.device.type == "cpu" else None
-    if module is None:
+    if backend == "reference":
         return _linear_backward_reference(grad_out, subsample)
     grad_in = torch.empty(grad_out.shape, dtype=torch.float32)
-    module.jpeg_backward_linear(grad_out.numpy(), grad_in.numpy(), subsample)
+    _native.native().jpeg_backward_linear(grad_out.numpy(), grad_in.numpy(), subsample)
     return grad_in
 
 

@@ -38,8 +38,6 @@ the input's dtype.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from obfgrad import _native
@@ -123,15 +121,6 @@ def _soft_backward_reference(x: torch.Tensor, grad_out: torch.Tensor, levels: in
 # ----------------------------------------------------------------------------- dispatch
 
 
-def _cuda_ready() -> bool:
-    try:
-        import cupy  # noqa: F401
-    except Exception:
-        warnings.warn("obfgrad: CuPy is not installed; thermometer on CUDA uses the torch reference "
-                      "(pip install 'obfgrad[cuda]').", RuntimeWarning, stacklevel=4)
-        return False
-    return True
-
 
 def _forward_cuda(x: torch.Tensor, levels: int) -> torch.Tensor:
     n, c, h, w = x.shape
@@ -155,13 +144,13 @@ def _forward_impl(x: torch.Tensor, levels: int) -> torch.Tensor:
     # first, and the output is allocated contiguous, so every layout gives the same answer.
     x = x.contiguous()
     n, c, h, w = x.shape
-    if x.is_cuda and _cuda_ready():
+    backend = _native.choose_backend("thermometer", x.device)
+    if backend == "cuda":
         return _forward_cuda(x, levels)
-    module = _native.native() if x.device.type == "cpu" else None
-    if module is None:
+    if backend == "reference":
         return thermometer_reference(x, levels)
     out = torch.empty((n, c * levels, h, w), dtype=torch.float32)
-    module.thermometer_forward(x.numpy(), out.numpy(), levels)
+    _native.native().thermometer_forward(x.numpy(), out.numpy(), levels)
     return out
 
 
@@ -177,17 +166,17 @@ def _soft_255_backward_reference(x: torch.Tensor, grad_out: torch.Tensor, levels
 
 def _backward_impl(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
     x, grad_out = x.contiguous(), grad_out.contiguous()
-    if x.is_cuda and _cuda_ready():
+    backend = _native.choose_backend("thermometer", x.device)
+    if backend == "cuda":
         return _backward_cuda(x, grad_out, levels, mode)
-    module = _native.native() if x.device.type == "cpu" else None
-    if module is None:
+    if backend == "reference":
         if mode == _MODE_CODE["straight_through"]:
             return _straight_through_backward_reference(grad_out, levels)
         if mode == _MODE_CODE["soft_255"]:
             return _soft_255_backward_reference(x, grad_out, levels)
         return _soft_backward_reference(x, grad_out, levels)
     grad_in = torch.empty(x.shape, dtype=torch.float32)
-    module.thermometer_backward(x.numpy(), grad_out.numpy(), grad_in.numpy(), levels, mode)
+    _native.native().thermometer_backward(x.numpy(), grad_out.numpy(), grad_in.numpy(), levels, mode)
     return grad_in
 
 

@@ -59,7 +59,6 @@ dtype.
 
 from __future__ import annotations
 
-import warnings
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -176,17 +175,17 @@ def tv_mask(shape: Union[torch.Tensor, Sequence[int]], keep_prob: float = 0.5, *
     seed = check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
     device = check_device("cpu" if device is None else device, "device")
     n, _, h, w = shape
-    if device.type == "cuda" and _cuda_ready():
+    backend = _native.choose_backend("tv", device)
+    if backend == "cuda":
         mask = torch.empty((n, 1, h, w), dtype=torch.uint8, device=device)
         _native.launch_cuda("tv", "tv_mask_kernel", mask.numel(), (mask.numel(), mask, keep_prob, seed),
                             device=device)
         return mask.bool()
-    module = _native.native() if device.type == "cpu" else None
-    if module is None:
+    if backend == "reference":
         return _mask_reference(n, h, w, keep_prob, seed, device)
     mask = torch.empty((n, h, w), dtype=torch.uint8)
     if mask.numel():
-        module.tv_mask(mask.numpy(), keep_prob, seed)
+        _native.native().tv_mask(mask.numpy(), keep_prob, seed)
     return mask.view(n, 1, h, w).bool()
 
 
@@ -302,15 +301,6 @@ def reference(x: torch.Tensor, keep_prob: float = 0.5, lambda_tv: float = 0.03, 
 # ----------------------------------------------------------------------------- dispatch
 
 
-def _cuda_ready() -> bool:
-    try:
-        import cupy  # noqa: F401
-    except Exception:
-        warnings.warn("obfgrad: CuPy is not installed; tv_minimize on CUDA uses the torch reference "
-                      "(pip install 'obfgrad[cuda]').", RuntimeWarning, stacklevel=4)
-        return False
-    return True
-
 
 def _forward_cuda(x: torch.Tensor, keep_prob: float, weight: float, tol: float, max_iter: int,
                   seed: int, raster: bool, reflect: bool = False,
@@ -364,10 +354,10 @@ def _forward_impl(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
     n = x.shape[0]
     if x.numel() == 0:
         return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.zeros(n, dtype=torch.int32, device=x.device)
-    if x.is_cuda and _cuda_ready():
+    backend = _native.choose_backend("tv", x.device)
+    if backend == "cuda":
         return _forward_cuda(x, keep_prob, weight, tol, max_iter, seed, raster, reflect, mask)
-    module = _native.native() if x.device.type == "cpu" else None
-    if module is None:
+    if backend == "reference":
         given = None if mask is None else mask.bool().unsqueeze(1)
         out, iterations = reference(x, keep_prob, 2.0 / weight, tol=tol, max_iter=max_iter, seed=seed, mask=given,
                                     return_iterations=True, sweep="raster" if raster else "red_black",
@@ -376,7 +366,7 @@ def _forward_impl(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
     out = torch.empty(x.shape, dtype=torch.float32)
     iterations = torch.zeros(n, dtype=torch.int32)
     given = np.empty((0,), dtype=np.uint8) if mask is None else mask.numpy()
-    module.tv_minimize(x.numpy(), out.numpy(), iterations.numpy(), keep_prob, weight, tol, max_iter, seed, raster,
+    _native.native().tv_minimize(x.numpy(), out.numpy(), iterations.numpy(), keep_prob, weight, tol, max_iter, seed, raster,
                        reflect, given)
     return out, iterations
 

@@ -177,7 +177,7 @@ def test_thermometer_forward_backward(benchmark, shape, contender):
 def natural_database():
     """1,000,000 5x5 patches of scikit-image's photographs (built once and cached under
     $OBFGRAD_CACHE/quilt; its GPU copy is cached by the database object)."""
-    from obfgrad.ops.quilt_db import skimage_patch_database
+    from obfgrad.data.patch_db import skimage_patch_database
 
     return skimage_patch_database(DATABASE_SIZE)
 

@@ -156,8 +156,8 @@ def _tv_op_with_mask(mask):
 
 
 def _quilt_op_with(choices=None, database_nan=False, database_dtype=torch.float32):
+    from obfgrad.data.patch_db import search_projections
     from obfgrad.ops.quilt import _quilt_op
-    from obfgrad.ops.quilt_db import search_projections
 
     flat = DB.reshape(40, -1).clone()
     proj = torch.from_numpy(search_projections(flat.numpy(), 3))

@@ -10,8 +10,8 @@ import obfgrad.ops.jpeg  # noqa: F401  (registers torch.ops.obfgrad.jpeg_*)
 import obfgrad.ops.thermometer  # noqa: F401
 import obfgrad.ops.tv  # noqa: F401
 from obfgrad._native import native
+from obfgrad.data.patch_db import search_projections
 from obfgrad.ops.quilt import _quilt_op
-from obfgrad.ops.quilt_db import search_projections
 
 C = native()
 needs_native = pytest.mark.skipif(C is None, reason="obfgrad._C is not built")

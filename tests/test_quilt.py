@@ -9,6 +9,15 @@ import skimage.data
 import torch
 
 from obfgrad._native import native
+from obfgrad.data.patch_db import (
+    PatchDatabaseError,
+    authors_resize,
+    build_patch_database,
+    load_patch_database,
+    patch_database_from_array,
+    save_patch_database,
+    search_projections,
+)
 from obfgrad.ops.quilt import (
     STITCHES,
     _extract_patches,
@@ -19,15 +28,6 @@ from obfgrad.ops.quilt import (
     philox_uniform_reference,
     quilt,
     reference,
-)
-from obfgrad.ops.quilt_db import (
-    PatchDatabaseError,
-    authors_resize,
-    build_patch_database,
-    load_patch_database,
-    patch_database_from_array,
-    save_patch_database,
-    search_projections,
 )
 
 C = native()
@@ -456,7 +456,7 @@ def test_database_from_an_nhwc_array_keeps_the_patches():
 
 def test_database_roundtrip_is_read_into_memory_and_read_only(tmp_path):
     # Not memory-mapped: a mapped file truncated or rewritten later would change the verified
-    # database or raise SIGBUS (issue 15, cases 5 and 6; see tests/test_faults_quilt_db.py).
+    # database or raise SIGBUS (issue 15, cases 5 and 6; see tests/test_faults_patch_db.py).
     database = small_database()
     path = save_patch_database(database, tmp_path / "db.npy")
     loaded = load_patch_database(path, patch_size=5, channels=3)

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from obfgrad._checks import check_choice, check_float, check_generator, check_images, check_int
+from obfgrad.data.patch_db import PatchDatabase
 from obfgrad.defenses.tf_resize import _crop_and_resize, _resize_bilinear_tf1
 from obfgrad.ops.bpda import BPDA
-from obfgrad.ops.quilt_db import PatchDatabase
 
 # The op modules (obfgrad.ops re-exports functions of the same names, so import the modules).
 jpeg_op = importlib.import_module("obfgrad.ops.jpeg")

@@ -57,7 +57,7 @@ from obfgrad._checks import (
     check_images,
     check_int,
 )
-from obfgrad.ops.quilt_db import MAX_PATCH_SIZE, PatchDatabase, search_projections
+from obfgrad.data.patch_db import MAX_PATCH_SIZE, PatchDatabase, search_projections
 
 __all__ = ["quilt", "reference", "knn_reference", "philox_uniform_reference", "MAX_PATCH_SIZE", "STITCHES"]
 
@@ -150,7 +150,7 @@ def quilt(
 
     Args:
         x: float32 images in [0, 1], NCHW.
-        database: a :class:`~obfgrad.ops.quilt_db.PatchDatabase` or an (N, C, P, P) float32
+        database: a :class:`~obfgrad.data.patch_db.PatchDatabase` or an (N, C, P, P) float32
             tensor of patches with C equal to the images' channels.
         k: neighbours to pick from (paper: 10), 1 <= k <= N.
         overlap: pixels shared by adjacent patches (paper: 2), 1 <= overlap < P.

@@ -27,11 +27,11 @@ from obfgrad.defenses import (
     resize_and_pad,
 )
 from obfgrad.defenses.tf_resize import crop_and_resize
-from obfgrad.ops import quilt as quilt_module
-from obfgrad.ops.quilt import quilt
-from obfgrad.ops.thermometer import soft_thermometer_reference, thermometer
-from obfgrad.ops.tv import reference as tv_reference
-from obfgrad.ops.tv import tv_minimize
+from obfgrad.ops import quilt_op as quilt_module
+from obfgrad.ops.quilt_op import quilt
+from obfgrad.ops.thermometer_op import soft_thermometer_reference, thermometer
+from obfgrad.ops.tv_op import reference as tv_reference
+from obfgrad.ops.tv_op import tv_minimize
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "data" / "authors_ops.npz"

@@ -21,7 +21,7 @@ from obfgrad.data.patch_db import (
     patch_database_from_array,
     save_patch_database,
 )
-from obfgrad.ops.quilt import quilt
+from obfgrad.ops.quilt_op import quilt
 
 
 def small_database(count=600, channels=3):
@@ -159,7 +159,7 @@ def test_truncating_a_loaded_database_does_not_crash_quilt(saved):
     path, _ = saved
     script = textwrap.dedent(f"""
         import os, torch
-        from obfgrad.ops.quilt import quilt
+        from obfgrad.ops.quilt_op import quilt
         from obfgrad.data.patch_db import load_patch_database
         db = load_patch_database({str(path)!r})
         os.truncate({str(path)!r}, 128)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from obfgrad import _native
-from obfgrad.ops.jpeg import (
+from obfgrad.ops.jpeg_op import (
     JPEG,
     SUBSAMPLINGS,
     jpeg,
@@ -23,7 +23,7 @@ from obfgrad.ops.jpeg import (
 )
 
 # The module itself (obfgrad.ops may re-export the function under the same name).
-jpeg_module = importlib.import_module("obfgrad.ops.jpeg")
+jpeg_module = importlib.import_module("obfgrad.ops.jpeg_op")
 
 QUALITIES = (10, 50, 75, 95)
 

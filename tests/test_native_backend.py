@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from obfgrad import _native
-from obfgrad.ops import tv as tv_module
-from obfgrad.ops.jpeg import jpeg
-from obfgrad.ops.jpeg import reference as jpeg_reference
-from obfgrad.ops.quilt import quilt
-from obfgrad.ops.quilt import reference as quilt_reference
-from obfgrad.ops.thermometer import thermometer, thermometer_reference
-from obfgrad.ops.tv import tv_mask, tv_minimize
+from obfgrad.ops import tv_op as tv_module
+from obfgrad.ops.jpeg_op import jpeg
+from obfgrad.ops.jpeg_op import reference as jpeg_reference
+from obfgrad.ops.quilt_op import quilt
+from obfgrad.ops.quilt_op import reference as quilt_reference
+from obfgrad.ops.thermometer_op import thermometer, thermometer_reference
+from obfgrad.ops.tv_op import tv_mask, tv_minimize
 
 ROOT = Path(__file__).resolve().parents[1]
 OPS = ("jpeg", "thermometer", "tv", "quilt")

@@ -18,7 +18,7 @@ from obfgrad.data.patch_db import (
     save_patch_database,
     search_projections,
 )
-from obfgrad.ops.quilt import (
+from obfgrad.ops.quilt_op import (
     STITCHES,
     _extract_patches,
     _knn_cuda,

@@ -1,5 +1,5 @@
 """The patch database of image quilting: random square crops of natural images (data the op
-:func:`obfgrad.ops.quilt.quilt` searches; its file format, building, resizing and cache).
+:func:`obfgrad.ops.quilt_op.quilt` searches; its file format, building, resizing and cache).
 
 Guo et al. (ICLR 2018) quilt images from a database of 1,000,000 5x5 patches; Athalye et al.'s
 ``quilt_preprocess.py`` (obfuscated-gradients, ``inputtransformations/``) draws each from a

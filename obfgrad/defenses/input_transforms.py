@@ -23,7 +23,6 @@ reference ops (for measuring what the kernels buy a whole attack).
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Callable, Optional, Union
 
@@ -34,12 +33,8 @@ from torch import nn
 from obfgrad._checks import check_choice, check_float, check_generator, check_images, check_int
 from obfgrad.data.patch_db import PatchDatabase
 from obfgrad.defenses.tf_resize import _crop_and_resize, _resize_bilinear_tf1
+from obfgrad.ops import jpeg_op, quilt_op, tv_op
 from obfgrad.ops.bpda import BPDA
-
-# The op modules (obfgrad.ops re-exports functions of the same names, so import the modules).
-jpeg_op = importlib.import_module("obfgrad.ops.jpeg")
-quilt_op = importlib.import_module("obfgrad.ops.quilt")
-tv_op = importlib.import_module("obfgrad.ops.tv")
 
 __all__ = ["InputTransform", "BitDepthReduction", "JPEGCompression", "CropRescale", "TVMinimization",
            "ImageQuilting", "TransformedClassifier", "crop_rescale", "BACKENDS", "GUO_TRANSFORMS",
@@ -123,7 +118,7 @@ class BitDepthReduction(InputTransform):
 class JPEGCompression(InputTransform):
     """JPEG round trip at ``quality`` (Guo et al.: 75), bit-exact with Pillow; deterministic.
     ``rounding``: float to 8 bits by ``"nearest"`` (default) or ``"truncate"`` (Athalye et al.'s
-    ``defend_jpeg``; the paper profile's). See :func:`obfgrad.ops.jpeg.jpeg`."""
+    ``defend_jpeg``; the paper profile's). See :func:`obfgrad.ops.jpeg_op.jpeg`."""
 
     def __init__(self, quality: int = 75, bpda: bool = True, backend: str = "native", rounding: str = "nearest"):
         super().__init__()
@@ -262,7 +257,7 @@ class TVMinimization(InputTransform):
     """Random pixel dropout (keep ``keep_prob``) + masked total-variation minimisation with
     ``lambda_tv`` (Guo et al.: 0.5, 0.03). Random (the mask). ``sweep`` and ``border``: the
     solver's order and ghost ring, ``"red_black"``/``"skimage"`` by default; the paper profile
-    runs Athalye et al.'s ``"raster"``/``"reflect"``. See :func:`obfgrad.ops.tv.tv_minimize`."""
+    runs Athalye et al.'s ``"raster"``/``"reflect"``. See :func:`obfgrad.ops.tv_op.tv_minimize`."""
 
     random = True
 
@@ -296,7 +291,7 @@ class ImageQuilting(InputTransform):
     """Image quilting from ``database`` (Guo et al.: 5x5 patches, overlap 2, K = 10 nearest
     neighbours, one picked at random). Random (the pick). ``stitch``: ``"min_cut"`` (default,
     the textbook boundary cut) or ``"authors"`` (Athalye et al.'s ``assign_block``; the paper
-    profile's). See :func:`obfgrad.ops.quilt.quilt`."""
+    profile's). See :func:`obfgrad.ops.quilt_op.quilt`."""
 
     random = True
 

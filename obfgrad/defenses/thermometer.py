@@ -7,7 +7,7 @@ trained on encoded inputs; Table 1 reports the model trained *without* adversari
 Three ways to differentiate the same deployed model (the forward pass is always the true,
 discrete encoding):
 
-* ``gradient="bpda"``: the soft-thermometer derivative of :func:`obfgrad.ops.thermometer`
+* ``gradient="bpda"``: the soft-thermometer derivative of :func:`obfgrad.ops.thermometer_op`
   (Athalye et al.'s BPDA, Sec. 5.1), the adaptive attack's view (``backward`` picks the op's
   soft mode: ``"soft"``, or ``"soft_255"`` as the authors' attack graph evaluates it);
 * ``gradient="true"``: the encoding's true derivative, zero almost everywhere (a shattered
@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from obfgrad._checks import check_choice, check_int
-from obfgrad.ops.thermometer import Thermometer, thermometer
+from obfgrad.ops.thermometer_op import Thermometer, thermometer
 
 __all__ = ["ThermometerDefense", "GRADIENTS", "SOFT_BACKWARDS"]
 
 GRADIENTS = ("bpda", "true")
-#: The op's soft BPDA backwards (obfgrad.ops.thermometer.BACKWARD_MODES without straight-through).
+#: The op's soft BPDA backwards (obfgrad.ops.thermometer_op.BACKWARD_MODES without straight-through).
 SOFT_BACKWARDS = ("soft", "soft_255")
 
 
@@ -38,7 +38,7 @@ class ThermometerDefense(nn.Module):
         classifier: network on codes ``(N, C*L, H, W) -> logits``.
         levels: quantisation levels L (16 in Buckman et al. and Table 1).
         gradient: ``"bpda"`` (soft thermometer) or ``"true"`` (zero almost everywhere).
-        backward: the BPDA backward of :func:`obfgrad.ops.thermometer.thermometer` used with
+        backward: the BPDA backward of :func:`obfgrad.ops.thermometer_op.thermometer` used with
             ``gradient="bpda"``: ``"soft"`` (default) or ``"soft_255"`` (Athalye et al.'s
             float32 evaluation on the 0-255 scale; the paper profile's).
 

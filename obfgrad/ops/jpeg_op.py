@@ -645,7 +645,7 @@ def jpeg(x: torch.Tensor, quality: int = 75, *, subsampling: str = "4:2:0",
 
     Example:
         >>> import torch
-        >>> from obfgrad.ops.jpeg import jpeg
+        >>> from obfgrad.ops.jpeg_op import jpeg
         >>> x = torch.full((1, 3, 8, 8), 0.5, requires_grad=True)
         >>> y = jpeg(x, quality=75)
         >>> round(float(y[0, 0, 0, 0].detach()) * 255)  # flat grey survives JPEG

@@ -257,7 +257,7 @@ def thermometer(x: torch.Tensor, levels: int = 16, *, backward: str = "soft") ->
 
     Example:
         >>> import torch
-        >>> from obfgrad.ops.thermometer import thermometer
+        >>> from obfgrad.ops.thermometer_op import thermometer
         >>> x = torch.tensor([[[[0.0, 0.5, 1.0]]]])  # 0.5 sits on a boundary: 0.99999 rounds it down
         >>> thermometer(x, levels=4)[0, :, 0, :]
         tensor([[1., 1., 1.],

@@ -155,7 +155,7 @@ def tv_mask(shape: Union[torch.Tensor, Sequence[int]], keep_prob: float = 0.5, *
 
     Example:
         >>> import torch
-        >>> from obfgrad.ops.tv import tv_mask
+        >>> from obfgrad.ops.tv_op import tv_mask
         >>> mask = tv_mask((2, 3, 64, 64), keep_prob=0.5, seed=7)
         >>> mask.shape, mask.dtype
         (torch.Size([2, 1, 64, 64]), torch.bool)
@@ -447,7 +447,7 @@ def tv_minimize(x: torch.Tensor, keep_prob: float = 0.5, lambda_tv: float = 0.03
 
     Example:
         >>> import torch
-        >>> from obfgrad.ops.tv import tv_minimize
+        >>> from obfgrad.ops.tv_op import tv_minimize
         >>> x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         >>> y, iterations = tv_minimize(x, seed=1, return_iterations=True)
         >>> y.shape, iterations.tolist()

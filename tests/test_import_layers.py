@@ -160,3 +160,37 @@ def test_layers_import_downward_only():
 def test_known_violations_still_exist(violation):
     importer, target = violation
     assert target in import_graph()[importer], f"{importer} no longer imports {target}: drop it from KNOWN_VIOLATIONS"
+
+
+def _module_classes_and_exports(path: Path) -> tuple[list[str], list[str]]:
+    """(names of the classes a module defines, the names in its literal __all__)."""
+    tree = ast.parse(path.read_text())
+    classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+    exports: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            exports = [e.value for e in getattr(node.value, "elts", []) if isinstance(e, ast.Constant)]
+    return classes, exports
+
+
+#: Modules still named like a function they export (``from obfgrad.eval import diagnose`` is the
+#: function, ``obfgrad.eval.diagnose`` the module); the ops were renamed <op>_op for this.
+KNOWN_NAME_CLASHES = {"obfgrad.eval.diagnose"}
+
+
+def test_no_module_shares_its_name_with_what_it_exports():
+    clashes = set()
+    for path in sorted((ROOT / "obfgrad").rglob("*.py")):
+        name = path.parent.name if path.name == "__init__.py" else path.stem
+        if name in _module_classes_and_exports(path)[1]:
+            clashes.add(_module_name(path, ROOT))
+    assert sorted(clashes - KNOWN_NAME_CLASHES) == []
+    assert sorted(KNOWN_NAME_CLASHES - clashes) == [], "renamed: drop it from KNOWN_NAME_CLASHES"
+
+
+def test_op_modules_export_functions_and_the_defenses_hold_their_modules():
+    # One nn.Module per op, in obfgrad.defenses (JPEGCompression, TVMinimization, ImageQuilting,
+    # Thermometer): an op module defines no classes but its own exceptions.
+    for path in sorted((ROOT / "obfgrad" / "ops").glob("*_op.py")):
+        classes = [name for name in _module_classes_and_exports(path)[0] if not name.endswith("Error")]
+        assert classes == [], f"{path.name}: {classes}"

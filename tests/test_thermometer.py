@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from obfgrad import _native
+from obfgrad.defenses import Thermometer
 from obfgrad.ops.thermometer_op import (
-    Thermometer,
     soft_thermometer_reference,
     thermometer,
     thermometer_reference,

@@ -382,10 +382,16 @@ def test_custom_op_passes_opcheck():
 
 def test_module_draws_a_fresh_mask_per_call_unless_seeded():
     x = _random_images((1, 3, 16, 16), seed=0)
-    fresh = tv_module.TVMinimize()
+    # The op's one nn.Module is the defense's TVMinimization.
+    from obfgrad.defenses import TVMinimization
+
+    fresh = TVMinimization()
     assert not torch.equal(fresh(x), fresh(x))
-    fixed = tv_module.TVMinimize(seed=3)
+    fixed = TVMinimization(seed=3)
     assert torch.equal(fixed(x), tv_minimize(x, seed=3))
+    short = TVMinimization(seed=3, max_iter=2, tol=0.0)
+    assert torch.equal(short(x), tv_minimize(x, seed=3, max_iter=2, tol=0.0))
+    assert not torch.equal(short(x), fixed(x))
 
 
 # ------------------------------------------------------------------ bad input

@@ -48,10 +48,11 @@ GUO_TRANSFORMS = ("bit_depth", "jpeg", "crop_rescale", "tv", "quilting")
 _SEED_BOUND = 2**62
 
 
-def _straight_through(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bpda: bool) -> torch.Tensor:
-    """``fn(x)`` with the identity as its gradient (bpda) or cut from the graph."""
+def _straight_through(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bpda: bool,
+                      approx: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+    """``fn(x)`` with ``approx``'s gradient (the identity when None) under bpda, else cut from the graph."""
     if bpda and x.requires_grad:
-        return BPDA(fn)(x)
+        return BPDA(fn, approx)(x)
     with torch.no_grad():
         return fn(x.detach())
 
@@ -116,29 +117,41 @@ class BitDepthReduction(InputTransform):
 
 
 class JPEGCompression(InputTransform):
-    """JPEG round trip at ``quality`` (Guo et al.: 75), bit-exact with Pillow; deterministic.
+    """JPEG round trip at ``quality`` (Guo et al.: 75), bit-exact with Pillow; deterministic; the
+    ``nn.Module`` of :func:`obfgrad.ops.jpeg_op.jpeg`.
     ``rounding``: float to 8 bits by ``"nearest"`` (default) or ``"truncate"`` (Athalye et al.'s
-    ``defend_jpeg``; the paper profile's). See :func:`obfgrad.ops.jpeg_op.jpeg`."""
+    ``defend_jpeg``; the paper profile's). ``subsampling``: ``"4:2:0"`` (default) or ``"4:4:4"``.
+    ``backward`` (with ``bpda``): ``"identity"`` (default) or ``"linear"``, the gradient of the
+    op's linear surrogate (:func:`obfgrad.ops.jpeg_op.linear_surrogate`)."""
 
-    def __init__(self, quality: int = 75, bpda: bool = True, backend: str = "native", rounding: str = "nearest"):
+    def __init__(self, quality: int = 75, bpda: bool = True, backend: str = "native", rounding: str = "nearest", *,
+                 subsampling: str = "4:2:0", backward: str = "identity"):
         super().__init__()
         self.quality = check_int(quality, "quality", low=1, high=100)
         self.bpda = bool(bpda)
         self.backend = check_choice(backend, "backend", BACKENDS)
         self.rounding = check_choice(rounding, "rounding", jpeg_op.ROUNDINGS)
+        self.subsampling = check_choice(subsampling, "subsampling", jpeg_op.SUBSAMPLINGS)
+        self.backward_mode = check_choice(backward, "backward", jpeg_op.BACKWARDS)
 
     def transform(self, x: torch.Tensor, seed: int) -> torch.Tensor:
-        if self.backend == "native" and self.bpda:
-            return jpeg_op.jpeg(x, self.quality, rounding=self.rounding)  # its registered backward is the identity
-        return _straight_through(lambda v: self._forward(v), x, self.bpda)
+        if self.backend == "native" and self.bpda:  # the op's registered backward is the chosen one
+            return jpeg_op.jpeg(x, self.quality, subsampling=self.subsampling, backward=self.backward_mode,
+                                rounding=self.rounding)
+        approx = self._surrogate if self.backward_mode == "linear" else None
+        return _straight_through(self._forward, x, self.bpda, approx)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "reference":
-            return jpeg_op.reference(x, self.quality, rounding=self.rounding)
-        return jpeg_op.jpeg(x, self.quality, rounding=self.rounding)
+            return jpeg_op.reference(x, self.quality, self.subsampling, rounding=self.rounding)
+        return jpeg_op.jpeg(x, self.quality, subsampling=self.subsampling, rounding=self.rounding)
+
+    def _surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        return jpeg_op.linear_surrogate(x, self.quality, self.subsampling)
 
     def extra_repr(self) -> str:
-        return f"quality={self.quality}, rounding={self.rounding!r}, bpda={self.bpda}, backend={self.backend!r}"
+        return (f"quality={self.quality}, subsampling={self.subsampling!r}, rounding={self.rounding!r}, "
+                f"backward={self.backward_mode!r}, bpda={self.bpda}, backend={self.backend!r}")
 
 
 class CropRescale(InputTransform):
@@ -263,17 +276,20 @@ class TVMinimization(InputTransform):
 
     def __init__(self, keep_prob: float = 0.5, lambda_tv: float = 0.03, *, bpda: bool = True,
                  backend: str = "native", seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                 sweep: str = "red_black", border: str = "skimage"):
+                 sweep: str = "red_black", border: str = "skimage", tol: float = 1e-3, max_iter: int = 100):
         super().__init__(seed, generator)
         self.keep_prob = check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
         self.lambda_tv = check_float(lambda_tv, "lambda_tv", low=0.0, low_inclusive=False)
+        self.tol = check_float(tol, "tol", low=0.0)
+        self.max_iter = check_int(max_iter, "max_iter", low=1, high=tv_op.MAX_ITER)
         self.bpda = bool(bpda)
         self.backend = check_choice(backend, "backend", BACKENDS)
         self.sweep = check_choice(sweep, "sweep", tv_op.SWEEPS)
         self.border = check_choice(border, "border", tv_op.BORDERS)
 
     def transform(self, x: torch.Tensor, seed: int) -> torch.Tensor:
-        options = {"seed": seed, "sweep": self.sweep, "border": self.border}
+        options = {"seed": seed, "sweep": self.sweep, "border": self.border, "tol": self.tol,
+                   "max_iter": self.max_iter}
         if self.backend == "native" and self.bpda:
             return tv_op.tv_minimize(x, self.keep_prob, self.lambda_tv, **options)
         if self.backend == "reference":
@@ -283,8 +299,8 @@ class TVMinimization(InputTransform):
         return _straight_through(fn, x, self.bpda)
 
     def extra_repr(self) -> str:
-        return (f"keep_prob={self.keep_prob}, lambda_tv={self.lambda_tv}, sweep={self.sweep!r}, "
-                f"border={self.border!r}, bpda={self.bpda}, backend={self.backend!r}")
+        return (f"keep_prob={self.keep_prob}, lambda_tv={self.lambda_tv}, tol={self.tol}, max_iter={self.max_iter}, "
+                f"sweep={self.sweep!r}, border={self.border!r}, bpda={self.bpda}, backend={self.backend!r}")
 
 
 class ImageQuilting(InputTransform):

@@ -22,13 +22,37 @@ import torch
 from torch import nn
 
 from obfgrad._checks import check_choice, check_int
-from obfgrad.ops.thermometer_op import Thermometer, thermometer
+from obfgrad.ops.thermometer_op import BACKWARD_MODES, thermometer
 
-__all__ = ["ThermometerDefense", "GRADIENTS", "SOFT_BACKWARDS"]
+__all__ = ["Thermometer", "ThermometerDefense", "GRADIENTS", "SOFT_BACKWARDS"]
 
 GRADIENTS = ("bpda", "true")
 #: The op's soft BPDA backwards (obfgrad.ops.thermometer_op.BACKWARD_MODES without straight-through).
 SOFT_BACKWARDS = ("soft", "soft_255")
+
+
+class Thermometer(nn.Module):
+    """The encoding layer, the ``nn.Module`` of :func:`obfgrad.ops.thermometer_op.thermometer`:
+    ``(N, C, H, W) -> (N, C*levels, H, W)`` with the op's BPDA ``backward`` (the training layout
+    is ``nn.Sequential(Thermometer(levels), classifier)``; :meth:`ThermometerDefense.from_sequential`
+    turns it into the defense).
+
+    Example:
+        >>> import torch
+        >>> Thermometer(levels=4)(torch.tensor([[[[0.0, 0.6]]]])).flatten().tolist()
+        [1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+    """
+
+    def __init__(self, levels: int = 16, backward: str = "soft"):
+        super().__init__()
+        self.levels = check_int(levels, "levels", low=2)
+        self.backward_mode = check_choice(backward, "backward", BACKWARD_MODES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return thermometer(x, self.levels, backward=self.backward_mode)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, backward={self.backward_mode!r}"
 
 
 class ThermometerDefense(nn.Module):

@@ -47,7 +47,7 @@ import torch
 from obfgrad import _native
 from obfgrad._checks import check_choice, check_float32_images, check_image_batch, check_int
 
-__all__ = ["jpeg", "JPEG", "reference", "linear_surrogate", "quantization_tables",
+__all__ = ["jpeg", "reference", "linear_surrogate", "quantization_tables",
            "SUBSAMPLINGS", "BACKWARDS", "ROUNDINGS"]
 
 SUBSAMPLINGS = ("4:2:0", "4:4:4")
@@ -662,22 +662,3 @@ def jpeg(x: torch.Tensor, quality: int = 75, *, subsampling: str = "4:2:0",
     out = _roundtrip_op(x.to(torch.float32).contiguous(), quality, subsampling == "4:2:0", _MODE_CODE[backward],
                         rounding == "truncate")
     return out if x.dtype == torch.float32 else out.to(x.dtype)
-
-
-class JPEG(torch.nn.Module):
-    """``nn.Module`` form of :func:`jpeg` (for ``nn.Sequential(JPEG(75), net)``)."""
-
-    def __init__(self, quality: int = 75, subsampling: str = "4:2:0", backward: str = "identity",
-                 rounding: str = "nearest"):
-        super().__init__()
-        self.quality = check_int(quality, "quality", low=1, high=100)
-        self.subsampling = check_choice(subsampling, "subsampling", SUBSAMPLINGS)
-        self.backward_mode = check_choice(backward, "backward", BACKWARDS)
-        self.rounding = check_choice(rounding, "rounding", ROUNDINGS)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return jpeg(x, self.quality, subsampling=self.subsampling, backward=self.backward_mode, rounding=self.rounding)
-
-    def extra_repr(self) -> str:
-        return (f"quality={self.quality}, subsampling={self.subsampling!r}, backward={self.backward_mode!r}, "
-                f"rounding={self.rounding!r}")

@@ -275,21 +275,3 @@ def thermometer(x: torch.Tensor, levels: int = 16, *, backward: str = "soft") ->
     check_choice(backward, "backward", BACKWARD_MODES)
     out = _encode_op(x.to(torch.float32).contiguous(), levels, _MODE_CODE[backward])
     return out if x.dtype == torch.float32 else out.to(x.dtype)
-
-
-class Thermometer(torch.nn.Module):
-    """``nn.Module`` form of :func:`thermometer` (for ``nn.Sequential(Thermometer(), net)``)."""
-
-    def __init__(self, levels: int = 16, backward: str = "soft"):
-        super().__init__()
-        self.levels = check_int(levels, "levels", low=2)
-        self.backward_mode = check_choice(backward, "backward", BACKWARD_MODES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return thermometer(x, self.levels, backward=self.backward_mode)
-
-    def extra_repr(self) -> str:
-        return f"levels={self.levels}, backward={self.backward_mode!r}"
-
-
-__all__.append("Thermometer")

@@ -76,7 +76,7 @@ from obfgrad._checks import (
     check_int,
 )
 
-__all__ = ["tv_minimize", "tv_mask", "draw_seed", "reference", "TVMinimize", "SWEEPS", "BORDERS", "SEED_BOUND"]
+__all__ = ["tv_minimize", "tv_mask", "draw_seed", "reference", "SWEEPS", "BORDERS", "SEED_BOUND"]
 
 #: Sweep orders: parallel red-black Gauss-Seidel, or scikit-image's raster Gauss-Seidel.
 SWEEPS = ("red_black", "raster")
@@ -489,30 +489,3 @@ def _checked_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if mask.device != x.device:
         raise ValueError(f"mask: expected it on {x.device}, got {mask.device}")
     return mask.reshape(n, h, w).to(torch.uint8).contiguous()
-
-
-class TVMinimize(torch.nn.Module):
-    """``nn.Module`` form of :func:`tv_minimize`; a fresh mask seed on every call unless
-    ``seed`` is fixed (drawn from ``generator`` or torch's default generator)."""
-
-    def __init__(self, keep_prob: float = 0.5, lambda_tv: float = 0.03, *, tol: float = 1e-3,
-                 max_iter: int = 100, seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                 sweep: str = "red_black", border: str = "skimage"):
-        super().__init__()
-        self.keep_prob = check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
-        self.lambda_tv = check_float(lambda_tv, "lambda_tv", low=0.0, low_inclusive=False)
-        self.tol = check_float(tol, "tol", low=0.0)
-        self.max_iter = check_int(max_iter, "max_iter", low=1, high=MAX_ITER)
-        self.seed = None if seed is None else check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
-        self.generator = check_generator(generator)
-        self.sweep = check_choice(sweep, "sweep", SWEEPS)
-        self.border = check_choice(border, "border", BORDERS)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return tv_minimize(x, self.keep_prob, self.lambda_tv, tol=self.tol, max_iter=self.max_iter,
-                           seed=self.seed, generator=None if self.seed is not None else self.generator,
-                           sweep=self.sweep, border=self.border)
-
-    def extra_repr(self) -> str:
-        return (f"keep_prob={self.keep_prob}, lambda_tv={self.lambda_tv}, tol={self.tol}, "
-                f"max_iter={self.max_iter}, seed={self.seed}, sweep={self.sweep!r}, border={self.border!r}")

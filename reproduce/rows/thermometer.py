@@ -24,14 +24,10 @@ import torch
 from torch import nn
 
 from obfgrad.attacks import BPDA, LSPGA, PGD
-from obfgrad.defenses import ThermometerDefense
+from obfgrad.defenses import Thermometer, ThermometerDefense
 from obfgrad.models import build_model
 from obfgrad.models.training import build_seeded, make_recipe, train_or_load
-from obfgrad.ops.thermometer_op import (
-    Thermometer,
-    soft_thermometer_reference,
-    thermometer_reference,
-)
+from obfgrad.ops.thermometer_op import soft_thermometer_reference, thermometer_reference
 from reproduce import pipeline, recipes
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 

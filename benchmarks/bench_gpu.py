@@ -33,12 +33,12 @@ import numpy as np
 import pytest
 import torch
 
-from obfgrad.ops.jpeg import jpeg
-from obfgrad.ops.jpeg import reference as jpeg_reference
-from obfgrad.ops.quilt import _extract_patches, _knn_cuda, quilt
-from obfgrad.ops.thermometer import _soft_backward_reference, thermometer, thermometer_reference
-from obfgrad.ops.tv import reference as tv_reference
-from obfgrad.ops.tv import tv_minimize
+from obfgrad.ops.jpeg_op import jpeg
+from obfgrad.ops.jpeg_op import reference as jpeg_reference
+from obfgrad.ops.quilt_op import _extract_patches, _knn_cuda, quilt
+from obfgrad.ops.thermometer_op import _soft_backward_reference, thermometer, thermometer_reference
+from obfgrad.ops.tv_op import reference as tv_reference
+from obfgrad.ops.tv_op import tv_minimize
 
 pytestmark = [
     pytest.mark.gpu,
@@ -177,7 +177,7 @@ def test_thermometer_forward_backward(benchmark, shape, contender):
 def natural_database():
     """1,000,000 5x5 patches of scikit-image's photographs (built once and cached under
     $OBFGRAD_CACHE/quilt; its GPU copy is cached by the database object)."""
-    from obfgrad.ops.quilt_db import skimage_patch_database
+    from obfgrad.data.patch_db import skimage_patch_database
 
     return skimage_patch_database(DATABASE_SIZE)
 

@@ -20,8 +20,8 @@ from torch import nn
 
 from obfgrad._native import native
 from obfgrad.attacks import PGD
+from obfgrad.data.patch_db import skimage_patch_database
 from obfgrad.defenses.input_transforms import ImageQuilting, TransformedClassifier, TVMinimization
-from obfgrad.ops.quilt_db import skimage_patch_database
 
 C = native()
 EPS = 0.05 * 299  # Guo's l2 bound at 299x299 (0.05 RMS over pixels)

@@ -4,7 +4,7 @@ batch 256x3x32x32 and 16x3x299x299, 2 threads). Compare in one run:
     OMP_NUM_THREADS=2 python -m pytest benchmarks/bench_jpeg.py --benchmark-group-by=group
 
 Contenders, all from the same float NCHW batch to the same float NCHW result:
-  * native: obfgrad.ops.jpeg.jpeg (C++ kernel, OpenMP over images);
+  * native: obfgrad.ops.jpeg_op.jpeg (C++ kernel, OpenMP over images);
   * pillow: Image.save(format="jpeg") + Image.open per image (ART's JpegCompression and the
     paper's code do this);
   * simplejpeg: encode_jpeg + decode_jpeg per image (libjpeg-turbo with SIMD, no Pillow);
@@ -30,7 +30,7 @@ import pytest
 import torch
 from PIL import Image
 
-from obfgrad.ops.jpeg import jpeg, reference
+from obfgrad.ops.jpeg_op import jpeg, reference
 
 QUALITY = 75
 SHAPES = {"256x3x32x32": (256, 3, 32, 32), "16x3x299x299": (16, 3, 299, 299)}

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from obfgrad._native import native
-from obfgrad.ops.quilt import _extract_patches, quilt
-from obfgrad.ops.quilt_db import skimage_patch_database
+from obfgrad.data.patch_db import skimage_patch_database
+from obfgrad.ops.quilt_op import _extract_patches, quilt
 
 C = native()
 THREADS = 2

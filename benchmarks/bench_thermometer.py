@@ -4,7 +4,7 @@ fastest pure-torch formulation). Compare with:
     nox -s bench -- -k thermometer
 
 Contenders (same inputs, same upstream gradient, medians of rounds):
-  * native: obfgrad.ops.thermometer (C++ kernel forward, C++ BPDA backward);
+  * native: obfgrad.ops.thermometer_op (C++ kernel forward, C++ BPDA backward);
   * torch_paper: the formulation of the paper's notebook in torch - compare against the
     thresholds for the forward, autograd through the soft relaxation for the backward;
   * torch_fast: one broadcast comparison for the forward and the closed-form masked sum (no
@@ -17,7 +17,7 @@ The README's ratio is native against the fastest of the torch contenders in the 
 import pytest
 import torch
 
-from obfgrad.ops.thermometer import (
+from obfgrad.ops.thermometer_op import (
     _soft_backward_reference,
     soft_thermometer_reference,
     thermometer,

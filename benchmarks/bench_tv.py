@@ -6,7 +6,7 @@ Targets (issue): one image >= 5x faster than scikit-image's Cython ``denoise_tv_
 same iteration count; a batch of 30 (one EOT step) >= 10x faster than 30 scikit-image calls.
 Every contender runs exactly 100 iterations (tolerance 0, so no early stop), anisotropic, with
 the paper's weight 2/0.03. Contenders:
-  * native: obfgrad.ops.tv.tv_minimize (red-black sweep; also the raster sweep for one image);
+  * native: obfgrad.ops.tv_op.tv_minimize (red-black sweep; also the raster sweep for one image);
   * skimage: ``denoise_tv_bregman(isotropic=False, channel_axis=-1)`` on float64 HWC (what
     ``img_as_float`` gives a user);
   * paper_python: the pure-Python loop structure of Athalye et al.'s
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from obfgrad.ops.tv import tv_minimize
+from obfgrad.ops.tv_op import tv_minimize
 
 skimage_restoration = pytest.importorskip("skimage.restoration")
 skimage_data = pytest.importorskip("skimage.data")

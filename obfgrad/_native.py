@@ -7,7 +7,11 @@
   CuPy's low-level binding, CuPy for CUDA 12 or 13; it needs no GPU to compile), the first time
   a CUDA tensor reaches an op, cached per (op, architecture), and launched on torch's current
   stream. Every launch's arguments are checked against the kernel's signature parsed from its
-  source (an ``int`` parameter fed 64 bits reads garbage on a GPU, silently).
+  source (an ``int`` parameter fed 64 bits reads garbage on a GPU, silently). Without CuPy, ops
+  on CUDA tensors run their pure-torch reference and warn once per op.
+
+:func:`choose_backend` is the one decision every op makes per call: ``cuda``, ``native`` or
+``reference`` for a tensor's device.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ import numpy as np
 import torch
 
 __all__ = [
+    "BACKENDS",
+    "choose_backend",
+    "cupy_install_hint",
     "native",
     "require_native",
     "backend_info",
@@ -41,6 +48,11 @@ __all__ = [
 _REQUIRE_ENV = "OBFGRAD_REQUIRE_NATIVE"
 _warned_fallback = False
 _warn_lock = threading.Lock()
+#: The ops that have warned they run their reference on CUDA tensors (CuPy missing).
+_warned_cuda_fallback: set[str] = set()
+#: Where an op runs: its CUDA driver (NVRTC through CuPy), the compiled CPU extension, or its
+#: pure-torch reference.
+BACKENDS = ("cuda", "native", "reference")
 
 
 def _truthy(value: Optional[str]) -> bool:
@@ -83,6 +95,59 @@ def native() -> Any:
     return None
 
 
+def cupy_install_hint() -> str:
+    """The pip command that installs the CuPy of torch's CUDA major (pyproject's ``cuda12`` and
+    ``cuda13`` extras)."""
+    major = (torch.version.cuda or "").split(".")[0]
+    if major in ("12", "13"):
+        return f"pip install 'obfgrad[cuda{major}]' (cupy-cuda{major}x, for torch's CUDA {torch.version.cuda})"
+    return ("pip install 'obfgrad[cuda12]' (cupy-cuda12x) or 'obfgrad[cuda13]' (cupy-cuda13x), "
+            "matching torch.version.cuda")
+
+
+@functools.lru_cache(maxsize=1)
+def _cupy_error() -> Optional[str]:
+    """None when CuPy imports, else why it does not."""
+    try:
+        import cupy  # noqa: F401
+    except Exception as exc:  # ImportError, or a CuPy that fails to find its CUDA libraries
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _cuda_fallback(op: str) -> str:
+    """``reference`` for ``op`` on a CUDA tensor without CuPy, after one warning per op (an error
+    under ``OBFGRAD_REQUIRE_NATIVE=1``, as for the CPU extension)."""
+    error = _cupy_error()
+    if _truthy(os.environ.get(_REQUIRE_ENV)):
+        raise RuntimeError(f"obfgrad: CuPy did not load ({error}), so {op} cannot run its CUDA kernels, and "
+                           f"{_REQUIRE_ENV}=1 forbids the pure-torch fallback: {cupy_install_hint()}")
+    with _warn_lock:
+        if op not in _warned_cuda_fallback:
+            _warned_cuda_fallback.add(op)
+            warnings.warn(f"obfgrad: CuPy did not load ({error}); {op} on CUDA tensors runs its slower pure-torch "
+                          f"reference. For the CUDA kernels: {cupy_install_hint()}.", RuntimeWarning, stacklevel=4)
+    return "reference"
+
+
+def choose_backend(op: str, device: torch.device) -> str:
+    """Where ``op`` runs for a tensor on ``device``: one of :data:`BACKENDS`.
+
+    * CUDA: ``cuda`` when CuPy loads, else ``reference`` (on the same device) after one
+      ``RuntimeWarning`` per op naming the extra to install.
+    * CPU: ``native`` when ``obfgrad._C`` loads, else ``reference`` after one warning.
+    * any other device: ``reference``.
+
+    ``OBFGRAD_REQUIRE_NATIVE=1`` turns either fallback into a ``RuntimeError``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "cuda" if _cupy_error() is None else _cuda_fallback(op)
+    if device.type == "cpu":
+        return "native" if native() is not None else "reference"
+    return "reference"
+
+
 def require_native() -> Any:
     """The compiled CPU module; raises ``RuntimeError`` if it is missing."""
     module, error = _load_extension()
@@ -114,9 +179,7 @@ def _nvrtc():
         from cupy_backends.cuda.libs import nvrtc  # type: ignore
     except ImportError as exc:
         raise RuntimeError(
-            "obfgrad's CUDA kernels are compiled with NVRTC through CuPy: install the CuPy of "
-            "your CUDA major, pip install 'obfgrad[cuda12]' (cupy-cuda12x) or 'obfgrad[cuda13]' "
-            "(cupy-cuda13x); torch.version.cuda says which."
+            f"obfgrad's CUDA kernels are compiled with NVRTC through CuPy: {cupy_install_hint()}"
         ) from exc
     return nvrtc
 
@@ -323,10 +386,7 @@ def _launch_on_device(op: str, kernel: str, grid: tuple[int, ...], block: tuple[
     try:
         import cupy
     except ImportError as exc:
-        raise RuntimeError(
-            "obfgrad's CUDA kernels are launched through CuPy: pip install 'obfgrad[cuda12]' "
-            "(cupy-cuda12x) or 'obfgrad[cuda13]' (cupy-cuda13x), matching torch.version.cuda"
-        ) from exc
+        raise RuntimeError(f"obfgrad's CUDA kernels are launched through CuPy: {cupy_install_hint()}") from exc
 
     fn = cuda_function(op, kernel, device)
     stream = torch.cuda.current_stream(device)

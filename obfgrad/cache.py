@@ -50,7 +50,8 @@ CHECKPOINT_FORMAT = 2
 #: PixelCNN++, cascade), the data loaders, the adversary of PGD adversarial training, the
 #: thermometer encoding (trained through), and the checkpoint format itself.
 TRAINING_ROOTS = ("obfgrad.models", "obfgrad.models.training", "obfgrad.models.wgan", "obfgrad.models.pixelcnn",
-                  "obfgrad.defenses.cascade", "obfgrad.data", "obfgrad.ops.thermometer", "obfgrad.attacks.pgd",
+                  "obfgrad.defenses.cascade", "obfgrad.data", "obfgrad.ops.thermometer_op",
+                  "obfgrad.defenses.thermometer", "obfgrad.attacks.pgd",
                   "obfgrad.cache")
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _SUFFIX = re.compile(r"(\.[A-Za-z0-9_-]+)*")

@@ -383,8 +383,8 @@ def _guo_transform(name: str):
 
 def _quilting_at(patches: int):
     def build(specs, device, batch):
+        from obfgrad.data.patch_db import build_patch_database
         from obfgrad.defenses.input_transforms import ImageQuilting
-        from obfgrad.ops.quilt_db import build_patch_database
         from reproduce.pipeline import synthetic_batch
 
         settings = _spec(specs, "guo").config["transforms"]["quilting"]

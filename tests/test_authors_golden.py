@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from obfgrad import _native
+from obfgrad.data.patch_db import authors_resize
 from obfgrad.defenses import (
     BitDepthReduction,
     JPEGCompression,
@@ -25,12 +27,11 @@ from obfgrad.defenses import (
     resize_and_pad,
 )
 from obfgrad.defenses.tf_resize import crop_and_resize
-from obfgrad.ops import quilt as quilt_module
-from obfgrad.ops.quilt import quilt
-from obfgrad.ops.quilt_db import authors_resize
-from obfgrad.ops.thermometer import soft_thermometer_reference, thermometer
-from obfgrad.ops.tv import reference as tv_reference
-from obfgrad.ops.tv import tv_minimize
+from obfgrad.ops import quilt_op as quilt_module
+from obfgrad.ops.quilt_op import quilt
+from obfgrad.ops.thermometer_op import soft_thermometer_reference, thermometer
+from obfgrad.ops.tv_op import reference as tv_reference
+from obfgrad.ops.tv_op import tv_minimize
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "data" / "authors_ops.npz"
@@ -187,7 +188,7 @@ def test_quilting_neighbours_are_the_authors_knn(golden, quilt_database):
     x = nchw(golden["x32"])
     flat, sq, proj, channels, _ = quilt_module._database_tensors(quilt_database, torch.device("cpu"))
     queries = quilt_module._extract_patches(x, 5, 3)
-    module = quilt_module.native()
+    module = _native.native()
     if module is not None:
         found = quilt_module._knn_cpu(module, queries, flat, sq, proj, channels, 10)
     else:

@@ -193,7 +193,7 @@ def test_a_checkpoint_records_the_training_code_and_a_changed_module_invalidates
     assert payload["code"] == training_code()
     # The PGD adversary of adversarial training and the data loaders are training code ...
     closure = module_closure(TRAINING_ROOTS)
-    for module in ("obfgrad.attacks.pgd", "obfgrad.data.idx", "obfgrad.models.training", "obfgrad.ops.thermometer",
+    for module in ("obfgrad.attacks.pgd", "obfgrad.data.idx", "obfgrad.models.training", "obfgrad.ops.thermometer_op",
                    "obfgrad.defenses.cascade", "obfgrad.models.wgan", "obfgrad.models.pixelcnn"):
         assert module in closure
     # ... the evaluation code is not (editing it keeps the models).

@@ -13,7 +13,7 @@ import torch
 from cuda_host_shim import EmulationError, HostDriver
 
 from obfgrad import _native
-from obfgrad.ops import thermometer as thermometer_module
+from obfgrad.ops import thermometer_op as thermometer_module
 
 OPS = ("jpeg", "quilt", "thermometer", "tv")
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from obfgrad import _native
-from obfgrad.ops.jpeg import jpeg
-from obfgrad.ops.quilt import _extract_patches, _knn_cuda, knn_reference, quilt
-from obfgrad.ops.quilt_db import search_projections
-from obfgrad.ops.thermometer import thermometer
-from obfgrad.ops.tv import tv_mask, tv_minimize
+from obfgrad.data.patch_db import search_projections
+from obfgrad.ops.jpeg_op import jpeg
+from obfgrad.ops.quilt_op import _extract_patches, _knn_cuda, knn_reference, quilt
+from obfgrad.ops.thermometer_op import thermometer
+from obfgrad.ops.tv_op import tv_mask, tv_minimize
 
 pytestmark = [
     pytest.mark.gpu,

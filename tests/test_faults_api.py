@@ -29,12 +29,16 @@ from obfgrad.defenses import (
 )
 from obfgrad.distances import get_distance
 from obfgrad.eval import DiagnoseBudget, diagnose, evaluate
-from obfgrad.ops.jpeg import jpeg, linear_surrogate, quantization_tables
-from obfgrad.ops.jpeg import reference as jpeg_reference
-from obfgrad.ops.quilt import knn_reference, quilt
-from obfgrad.ops.thermometer import soft_thermometer_reference, thermometer, thermometer_reference
-from obfgrad.ops.tv import reference as tv_reference
-from obfgrad.ops.tv import tv_mask, tv_minimize
+from obfgrad.ops.jpeg_op import jpeg, linear_surrogate, quantization_tables
+from obfgrad.ops.jpeg_op import reference as jpeg_reference
+from obfgrad.ops.quilt_op import knn_reference, quilt
+from obfgrad.ops.thermometer_op import (
+    soft_thermometer_reference,
+    thermometer,
+    thermometer_reference,
+)
+from obfgrad.ops.tv_op import reference as tv_reference
+from obfgrad.ops.tv_op import tv_mask, tv_minimize
 
 
 def images(n=4, c=1, h=4, w=4, seed=0):
@@ -156,8 +160,8 @@ def _tv_op_with_mask(mask):
 
 
 def _quilt_op_with(choices=None, database_nan=False, database_dtype=torch.float32):
-    from obfgrad.ops.quilt import _quilt_op
-    from obfgrad.ops.quilt_db import search_projections
+    from obfgrad.data.patch_db import search_projections
+    from obfgrad.ops.quilt_op import _quilt_op
 
     flat = DB.reshape(40, -1).clone()
     proj = torch.from_numpy(search_projections(flat.numpy(), 3))

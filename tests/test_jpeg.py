@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from obfgrad import _native
-from obfgrad.ops.jpeg import (
-    JPEG,
+from obfgrad.ops.jpeg_op import (
     SUBSAMPLINGS,
     jpeg,
     linear_surrogate,
@@ -23,7 +22,7 @@ from obfgrad.ops.jpeg import (
 )
 
 # The module itself (obfgrad.ops may re-export the function under the same name).
-jpeg_module = importlib.import_module("obfgrad.ops.jpeg")
+jpeg_module = importlib.import_module("obfgrad.ops.jpeg_op")
 
 QUALITIES = (10, 50, 75, 95)
 
@@ -264,11 +263,20 @@ def test_truncating_rounding_keeps_the_identity_backward():
 
 
 def test_module_form():
-    module = JPEG(50, backward="linear")
+    # The op's one nn.Module is the defense's JPEGCompression.
+    from obfgrad.defenses import JPEGCompression
+
+    module = JPEGCompression(50, backward="linear", subsampling="4:4:4")
     x = random_images((2, 3, 8, 8))
-    assert torch.equal(module(x), jpeg(x, 50))
-    assert "quality=50" in repr(module)
-    assert torch.equal(JPEG(50, rounding="truncate")(x), jpeg(x, 50, rounding="truncate"))
+    assert torch.equal(module(x), jpeg(x, 50, subsampling="4:4:4"))
+    assert "quality=50" in repr(module) and "backward='linear'" in repr(module)
+    assert torch.equal(JPEGCompression(50, rounding="truncate")(x), jpeg(x, 50, rounding="truncate"))
+    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    want = torch.autograd.functional.vjp(lambda v: linear_surrogate(v, 50, "4:4:4"), x.double(), grad_out.double())[1]
+    for backend in ("native", "reference"):  # the registered linear backward, or BPDA over the surrogate
+        leaf = x.clone().requires_grad_(True)
+        JPEGCompression(50, backend=backend, backward="linear", subsampling="4:4:4")(leaf).backward(grad_out)
+        torch.testing.assert_close(leaf.grad.double(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_opcheck():

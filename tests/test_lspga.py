@@ -6,7 +6,7 @@ from torch import nn
 from obfgrad.attacks import LSPGA, PGD
 from obfgrad.attacks.lspga import levels_to_image, reachable_levels, soft_code
 from obfgrad.defenses import ThermometerDefense
-from obfgrad.ops.thermometer import thermometer_reference
+from obfgrad.ops.thermometer_op import thermometer_reference
 
 LEVELS = 16
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-import obfgrad.ops.jpeg  # noqa: F401  (registers torch.ops.obfgrad.jpeg_*)
-import obfgrad.ops.thermometer  # noqa: F401
-import obfgrad.ops.tv  # noqa: F401
+import obfgrad.ops.jpeg_op  # noqa: F401  (registers torch.ops.obfgrad.jpeg_*)
+import obfgrad.ops.thermometer_op  # noqa: F401
+import obfgrad.ops.tv_op  # noqa: F401
 from obfgrad._native import native
-from obfgrad.ops.quilt import _quilt_op
-from obfgrad.ops.quilt_db import search_projections
+from obfgrad.data.patch_db import search_projections
+from obfgrad.ops.quilt_op import _quilt_op
 
 C = native()
 needs_native = pytest.mark.skipif(C is None, reason="obfgrad._C is not built")
@@ -115,8 +115,8 @@ def test_registered_quilt_op_reads_strided_choices_and_database_like_contiguous_
 
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 def test_public_ops_backward_with_non_contiguous_gradients(layout):
-    from obfgrad.ops.jpeg import jpeg
-    from obfgrad.ops.thermometer import thermometer
+    from obfgrad.ops.jpeg_op import jpeg
+    from obfgrad.ops.thermometer_op import thermometer
 
     x = _images(h=8, w=8)
     for fn, kwargs in ((thermometer, {"levels": 4}), (jpeg, {"backward": "linear"})):

@@ -9,7 +9,16 @@ import skimage.data
 import torch
 
 from obfgrad._native import native
-from obfgrad.ops.quilt import (
+from obfgrad.data.patch_db import (
+    PatchDatabaseError,
+    authors_resize,
+    build_patch_database,
+    load_patch_database,
+    patch_database_from_array,
+    save_patch_database,
+    search_projections,
+)
+from obfgrad.ops.quilt_op import (
     STITCHES,
     _extract_patches,
     _knn_cuda,
@@ -19,15 +28,6 @@ from obfgrad.ops.quilt import (
     philox_uniform_reference,
     quilt,
     reference,
-)
-from obfgrad.ops.quilt_db import (
-    PatchDatabaseError,
-    authors_resize,
-    build_patch_database,
-    load_patch_database,
-    patch_database_from_array,
-    save_patch_database,
-    search_projections,
 )
 
 C = native()
@@ -186,12 +186,12 @@ def test_quilt_equals_reference(shape, k, overlap):
 
 
 def test_without_the_native_extension_quilt_falls_back_to_the_reference(monkeypatch):
-    import obfgrad.ops.quilt as quilt_module
+    from obfgrad import _native
 
     torch.manual_seed(12)
     database = torch.rand(300, 3, 5, 5)
     x = torch.rand(1, 3, 13, 16)
-    monkeypatch.setattr(quilt_module, "native", lambda: None)
+    monkeypatch.setattr(_native, "native", lambda: None)
     assert torch.equal(quilt(x, database, k=4, seed=2), reference(x, database, k=4, seed=2))
 
 
@@ -456,7 +456,7 @@ def test_database_from_an_nhwc_array_keeps_the_patches():
 
 def test_database_roundtrip_is_read_into_memory_and_read_only(tmp_path):
     # Not memory-mapped: a mapped file truncated or rewritten later would change the verified
-    # database or raise SIGBUS (issue 15, cases 5 and 6; see tests/test_faults_quilt_db.py).
+    # database or raise SIGBUS (issue 15, cases 5 and 6; see tests/test_faults_patch_db.py).
     database = small_database()
     path = save_patch_database(database, tmp_path / "db.npy")
     loaded = load_patch_database(path, patch_size=5, channels=3)

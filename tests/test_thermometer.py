@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from obfgrad import _native
-from obfgrad.ops.thermometer import (
-    Thermometer,
+from obfgrad.defenses import Thermometer
+from obfgrad.ops.thermometer_op import (
     soft_thermometer_reference,
     thermometer,
     thermometer_reference,
@@ -276,7 +276,7 @@ def test_cuda_driver_on_host_equals_the_cpu_driver(cuda_on_host, levels, shape):
     # csrc/cuda/thermometer.cu compiled for the CPU, launched through the op's own CUDA path
     # (packing, signature check, grid): forward and both BPDA backwards equal the CPU driver's,
     # on random values and on every bucket boundary.
-    from obfgrad.ops import thermometer as module
+    from obfgrad.ops import thermometer_op as module
 
     if _native.native() is None:
         pytest.skip("native extension not built")

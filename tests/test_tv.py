@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from obfgrad import _native
-from obfgrad.ops import tv as tv_module
-from obfgrad.ops.tv import reference, tv_mask, tv_minimize
+from obfgrad.ops import tv_op as tv_module
+from obfgrad.ops.tv_op import reference, tv_mask, tv_minimize
 
 skimage_restoration = pytest.importorskip("skimage.restoration")
 skimage_data = pytest.importorskip("skimage.data")
@@ -217,7 +217,7 @@ def test_native_matches_reference_with_reflect_border_and_given_mask(shape, swee
 def test_red_black_matches_paper_masked_update_within_1e3_on_natural_images(name):
     """Masked (keep_prob 0.5) red-black against the paper's raster loop after 100 iterations:
     the dropped pixels are pure TV inpainting, which converges slowly, so the two orders still
-    differ by a few 1e-4 on photographs (on white noise the gap is ~1e-2, see obfgrad.ops.tv)."""
+    differ by a few 1e-4 on photographs (on white noise the gap is ~1e-2, see obfgrad.ops.tv_op)."""
     x = _natural_images()[name][:, :, :24, :28]
     mask = tv_mask(x, 0.5, seed=9)
     ours = tv_minimize(x, 0.5, tol=0.0, max_iter=100, seed=9)
@@ -382,10 +382,16 @@ def test_custom_op_passes_opcheck():
 
 def test_module_draws_a_fresh_mask_per_call_unless_seeded():
     x = _random_images((1, 3, 16, 16), seed=0)
-    fresh = tv_module.TVMinimize()
+    # The op's one nn.Module is the defense's TVMinimization.
+    from obfgrad.defenses import TVMinimization
+
+    fresh = TVMinimization()
     assert not torch.equal(fresh(x), fresh(x))
-    fixed = tv_module.TVMinimize(seed=3)
+    fixed = TVMinimization(seed=3)
     assert torch.equal(fixed(x), tv_minimize(x, seed=3))
+    short = TVMinimization(seed=3, max_iter=2, tol=0.0)
+    assert torch.equal(short(x), tv_minimize(x, seed=3, max_iter=2, tol=0.0))
+    assert not torch.equal(short(x), fixed(x))
 
 
 # ------------------------------------------------------------------ bad input

@@ -2,7 +2,6 @@
 al.'s penalized gradient descent, transfer from a surrogate, and the BPDA / EOT wrappers that make
 them adaptive."""
 
-from obfgrad.attacks.bpda import BPDA
 from obfgrad.attacks.cw import CarliniWagnerL2
 from obfgrad.attacks.eot import EOT
 from obfgrad.attacks.latent import LatentAttack, invert
@@ -12,6 +11,7 @@ from obfgrad.attacks.penalized import PenalizedGradientDescent
 from obfgrad.attacks.pgd import PGD
 from obfgrad.attacks.result import AttackResult
 from obfgrad.attacks.transfer import TransferAttack
+from obfgrad.ops.bpda import BPDA  # an ops-level primitive (defenses use it too), re-exported here
 
 __all__ = ["PGD", "CarliniWagnerL2", "BPDA", "EOT", "LSPGA", "LatentAttack", "invert",
            "PenalizedGradientDescent", "TransferAttack", "AttackResult", "loss_and_grad", "make_objective"]

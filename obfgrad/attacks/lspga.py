@@ -37,7 +37,7 @@ from obfgrad.distances import get_distance
 __all__ = ["LSPGA", "reachable_levels", "levels_to_image", "soft_code"]
 
 _MASKED = 999999.0  # the authors' constant for levels outside the mask
-# Bucket index b(x) = floor(0.99999 * L * x), as obfgrad.ops.thermometer / discretize_uniform.
+# Bucket index b(x) = floor(0.99999 * L * x), as obfgrad.ops.thermometer_op / discretize_uniform.
 _SHRINK = 0.99999
 
 

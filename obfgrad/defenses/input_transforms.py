@@ -23,7 +23,6 @@ reference ops (for measuring what the kernels buy a whole attack).
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Callable, Optional, Union
 
@@ -32,14 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from obfgrad._checks import check_choice, check_float, check_generator, check_images, check_int
-from obfgrad.attacks.bpda import BPDA
+from obfgrad.data.patch_db import PatchDatabase
 from obfgrad.defenses.tf_resize import _crop_and_resize, _resize_bilinear_tf1
-from obfgrad.ops.quilt_db import PatchDatabase
-
-# The op modules (obfgrad.ops re-exports functions of the same names, so import the modules).
-jpeg_op = importlib.import_module("obfgrad.ops.jpeg")
-quilt_op = importlib.import_module("obfgrad.ops.quilt")
-tv_op = importlib.import_module("obfgrad.ops.tv")
+from obfgrad.ops import jpeg_op, quilt_op, tv_op
+from obfgrad.ops.bpda import BPDA
 
 __all__ = ["InputTransform", "BitDepthReduction", "JPEGCompression", "CropRescale", "TVMinimization",
            "ImageQuilting", "TransformedClassifier", "crop_rescale", "BACKENDS", "GUO_TRANSFORMS",
@@ -53,10 +48,11 @@ GUO_TRANSFORMS = ("bit_depth", "jpeg", "crop_rescale", "tv", "quilting")
 _SEED_BOUND = 2**62
 
 
-def _straight_through(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bpda: bool) -> torch.Tensor:
-    """``fn(x)`` with the identity as its gradient (bpda) or cut from the graph."""
+def _straight_through(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bpda: bool,
+                      approx: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+    """``fn(x)`` with ``approx``'s gradient (the identity when None) under bpda, else cut from the graph."""
     if bpda and x.requires_grad:
-        return BPDA(fn)(x)
+        return BPDA(fn, approx)(x)
     with torch.no_grad():
         return fn(x.detach())
 
@@ -121,29 +117,41 @@ class BitDepthReduction(InputTransform):
 
 
 class JPEGCompression(InputTransform):
-    """JPEG round trip at ``quality`` (Guo et al.: 75), bit-exact with Pillow; deterministic.
+    """JPEG round trip at ``quality`` (Guo et al.: 75), bit-exact with Pillow; deterministic; the
+    ``nn.Module`` of :func:`obfgrad.ops.jpeg_op.jpeg`.
     ``rounding``: float to 8 bits by ``"nearest"`` (default) or ``"truncate"`` (Athalye et al.'s
-    ``defend_jpeg``; the paper profile's). See :func:`obfgrad.ops.jpeg.jpeg`."""
+    ``defend_jpeg``; the paper profile's). ``subsampling``: ``"4:2:0"`` (default) or ``"4:4:4"``.
+    ``backward`` (with ``bpda``): ``"identity"`` (default) or ``"linear"``, the gradient of the
+    op's linear surrogate (:func:`obfgrad.ops.jpeg_op.linear_surrogate`)."""
 
-    def __init__(self, quality: int = 75, bpda: bool = True, backend: str = "native", rounding: str = "nearest"):
+    def __init__(self, quality: int = 75, bpda: bool = True, backend: str = "native", rounding: str = "nearest", *,
+                 subsampling: str = "4:2:0", backward: str = "identity"):
         super().__init__()
         self.quality = check_int(quality, "quality", low=1, high=100)
         self.bpda = bool(bpda)
         self.backend = check_choice(backend, "backend", BACKENDS)
         self.rounding = check_choice(rounding, "rounding", jpeg_op.ROUNDINGS)
+        self.subsampling = check_choice(subsampling, "subsampling", jpeg_op.SUBSAMPLINGS)
+        self.backward_mode = check_choice(backward, "backward", jpeg_op.BACKWARDS)
 
     def transform(self, x: torch.Tensor, seed: int) -> torch.Tensor:
-        if self.backend == "native" and self.bpda:
-            return jpeg_op.jpeg(x, self.quality, rounding=self.rounding)  # its registered backward is the identity
-        return _straight_through(lambda v: self._forward(v), x, self.bpda)
+        if self.backend == "native" and self.bpda:  # the op's registered backward is the chosen one
+            return jpeg_op.jpeg(x, self.quality, subsampling=self.subsampling, backward=self.backward_mode,
+                                rounding=self.rounding)
+        approx = self._surrogate if self.backward_mode == "linear" else None
+        return _straight_through(self._forward, x, self.bpda, approx)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "reference":
-            return jpeg_op.reference(x, self.quality, rounding=self.rounding)
-        return jpeg_op.jpeg(x, self.quality, rounding=self.rounding)
+            return jpeg_op.reference(x, self.quality, self.subsampling, rounding=self.rounding)
+        return jpeg_op.jpeg(x, self.quality, subsampling=self.subsampling, rounding=self.rounding)
+
+    def _surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        return jpeg_op.linear_surrogate(x, self.quality, self.subsampling)
 
     def extra_repr(self) -> str:
-        return f"quality={self.quality}, rounding={self.rounding!r}, bpda={self.bpda}, backend={self.backend!r}"
+        return (f"quality={self.quality}, subsampling={self.subsampling!r}, rounding={self.rounding!r}, "
+                f"backward={self.backward_mode!r}, bpda={self.bpda}, backend={self.backend!r}")
 
 
 class CropRescale(InputTransform):
@@ -262,23 +270,26 @@ class TVMinimization(InputTransform):
     """Random pixel dropout (keep ``keep_prob``) + masked total-variation minimisation with
     ``lambda_tv`` (Guo et al.: 0.5, 0.03). Random (the mask). ``sweep`` and ``border``: the
     solver's order and ghost ring, ``"red_black"``/``"skimage"`` by default; the paper profile
-    runs Athalye et al.'s ``"raster"``/``"reflect"``. See :func:`obfgrad.ops.tv.tv_minimize`."""
+    runs Athalye et al.'s ``"raster"``/``"reflect"``. See :func:`obfgrad.ops.tv_op.tv_minimize`."""
 
     random = True
 
     def __init__(self, keep_prob: float = 0.5, lambda_tv: float = 0.03, *, bpda: bool = True,
                  backend: str = "native", seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                 sweep: str = "red_black", border: str = "skimage"):
+                 sweep: str = "red_black", border: str = "skimage", tol: float = 1e-3, max_iter: int = 100):
         super().__init__(seed, generator)
         self.keep_prob = check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
         self.lambda_tv = check_float(lambda_tv, "lambda_tv", low=0.0, low_inclusive=False)
+        self.tol = check_float(tol, "tol", low=0.0)
+        self.max_iter = check_int(max_iter, "max_iter", low=1, high=tv_op.MAX_ITER)
         self.bpda = bool(bpda)
         self.backend = check_choice(backend, "backend", BACKENDS)
         self.sweep = check_choice(sweep, "sweep", tv_op.SWEEPS)
         self.border = check_choice(border, "border", tv_op.BORDERS)
 
     def transform(self, x: torch.Tensor, seed: int) -> torch.Tensor:
-        options = {"seed": seed, "sweep": self.sweep, "border": self.border}
+        options = {"seed": seed, "sweep": self.sweep, "border": self.border, "tol": self.tol,
+                   "max_iter": self.max_iter}
         if self.backend == "native" and self.bpda:
             return tv_op.tv_minimize(x, self.keep_prob, self.lambda_tv, **options)
         if self.backend == "reference":
@@ -288,15 +299,15 @@ class TVMinimization(InputTransform):
         return _straight_through(fn, x, self.bpda)
 
     def extra_repr(self) -> str:
-        return (f"keep_prob={self.keep_prob}, lambda_tv={self.lambda_tv}, sweep={self.sweep!r}, "
-                f"border={self.border!r}, bpda={self.bpda}, backend={self.backend!r}")
+        return (f"keep_prob={self.keep_prob}, lambda_tv={self.lambda_tv}, tol={self.tol}, max_iter={self.max_iter}, "
+                f"sweep={self.sweep!r}, border={self.border!r}, bpda={self.bpda}, backend={self.backend!r}")
 
 
 class ImageQuilting(InputTransform):
     """Image quilting from ``database`` (Guo et al.: 5x5 patches, overlap 2, K = 10 nearest
     neighbours, one picked at random). Random (the pick). ``stitch``: ``"min_cut"`` (default,
     the textbook boundary cut) or ``"authors"`` (Athalye et al.'s ``assign_block``; the paper
-    profile's). See :func:`obfgrad.ops.quilt.quilt`."""
+    profile's). See :func:`obfgrad.ops.quilt_op.quilt`."""
 
     random = True
 

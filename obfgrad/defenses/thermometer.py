@@ -7,7 +7,7 @@ trained on encoded inputs; Table 1 reports the model trained *without* adversari
 Three ways to differentiate the same deployed model (the forward pass is always the true,
 discrete encoding):
 
-* ``gradient="bpda"``: the soft-thermometer derivative of :func:`obfgrad.ops.thermometer`
+* ``gradient="bpda"``: the soft-thermometer derivative of :func:`obfgrad.ops.thermometer_op`
   (Athalye et al.'s BPDA, Sec. 5.1), the adaptive attack's view (``backward`` picks the op's
   soft mode: ``"soft"``, or ``"soft_255"`` as the authors' attack graph evaluates it);
 * ``gradient="true"``: the encoding's true derivative, zero almost everywhere (a shattered
@@ -22,13 +22,37 @@ import torch
 from torch import nn
 
 from obfgrad._checks import check_choice, check_int
-from obfgrad.ops.thermometer import Thermometer, thermometer
+from obfgrad.ops.thermometer_op import BACKWARD_MODES, thermometer
 
-__all__ = ["ThermometerDefense", "GRADIENTS", "SOFT_BACKWARDS"]
+__all__ = ["Thermometer", "ThermometerDefense", "GRADIENTS", "SOFT_BACKWARDS"]
 
 GRADIENTS = ("bpda", "true")
-#: The op's soft BPDA backwards (obfgrad.ops.thermometer.BACKWARD_MODES without straight-through).
+#: The op's soft BPDA backwards (obfgrad.ops.thermometer_op.BACKWARD_MODES without straight-through).
 SOFT_BACKWARDS = ("soft", "soft_255")
+
+
+class Thermometer(nn.Module):
+    """The encoding layer, the ``nn.Module`` of :func:`obfgrad.ops.thermometer_op.thermometer`:
+    ``(N, C, H, W) -> (N, C*levels, H, W)`` with the op's BPDA ``backward`` (the training layout
+    is ``nn.Sequential(Thermometer(levels), classifier)``; :meth:`ThermometerDefense.from_sequential`
+    turns it into the defense).
+
+    Example:
+        >>> import torch
+        >>> Thermometer(levels=4)(torch.tensor([[[[0.0, 0.6]]]])).flatten().tolist()
+        [1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+    """
+
+    def __init__(self, levels: int = 16, backward: str = "soft"):
+        super().__init__()
+        self.levels = check_int(levels, "levels", low=2)
+        self.backward_mode = check_choice(backward, "backward", BACKWARD_MODES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return thermometer(x, self.levels, backward=self.backward_mode)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, backward={self.backward_mode!r}"
 
 
 class ThermometerDefense(nn.Module):
@@ -38,7 +62,7 @@ class ThermometerDefense(nn.Module):
         classifier: network on codes ``(N, C*L, H, W) -> logits``.
         levels: quantisation levels L (16 in Buckman et al. and Table 1).
         gradient: ``"bpda"`` (soft thermometer) or ``"true"`` (zero almost everywhere).
-        backward: the BPDA backward of :func:`obfgrad.ops.thermometer.thermometer` used with
+        backward: the BPDA backward of :func:`obfgrad.ops.thermometer_op.thermometer` used with
             ``gradient="bpda"``: ``"soft"`` (default) or ``"soft_255"`` (Athalye et al.'s
             float32 evaluation on the 0-255 scale; the paper profile's).
 

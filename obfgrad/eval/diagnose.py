@@ -42,7 +42,6 @@ from tqdm.auto import tqdm
 
 import obfgrad
 from obfgrad._checks import check_float, check_images, check_int, check_tensor
-from obfgrad.attacks.bpda import BPDA
 from obfgrad.attacks.eot import EOT
 from obfgrad.attacks.inputs import check_labels, check_logits
 from obfgrad.attacks.losses import NoGradientError, loss_and_grad, margin
@@ -51,6 +50,7 @@ from obfgrad.distances import L2, Distance, get_distance
 from obfgrad.eval.diagnose_report import REMEDIES, CheckResult, DiagnosisReport, Obfuscation
 from obfgrad.eval.eps_curve import margin_pgd
 from obfgrad.eval.streams import ROLES, derive_seed, random_stream
+from obfgrad.ops.bpda import BPDA
 
 __all__ = ["DiagnoseBudget", "diagnose", "DiagnosisReport", "CheckResult", "Obfuscation"]
 

@@ -119,7 +119,7 @@ def quilt_database(ctx: RunContext, settings: Dict[str, Any], dataset: str):
     """The quilting patch database: built once from the training split and cached (smoke); the
     user's 1,000,000-patch ImageNet database file (paper); a small synthetic one with the
     channels of ``dataset``'s images (dry run)."""
-    from obfgrad.ops.quilt_db import build_patch_database, load_patch_database, save_patch_database
+    from obfgrad.data.patch_db import build_patch_database, load_patch_database, save_patch_database
 
     if ctx.dry_run:
         images, _ = pipeline.synthetic_batch(dataset, 4, ctx.seed)
@@ -131,7 +131,7 @@ def quilt_database(ctx: RunContext, settings: Dict[str, Any], dataset: str):
     if settings["source"] != "fashion-mnist-train":
         raise FileNotFoundError(
             f"quilting: no patch database at {path}; build it from ImageNet training images with "
-            "obfgrad.ops.quilt_db.build_patch_database(image_files, 1_000_000, recipe='authors') (or convert "
+            "obfgrad.data.patch_db.build_patch_database(image_files, 1_000_000, recipe='authors') (or convert "
             "Athalye et al.'s quilt_db.npy with patch_database_from_array(..., layout='NHWC')) and "
             "save_patch_database it there")
     started = time.perf_counter()

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from obfgrad.attacks import BPDA, LSPGA, PGD
-from obfgrad.defenses import ThermometerDefense
+from obfgrad.defenses import Thermometer, ThermometerDefense
 from obfgrad.models import build_model
 from obfgrad.models.training import build_seeded, make_recipe, train_or_load
-from obfgrad.ops.thermometer import Thermometer, soft_thermometer_reference, thermometer_reference
+from obfgrad.ops.thermometer_op import soft_thermometer_reference, thermometer_reference
 from reproduce import pipeline, recipes
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
@@ -56,7 +56,7 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
                       "random_start": True, "update": "sign"},
         "own_plain_gradient": {"steps": steps(20), "step_size": eps / 4, "loss": "ce", "update": "sign"},
         # lr 1/255 at eps 8/255 in the repo: lr = eps / 8 at any eps. Paper: the soft thermometer
-        # evaluated on the 0-255 scale as thermometer/robustml_attack.py does (obfgrad.ops.thermometer).
+        # evaluated on the 0-255 scale as thermometer/robustml_attack.py does (obfgrad.ops.thermometer_op).
         "adaptive_attack": {"steps": steps(30), "step_size": eps / 8, "loss": "margin", "update": "adam_sign",
                             "random_start": False, "backward": "soft_255" if paper else "soft",
                             # Paper: the robustml attack's start, zeros clipped into the ball = max(x - eps, 0)

@@ -14,9 +14,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from obfgrad.defenses import BitDepthReduction, JPEGCompression, crop_rescale, resize_and_pad  # noqa: E402
-from obfgrad.ops.quilt import quilt  # noqa: E402
-from obfgrad.ops.thermometer import thermometer  # noqa: E402
-from obfgrad.ops.tv import reference, tv_minimize  # noqa: E402
+from obfgrad.ops.quilt_op import quilt  # noqa: E402
+from obfgrad.ops.thermometer_op import thermometer  # noqa: E402
+from obfgrad.ops.tv_op import reference, tv_minimize  # noqa: E402
 
 GOLDEN = np.load(Path(__file__).with_name("authors_ops.npz"))
 

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from obfgrad.ops.quilt import quilt
-from obfgrad.ops.quilt_db import (
+from obfgrad.data.patch_db import (
     PatchDatabase,
     PatchDatabaseError,
     authors_resize,
@@ -22,6 +21,7 @@ from obfgrad.ops.quilt_db import (
     patch_database_from_array,
     save_patch_database,
 )
+from obfgrad.ops.quilt_op import quilt
 
 
 def small_database(count=600, channels=3):
@@ -159,8 +159,8 @@ def test_truncating_a_loaded_database_does_not_crash_quilt(saved):
     path, _ = saved
     script = textwrap.dedent(f"""
         import os, torch
-        from obfgrad.ops.quilt import quilt
-        from obfgrad.ops.quilt_db import load_patch_database
+        from obfgrad.ops.quilt_op import quilt
+        from obfgrad.data.patch_db import load_patch_database
         db = load_patch_database({str(path)!r})
         os.truncate({str(path)!r}, 128)
         y = quilt(torch.rand(1, 3, 11, 11), db, seed=0)

@@ -59,7 +59,6 @@ dtype.
 
 from __future__ import annotations
 
-import warnings
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -77,7 +76,7 @@ from obfgrad._checks import (
     check_int,
 )
 
-__all__ = ["tv_minimize", "tv_mask", "draw_seed", "reference", "TVMinimize", "SWEEPS", "BORDERS", "SEED_BOUND"]
+__all__ = ["tv_minimize", "tv_mask", "draw_seed", "reference", "SWEEPS", "BORDERS", "SEED_BOUND"]
 
 #: Sweep orders: parallel red-black Gauss-Seidel, or scikit-image's raster Gauss-Seidel.
 SWEEPS = ("red_black", "raster")
@@ -156,7 +155,7 @@ def tv_mask(shape: Union[torch.Tensor, Sequence[int]], keep_prob: float = 0.5, *
 
     Example:
         >>> import torch
-        >>> from obfgrad.ops.tv import tv_mask
+        >>> from obfgrad.ops.tv_op import tv_mask
         >>> mask = tv_mask((2, 3, 64, 64), keep_prob=0.5, seed=7)
         >>> mask.shape, mask.dtype
         (torch.Size([2, 1, 64, 64]), torch.bool)
@@ -176,17 +175,17 @@ def tv_mask(shape: Union[torch.Tensor, Sequence[int]], keep_prob: float = 0.5, *
     seed = check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
     device = check_device("cpu" if device is None else device, "device")
     n, _, h, w = shape
-    if device.type == "cuda" and _cuda_ready():
+    backend = _native.choose_backend("tv", device)
+    if backend == "cuda":
         mask = torch.empty((n, 1, h, w), dtype=torch.uint8, device=device)
         _native.launch_cuda("tv", "tv_mask_kernel", mask.numel(), (mask.numel(), mask, keep_prob, seed),
                             device=device)
         return mask.bool()
-    module = _native.native() if device.type == "cpu" else None
-    if module is None:
+    if backend == "reference":
         return _mask_reference(n, h, w, keep_prob, seed, device)
     mask = torch.empty((n, h, w), dtype=torch.uint8)
     if mask.numel():
-        module.tv_mask(mask.numpy(), keep_prob, seed)
+        _native.native().tv_mask(mask.numpy(), keep_prob, seed)
     return mask.view(n, 1, h, w).bool()
 
 
@@ -302,15 +301,6 @@ def reference(x: torch.Tensor, keep_prob: float = 0.5, lambda_tv: float = 0.03, 
 # ----------------------------------------------------------------------------- dispatch
 
 
-def _cuda_ready() -> bool:
-    try:
-        import cupy  # noqa: F401
-    except Exception:
-        warnings.warn("obfgrad: CuPy is not installed; tv_minimize on CUDA uses the torch reference "
-                      "(pip install 'obfgrad[cuda]').", RuntimeWarning, stacklevel=4)
-        return False
-    return True
-
 
 def _forward_cuda(x: torch.Tensor, keep_prob: float, weight: float, tol: float, max_iter: int,
                   seed: int, raster: bool, reflect: bool = False,
@@ -364,10 +354,10 @@ def _forward_impl(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
     n = x.shape[0]
     if x.numel() == 0:
         return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.zeros(n, dtype=torch.int32, device=x.device)
-    if x.is_cuda and _cuda_ready():
+    backend = _native.choose_backend("tv", x.device)
+    if backend == "cuda":
         return _forward_cuda(x, keep_prob, weight, tol, max_iter, seed, raster, reflect, mask)
-    module = _native.native() if x.device.type == "cpu" else None
-    if module is None:
+    if backend == "reference":
         given = None if mask is None else mask.bool().unsqueeze(1)
         out, iterations = reference(x, keep_prob, 2.0 / weight, tol=tol, max_iter=max_iter, seed=seed, mask=given,
                                     return_iterations=True, sweep="raster" if raster else "red_black",
@@ -376,7 +366,7 @@ def _forward_impl(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
     out = torch.empty(x.shape, dtype=torch.float32)
     iterations = torch.zeros(n, dtype=torch.int32)
     given = np.empty((0,), dtype=np.uint8) if mask is None else mask.numpy()
-    module.tv_minimize(x.numpy(), out.numpy(), iterations.numpy(), keep_prob, weight, tol, max_iter, seed, raster,
+    _native.native().tv_minimize(x.numpy(), out.numpy(), iterations.numpy(), keep_prob, weight, tol, max_iter, seed, raster,
                        reflect, given)
     return out, iterations
 
@@ -457,7 +447,7 @@ def tv_minimize(x: torch.Tensor, keep_prob: float = 0.5, lambda_tv: float = 0.03
 
     Example:
         >>> import torch
-        >>> from obfgrad.ops.tv import tv_minimize
+        >>> from obfgrad.ops.tv_op import tv_minimize
         >>> x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         >>> y, iterations = tv_minimize(x, seed=1, return_iterations=True)
         >>> y.shape, iterations.tolist()
@@ -499,30 +489,3 @@ def _checked_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if mask.device != x.device:
         raise ValueError(f"mask: expected it on {x.device}, got {mask.device}")
     return mask.reshape(n, h, w).to(torch.uint8).contiguous()
-
-
-class TVMinimize(torch.nn.Module):
-    """``nn.Module`` form of :func:`tv_minimize`; a fresh mask seed on every call unless
-    ``seed`` is fixed (drawn from ``generator`` or torch's default generator)."""
-
-    def __init__(self, keep_prob: float = 0.5, lambda_tv: float = 0.03, *, tol: float = 1e-3,
-                 max_iter: int = 100, seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                 sweep: str = "red_black", border: str = "skimage"):
-        super().__init__()
-        self.keep_prob = check_float(keep_prob, "keep_prob", low=0.0, high=1.0, low_inclusive=False)
-        self.lambda_tv = check_float(lambda_tv, "lambda_tv", low=0.0, low_inclusive=False)
-        self.tol = check_float(tol, "tol", low=0.0)
-        self.max_iter = check_int(max_iter, "max_iter", low=1, high=MAX_ITER)
-        self.seed = None if seed is None else check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
-        self.generator = check_generator(generator)
-        self.sweep = check_choice(sweep, "sweep", SWEEPS)
-        self.border = check_choice(border, "border", BORDERS)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return tv_minimize(x, self.keep_prob, self.lambda_tv, tol=self.tol, max_iter=self.max_iter,
-                           seed=self.seed, generator=None if self.seed is not None else self.generator,
-                           sweep=self.sweep, border=self.border)
-
-    def extra_repr(self) -> str:
-        return (f"keep_prob={self.keep_prob}, lambda_tv={self.lambda_tv}, tol={self.tol}, "
-                f"max_iter={self.max_iter}, seed={self.seed}, sweep={self.sweep!r}, border={self.border!r}")

@@ -1,4 +1,5 @@
-"""The patch database of image quilting: random square crops of natural images.
+"""The patch database of image quilting: random square crops of natural images (data the op
+:func:`obfgrad.ops.quilt_op.quilt` searches; its file format, building, resizing and cache).
 
 Guo et al. (ICLR 2018) quilt images from a database of 1,000,000 5x5 patches; Athalye et al.'s
 ``quilt_preprocess.py`` (obfuscated-gradients, ``inputtransformations/``) draws each from a
@@ -59,6 +60,7 @@ import torch
 
 from obfgrad._checks import check_int
 from obfgrad.atomic import atomic_write, atomic_write_json
+from obfgrad.cache import cache_dir
 
 __all__ = [
     "PatchDatabase",
@@ -67,7 +69,6 @@ __all__ = [
     "patch_database_from_array",
     "save_patch_database",
     "load_patch_database",
-    "cache_dir",
     "skimage_patch_database",
     "search_projections",
     "authors_resize",
@@ -214,11 +215,6 @@ def _storage_order(patches: np.ndarray) -> np.ndarray:
     order = np.empty(flat.shape[0], dtype=np.int64)
     module.quilt_storage_order(search_projections(flat, patches.shape[1]), order)
     return order
-
-
-def cache_dir() -> Path:
-    """``$OBFGRAD_CACHE`` or ``~/.cache/obfgrad``."""
-    return Path(os.environ.get("OBFGRAD_CACHE") or Path.home() / ".cache" / "obfgrad")
 
 
 # ------------------------------------------------------------------------------ building
@@ -618,7 +614,7 @@ SKIMAGE_SOURCES = ("brick", "camera", "chelsea", "clock", "coins", "grass", "gra
 def skimage_patch_database(count: int, *, patch_size: int = 5, seed: int = 0,
                            long_side: Optional[int] = 300, verify: bool = True) -> PatchDatabase:
     """A database from scikit-image's bundled photographs, built once and cached under
-    ``cache_dir()/quilt`` (keyed by its build parameters)."""
+    ``quilt/`` of :func:`obfgrad.cache.cache_dir` (keyed by its build parameters)."""
     import skimage.data
 
     order = "kd" if _native_loaded() else "norm"

@@ -57,8 +57,7 @@ from obfgrad._checks import (
     check_images,
     check_int,
 )
-from obfgrad._native import native
-from obfgrad.ops.quilt_db import MAX_PATCH_SIZE, PatchDatabase, search_projections
+from obfgrad.data.patch_db import MAX_PATCH_SIZE, PatchDatabase, search_projections
 
 __all__ = ["quilt", "reference", "knn_reference", "philox_uniform_reference", "MAX_PATCH_SIZE", "STITCHES"]
 
@@ -151,7 +150,7 @@ def quilt(
 
     Args:
         x: float32 images in [0, 1], NCHW.
-        database: a :class:`~obfgrad.ops.quilt_db.PatchDatabase` or an (N, C, P, P) float32
+        database: a :class:`~obfgrad.data.patch_db.PatchDatabase` or an (N, C, P, P) float32
             tensor of patches with C equal to the images' channels.
         k: neighbours to pick from (paper: 10), 1 <= k <= N.
         overlap: pixels shared by adjacent patches (paper: 2), 1 <= overlap < P.
@@ -286,11 +285,12 @@ def _quilt_op(x: torch.Tensor, database: torch.Tensor, database_sq_norms: torch.
     xp = x.contiguous()
     if (padded_h, padded_w) != (height, width):
         xp = torch.nn.functional.pad(xp, (0, padded_w - width, 0, padded_h - height), mode="replicate")
-    module = native() if x.device.type == "cpu" else None
-    if x.device.type == "cuda":
+    backend = _native.choose_backend("quilt", x.device)
+    if backend == "cuda":
         queries = None if choices is not None else _extract_patches(xp, size, stride)
         out = _quilt_cuda(xp, queries, database, size, k, overlap, seed, stitch, choices)
-    elif module is not None:
+    elif backend == "native":
+        module = _native.native()
         index = choices if choices is not None else _knn_cpu(module, _extract_patches(xp, size, stride), database,
                                                              database_sq_norms, database_projections, xp.shape[1], k)
         out = torch.empty_like(xp)

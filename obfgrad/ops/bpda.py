@@ -4,6 +4,9 @@ The forward pass runs the true, possibly non-differentiable transform ``g``; the
 differentiates a smooth approximation ``h`` with ``h(x) ~ g(x)`` instead: the vector-Jacobian
 product ``v^T dh/dx`` at the same ``x``. With no approximation, ``h`` is the identity
 (``g(x) ~ x``), so the gradient reaching ``g``'s output is passed to ``x`` unchanged.
+
+An ops-level primitive: the defenses build their straight-through transforms on it (they may not
+import the attacks), and :mod:`obfgrad.attacks` re-exports it as ``obfgrad.attacks.BPDA``.
 """
 
 from __future__ import annotations

@@ -38,8 +38,6 @@ the input's dtype.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from obfgrad import _native
@@ -123,15 +121,6 @@ def _soft_backward_reference(x: torch.Tensor, grad_out: torch.Tensor, levels: in
 # ----------------------------------------------------------------------------- dispatch
 
 
-def _cuda_ready() -> bool:
-    try:
-        import cupy  # noqa: F401
-    except Exception:
-        warnings.warn("obfgrad: CuPy is not installed; thermometer on CUDA uses the torch reference "
-                      "(pip install 'obfgrad[cuda]').", RuntimeWarning, stacklevel=4)
-        return False
-    return True
-
 
 def _forward_cuda(x: torch.Tensor, levels: int) -> torch.Tensor:
     n, c, h, w = x.shape
@@ -155,13 +144,13 @@ def _forward_impl(x: torch.Tensor, levels: int) -> torch.Tensor:
     # first, and the output is allocated contiguous, so every layout gives the same answer.
     x = x.contiguous()
     n, c, h, w = x.shape
-    if x.is_cuda and _cuda_ready():
+    backend = _native.choose_backend("thermometer", x.device)
+    if backend == "cuda":
         return _forward_cuda(x, levels)
-    module = _native.native() if x.device.type == "cpu" else None
-    if module is None:
+    if backend == "reference":
         return thermometer_reference(x, levels)
     out = torch.empty((n, c * levels, h, w), dtype=torch.float32)
-    module.thermometer_forward(x.numpy(), out.numpy(), levels)
+    _native.native().thermometer_forward(x.numpy(), out.numpy(), levels)
     return out
 
 
@@ -177,17 +166,17 @@ def _soft_255_backward_reference(x: torch.Tensor, grad_out: torch.Tensor, levels
 
 def _backward_impl(x: torch.Tensor, grad_out: torch.Tensor, levels: int, mode: int) -> torch.Tensor:
     x, grad_out = x.contiguous(), grad_out.contiguous()
-    if x.is_cuda and _cuda_ready():
+    backend = _native.choose_backend("thermometer", x.device)
+    if backend == "cuda":
         return _backward_cuda(x, grad_out, levels, mode)
-    module = _native.native() if x.device.type == "cpu" else None
-    if module is None:
+    if backend == "reference":
         if mode == _MODE_CODE["straight_through"]:
             return _straight_through_backward_reference(grad_out, levels)
         if mode == _MODE_CODE["soft_255"]:
             return _soft_255_backward_reference(x, grad_out, levels)
         return _soft_backward_reference(x, grad_out, levels)
     grad_in = torch.empty(x.shape, dtype=torch.float32)
-    module.thermometer_backward(x.numpy(), grad_out.numpy(), grad_in.numpy(), levels, mode)
+    _native.native().thermometer_backward(x.numpy(), grad_out.numpy(), grad_in.numpy(), levels, mode)
     return grad_in
 
 
@@ -268,7 +257,7 @@ def thermometer(x: torch.Tensor, levels: int = 16, *, backward: str = "soft") ->
 
     Example:
         >>> import torch
-        >>> from obfgrad.ops.thermometer import thermometer
+        >>> from obfgrad.ops.thermometer_op import thermometer
         >>> x = torch.tensor([[[[0.0, 0.5, 1.0]]]])  # 0.5 sits on a boundary: 0.99999 rounds it down
         >>> thermometer(x, levels=4)[0, :, 0, :]
         tensor([[1., 1., 1.],
@@ -286,21 +275,3 @@ def thermometer(x: torch.Tensor, levels: int = 16, *, backward: str = "soft") ->
     check_choice(backward, "backward", BACKWARD_MODES)
     out = _encode_op(x.to(torch.float32).contiguous(), levels, _MODE_CODE[backward])
     return out if x.dtype == torch.float32 else out.to(x.dtype)
-
-
-class Thermometer(torch.nn.Module):
-    """``nn.Module`` form of :func:`thermometer` (for ``nn.Sequential(Thermometer(), net)``)."""
-
-    def __init__(self, levels: int = 16, backward: str = "soft"):
-        super().__init__()
-        self.levels = check_int(levels, "levels", low=2)
-        self.backward_mode = check_choice(backward, "backward", BACKWARD_MODES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return thermometer(x, self.levels, backward=self.backward_mode)
-
-    def extra_repr(self) -> str:
-        return f"levels={self.levels}, backward={self.backward_mode!r}"
-
-
-__all__.append("Thermometer")

@@ -40,7 +40,6 @@ Two backwards (BPDA, Athalye, Carlini & Wagner, ICML 2018, Section 4.1):
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Tuple
 
 import torch
@@ -48,7 +47,7 @@ import torch
 from obfgrad import _native
 from obfgrad._checks import check_choice, check_float32_images, check_image_batch, check_int
 
-__all__ = ["jpeg", "JPEG", "reference", "linear_surrogate", "quantization_tables",
+__all__ = ["jpeg", "reference", "linear_surrogate", "quantization_tables",
            "SUBSAMPLINGS", "BACKWARDS", "ROUNDINGS"]
 
 SUBSAMPLINGS = ("4:2:0", "4:4:4")
@@ -421,15 +420,6 @@ def linear_surrogate(x: torch.Tensor, quality: int = 75, subsampling: str = "4:2
 _MODE_CODE = {"identity": 0, "linear": 1}
 
 
-def _cuda_ready() -> bool:
-    try:
-        import cupy  # noqa: F401
-    except Exception:
-        warnings.warn("obfgrad: CuPy is not installed; jpeg on CUDA uses the torch reference "
-                      "(pip install 'obfgrad[cuda]').", RuntimeWarning, stacklevel=4)
-        return False
-    return True
-
 
 def _plane_geometry(height: int, width: int, subsample: bool):
     """Padded plane sizes, as plane_geometry in jpeg.h computes them."""
@@ -472,13 +462,13 @@ def _forward_impl(x: torch.Tensor, quality: int, subsample: bool, truncate: bool
     if truncate:  # the kernels round to nearest; feed them the truncated levels
         x = _truncate_to_levels(x)
     luma, chroma = quantization_tables(quality)
-    if x.is_cuda and _cuda_ready():
+    backend = _native.choose_backend("jpeg", x.device)
+    if backend == "cuda":
         return _forward_cuda(x, luma, chroma, subsample)
-    module = _native.native() if x.device.type == "cpu" else None
-    if module is None:
+    if backend == "reference":
         return reference(x, quality, "4:2:0" if subsample else "4:4:4")
     out = torch.empty(x.shape, dtype=torch.float32)
-    module.jpeg_forward(x.numpy(), out.numpy(), luma.flatten().numpy(), chroma.flatten().numpy(), subsample)
+    _native.native().jpeg_forward(x.numpy(), out.numpy(), luma.flatten().numpy(), chroma.flatten().numpy(), subsample)
     return out
 
 
@@ -549,13 +539,13 @@ def _backward_impl(grad_out: torch.Tensor, subsample: bool) -> torch.Tensor:
     grad_out = grad_out.contiguous()
     if grad_out.numel() == 0:
         return torch.zeros(grad_out.shape, dtype=grad_out.dtype, device=grad_out.device)
-    if grad_out.is_cuda and _cuda_ready():
+    backend = _native.choose_backend("jpeg", grad_out.device)
+    if backend == "cuda":
         return _linear_backward_cuda(grad_out, subsample)
-    module = _native.native() if grad_out.device.type == "cpu" else None
-    if module is None:
+    if backend == "reference":
         return _linear_backward_reference(grad_out, subsample)
     grad_in = torch.empty(grad_out.shape, dtype=torch.float32)
-    module.jpeg_backward_linear(grad_out.numpy(), grad_in.numpy(), subsample)
+    _native.native().jpeg_backward_linear(grad_out.numpy(), grad_in.numpy(), subsample)
     return grad_in
 
 
@@ -655,7 +645,7 @@ def jpeg(x: torch.Tensor, quality: int = 75, *, subsampling: str = "4:2:0",
 
     Example:
         >>> import torch
-        >>> from obfgrad.ops.jpeg import jpeg
+        >>> from obfgrad.ops.jpeg_op import jpeg
         >>> x = torch.full((1, 3, 8, 8), 0.5, requires_grad=True)
         >>> y = jpeg(x, quality=75)
         >>> round(float(y[0, 0, 0, 0].detach()) * 255)  # flat grey survives JPEG
@@ -672,22 +662,3 @@ def jpeg(x: torch.Tensor, quality: int = 75, *, subsampling: str = "4:2:0",
     out = _roundtrip_op(x.to(torch.float32).contiguous(), quality, subsampling == "4:2:0", _MODE_CODE[backward],
                         rounding == "truncate")
     return out if x.dtype == torch.float32 else out.to(x.dtype)
-
-
-class JPEG(torch.nn.Module):
-    """``nn.Module`` form of :func:`jpeg` (for ``nn.Sequential(JPEG(75), net)``)."""
-
-    def __init__(self, quality: int = 75, subsampling: str = "4:2:0", backward: str = "identity",
-                 rounding: str = "nearest"):
-        super().__init__()
-        self.quality = check_int(quality, "quality", low=1, high=100)
-        self.subsampling = check_choice(subsampling, "subsampling", SUBSAMPLINGS)
-        self.backward_mode = check_choice(backward, "backward", BACKWARDS)
-        self.rounding = check_choice(rounding, "rounding", ROUNDINGS)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return jpeg(x, self.quality, subsampling=self.subsampling, backward=self.backward_mode, rounding=self.rounding)
-
-    def extra_repr(self) -> str:
-        return (f"quality={self.quality}, subsampling={self.subsampling!r}, backward={self.backward_mode!r}, "
-                f"rounding={self.rounding!r}")

@@ -256,7 +256,8 @@ def test_the_dry_run_changes_no_smoke_setting():
     assert smoke["defensegan"]["latent_attack"] == {"inversion_steps": 300, "inversion_restarts": 8,
                                                     "inversion_lr": 0.1, "steps": 200, "lr": 0.05,
                                                     "binary_search_steps": 4, "initial_const": 1.0}
-    assert smoke["defensegan"]["projection"] == {"steps": 100, "restarts": 4, "lr": 10.0, "momentum": 0.7}
+    assert smoke["defensegan"]["projection"] == {"steps": 100, "restarts": 4, "lr": 10.0, "momentum": 0.7,
+                                                 "lr_decay": 0.1, "lr_decay_at": 0.8}
 
 
 def test_diagnose_dry_run_of_guos_quilting_in_the_smoke_profile(tmp_path, monkeypatch, capsys):

@@ -55,6 +55,16 @@ def _row_line(spec: RowSpec, result: Optional[Dict[str, Any]]) -> List[str]:
                     str(result["n"]), verdict(result, spec), f"{result['wall_seconds']:.0f}"]
 
 
+def _control_line(name: str, control: Dict[str, Any]) -> str:
+    """A row's control experiment (e.g. Xie's stronger attack at the same eps) under the table."""
+    if "skipped" in control:
+        return f"**{name}** control ({control['name']}): skipped: {control['skipped']}"
+    ours, main = control["accuracy_10_of_10"], control["main_attack_10_of_10_same_examples"]
+    return (f"**{name}** control ({control['name']}, first {control['n']} examples): {_with_ci(ours['accuracy'], ours['ci95'])} "
+            f"against {_with_ci(main['accuracy'], main['ci95'])} for the row's attack on the same examples and "
+            f"judge draws; {control['reading']}.")
+
+
 HEADER = ["Defense", "Dataset", "Distance", "Paper", "Ours: data, ε", "Clean", "Own eval [95% CI]",
           "Adaptive [95% CI]", "n", "Verdict", "Seconds"]
 
@@ -73,6 +83,8 @@ def write_tables(results_dir: Path, specs: List[RowSpec], results: Dict[str, Dic
         if spec.name in results and spec.choices:
             lines.append(f"**{spec.name}** choices: " + " ".join(spec.choices))
             lines.append("")
+        if spec.name in results and isinstance(results[spec.name].get("control"), dict):
+            lines += [_control_line(spec.name, results[spec.name]["control"]), ""]
     md = atomic_write_text(results_dir / "table1.md", "\n".join(lines))
     rows = {}
     for spec in specs:

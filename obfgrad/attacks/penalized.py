@@ -21,7 +21,7 @@ from typing import Optional, Union
 import torch
 
 from obfgrad._checks import check_choice, check_float, check_int
-from obfgrad.attacks.inputs import check_attack_inputs, checked_objective
+from obfgrad.attacks.inputs import check_attack_inputs, check_eot_outermost, checked_objective
 from obfgrad.attacks.losses import LOSSES, expected_loss, loss_and_grad, make_objective
 from obfgrad.attacks.pgd import is_success
 from obfgrad.attacks.result import AttackResult
@@ -79,6 +79,7 @@ class PenalizedGradientDescent:
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor,
                  target: Optional[torch.Tensor] = None) -> AttackResult:
         x, y, target = check_attack_inputs(x, y, target, self.targeted)
+        check_eot_outermost(model)
         if x.shape[0] == 0:
             return AttackResult.empty(x)
         x = x.detach()

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from obfgrad._checks import check_choice, check_float, check_int
 from obfgrad.attacks.adam import AdamAscent
-from obfgrad.attacks.inputs import check_attack_inputs, checked_objective
+from obfgrad.attacks.inputs import check_attack_inputs, check_eot_outermost, checked_objective
 from obfgrad.attacks.losses import LOSSES, expected_loss, loss_and_grad, make_objective
 from obfgrad.attacks.result import AttackResult
 from obfgrad.distances import Distance, LInf, get_distance
@@ -108,6 +108,7 @@ class PGD:
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor,
                  target: Optional[torch.Tensor] = None) -> AttackResult:
         x, y, target = check_attack_inputs(x, y, target, self.targeted)
+        check_eot_outermost(model)
         if x.shape[0] == 0:
             return AttackResult.empty(x)
         x = x.detach()

@@ -246,7 +246,7 @@ def test_pgd_through_eot_breaks_a_randomized_model():
     with torch.no_grad():
         y = EOT(model, samples=32)(x).argmax(1)
     x0 = x.clone()
-    result = PGD("linf", eps=0.1, steps=10, step_size=0.02)(EOT(model, samples=8), x, y)
+    result = PGD("linf", 0.1, steps=10, step_size=0.02)(EOT(model, samples=8), x, y)
     assert torch.equal(x, x0)
     with torch.no_grad():
         adv_pred = EOT(model, samples=32)(result.x_adv).argmax(1)
@@ -266,8 +266,8 @@ def _nested_eot_models(clf):
 
 
 @pytest.mark.parametrize("attack", [
-    PGD("linf", eps=0.1, steps=1, step_size=0.02),
-    PenalizedGradientDescent("l2", eps=0.5, steps=1, lr=0.1),
+    PGD("linf", 0.1, steps=1, step_size=0.02),
+    PenalizedGradientDescent("l2", 0.5, steps=1, step_size=0.1),
     CarliniWagnerL2(steps=1, binary_search_steps=1),
 ], ids=["pgd", "penalized", "cw"])
 def test_attacks_reject_an_eot_nested_inside_another_module(attack):
@@ -281,7 +281,7 @@ def test_attacks_reject_an_eot_nested_inside_another_module(attack):
 def test_eot_outermost_and_chains_of_eot_are_accepted():
     clf = _classifier()
     x, y = _batch(2)
-    attack = PGD("linf", eps=0.1, steps=1, step_size=0.02)
+    attack = PGD("linf", 0.1, steps=1, step_size=0.02)
     for model in (EOT(nn.Sequential(_Shift(), RandomScale(clf)), samples=2),
                   EOT(EOT(RandomScale(clf), samples=2), samples=2)):
         assert attack(model, x, y).x_adv.shape == x.shape

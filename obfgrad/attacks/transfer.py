@@ -10,8 +10,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from obfgrad.attacks.base import is_success
 from obfgrad.attacks.inputs import check_logits
-from obfgrad.attacks.pgd import is_success
 from obfgrad.attacks.result import AttackResult
 
 __all__ = ["TransferAttack"]
@@ -28,7 +28,7 @@ class TransferAttack:
         >>> import torch
         >>> from obfgrad.attacks import PGD
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
-        >>> transfer = TransferAttack(PGD(eps=0.1, steps=2, step_size=0.05), net)
+        >>> transfer = TransferAttack(PGD("linf", 0.1, steps=2, step_size=0.05), net)
         >>> transfer(lambda v: net(v + 0), torch.rand(2, 1, 2, 2), torch.tensor([0, 1])).x_adv.shape
         torch.Size([2, 1, 2, 2])
     """

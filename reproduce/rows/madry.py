@@ -83,7 +83,7 @@ def linf_pgd(settings: Dict[str, Any], eps: float, seed: int) -> PGD:
     """The l-inf PGD of a row config's attack entry (shared with the Na row)."""
     return PGD(distance="linf", eps=eps, steps=settings["steps"], step_size=settings["step_size"],
                loss=settings["loss"], random_start=settings["random_start"], restarts=settings["restarts"],
-               kappa=None, generator_seed=seed)
+               kappa=None, seed=seed)
 
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:

@@ -178,7 +178,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     own_settings = config["own_attack"]
     own_pgd = PGD(distance="linf", eps=row.eps, steps=own_settings["steps"], step_size=own_settings["step_size"],
                   loss=own_settings["loss"], random_start=own_settings["random_start"], kappa=None,
-                  generator_seed=ctx.seed)
+                  seed=ctx.seed)
     own = pipeline.run_attack(ctx, row, "own_transfer_pgd", defended, TransferAttack(own_pgd, classifier), x, y)
     adaptive_settings = config["adaptive_attack"]
     bpda_pgd = PGD(distance="linf", eps=row.eps, steps=adaptive_settings["steps"],

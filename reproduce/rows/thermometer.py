@@ -158,7 +158,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     lspga = LSPGA(eps=eps, steps=lspga_settings["steps"], step_size=lspga_settings["step_size"],
                   inv_temp=lspga_settings["inv_temp"], anneal=lspga_settings["anneal"], loss=lspga_settings["loss"],
                   random_start=lspga_settings["random_start"], update=lspga_settings["update"],
-                  generator_seed=ctx.seed)
+                  seed=ctx.seed)
     own_lspga = pipeline.run_attack(ctx, row, "own_lspga", defense, lspga, x, y)
     plain = config["own_plain_gradient"]
     own_plain = pipeline.run_attack(

@@ -8,8 +8,15 @@ import pytest
 import torch
 from attack_models import small_cnn
 
-from obfgrad.attacks import (EOT, LSPGA, PGD, CarliniWagnerL2, LatentAttack, PenalizedGradientDescent,
-                             invert)
+from obfgrad.attacks import (
+    EOT,
+    LSPGA,
+    PGD,
+    CarliniWagnerL2,
+    LatentAttack,
+    PenalizedGradientDescent,
+    invert,
+)
 from obfgrad.attacks.base import ActiveSetAttack
 from obfgrad.defenses import ThermometerDefense
 

@@ -13,6 +13,7 @@ from obfgrad.eval import (
     EvalResult,
     clopper_pearson,
     confidence,
+    eval_mode,
     evaluate,
     random_targets,
     robustness,
@@ -276,3 +277,15 @@ def test_evaluate_on_cuda():
     result = evaluate(model, PGD("linf", 0.1, steps=3, step_size=0.05), x, y, distance="linf", eps=0.1,
                       progress=False)
     assert result.n == 6 and result.meta["device"].startswith("cuda")
+
+
+def test_eval_mode_restores_each_submodules_flag_even_when_the_block_raises():
+    inner, outer = nn.Linear(2, 2).eval(), nn.Linear(2, 2)
+    model = nn.Sequential(outer, inner).train()
+    inner.eval()
+    function = lambda v: v  # noqa: E731 -- not a module: left alone
+    with pytest.raises(RuntimeError, match="boom"):
+        with eval_mode(model, function, None):
+            assert not any(m.training for m in model.modules())
+            raise RuntimeError("boom")
+    assert model.training and outer.training and not inner.training

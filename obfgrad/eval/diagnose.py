@@ -50,6 +50,7 @@ from obfgrad.attacks.pgd import PGD
 from obfgrad.distances import L2, Distance, get_distance
 from obfgrad.eval.diagnose_report import REMEDIES, CheckResult, DiagnosisReport, Obfuscation
 from obfgrad.eval.eps_curve import margin_pgd
+from obfgrad.eval.modes import eval_mode
 from obfgrad.eval.streams import ROLES, derive_seed, random_stream
 
 __all__ = ["DiagnoseBudget", "diagnose", "DiagnosisReport", "CheckResult", "Obfuscation"]
@@ -149,19 +150,6 @@ class _Guarded(nn.Module):
         if tracked:  # x stays in the graph even where the model cut it out (attacks then see zeros)
             logits = logits + 0.0 * x.flatten(1).sum(dim=1, keepdim=True)
         return logits
-
-
-@contextlib.contextmanager
-def _eval_mode(*models):
-    modules = [m for m in models if isinstance(m, nn.Module)]
-    flags = [(sub, sub.training) for m in modules for sub in m.modules()]
-    for module in modules:
-        module.eval()
-    try:
-        yield
-    finally:
-        for sub, training in flags:
-            sub.train(training)
 
 
 class _Judge:
@@ -653,7 +641,7 @@ def diagnose(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[
     started = time.perf_counter()
     seeds = {role: derive_seed(seed, role) for role in ROLES}
     defended = model if preprocess is None else _Composed(preprocess, model)
-    with _eval_mode(model, preprocess, surrogate, adaptive_model), random_stream(seeds["attack"], x.device):
+    with eval_mode(model, preprocess, surrogate, adaptive_model), random_stream(seeds["attack"], x.device):
         if randomized is None:
             with random_stream(seeds["probe"], x.device):
                 randomized = _is_randomized(defended, x[:8])

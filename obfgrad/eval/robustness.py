@@ -35,7 +35,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from tqdm.auto import tqdm
 
 import obfgrad
@@ -45,6 +44,7 @@ from obfgrad.attacks.inputs import NonFiniteOutputError, check_labels, check_log
 from obfgrad.attacks.result import AttackResult
 from obfgrad.distances import Distance, get_distance
 from obfgrad.eval.confidence import clopper_pearson
+from obfgrad.eval.modes import eval_mode
 from obfgrad.eval.streams import SEED_RANGE, derive_seed, random_stream
 
 __all__ = ["EvalResult", "evaluate", "RECORD_FIELDS"]
@@ -147,21 +147,6 @@ class EvalResult:
         return (f"EvalResult(n={self.n}, clean_accuracy={self.clean_accuracy:.4f}, "
                 f"robust_accuracy={self.robust_accuracy:.4f} [{lo:.4f}, {hi:.4f}], "
                 f"attack_success_rate={self.attack_success_rate:.4f})")
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    """Put an nn.Module (and every submodule) in eval mode, restoring each flag afterwards."""
-    if not isinstance(model, nn.Module):
-        yield
-        return
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.train(training)
 
 
 def argmax_predictor(model) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -324,7 +309,7 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
     started = time.perf_counter()
     batches = list(enumerate(range(0, x.shape[0], batch_size)))[rank::world]
     local = []
-    with _eval_mode(model):
+    with eval_mode(model):
         for index, start in tqdm(batches, desc="evaluate", disable=None if progress and rank == 0 else True):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             tb = targets[start:start + batch_size] if targeted else None

@@ -38,14 +38,14 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 import obfgrad
-from obfgrad._checks import check_float, check_images, check_int
+from obfgrad._checks import SEED_BOUND, check_float, check_images, check_int
 from obfgrad.atomic import atomic_write_json
 from obfgrad.attacks.inputs import NonFiniteOutputError, check_labels, check_logits
 from obfgrad.attacks.result import AttackResult
 from obfgrad.distances import Distance, get_distance
 from obfgrad.eval.confidence import clopper_pearson
 from obfgrad.eval.modes import eval_mode
-from obfgrad.eval.streams import SEED_RANGE, derive_seed, random_stream
+from obfgrad.eval.streams import derive_seed, random_stream
 
 __all__ = ["EvalResult", "evaluate", "RECORD_FIELDS"]
 
@@ -214,7 +214,6 @@ def _batch_records(start, xb, yb, tb, result, clean_pred, distance: Distance, ep
     return records
 
 
-_SEED_RANGE = SEED_RANGE  # base seeds; base + batch index stays inside torch.manual_seed's range
 
 
 def _seeded(seed: int, device: torch.device):
@@ -297,10 +296,10 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
     predict = predict if predict is not None else argmax_predictor(model)
     rank, world = _shard(distributed)
     # Drawn on every rank alike (same global generator state), before any rank-specific work.
-    seed = int(torch.randint(0, _SEED_RANGE, ())) if seed is None else check_int(seed, "seed", low=0,
-                                                                                high=_SEED_RANGE - 1)
+    seed = int(torch.randint(0, SEED_BOUND, ())) if seed is None else check_int(seed, "seed", low=0,
+                                                                                high=SEED_BOUND - 1)
     judge_seed = derive_seed(seed, "judge") if judge_seed is None else check_int(
-        judge_seed, "judge_seed", low=0, high=_SEED_RANGE - 1)
+        judge_seed, "judge_seed", low=0, high=SEED_BOUND - 1)
     n_batches = -(-x.shape[0] // batch_size)
     if abs(judge_seed - seed) < n_batches:  # batch b uses base + b: nearby bases share batch seeds
         raise ValueError(f"judge_seed: must differ from seed by at least the number of batches ({n_batches}), "

@@ -89,8 +89,7 @@ def _defense_case(name: str, args: argparse.Namespace) -> Dict[str, Any]:
     row, _, variant = name.partition(":")
     spec = row_spec(row, args.profile, args.dry_run)
     if spec.build_defense is None:
-        state = "is not implemented yet" if not spec.implemented else "has no build_defense"
-        raise SystemExit(f"obfgrad diagnose --defense {name}: the row {state} in this checkout")
+        raise SystemExit(f"obfgrad diagnose --defense {name}: the row has no build_defense in this checkout")
     if variant and variant not in spec.variants:
         raise SystemExit(f"--defense {name}: row {row} has no variant {variant!r}; choose from "
                          f"{', '.join(spec.variants) or '(none)'}")

@@ -107,7 +107,7 @@ def _assert_png(path: Path):
 
 
 def test_figures_are_written_from_a_results_dict(tmp_path):
-    specs = [_spec("thermometer"), _spec("lid"), _spec("guo"), _spec("madry")]  # madry pending: no panel
+    specs = [_spec("thermometer"), _spec("lid"), _spec("guo"), _spec("madry")]  # madry without a result: no panel
     guo = _fake_result(True)
     guo["eps_curve"]["variant"] = "quilting"  # a row with several variants: the star is the curve's variant
     guo["transforms"] = {"quilting": {"adaptive_accuracy": 0.0}}

@@ -152,6 +152,15 @@ class _Guarded(nn.Module):
         return logits
 
 
+def _guard(model: Model) -> Model:
+    """``_Guarded(model)``, applied inside an EOT (to each draw) so that attacks keep averaging
+    per-draw gradients: an EOT inside another module would only average logits."""
+    if isinstance(model, EOT):
+        return EOT(_guard(model.model), samples=model.samples, reduction=model.reduction,
+                   draws_per_pass=model.draws_per_pass)
+    return _Guarded(model)
+
+
 class _Judge:
     """The defended model's prediction: one call, or the mean softmax over draws if randomized.
 
@@ -671,13 +680,13 @@ def _remedy_models(defended, setting: _Setting, preprocess, classifier, adaptive
     remedies: Dict[str, Model] = {}
     eot = lambda m: EOT(m, samples=setting.budget.eot_samples, draws_per_pass=1)  # noqa: E731
     if preprocess is not None:
-        remedies["bpda"] = _Guarded(_Composed(BPDA(preprocess), classifier))
+        remedies["bpda"] = _guard(_Composed(BPDA(preprocess), classifier))
     if setting.randomized:
-        remedies["eot"] = eot(_Guarded(defended))
+        remedies["eot"] = eot(_guard(defended))
         if preprocess is not None:
             remedies["bpda+eot"] = eot(remedies["bpda"])
     if adaptive_model is not None:
-        remedies["adaptive_model"] = _Guarded(adaptive_model)
+        remedies["adaptive_model"] = _guard(adaptive_model)
     return remedies
 
 
@@ -690,7 +699,7 @@ def _run(defended, judge, setting: _Setting, x, y, surrogate, preprocess, classi
     strongest = next((name for name in ("adaptive_model", "bpda+eot", "bpda", "eot") if name in remedy_models), None)
     stages = 3 + len(grid) + len(remedy_models)
     bar = tqdm(total=stages, desc="diagnose", disable=None if progress else True)
-    guarded = _Guarded(defended)
+    guarded = _guard(defended)
     try:
         bar.set_postfix_str("gradient probes")
         with random_stream(setting.seeds["probe"], x.device):  # the probes' own draws of the defense
@@ -704,7 +713,7 @@ def _run(defended, judge, setting: _Setting, x, y, surrogate, preprocess, classi
                 surrogate = _train_surrogate(judge, x, eps, classes, budget.surrogate_steps,
                                              derive_seed(setting.seed, "surrogate"))
         bar.update(1)
-        guarded_surrogate = _Guarded(surrogate)
+        guarded_surrogate = _guard(surrogate)
         bar.set_postfix_str("remedies")
         remedies: Dict[str, float] = {}
         remedy_success: Dict[str, torch.Tensor] = {}

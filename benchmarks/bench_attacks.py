@@ -4,7 +4,8 @@ Compared with the loop a user writes by hand in plain torch (sign step, clamp to
 so the number shows the cost of obfgrad's bookkeeping (validation, per-example early stop,
 records). The machine is shared and noisy: read the interleaved comparison's ratios
 (``extra_info``), never absolute times. Run:
-``OMP_NUM_THREADS=1 PYTHONPATH=. python -m pytest benchmarks/bench_attacks.py --benchmark-only``.
+``OBFGRAD_BENCH_THREADS=1 OMP_NUM_THREADS=1 PYTHONPATH=. python -m pytest benchmarks/bench_attacks.py --benchmark-only``
+(threads: benchmarks/conftest.py, 2 unless OBFGRAD_BENCH_THREADS says otherwise).
 """
 
 import statistics
@@ -91,7 +92,7 @@ def _interleaved_times(functions, rounds):
 
 def test_pgd_linf_overhead_vs_plain_torch_interleaved(benchmark, problem):
     """obfgrad's PGD, the plain loop and the plain loop plus a final verdict, interleaved round by
-    round (OMP_NUM_THREADS fixed by the caller). extra_info holds the medians and two ratios:
+    round (torch threads fixed by benchmarks/conftest.py). extra_info holds the medians and two ratios:
     ``overhead_ratio`` (obfgrad / plain loop; goal < 1.10) and ``overhead_ratio_vs_plain_with_verdict``
     (obfgrad / plain loop + the forward pass that says which examples were broken)."""
     model, x, y = problem

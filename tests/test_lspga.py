@@ -57,7 +57,8 @@ def test_lspga_picks_the_highest_reachable_level_and_stays_in_the_ball():
     x = torch.rand(4, 1, 3, 3)
     eps = 0.1
     model = ThermometerDefense(_BitCounter(), LEVELS)
-    result = LSPGA(eps=eps, steps=8, step_size=2.0, random_start=True, seed=0)(model, x, torch.zeros(4, dtype=torch.long))
+    attack = LSPGA(eps, steps=8, step_size=2.0, random_start=True, seed=0)
+    result = attack(model, x, torch.zeros(4, dtype=torch.long))
     assert bool((result.x_adv - x).abs().max() <= eps + 1e-6)
     assert torch.equal(_bucket(result.x_adv), _bucket((x + eps).clamp(max=1.0)))
     assert bool(result.success.all())

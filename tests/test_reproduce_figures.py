@@ -200,7 +200,8 @@ def test_own_evaluation_ci_is_found_under_the_rows_attack_names():
                                "own_lspga": {"accuracy": 0.65, "ci95": [0.41, 0.85]},
                                "adaptive": {"accuracy": 0.05, "ci95": [0.0, 0.25]}}}
     assert figures._own_ci(thermometer) == [0.41, 0.85]
-    assert figures._own_ci({"own_attack_accuracy": 0.5, "attacks": {"adaptive": {"accuracy": 0.5, "ci95": [0, 1]}}}) is None
+    only_adaptive = {"own_attack_accuracy": 0.5, "attacks": {"adaptive": {"accuracy": 0.5, "ci95": [0, 1]}}}
+    assert figures._own_ci(only_adaptive) is None
     assert figures._error_bar(0.5, None) is None
     assert figures._error_bar(0.5, [0.25, 0.75]) == [[0.25], [0.25]]
 

@@ -401,7 +401,8 @@ def run_stages(check: Check) -> None:
 def format_table(summary: dict) -> str:
     lines = [f"obfgrad GPU check: mode {summary['mode']}"
              + (f" ({summary['dry_reason']})" if summary["dry_reason"] else "")
-             + f", {summary['elapsed_s']:.0f} s, {'OK' if summary['ok'] else 'FAILED: ' + ', '.join(summary['failed_stages'])}"]
+             + f", {summary['elapsed_s']:.0f} s, "
+             + ("OK" if summary["ok"] else "FAILED: " + ", ".join(summary["failed_stages"]))]
     env = summary["environment"]
     if env:
         gpu = env.get("gpu", {}).get("name", "no GPU")
@@ -420,7 +421,8 @@ def format_table(summary: dict) -> str:
         for row in rows:
             ms, base = row["cuda_ms_median"], ours.get(row["group"])
             ratio = f"{ms / base:.2f}x" if ms and base and row["contender"] != "obfgrad" else ""
-            lines.append(f"{row['group'][:62]:<62} {row['contender']:<20} {ms if ms is not None else float('nan'):>9.3f} "
+            shown_ms = ms if ms is not None else float("nan")
+            lines.append(f"{row['group'][:62]:<62} {row['contender']:<20} {shown_ms:>9.3f} "
                          f"{ratio:>10}")
     return "\n".join(lines)
 

@@ -99,7 +99,8 @@ class PGD(ActiveSetAttack):
         return (f"PGD(distance={self.distance!r}, eps={self.eps}, steps={self.steps}, step_size={self.step_size}, "
                 f"loss={self.loss!r}, targeted={self.targeted}, random_start={self.random_start}, "
                 + (f"start_from={self.start_from}, " if self.start_from is not None else "")
-                + f"restarts={self.restarts}, early_stop={self.early_stop}, update={self.update!r}, kappa={self.kappa})")
+                + f"restarts={self.restarts}, early_stop={self.early_stop}, update={self.update!r}, "
+                f"kappa={self.kappa})")
 
     # -- the run: restarts around the shared active-set loop ------------------------------------
     def _attack(self, model, x, y, target, bar) -> AttackResult:

@@ -46,7 +46,8 @@ class TransferAttack:
 
     def __call__(self, model: Any, x: torch.Tensor, y: torch.Tensor,
                  target: Optional[torch.Tensor] = None) -> AttackResult:
-        crafted = self.attack(self.surrogate, x, y) if target is None else self.attack(self.surrogate, x, y, target=target)
+        options = {} if target is None else {"target": target}
+        crafted = self.attack(self.surrogate, x, y, **options)
         if x.shape[0] == 0:
             return crafted
         with torch.no_grad():

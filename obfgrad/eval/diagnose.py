@@ -200,7 +200,8 @@ class _Judge:
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The attack objective ``-margin`` (per example), averaged over draws."""
         with torch.no_grad(), self._draws(x.device):
-            return sum(-margin(check_logits(self.model(x), x.shape[0]).float(), y) for _ in range(self.draws)) / self.draws
+            draws = (-margin(check_logits(self.model(x), x.shape[0]).float(), y) for _ in range(self.draws))
+            return sum(draws) / self.draws
 
 
 def _is_randomized(model: Model, x: torch.Tensor) -> bool:

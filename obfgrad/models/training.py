@@ -92,7 +92,8 @@ def validate_recipe(recipe: Mapping[str, Any]) -> Dict[str, Any]:
         raise ValueError("recipe['arch_kwargs']: expected a dict")
     adversarial = recipe["adversarial"]
     if adversarial is not None and (not isinstance(adversarial, Mapping) or set(adversarial) != _ADVERSARIAL_KEYS):
-        raise ValueError(f"recipe['adversarial']: expected None or a dict with keys {sorted(_ADVERSARIAL_KEYS)}, got {adversarial!r}")
+        raise ValueError(f"recipe['adversarial']: expected None or a dict with keys {sorted(_ADVERSARIAL_KEYS)}, "
+                         f"got {adversarial!r}")
     return normalize_recipe(recipe)
 
 
@@ -207,7 +208,8 @@ def _default_data(recipe: Mapping[str, Any]) -> Tuple[torch.Tensor, torch.Tensor
     return load_dataset(recipe["dataset"], "train")
 
 
-def build_seeded(recipe: Mapping[str, Any], build_fn: Optional[Callable[[Mapping[str, Any]], nn.Module]] = None) -> nn.Module:
+def build_seeded(recipe: Mapping[str, Any],
+                 build_fn: Optional[Callable[[Mapping[str, Any]], nn.Module]] = None) -> nn.Module:
     """``build_fn(recipe)`` with torch's RNG seeded by the recipe (same seed, same init)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe["seed"])

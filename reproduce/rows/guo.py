@@ -145,7 +145,8 @@ def quilt_database(ctx: RunContext, settings: Dict[str, Any], dataset: str):
         ctx.log(f"  built quilting database ({settings['patches']} patches); could not cache it at {path} "
                 f"({error.strerror or error}), using it from memory")
         return database
-    ctx.log(f"  built quilting database ({settings['patches']} patches) in {time.perf_counter() - started:.0f} s; cached")
+    seconds = time.perf_counter() - started
+    ctx.log(f"  built quilting database ({settings['patches']} patches) in {seconds:.0f} s; cached")
     return load_patch_database(path, patch_size=settings["patch_size"])
 
 
@@ -360,7 +361,8 @@ def build_defense(row: RowSpec, ctx: RunContext, n: int, variant: str = "quiltin
     transform = variant
     x, y = test_set(ctx, row.dataset, n)
     net = classifier(ctx, row)
-    database = quilt_database(ctx, row.config["transforms"]["quilting"], row.dataset) if transform == "quilting" else None
+    quilting = row.config["transforms"]["quilting"]
+    database = quilt_database(ctx, quilting, row.dataset) if transform == "quilting" else None
     return DefenseBundle(model=defended_model(transform, row.config, net, database), undefended=net, x=x, y=y,
                          distance=row.distance, eps=row.eps,
                          adaptive_model=adaptive_model(transform, row.config, net, database,

@@ -108,7 +108,8 @@ def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
 
 
 def _cw(settings: Dict[str, Any]) -> CarliniWagnerL2:
-    return CarliniWagnerL2(steps=settings["steps"], lr=settings["lr"], binary_search_steps=settings["binary_search_steps"],
+    return CarliniWagnerL2(steps=settings["steps"], lr=settings["lr"],
+                           binary_search_steps=settings["binary_search_steps"],
                            initial_const=settings["initial_const"], kappa=settings["kappa"])
 
 

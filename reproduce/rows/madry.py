@@ -60,7 +60,8 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         n_examples=10000 if paper else 1000,
         config=config,
         choices=[
-            "Adversarial training uses MadryLab config.json's 10 PGD steps of 2/255 (the paper text says 7; UNCONFIRMED)."
+            "Adversarial training uses MadryLab config.json's 10 PGD steps of 2/255 (the paper text says 7; "
+            "UNCONFIRMED)."
             if paper else
             "Smoke: Fashion-MNIST at eps 0.1 (CIFAR's 8/255 leaves a natural Fashion-MNIST CNN partly robust); "
             "adversarial training with 7 PGD steps of eps/4 from a random start.",

@@ -146,7 +146,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
                                        ("adaptive_eot", config["adaptive_attack"],
                                         EOT(sap, samples=config["adaptive_attack"]["samples"]))):
             summary, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, label, model, _attack(settings, row.eps),
-                                                               x, y, predict=argmax_predictor(sap))  # one stochastic pass (robustml)
+                                                               x, y, predict=argmax_predictor(sap))  # one pass
             # The vote's draws: a judge's stream of their own, apart from the attack's.
             vote_seed = derive_seed(ctx.seed, f"{row.name}/{label}/vote_judge")
             with random_stream(vote_seed, x.device):

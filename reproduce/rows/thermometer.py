@@ -87,7 +87,8 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             "Smoke: Fashion-MNIST at eps 0.1 (as the Madry row), small CNN on the 16-channel code, natural training.",
             "Own LS-PGA: the constants of the authors' adv_lspga (7 steps of 0.01, inv_temp 1, anneal 1.2, random "
             "normal start) with sign steps as in the paper (the code's raw-gradient quirk not reproduced); Buckman "
-            "et al.'s evaluation settings are UNCONFIRMED. Own plain gradient attack: 20-step PGD on the true gradient.",
+            "et al.'s evaluation settings are UNCONFIRMED. Own plain gradient attack: 20-step PGD on the true "
+            "gradient.",
             "Adaptive: BPDA (soft thermometer), CW margin, Adam on sign(grad), lr eps/8, 30 steps, no random start; "
             + ("starts at max(x - eps, 0), the robustml attack's zeros clipped into the ball." if paper else
                "starts at the clean image (smoke)."),

@@ -71,7 +71,8 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
         # (a real but small robustness gain, as the paper found none at 299x299) or stays (the
         # attack is stuck, a sign of obfuscation) is what this sweep shows.
         "strict_eps_sweep": None if (paper or dry_run) else {"eps_factors": [1.5, 2.0], "examples": 50},
-        "dry_run_reductions": "2 examples, 2 steps, 2 EOT draws, 2 judging draws, InceptionV3 fed at 75x75" if dry_run else None,
+        "dry_run_reductions": ("2 examples, 2 steps, 2 EOT draws, 2 judging draws, InceptionV3 fed at 75x75"
+                               if dry_run else None),
     }
 
 

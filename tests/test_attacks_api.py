@@ -23,7 +23,7 @@ from obfgrad.defenses import ThermometerDefense
 #: callable -> its required (positional) parameters
 REQUIRED = {PGD: ["distance", "eps"], PenalizedGradientDescent: ["distance", "eps"], LSPGA: ["eps"],
             CarliniWagnerL2: [], LatentAttack: ["generator"], EOT: ["model"], invert: ["generator", "x"]}
-LONG_ATTACKS = (PGD, PenalizedGradientDescent, LSPGA, CarliniWagnerL2, LatentAttack)
+LONG_ATTACKS = (PGD, PenalizedGradientDescent, LSPGA, CarliniWagnerL2, LatentAttack, invert)
 
 
 def _parameters(fn):
@@ -57,7 +57,7 @@ def test_one_name_per_concept(fn):
 
 @pytest.mark.parametrize("cls", LONG_ATTACKS, ids=lambda c: c.__name__)
 def test_every_long_attack_has_a_progress_option(cls):
-    param = inspect.signature(cls.__init__).parameters["progress"]
+    param = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters["progress"]
     assert param.kind is param.KEYWORD_ONLY and param.default is False
 
 

@@ -34,19 +34,22 @@ __all__ = ["LatentAttack", "invert"]
 
 
 def invert(generator: nn.Module, x: torch.Tensor, *, steps: int = 3000, restarts: int = 30, lr: float = 0.1,
-           seed: Optional[int] = 0) -> torch.Tensor:
-    """``argmin_z ||G(z) - x||^2`` by Adam from ``restarts`` starts ``z ~ N(0, I)``; returns (N, latent)."""
+           seed: Optional[int] = 0, progress: bool = False) -> torch.Tensor:
+    """``argmin_z ||G(z) - x||^2`` by Adam from ``restarts`` starts ``z ~ N(0, I)``; returns (N, latent).
+    ``progress``: a tqdm bar over the steps (quiet when not on a terminal)."""
     n, latent = x.shape[0], generator.latent_dim
     rng = torch.Generator().manual_seed(seed) if seed is not None else None
     z = torch.randn((n * restarts, latent), generator=rng).to(x.device, x.dtype)
     target = x.detach().repeat_interleave(restarts, dim=0)
     adam = AdamAscent(z, lr)
-    for _ in range(steps):
-        with torch.enable_grad():
-            z_var = z.detach().requires_grad_(True)
-            error = (generator(z_var) - target).flatten(1).pow(2).sum(dim=1)
-            (grad,) = torch.autograd.grad(error.sum(), z_var)
-        z = z + adam.step(-grad)
+    with progress_bar(steps, "latent inversion", progress) as bar:
+        for _ in range(steps):
+            with torch.enable_grad():
+                z_var = z.detach().requires_grad_(True)
+                error = (generator(z_var) - target).flatten(1).pow(2).sum(dim=1)
+                (grad,) = torch.autograd.grad(error.sum(), z_var)
+            z = z + adam.step(-grad)
+            bar.update(1)
     with torch.no_grad():
         error = (generator(z) - target).flatten(1).pow(2).sum(dim=1).view(n, restarts)
     pick = torch.arange(n, device=x.device) * restarts + error.argmin(dim=1)
@@ -65,7 +68,7 @@ class LatentAttack:
         kappa: confidence of the log-probability margin.
         distance: the distance reported in the result (``"l2_per_value"`` for Defense-GAN).
         seed: seed of the inversion's starts.
-        progress: tqdm bar.
+        progress: tqdm bars over the inversion and the search (quiet when not on a terminal).
 
     Called as ``attack(model, x, y)``: ``model`` is the classifier judged on ``G(z)`` (the
     defended model with a perfect projection). Returns an :class:`AttackResult` whose ``x_adv`` is
@@ -115,7 +118,7 @@ class LatentAttack:
         x = x.detach()
         n = x.shape[0]
         z0 = invert(self.generator, x, steps=self.inversion_steps, restarts=self.inversion_restarts,
-                    lr=self.inversion_lr, seed=self.seed)
+                    lr=self.inversion_lr, seed=self.seed, progress=self.progress)
         with torch.no_grad():
             best_x = self.generator(z0).detach()
         best_z = z0.clone()

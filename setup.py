@@ -11,6 +11,7 @@ Environment variables:
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,15 @@ except ImportError:  # pragma: no cover - pyproject lists pybind11 as a build re
     sys.exit("obfgrad: building the native core needs pybind11 (pip install pybind11).")
 
 ROOT = Path(__file__).resolve().parent
+
+
+def _version() -> str:
+    """``__version__`` of obfgrad/__init__.py, the one place the version is written (pyproject.toml
+    reads it too), without importing the package (its native core is not built yet)."""
+    match = re.search(r'^__version__ = "([^"]+)"', (ROOT / "obfgrad" / "__init__.py").read_text(), re.MULTILINE)
+    if match is None:
+        sys.exit("obfgrad: no __version__ = \"...\" line in obfgrad/__init__.py")
+    return match.group(1)
 
 
 def _flag(name: str) -> bool:
@@ -128,7 +138,7 @@ setup(
             cxx_std=17,
             extra_compile_args=compile_args,
             extra_link_args=link_args,
-            define_macros=[("OBFGRAD_VERSION", '"0.1.0"')],
+            define_macros=[("OBFGRAD_VERSION", f'"{_version()}"')],
         )
     ],
     cmdclass={"build_ext": BuildExtWithChecks, "build_py": BuildPyWithKernelSources},

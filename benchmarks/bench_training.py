@@ -36,9 +36,9 @@ PGD_TRAIN = {"eps": 0.1, "steps": 7, "step_size": 0.025, "distance": "linf"}
 #   (with train_limit=20000: 142 CPU-s, clean 78.3%, PGD-20 63.9%)
 SMOKE_NATURAL = make_recipe(arch="small_cnn", arch_kwargs={"width": 16, "batch_norm": True}, dataset="fashion-mnist",
                             train_limit=None, epochs=2, batch_size=128, optimizer="adam", lr=1e-3, seed=0)
-SMOKE_ADVERSARIAL = make_recipe(arch="small_cnn", arch_kwargs={"width": 16, "batch_norm": True}, dataset="fashion-mnist",
-                                train_limit=10000, epochs=3, batch_size=128, optimizer="adam", lr=1e-3, seed=0,
-                                adversarial=PGD_TRAIN)
+SMOKE_ADVERSARIAL = make_recipe(arch="small_cnn", arch_kwargs={"width": 16, "batch_norm": True},
+                                dataset="fashion-mnist", train_limit=10000, epochs=3, batch_size=128, optimizer="adam",
+                                lr=1e-3, seed=0, adversarial=PGD_TRAIN)
 
 
 def linf_pgd(model, x, y, eps, steps, step_size, generator=None):
@@ -97,7 +97,7 @@ def measure(recipe, train_data, test_data, threads=2):
 
 def _fashion_mnist():
     try:
-        return load_dataset("fashion-mnist", "train", download=False), load_dataset("fashion-mnist", "test", download=False)
+        return tuple(load_dataset("fashion-mnist", split, download=False) for split in ("train", "test"))
     except DatasetNotFoundError:
         pytest.skip("Fashion-MNIST not found locally (apt-get install dataset-fashion-mnist, or OBFGRAD_DATA)")
 

@@ -5,6 +5,6 @@ Athalye, Carlini & Wagner, "Obfuscated Gradients Give a False Sense of Security"
 
 from obfgrad._native import backend_info
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place: pyproject.toml and setup.py (the native core's) read it
 
 __all__ = ["backend_info", "__version__"]

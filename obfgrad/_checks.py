@@ -102,8 +102,12 @@ def check_choice(value, name: str, choices: Sequence[str]) -> str:
     return value
 
 
-#: Seeds reach torch, numpy and scikit-learn alike; scikit-learn takes 0 <= seed < 2**32.
+#: Seeds a user gives reach torch, numpy and scikit-learn alike; scikit-learn takes 0 <= seed < 2**32.
 SEED_LIMIT = 2**32
+#: Seeds obfgrad draws or derives itself (a randomized defense's per-call seed, an evaluation's
+#: attack/probe/judge streams) lie in [0, SEED_BOUND): ``torch.manual_seed`` and the kernels' int64
+#: counters take them, and a base seed plus a batch index stays inside both.
+SEED_BOUND = 2**62
 
 
 def check_seed(seed, name: str = "seed") -> int:

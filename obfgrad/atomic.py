@@ -77,13 +77,15 @@ def _running(pid: int) -> bool:
     return True
 
 
-def atomic_write(path: PathLike, write: Callable[[Any], None], *, binary: bool = True) -> Path:
-    """Call ``write(file_object)`` on a temporary file, then move it to ``path``; orphaned
-    temporaries of earlier, killed writers in the same folder are removed first."""
+def atomic_write(path: PathLike, write: Callable[[Any], None], *, binary: bool = True, suffix: str = ".tmp") -> Path:
+    """Call ``write(file_object)`` on a temporary file (``.<name>.<host>-<pid>.<random><suffix>``),
+    then move it to ``path``; if ``write`` raises (e.g. a download whose checksum is wrong), the
+    temporary is removed and ``path`` is untouched. Orphaned temporaries of earlier, killed writers
+    in the same folder are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=temporary_name_prefix(path), suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path.parent, suffix)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_name_prefix(path), suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb" if binary else "w") as handle:
             write(handle)

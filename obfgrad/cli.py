@@ -89,8 +89,7 @@ def _defense_case(name: str, args: argparse.Namespace) -> Dict[str, Any]:
     row, _, variant = name.partition(":")
     spec = row_spec(row, args.profile, args.dry_run)
     if spec.build_defense is None:
-        state = "is not implemented yet" if not spec.implemented else "has no build_defense"
-        raise SystemExit(f"obfgrad diagnose --defense {name}: the row {state} in this checkout")
+        raise SystemExit(f"obfgrad diagnose --defense {name}: the row has no build_defense in this checkout")
     if variant and variant not in spec.variants:
         raise SystemExit(f"--defense {name}: row {row} has no variant {variant!r}; choose from "
                          f"{', '.join(spec.variants) or '(none)'}")
@@ -293,8 +292,8 @@ def _add_diagnose(commands) -> None:
                     "gradient probes on a defense; print a verdict per check and the likely obfuscation type.")
     source = diagnose.add_mutually_exclusive_group(required=True)
     source.add_argument("--defense", help="a Table 1 row (thermometer, lid, guo, sap, xie, pixeldefend, defensegan, "
-                                          "madry, na; guo:bit_depth ... for one of Guo's five transformations, guo for all five), "
-                                          "'undefended', or 'all' (needs a source checkout)")
+                                          "madry, na; guo:bit_depth ... for one of Guo's five transformations, guo "
+                                          "for all five), 'undefended', or 'all' (needs a source checkout)")
     source.add_argument("--model", help="path/to/file.py:factory returning your nn.Module (or a dict, see docs)")
     diagnose.add_argument("--profile", choices=("smoke", "paper"), default=None, help="row profile (default smoke)")
     diagnose.add_argument("--dry-run", action="store_true", help="untrained models, synthetic data (code path only)")

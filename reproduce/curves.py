@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from obfgrad.eval.eps_curve import accuracy_vs_eps
+from obfgrad.eval.modes import eval_mode
 from reproduce.spec import RowSpec, RunContext
 
 EPS_MULTIPLES = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
@@ -56,11 +57,6 @@ def needs_curve(spec: RowSpec, ctx: RunContext, result: Dict[str, Any]) -> bool:
     return stored.get("settings") != curve_settings(spec, ctx)
 
 
-def _eval_mode(model: Any) -> None:
-    if isinstance(model, torch.nn.Module):
-        model.eval()
-
-
 def row_eps_curve(spec: RowSpec, ctx: RunContext) -> Optional[Dict[str, Any]]:
     """The row's curve as stored in its result: eps, accuracy, n, steps, attack, judged, seconds
     (the attacks), build_seconds (``build_defense``), settings. None when the row has no ``build_defense``."""
@@ -71,12 +67,12 @@ def row_eps_curve(spec: RowSpec, ctx: RunContext) -> Optional[Dict[str, Any]]:
     started = time.perf_counter()
     bundle = spec.build_defense(spec, ctx, settings["examples"])
     build_seconds = time.perf_counter() - started
-    for model in (bundle.model, bundle.adaptive_model):
-        _eval_mode(model)
     x, y = bundle.x[:settings["examples"]], bundle.y[:settings["examples"]]
-    curve = accuracy_vs_eps(bundle.model, x, y, distance=bundle.distance,
-                            eps_grid=[m * bundle.eps for m in settings["eps_multiples"]], steps=settings["steps"],
-                            attack_model=bundle.adaptive_model, early_stop=not bundle.randomized)
+    with eval_mode(bundle.model, bundle.adaptive_model):  # the bundle's modules get their flags back
+        curve = accuracy_vs_eps(bundle.model, x, y, distance=bundle.distance,
+                                eps_grid=[m * bundle.eps for m in settings["eps_multiples"]],
+                                steps=settings["steps"], attack_model=bundle.adaptive_model,
+                                early_stop=not bundle.randomized)
     judged = "deployed model, one draw per judgement" if bundle.randomized else "deployed model"
     if spec.name in NOTES:
         judged += "; " + NOTES[spec.name]

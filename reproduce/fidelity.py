@@ -162,11 +162,11 @@ def _common(spec: RowSpec) -> Dict[str, Any]:
 def _update(settings: Dict[str, Any], norm: str) -> str:
     """The step rule, named independently of the attack class: ``sign``, ``adam_sign``, ``adam``,
     ``raw_grad`` (x += lr·g) or ``l2_normalized_grad`` (x += lr·g/‖g‖)."""
-    if "normalize" in settings:  # PenalizedGradientDescent (Guo)
-        return "l2_normalized_grad" if settings["normalize"] else "raw_grad"
-    update = settings.get("update") or ("sign" if norm == "linf" else "grad")  # PGD's default
-    if update == "grad":
-        return "raw_grad" if norm == "linf" else "l2_normalized_grad"
+    update = settings.get("update") or ("sign" if norm == "linf" else "normalized")  # PGD's default
+    if update == "raw":
+        return "raw_grad"
+    if update == "normalized":
+        return "sign" if norm == "linf" else "l2_normalized_grad"
     return update
 
 

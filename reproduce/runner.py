@@ -138,7 +138,7 @@ def _parse_weights(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 def _check_datasets(specs: List[RowSpec], data_dir: Optional[Path]) -> None:
     """Every dataset the rows read is on this machine (or downloads now): a missing one fails
     before the first row, not after the rows before it have run for hours."""
-    for name in sorted({spec.dataset for spec in specs if spec.implemented and spec.dataset in DATASETS}):
+    for name in sorted({spec.dataset for spec in specs if spec.dataset in DATASETS}):
         for split in ("train", "test"):
             try:
                 locate_split(name, split, data_dir=data_dir, download=True)
@@ -231,11 +231,11 @@ def _with_eps_curve(spec: RowSpec, ctx: RunContext, path: Path, key: str, result
 
 def run_table(specs: List[RowSpec], ctx: RunContext, *, resume: bool = True,
               on_row: Optional[Callable[[RowSpec, Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    without_run = [spec.name for spec in specs if spec.run is None]
+    if without_run:  # refused before any row spends time
+        raise ValueError(f"specs: row {without_run[0]!r} has no run function")
     results: Dict[str, Dict[str, Any]] = {}
     for spec in specs:
-        if not spec.implemented:
-            ctx.log(f"[{spec.name}] pending: not implemented in this version")
-            continue
         results[spec.name] = run_row(spec, ctx, resume)
         if on_row is not None:
             on_row(spec, results[spec.name])

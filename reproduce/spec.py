@@ -97,10 +97,6 @@ class RowSpec:
     # a weights file for any other row is refused when the command line is parsed.
     takes_weights: bool = False
 
-    @property
-    def implemented(self) -> bool:
-        return self.run is not None
-
     def describe(self) -> Dict[str, Any]:
         """The JSON description stored with the result (and hashed for the cache key)."""
         return {

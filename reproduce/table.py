@@ -43,11 +43,9 @@ def _with_ci(value: float, ci) -> str:
     return f"{_pct(value)} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
-def _row_line(spec: RowSpec, result: Optional[Dict[str, Any]]) -> List[str]:
+def _row_line(spec: RowSpec, result: Dict[str, Any]) -> List[str]:
     paper = [f"{spec.defense}", spec.paper_dataset, spec.paper_bound,
              f"{100 * spec.paper_accuracy:.0f}%{_footnote_mark(spec.paper_note)}"]
-    if result is None:
-        return paper + ["pending", "—", "—", "—", "—", "—", "—"]
     setting = f"{spec.dataset}, {spec.eps:.3g} ({spec.distance})"
     own_ci = interval(result["own_attack_accuracy"], result["n"], result.get("own_attack_ci95"))
     return paper + [setting, _pct(result["clean_accuracy"]), _with_ci(result["own_attack_accuracy"], own_ci),
@@ -60,7 +58,8 @@ def _control_line(name: str, control: Dict[str, Any]) -> str:
     if "skipped" in control:
         return f"**{name}** control ({control['name']}): skipped: {control['skipped']}"
     ours, main = control["accuracy_10_of_10"], control["main_attack_10_of_10_same_examples"]
-    return (f"**{name}** control ({control['name']}, first {control['n']} examples): {_with_ci(ours['accuracy'], ours['ci95'])} "
+    return (f"**{name}** control ({control['name']}, first {control['n']} examples): "
+            f"{_with_ci(ours['accuracy'], ours['ci95'])} "
             f"against {_with_ci(main['accuracy'], main['ci95'])} for the row's attack on the same examples and "
             f"judge draws; {control['reading']}.")
 
@@ -74,13 +73,13 @@ def write_tables(results_dir: Path, specs: List[RowSpec], results: Dict[str, Dic
     lines = [f"# Table 1 — obfgrad reproduction ({profile} profile)", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for spec in specs:
-        lines.append("| " + " | ".join(_row_line(spec, results.get(spec.name))) + " |")
+        lines.append("| " + " | ".join(_row_line(spec, results[spec.name])) + " |")
     lines += ["", FOOTNOTES, "",
               f"Code {environment['git_revision']} · torch {environment['torch']} · "
               f"{environment['hardware']['cpu']} ({environment['hardware']['cores']} cores) · device "
               f"{environment['device']} · seed {environment['seed']} · {environment['date']}", ""]
     for spec in specs:
-        if spec.name in results and spec.choices:
+        if spec.choices:
             lines.append(f"**{spec.name}** choices: " + " ".join(spec.choices))
             lines.append("")
         if spec.name in results and isinstance(results[spec.name].get("control"), dict):
@@ -88,13 +87,10 @@ def write_tables(results_dir: Path, specs: List[RowSpec], results: Dict[str, Dic
     md = atomic_write_text(results_dir / "table1.md", "\n".join(lines))
     rows = {}
     for spec in specs:
-        if spec.name in results:
-            result = results[spec.name]
-            rows[spec.name] = {**result, "paper_accuracy": spec.paper_accuracy, "verdict": verdict(result, spec),
-                               "spec": spec.describe()}
-    pending = [spec.name for spec in specs if spec.name not in results]
-    js = atomic_write_json(results_dir / "table1.json",
-                           {"profile": profile, "rows": rows, "pending": pending, "environment": environment})
+        result = results[spec.name]
+        rows[spec.name] = {**result, "paper_accuracy": spec.paper_accuracy, "verdict": verdict(result, spec),
+                           "spec": spec.describe()}
+    js = atomic_write_json(results_dir / "table1.json", {"profile": profile, "rows": rows, "environment": environment})
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["row", "dataset", "eps", "distance", "clean_accuracy", "own_attack_accuracy",

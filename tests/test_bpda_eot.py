@@ -7,7 +7,7 @@ import torch
 from attack_models import small_cnn
 from torch import nn
 
-from obfgrad.attacks import BPDA, EOT, PGD
+from obfgrad.attacks import BPDA, EOT, PGD, CarliniWagnerL2, PenalizedGradientDescent
 from obfgrad.attacks.losses import cross_entropy, loss_and_grad, make_objective
 
 
@@ -246,11 +246,45 @@ def test_pgd_through_eot_breaks_a_randomized_model():
     with torch.no_grad():
         y = EOT(model, samples=32)(x).argmax(1)
     x0 = x.clone()
-    result = PGD("linf", eps=0.1, steps=10, step_size=0.02)(EOT(model, samples=8), x, y)
+    result = PGD("linf", 0.1, steps=10, step_size=0.02)(EOT(model, samples=8), x, y)
     assert torch.equal(x, x0)
     with torch.no_grad():
         adv_pred = EOT(model, samples=32)(result.x_adv).argmax(1)
     assert float((adv_pred != y).float().mean()) >= 0.75
+
+
+class _Shift(nn.Module):
+    def forward(self, x):
+        return x - 0.5
+
+
+def _nested_eot_models(clf):
+    """Pipelines where EOT is a layer, not the outermost model: attacks would differentiate
+    averaged logits."""
+    inner = EOT(RandomScale(clf), samples=2)
+    return [nn.Sequential(_Shift(), inner), EOT(nn.Sequential(_Shift(), inner), samples=2)]
+
+
+@pytest.mark.parametrize("attack", [
+    PGD("linf", 0.1, steps=1, step_size=0.02),
+    PenalizedGradientDescent("l2", 0.5, steps=1, step_size=0.1),
+    CarliniWagnerL2(steps=1, binary_search_steps=1),
+], ids=["pgd", "penalized", "cw"])
+def test_attacks_reject_an_eot_nested_inside_another_module(attack):
+    clf = _classifier()
+    x, y = _batch(2)
+    for model in _nested_eot_models(clf):
+        with pytest.raises(ValueError, match=r"model: EOT is nested inside Sequential .*EOT\(nn.Sequential"):
+            attack(model, x, y)
+
+
+def test_eot_outermost_and_chains_of_eot_are_accepted():
+    clf = _classifier()
+    x, y = _batch(2)
+    attack = PGD("linf", 0.1, steps=1, step_size=0.02)
+    for model in (EOT(nn.Sequential(_Shift(), RandomScale(clf)), samples=2),
+                  EOT(EOT(RandomScale(clf), samples=2), samples=2)):
+        assert attack(model, x, y).x_adv.shape == x.shape
 
 
 def test_eot_bad_arguments_are_named():

@@ -142,7 +142,7 @@ def test_penalized_descent_stays_in_budget_and_beats_an_undefended_linear_model(
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
     x = torch.rand(6, 1, 4, 4)
     y = net(x).argmax(1)
-    attack = PenalizedGradientDescent("l2", eps=3.0, steps=50, lr=0.2, penalty=0.0, normalize=True)
+    attack = PenalizedGradientDescent("l2", 3.0, steps=50, step_size=0.2, penalty=0.0, update="normalized")
     result = attack(net, x, y)
     assert bool((result.distance <= 3.0 + 1e-5).all()) and bool(result.success.all())
     assert bool((net(result.x_adv).argmax(1) != y).all())
@@ -153,7 +153,7 @@ def test_transfer_attack_crafts_on_the_surrogate_only():
     calls = []
     target_model = lambda v: (calls.append(v.requires_grad), surrogate(v))[1]  # noqa: E731
     from obfgrad.attacks import PGD
-    result = TransferAttack(PGD(eps=0.1, steps=2, step_size=0.05), surrogate)(target_model, _images(n=2),
+    result = TransferAttack(PGD("linf", 0.1, steps=2, step_size=0.05), surrogate)(target_model, _images(n=2),
                                                                                  torch.tensor([0, 1]))
     assert calls == [False]  # the target judged once, never differentiated
     assert result.x_adv.shape == (2, 1, 28, 28)

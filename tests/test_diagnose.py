@@ -237,3 +237,17 @@ def test_cli_names_each_of_guos_transformations(capsys):
         cli_main(["diagnose", "--defense", "guo:nope", "--dry-run", "--quiet"])
     with pytest.raises(SystemExit, match="unknown 'nope:jpeg'"):
         cli_main(["diagnose", "--defense", "nope:jpeg"])
+
+
+def test_the_diagnosis_guards_an_eot_model_per_draw_so_attacks_still_average_gradients():
+    from obfgrad.attacks import EOT
+    from obfgrad.attacks.inputs import check_eot_outermost
+    from obfgrad.eval.diagnose import _guard, _Guarded
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    guarded = _guard(EOT(EOT(net, samples=2), samples=3, reduction="probs"))
+    assert isinstance(guarded, EOT) and guarded.samples == 3 and guarded.reduction == "probs"
+    assert isinstance(guarded.model, EOT) and isinstance(guarded.model.model, _Guarded)
+    check_eot_outermost(guarded)  # accepted: EOT stays outermost
+    with pytest.raises(ValueError, match="nested"):
+        check_eot_outermost(_Guarded(EOT(net, samples=2)))  # what the diagnosis built before

@@ -13,6 +13,7 @@ from obfgrad.eval import (
     EvalResult,
     clopper_pearson,
     confidence,
+    eval_mode,
     evaluate,
     random_targets,
     robustness,
@@ -140,7 +141,7 @@ def test_untargeted_evaluation_matches_the_attack():
     x = away_from_walls(20, SHAPE)
     y = model(x).argmax(1)
     y[0] = (y[0] + 1) % 4  # one example misclassified from the start
-    attack = PGD("linf", eps=0.1, steps=10, step_size=0.02)
+    attack = PGD("linf", 0.1, steps=10, step_size=0.02)
     result = evaluate(model, attack, x, y, distance="linf", eps=0.1, batch_size=6, progress=False)
     direct = attack(model, x, y)
     with torch.no_grad():
@@ -158,14 +159,14 @@ def test_targeted_mode():
     x = away_from_walls(12, SHAPE)
     y = model(x).argmax(1)
     targets = random_targets(y, num_classes=4, seed=0)
-    attack = PGD("linf", eps=0.3, steps=40, step_size=0.02, targeted=True)
+    attack = PGD("linf", 0.3, steps=40, step_size=0.02, targeted=True)
     result = evaluate(model, attack, x, y, distance="linf", eps=0.3, targets=targets, progress=False)
     assert result.targeted and result.config["targeted"]
     assert [r["target"] for r in result.records] == targets.tolist()
     assert all(r["success"] == (r["adv_pred"] == r["target"]) for r in result.records)
     assert result.attack_success_rate == 1.0 and result.robust_accuracy == 0.0
     with pytest.raises(ValueError, match="target"):  # an untargeted attack given targets
-        evaluate(model, PGD(eps=0.1), x, y, distance="linf", eps=0.1, targets=targets, progress=False)
+        evaluate(model, PGD("linf", 0.1), x, y, distance="linf", eps=0.1, targets=targets, progress=False)
 
 
 def test_random_targets_differ_from_labels_are_seeded_and_cover_other_classes():
@@ -186,7 +187,7 @@ def test_json_is_written_atomically_and_round_trips(tmp_path, monkeypatch):
     model = _linear_model()
     x = away_from_walls(5, SHAPE)
     y = model(x).argmax(1)
-    result = evaluate(model, PGD("linf", eps=0.1, steps=3, step_size=0.05), x, y, distance="linf", eps=0.1,
+    result = evaluate(model, PGD("linf", 0.1, steps=3, step_size=0.05), x, y, distance="linf", eps=0.1,
                       progress=False)
     writes = []
     real = robustness.atomic_write_json
@@ -216,7 +217,7 @@ def test_model_is_evaluated_in_eval_mode_and_restored():
     x = away_from_walls(4, SHAPE)
     y = model(x).argmax(1)
     seen.clear()
-    evaluate(model, PGD("linf", eps=0.05, steps=2, step_size=0.02), x, y, distance="linf", eps=0.05, progress=False)
+    evaluate(model, PGD("linf", 0.05, steps=2, step_size=0.02), x, y, distance="linf", eps=0.05, progress=False)
     assert seen and not any(seen)
     assert model.training and model[0].training
 
@@ -226,7 +227,7 @@ def test_custom_predict_is_used():
     x = away_from_walls(4, SHAPE)
     y = model(x).argmax(1)
     always_zero = lambda v: torch.zeros(v.shape[0], dtype=torch.long)  # noqa: E731
-    result = evaluate(model, PGD("linf", eps=0.05, steps=1), x, y, distance="linf", eps=0.05, predict=always_zero,
+    result = evaluate(model, PGD("linf", 0.05, steps=1), x, y, distance="linf", eps=0.05, predict=always_zero,
                       progress=False)
     assert all(r["clean_pred"] == 0 and r["adv_pred"] == 0 for r in result.records)
 
@@ -235,7 +236,7 @@ def test_evaluate_bad_input_names_the_argument():
     model = _linear_model()
     x = away_from_walls(3, SHAPE)
     y = model(x).argmax(1)
-    attack = PGD(eps=0.1, steps=1)
+    attack = PGD("linf", 0.1, steps=1)
     cases = [
         (dict(eps=0.0), "eps"),
         (dict(distance="l7"), "distance"),
@@ -263,7 +264,7 @@ def test_evaluate_leaves_inputs_untouched():
     x = away_from_walls(6, SHAPE)
     y = model(x).argmax(1)
     x0, y0 = x.clone(), y.clone()
-    evaluate(model, PGD("linf", eps=0.1, steps=3, step_size=0.05), x, y, distance="linf", eps=0.1, progress=False)
+    evaluate(model, PGD("linf", 0.1, steps=3, step_size=0.05), x, y, distance="linf", eps=0.1, progress=False)
     assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
@@ -273,6 +274,18 @@ def test_evaluate_on_cuda():
     model = _linear_model().cuda()
     x = away_from_walls(6, SHAPE).cuda()
     y = model(x).argmax(1)
-    result = evaluate(model, PGD("linf", eps=0.1, steps=3, step_size=0.05), x, y, distance="linf", eps=0.1,
+    result = evaluate(model, PGD("linf", 0.1, steps=3, step_size=0.05), x, y, distance="linf", eps=0.1,
                       progress=False)
     assert result.n == 6 and result.meta["device"].startswith("cuda")
+
+
+def test_eval_mode_restores_each_submodules_flag_even_when_the_block_raises():
+    inner, outer = nn.Linear(2, 2).eval(), nn.Linear(2, 2)
+    model = nn.Sequential(outer, inner).train()
+    inner.eval()
+    function = lambda v: v  # noqa: E731 -- not a module: left alone
+    with pytest.raises(RuntimeError, match="boom"):
+        with eval_mode(model, function, None):
+            assert not any(m.training for m in model.modules())
+            raise RuntimeError("boom")
+    assert model.training and outer.training and not inner.training

@@ -65,8 +65,10 @@ def _nan_images():
 
 OP_CASES = [
     ("thermometer list", lambda: thermometer([[[[0.5]]]]), TypeError, "x: expected a torch.Tensor"),
-    ("thermometer rank", lambda: thermometer(torch.rand(4, 4)), ValueError, r"x: expected a 4-D NCHW batch, got shape \(4, 4\)"),
-    ("thermometer int", lambda: thermometer(torch.zeros(1, 1, 2, 2, dtype=torch.long)), TypeError, "x: expected a floating"),
+    ("thermometer rank", lambda: thermometer(torch.rand(4, 4)), ValueError,
+     r"x: expected a 4-D NCHW batch, got shape \(4, 4\)"),
+    ("thermometer int", lambda: thermometer(torch.zeros(1, 1, 2, 2, dtype=torch.long)), TypeError,
+     "x: expected a floating"),
     ("thermometer nan", lambda: thermometer(_nan_images()), ValueError, "x: contains NaN"),
     ("thermometer 0-255", lambda: thermometer(images() * 255), ValueError, r"x: expected values in \[0, 1\]"),
     ("thermometer levels", lambda: thermometer(images(), levels=1), ValueError, "levels: expected an int >= 2"),
@@ -81,7 +83,8 @@ OP_CASES = [
     ("jpeg subsampling", lambda: jpeg(RGB, subsampling="4:2:2"), ValueError, "subsampling: expected one of"),
     ("tv numpy", lambda: tv_minimize(np.zeros((1, 3, 8, 8), np.float32)), TypeError, "x: expected a torch.Tensor"),
     ("tv list", lambda: tv_minimize([[[[0.5]]]]), TypeError, "x: expected a torch.Tensor"),
-    ("tv module numpy", lambda: TVMinimization()(np.zeros((1, 3, 8, 8), np.float32)), TypeError, "x: expected a torch.Tensor"),
+    ("tv module numpy", lambda: TVMinimization()(np.zeros((1, 3, 8, 8), np.float32)), TypeError,
+     "x: expected a torch.Tensor"),
     ("tv keep_prob", lambda: tv_minimize(RGB, keep_prob=0.0), ValueError, "keep_prob: expected a number > 0"),
     ("tv keep_prob nan", lambda: tv_minimize(RGB, keep_prob=float("nan")), ValueError, "keep_prob: expected a finite"),
     ("tv lambda", lambda: tv_minimize(RGB, lambda_tv=-1.0), ValueError, "lambda_tv: expected a number > 0"),
@@ -98,7 +101,8 @@ OP_CASES = [
     ("quilt float64", lambda: quilt(RGB.double(), DB), TypeError, "x: expected float32"),
     ("quilt channels", lambda: quilt(images(c=1, h=8, w=8), DB), ValueError, "database: has 3-channel patches"),
     ("quilt database type", lambda: quilt(RGB, [1, 2, 3]), TypeError, "database: expected a PatchDatabase"),
-    ("quilt database 0-255", lambda: quilt(RGB, DB * 255), ValueError, r"database: expected finite patches in \[0, 1\]"),
+    ("quilt database 0-255", lambda: quilt(RGB, DB * 255), ValueError,
+     r"database: expected finite patches in \[0, 1\]"),
     ("quilt database nan", lambda: quilt(RGB, DB.masked_fill(DB > 0.99, float("nan"))), ValueError, "NaN or Inf"),
     ("quilt 1x1 patches", lambda: quilt(RGB, torch.rand(20, 3, 1, 1)), ValueError, "1x1 patches are too small"),
     ("quilt k", lambda: quilt(RGB, DB, k=41), ValueError, "k: expected an int <= 40"),
@@ -108,8 +112,10 @@ OP_CASES = [
     ("quilt generator type", lambda: quilt(RGB, DB, generator="0"), TypeError, "generator: expected a torch.Generator"),
     ("registered op float64", lambda: torch.ops.obfgrad.jpeg_roundtrip(RGB.double(), 75, True, 0), TypeError,
      "x: the registered op takes float32"),
-    ("registered op mode", lambda: torch.ops.obfgrad.thermometer_encode(RGB, 16, 7), ValueError, "mode: expected one of"),
-    ("registered op quality", lambda: torch.ops.obfgrad.jpeg_roundtrip(RGB, 0, True, 0), ValueError, "quality: expected"),
+    ("registered op mode", lambda: torch.ops.obfgrad.thermometer_encode(RGB, 16, 7), ValueError,
+     "mode: expected one of"),
+    ("registered op quality", lambda: torch.ops.obfgrad.jpeg_roundtrip(RGB, 0, True, 0), ValueError,
+     "quality: expected"),
     # The references and helpers are public too: an unknown choice once ran as the default,
     # quality 0 or lambda_tv 0 divided by zero, a shorter query matched a prefix.
     ("jpeg reference subsampling", lambda: jpeg_reference(RGB, subsampling="4:1:1"), ValueError,
@@ -185,7 +191,8 @@ DEFENSE_CASES = [
     ("quilting database type", lambda: ImageQuilting("db.npy"), TypeError, "database: expected a PatchDatabase"),
     ("quilting authors overlap 1", lambda: ImageQuilting(DB, overlap=1, stitch="authors"), ValueError,
      "overlap: expected an int >= 2"),
-    ("quilting database 0-255", lambda: ImageQuilting(DB * 255), ValueError, r"database: expected finite patches in \[0, 1\]"),
+    ("quilting database 0-255", lambda: ImageQuilting(DB * 255), ValueError,
+     r"database: expected finite patches in \[0, 1\]"),
     ("quilting database nan", lambda: ImageQuilting(DB.masked_fill(DB > 0.99, float("nan"))), ValueError, "NaN or Inf"),
     ("quilting database float64", lambda: ImageQuilting(DB.double()), TypeError, "database: expected float32"),
     ("quilting database not square", lambda: ImageQuilting(DB[:, :, :, :4]), ValueError,
@@ -213,41 +220,48 @@ def test_defenses_and_distances_reject_bad_settings_when_built(name, call, error
 # ------------------------------------------------------------------------ the attacks
 
 ATTACK_CASES = [
-    ("PGD eps", lambda: PGD(eps=0), ValueError, "eps: expected a number > 0"),
-    ("PGD eps nan", lambda: PGD(eps=float("nan")), ValueError, "eps: expected a finite number"),
-    ("PGD steps", lambda: PGD(steps=-1), ValueError, "steps: expected an int >= 0"),
-    ("PGD distance", lambda: PGD(distance="l3"), ValueError, "distance: expected one of"),
-    ("PGD update", lambda: PGD(update="momentum"), ValueError, "update: expected one of"),
-    ("PGD loss", lambda: PGD(loss="hinge"), ValueError, "loss: expected one of"),
-    ("PGD x numpy", lambda: PGD(eps=0.1, steps=1)(linear(), np.zeros((4, 1, 4, 4), np.float32), LABELS), TypeError,
+    ("PGD eps", lambda: PGD("linf", 0), ValueError, "eps: expected a number > 0"),
+    ("PGD eps nan", lambda: PGD("linf", float("nan")), ValueError, "eps: expected a finite number"),
+    ("PGD steps", lambda: PGD("linf", 0.1, steps=-1), ValueError, "steps: expected an int >= 0"),
+    ("PGD distance", lambda: PGD(eps=0.1, distance="l3"), ValueError, "distance: expected one of"),
+    ("PGD update", lambda: PGD("linf", 0.1, update="momentum"), ValueError, "update: expected one of"),
+    ("PGD loss", lambda: PGD("linf", 0.1, loss="hinge"), ValueError, "loss: expected one of"),
+    ("PGD x numpy", lambda: PGD("linf", 0.1, steps=1)(linear(), np.zeros((4, 1, 4, 4), np.float32), LABELS), TypeError,
      "x: expected a torch.Tensor"),
-    ("PGD x range", lambda: PGD(eps=0.1, steps=1)(linear(), images() * 255, LABELS), ValueError, r"x: expected values in \[0, 1\]"),
-    ("PGD y float", lambda: PGD(eps=0.1, steps=1)(linear(), images(), LABELS.float()), TypeError, "y: expected an integer"),
-    ("PGD y shape", lambda: PGD(eps=0.1, steps=1)(linear(), images(), LABELS[:3]), ValueError, r"y: expected shape \(4,\)"),
-    ("PGD y negative", lambda: PGD(eps=0.1, steps=1)(linear(), images(), -LABELS - 1), ValueError, "y: expected class indices >= 0"),
-    ("PGD y too large", lambda: PGD(eps=0.1, steps=1)(linear(), images(), LABELS + 5), ValueError,
+    ("PGD x range", lambda: PGD("linf", 0.1, steps=1)(linear(), images() * 255, LABELS), ValueError,
+     r"x: expected values in \[0, 1\]"),
+    ("PGD y float", lambda: PGD("linf", 0.1, steps=1)(linear(), images(), LABELS.float()), TypeError,
+     "y: expected an integer"),
+    ("PGD y shape", lambda: PGD("linf", 0.1, steps=1)(linear(), images(), LABELS[:3]), ValueError,
+     r"y: expected shape \(4,\)"),
+    ("PGD y negative", lambda: PGD("linf", 0.1, steps=1)(linear(), images(), -LABELS - 1), ValueError,
+     "y: expected class indices >= 0"),
+    ("PGD y too large", lambda: PGD("linf", 0.1, steps=1)(linear(), images(), LABELS + 5), ValueError,
      "y: class index 7 out of range for a model with 3 logits"),
-    ("PGD target missing", lambda: PGD(eps=0.1, steps=1, targeted=True)(linear(), images(), LABELS), ValueError,
+    ("PGD target missing", lambda: PGD("linf", 0.1, steps=1, targeted=True)(linear(), images(), LABELS), ValueError,
      "target: required"),
-    ("PGD model output", lambda: PGD(eps=0.1, steps=1)(lambda v: v, images(), LABELS), ValueError,
+    ("PGD model output", lambda: PGD("linf", 0.1, steps=1)(lambda v: v, images(), LABELS), ValueError,
      r"model: expected logits of shape \(4, K\)"),
     ("CW distance", lambda: CarliniWagnerL2(distance="linf"), ValueError, "distance: expected an l2 distance"),
     ("CW lr", lambda: CarliniWagnerL2(lr=0), ValueError, "lr: expected a number > 0"),
     ("CW y shape", lambda: CarliniWagnerL2(steps=1)(linear(), images(), LABELS[:2]), ValueError, "y: expected shape"),
-    ("Penalized penalty", lambda: PenalizedGradientDescent(penalty=-1), ValueError, "penalty: expected a number >= 0"),
-    ("LSPGA model", lambda: LSPGA(eps=0.1)(linear(), images(), LABELS), TypeError, "model: LSPGA needs a thermometer model"),
-    ("LSPGA targeted", lambda: LSPGA(eps=0.1)(linear(), images(), LABELS, LABELS), ValueError, "target: LSPGA is untargeted"),
+    ("Penalized penalty", lambda: PenalizedGradientDescent("l2", 0.1, penalty=-1), ValueError,
+     "penalty: expected a number >= 0"),
+    ("LSPGA model", lambda: LSPGA(eps=0.1)(linear(), images(), LABELS), TypeError,
+     "model: LSPGA needs a thermometer model"),
+    ("LSPGA targeted", lambda: LSPGA(eps=0.1)(linear(), images(), LABELS, LABELS), ValueError,
+     "target: LSPGA is untargeted"),
     ("Latent generator", lambda: LatentAttack(linear()), TypeError, "generator: expected a generator module"),
     ("Latent seed", lambda: LatentAttack(_generator(), seed=-3), ValueError, "seed: expected an int >= 0"),
     ("Transfer attack", lambda: TransferAttack(None, linear()), TypeError, "attack: expected an attack"),
-    ("Transfer surrogate", lambda: TransferAttack(PGD(), "net"), TypeError, "surrogate: expected a model"),
+    ("Transfer surrogate", lambda: TransferAttack(PGD("linf", 0.1), "net"), TypeError, "surrogate: expected a model"),
     ("EOT model", lambda: EOT(3), TypeError, "model: expected a callable"),
     ("EOT samples", lambda: EOT(linear(), samples=0), ValueError, "samples: expected an int >= 1"),
     ("EOT reduction", lambda: EOT(linear(), reduction="median"), ValueError, "reduction: expected one of"),
     ("BPDA forward_fn", lambda: BPDA("round"), TypeError, "forward_fn: expected a callable"),
     ("BPDA shape", lambda: BPDA(lambda v: v[:, :, :2])(images().requires_grad_()), ValueError,
      "forward_fn: the identity approximation needs an output of the input's shape"),
-    ("no gradient path", lambda: PGD(eps=0.1, steps=2)(lambda v: linear()(v.detach()), images(), LABELS),
+    ("no gradient path", lambda: PGD("linf", 0.1, steps=2)(lambda v: linear()(v.detach()), images(), LABELS),
      NoGradientError, "model: no gradient reaches x"),
 ]
 
@@ -282,11 +296,11 @@ class NonFinite(nn.Module):
 
 
 ATTACKS = {
-    "PGD": lambda: PGD(eps=0.1, steps=3, step_size=0.05),
+    "PGD": lambda: PGD("linf", 0.1, steps=3, step_size=0.05),
     "PGD-l2-margin": lambda: PGD("l2", eps=0.5, steps=3, step_size=0.1, loss="margin"),
     "CW": lambda: CarliniWagnerL2(steps=3, binary_search_steps=1),
     "Penalized": lambda: PenalizedGradientDescent("l2", eps=0.5, steps=3),
-    "Transfer": lambda: TransferAttack(PGD(eps=0.1, steps=2), linear()),
+    "Transfer": lambda: TransferAttack(PGD("linf", 0.1, steps=2), linear()),
 }
 
 
@@ -300,7 +314,7 @@ def test_attacks_refuse_non_finite_logits_instead_of_reporting_success(attack, v
 
 def test_eot_and_lspga_refuse_non_finite_logits():
     with pytest.raises(NonFiniteOutputError, match="model: its output"):
-        PGD(eps=0.1, steps=2)(EOT(NonFinite(), samples=2), images(), LABELS)
+        PGD("linf", 0.1, steps=2)(EOT(NonFinite(), samples=2), images(), LABELS)
     with pytest.raises(NonFiniteOutputError, match="model: its output"):
         EOT(NonFinite(), samples=2)(images())
     net = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 3))
@@ -322,7 +336,7 @@ def test_evaluate_refuses_non_finite_logits_naming_the_batch():
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     with pytest.raises(NonFiniteOutputError, match=r"contains NaN or Inf for 1 of the batch's 2 examples \(rows 1 of "
                                                    r"the batch\).*\[evaluate: batch 2, examples 4..5 of x\]"):
-        evaluate(_NaNOnExample(5), PGD(eps=0.1, steps=1), x, y, distance="linf", eps=0.1, batch_size=2,
+        evaluate(_NaNOnExample(5), PGD("linf", 0.1, steps=1), x, y, distance="linf", eps=0.1, batch_size=2,
                  progress=False, seed=0)
 
 
@@ -354,7 +368,7 @@ def test_attacks_accept_an_empty_batch_like_the_ops(attack):
     if attack == "LSPGA":
         result = LSPGA(eps=0.1, steps=2)(ThermometerDefense(nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 3))), x, y)
     elif attack == "EOT-PGD":
-        result = PGD(eps=0.1, steps=2)(EOT(linear(), samples=2), x, y)
+        result = PGD("linf", 0.1, steps=2)(EOT(linear(), samples=2), x, y)
     else:
         result = ATTACKS[attack]()(linear(), x, y)
     assert result.x_adv.shape == (0, 1, 4, 4) and result.success.shape == (0,) and result.distance.shape == (0,)
@@ -399,7 +413,7 @@ def _nan_result(x):
 
 @pytest.mark.parametrize("name,changes,error,match", EVALUATE_CASES, ids=[case[0] for case in EVALUATE_CASES])
 def test_evaluate_rejects_bad_input_naming_the_argument(name, changes, error, match):
-    arguments = dict(model=linear(), attack=PGD(eps=0.1, steps=1), x=images(), y=LABELS, distance="linf", eps=0.1,
+    arguments = dict(model=linear(), attack=PGD("linf", 0.1, steps=1), x=images(), y=LABELS, distance="linf", eps=0.1,
                      progress=False, seed=0)
     arguments.update(changes)
     with pytest.raises(error, match=match):
@@ -460,7 +474,7 @@ def test_diagnose_still_reads_a_cut_graph_as_an_all_zero_gradient():
     y = net(x).argmax(1)
     cut = _Cut(net)
     with pytest.raises(NoGradientError) as info:
-        PGD(eps=0.1, steps=1)(cut, x, y)
+        PGD("linf", 0.1, steps=1)(cut, x, y)
     assert info.value.output_in_graph
     report = diagnose(cut, x, y, eps=0.1, progress=False, surrogate=net,
                       budget=DiagnoseBudget(steps=2, random_samples=2, eps_multiples=(0.5,)))

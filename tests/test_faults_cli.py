@@ -49,18 +49,22 @@ DIAGNOSE_CASES = [
     ("data missing", lambda t: _model_args(t)[:6] + [str(t / "missing.pt")], r"--data: cannot read .*missing.pt"),
     ("data corrupt", lambda t: _model_args(t)[:6] + [str(t / "corrupt.pt")], r"--data: cannot read .*corrupt.pt"),
     ("data without y", lambda t: _model_args(t)[:6] + [str(t / "no_y.pt")], "--data: expected a torch.save'd dict"),
-    ("factory raises", lambda t: _model_args(t, factory="boom"), r"--model: your factory .*:boom raised ValueError: boom"),
+    ("factory raises", lambda t: _model_args(t, factory="boom"),
+     r"--model: your factory .*:boom raised ValueError: boom"),
     ("file raises", lambda t: ["diagnose", "--model", f"{t / 'broken.py'}:build", "--eps", "0.1"],
      "--model: importing your file .* raised ImportError: no module named tensorflow"),
-    ("factory returns a number", lambda t: _model_args(t, factory="number"), "--model: the factory must return a model"),
+    ("factory returns a number", lambda t: _model_args(t, factory="number"),
+     "--model: the factory must return a model"),
     ("no such factory", lambda t: _model_args(t, factory="nope"), "has no callable 'nope'"),
     ("seed", lambda t: _model_args(t, "--seed", "-1"), "--seed: expected an int >= 0"),
     ("seed too large", lambda t: _model_args(t, "--seed", str(2**40)), "--seed: expected an int <= 4294967295"),
     ("device", lambda t: _model_args(t, "--device", "tpu"), "--device: not a torch device: 'tpu'"),
     ("device meta", lambda t: _model_args(t, "--device", "meta"), "--device: 'meta': only cpu and cuda"),
-    ("json under a file", lambda t: _model_args(t, "--json", str(t / "a_file" / "r.json")), "--json: .*a_file exists and is not a directory"),
+    ("json under a file", lambda t: _model_args(t, "--json", str(t / "a_file" / "r.json")),
+     "--json: .*a_file exists and is not a directory"),
     ("json is a folder", lambda t: _model_args(t, "--json", str(t)), "--json: .* is a directory"),
-    ("plot under a file", lambda t: _model_args(t, "--plot", str(t / "a_file" / "r.png")), "--plot: .*a_file exists and is not a directory"),
+    ("plot under a file", lambda t: _model_args(t, "--plot", str(t / "a_file" / "r.png")),
+     "--plot: .*a_file exists and is not a directory"),
     ("out-dir is a file", lambda t: _model_args(t, "--out-dir", str(t / "a_file")), "--out-dir: .* is not a directory"),
     ("eps negative", lambda t: _model_args(t, "--eps", "-1"), "--eps: expected a positive finite budget"),
     ("eps nan", lambda t: _model_args(t, "--eps", "nan"), "--eps: expected a positive finite budget"),
@@ -79,7 +83,8 @@ DIAGNOSE_CASES = [
      "--json/--plot: --defense guo diagnoses 5 defenses"),
     ("unknown defense", lambda t: ["diagnose", "--defense", "nope"], "--defense: unknown 'nope'"),
     ("dry run with a model", lambda t: _model_args(t, "--dry-run"), "--dry-run/--profile: only with --defense"),
-    ("profile with a model", lambda t: _model_args(t, "--profile", "paper"), "--dry-run/--profile: only with --defense"),
+    ("profile with a model", lambda t: _model_args(t, "--profile", "paper"),
+     "--dry-run/--profile: only with --defense"),
     ("model outputs nan", lambda t: _nan_model_args(t), r"model: its output \(logits\) contains NaN"),
 ]
 
@@ -282,7 +287,8 @@ def test_a_missing_dataset_stops_the_runner_before_the_first_row(tmp_path, monke
     monkeypatch.setattr(locate, "download_file", offline)
     ran = []
     monkeypatch.setattr(runner, "run_table", lambda *a, **k: ran.append(1))
-    with pytest.raises(SystemExit, match="(?s)dataset .fashion-mnist. .* not found.*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(SystemExit,
+                       match="(?s)dataset .fashion-mnist. .* not found.*apt-get install dataset-fashion-mnist"):
         runner.main(["--rows", "madry,na", "--results-dir", str(tmp_path / "results")])
     assert ran == []
 

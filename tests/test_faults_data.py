@@ -55,7 +55,8 @@ def stand_in_mnist(folder: Path, monkeypatch, count=4):
             write_idx(folder / f"{split_name}.gz", arrays[key], compress=True)
             content[split_name] = md5(encode_idx(arrays[key]))
     source = locate.DATASETS["mnist"]
-    archives = tuple(dataclasses.replace(a, md5=md5((folder / a.filename).read_bytes()) if (folder / a.filename).exists()
+    archives = tuple(dataclasses.replace(a, md5=md5((folder / a.filename).read_bytes())
+                                         if (folder / a.filename).exists()
                                          else a.md5, urls=(f"file://{folder / a.filename}",)) for a in source.archives)
     monkeypatch.setitem(locate.DATASETS, "mnist", dataclasses.replace(source, content_md5=content, archives=archives))
     return arrays
@@ -157,8 +158,8 @@ def test_idx_labels_are_range_checked_and_sizes_cannot_overflow(tmp_path, monkey
 
 def test_verify_false_accepts_a_deliberate_stand_in_but_checks_its_structure(tmp_path, monkeypatch):
     stand_in_mnist(tmp_path / "data", monkeypatch)
-    monkeypatch.setitem(locate.DATASETS, "mnist", dataclasses.replace(locate.DATASETS["mnist"],
-                                                                      content_md5={n: "0" * 32 for n in IDX_FILES.values()}))
+    zeros = {n: "0" * 32 for n in IDX_FILES.values()}
+    monkeypatch.setitem(locate.DATASETS, "mnist", dataclasses.replace(locate.DATASETS["mnist"], content_md5=zeros))
     with pytest.raises(ChecksumError, match=r"verify=False\) accepts"):
         load_dataset("mnist", "test", data_dir=tmp_path / "data", download=False)
     images, _ = load_dataset("mnist", "test", data_dir=tmp_path / "data", download=False, verify=False)
@@ -234,7 +235,8 @@ def test_a_corrupt_cached_archive_that_cannot_be_downloaded_again_names_the_prob
 
 @pytest.mark.parametrize("damage,error,match", [
     (lambda p: p.write_bytes(p.read_bytes()[:-500]), CifarFormatError, "not a readable CIFAR-10 batch"),
-    (lambda p: p.write_bytes(b"\x80\x02}q\x00(X\x04\x00\x00\x00data"), CifarFormatError, "not a readable CIFAR-10 batch"),
+    (lambda p: p.write_bytes(b"\x80\x02}q\x00(X\x04\x00\x00\x00data"), CifarFormatError,
+     "not a readable CIFAR-10 batch"),
     (lambda p: p.write_bytes(gzip.compress(b"garbage")[:-4]), IdxFormatError, "cannot decompress"),
     (lambda p: p.write_bytes(pickle.dumps([1, 2, 3], protocol=2)), CifarFormatError, "expected a pickled dict"),
     (lambda p: p.write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.float32), "labels": [1, 2]})),

@@ -76,7 +76,8 @@ def imported_modules(path: Path, root: Path = ROOT) -> set[str]:
             for alias in node.names:
                 submodule = f"{source}.{alias.name}"
                 found.add(submodule if _is_module(submodule, root) or submodule == "obfgrad._C" else source)
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+        elif (isinstance(node, ast.Call)
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
               and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
             found.add(node.args[0].value)
     return {name for name in found if name.split(".")[0] in ("obfgrad", "reproduce")}
@@ -139,8 +140,9 @@ def _layer_or_none(module: str):
 
 def test_defenses_do_not_import_attacks():
     graph = import_graph()
-    offenders = sorted((importer, target) for importer, targets in graph.items() if importer.startswith("obfgrad.defenses")
-                       for target in targets if target == "obfgrad.attacks" or target.startswith("obfgrad.attacks."))
+    offenders = sorted((importer, target) for importer, targets in graph.items()
+                       if importer.startswith("obfgrad.defenses") for target in targets
+                       if target == "obfgrad.attacks" or target.startswith("obfgrad.attacks."))
     assert not offenders, f"defenses import attacks (BPDA lives in obfgrad.ops.bpda): {offenders}"
 
 

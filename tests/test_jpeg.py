@@ -437,7 +437,8 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUD
 def test_cuda_matches_cpu(subsampling, channels):
     x = random_images((4, channels, 37, 45), seed=channels)
     for quality in QUALITIES:
-        assert torch.equal(jpeg(x.cuda(), quality, subsampling=subsampling).cpu(), jpeg(x, quality, subsampling=subsampling))
+        on_cuda = jpeg(x.cuda(), quality, subsampling=subsampling).cpu()
+        assert torch.equal(on_cuda, jpeg(x, quality, subsampling=subsampling))
 
 
 @pytest.mark.gpu

@@ -57,7 +57,8 @@ def test_lspga_picks_the_highest_reachable_level_and_stays_in_the_ball():
     x = torch.rand(4, 1, 3, 3)
     eps = 0.1
     model = ThermometerDefense(_BitCounter(), LEVELS)
-    result = LSPGA(eps=eps, steps=8, step_size=2.0, random_start=True, generator_seed=0)(model, x, torch.zeros(4, dtype=torch.long))
+    attack = LSPGA(eps, steps=8, step_size=2.0, random_start=True, seed=0)
+    result = attack(model, x, torch.zeros(4, dtype=torch.long))
     assert bool((result.x_adv - x).abs().max() <= eps + 1e-6)
     assert torch.equal(_bucket(result.x_adv), _bucket((x + eps).clamp(max=1.0)))
     assert bool(result.success.all())
@@ -92,5 +93,5 @@ def test_plain_gradient_attack_cannot_move_through_the_true_encoding():
     classifier = nn.Sequential(nn.Flatten(), nn.Linear(LEVELS * 16, 3))
     x = torch.rand(3, 1, 4, 4)
     defense = ThermometerDefense(classifier, gradient="true")
-    result = PGD(eps=0.1, steps=3, step_size=0.05, early_stop=False)(defense, x, torch.tensor([0, 1, 2]))
+    result = PGD("linf", 0.1, steps=3, step_size=0.05, early_stop=False)(defense, x, torch.tensor([0, 1, 2]))
     assert torch.equal(result.x_adv, x)

@@ -112,7 +112,8 @@ def test_lid_cnn_layers_shift_and_l2_penalty():
     torch.testing.assert_close(outputs[0], x - 0.5)
     torch.testing.assert_close(outputs[-2], model(x))
     torch.testing.assert_close(outputs[-1].sum(dim=1), torch.ones(2))
-    penalty = 0.01 * sum(float(p.detach().pow(2).sum()) for p in [*model.dense1024.parameters(), *model.dense512.parameters()])
+    penalty = 0.01 * sum(float(p.detach().pow(2).sum()) for p in [*model.dense1024.parameters(),
+                                                                  *model.dense512.parameters()])
     assert float(model.regularization_loss().detach()) == pytest.approx(penalty, rel=1e-5)
 
 

@@ -26,13 +26,13 @@ def test_robustml_start_is_zeros_clipped_into_the_ball():
     x = torch.tensor([0.0, 0.02, 0.5, 1.0]).view(1, 1, 2, 2)
     zeros = torch.zeros_like(x)
     robustml = x + (zeros.clamp(0, 1) - x).clamp(-0.1, 0.1)
-    start = PGD(eps=0.1, steps=0, start_from=0.0)(_linear(), x, torch.tensor([0])).x_adv
+    start = PGD("linf", 0.1, steps=0, start_from=0.0)(_linear(), x, torch.tensor([0])).x_adv
     assert torch.equal(start, robustml) and torch.allclose(start, (x - 0.1).clamp_min(0))
-    mid_grey = PGD(eps=0.1, steps=0, start_from=0.5)(_linear(), x, torch.tensor([0])).x_adv  # LID's zero
+    mid_grey = PGD("linf", 0.1, steps=0, start_from=0.5)(_linear(), x, torch.tensor([0])).x_adv  # LID's zero
     assert torch.allclose(mid_grey, torch.tensor([0.1, 0.12, 0.5, 0.9]).view(1, 1, 2, 2))
-    assert torch.equal(PGD(eps=0.1, steps=0)(_linear(), x, torch.tensor([0])).x_adv, x)  # default: x itself
+    assert torch.equal(PGD("linf", 0.1, steps=0)(_linear(), x, torch.tensor([0])).x_adv, x)  # default: x itself
     with pytest.raises(ValueError, match="start_from"):
-        PGD(random_start=True, start_from=0.0)
+        PGD("linf", 0.1, random_start=True, start_from=0.0)
 
 
 def test_paper_rows_start_where_the_robustml_attacks_do():
@@ -57,7 +57,7 @@ def test_guo_paper_attack_is_unpenalised_gradient_descent():
     (paper,) = all_specs(["guo"], "paper")
     for name in ("bit_depth", "jpeg", "crop_rescale", "tv", "quilting"):
         attack = guo.adaptive_attack(name, paper.config, paper.distance)
-        assert attack.penalty == 0.0 and attack.lr == 0.1 and not attack.project and not attack.normalize
+        assert attack.penalty == 0.0 and attack.step_size == 0.1 and not attack.project and attack.update == "raw"
 
 
 def _placements(side, padded, geometry, draws=4000):

@@ -199,7 +199,8 @@ def test_quilt_with_k1_returns_an_image_whose_patches_are_in_the_database():
     x = image_tensor(skimage.data.chelsea(), 32)  # 32 = 5 + 9 * 3: tiles exactly
     own = x.unfold(2, 5, 3).unfold(3, 5, 3).permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, 5, 5)
     distractors = torch.rand(300, 3, 5, 5)
-    database = torch.cat([distractors, own])[torch.randperm(300 + own.shape[0], generator=torch.Generator().manual_seed(0))]
+    database = torch.cat([distractors, own])[torch.randperm(300 + own.shape[0],
+                                                            generator=torch.Generator().manual_seed(0))]
     assert torch.equal(quilt(x, database, k=1, seed=0), x)
 
 

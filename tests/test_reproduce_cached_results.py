@@ -31,8 +31,8 @@ def _toy_row(calls):
             model[1].weight.copy_(torch.tensor([[1.0, 1.0, 1.0, 1.0], [-1.0, -1.0, -1.0, -1.0]]))
             model[1].bias.copy_(torch.tensor([-2.0, 2.0]))  # class 0 iff the pixels sum above 2
         y = model(x).argmax(1)
-        weak = pipeline.run_attack(ctx, spec, "own", model, PGD(eps=0.01, steps=2, step_size=0.005), x, y)
-        strong = pipeline.run_attack(ctx, spec, "adaptive", model, PGD(eps=1.0, steps=10, step_size=0.5), x, y)
+        weak = pipeline.run_attack(ctx, spec, "own", model, PGD("linf", 0.01, steps=2, step_size=0.005), x, y)
+        strong = pipeline.run_attack(ctx, spec, "adaptive", model, PGD("linf", 1.0, steps=10, step_size=0.5), x, y)
         return {"clean_accuracy": weak["clean_accuracy"], "own_attack_accuracy": weak["accuracy"],
                 "own_attack_ci95": weak["ci95"], "adaptive_accuracy": strong["accuracy"],
                 "adaptive_ci95": strong["ci95"], "attacks": {"own": weak, "adaptive": strong}}

@@ -107,7 +107,7 @@ def _assert_png(path: Path):
 
 
 def test_figures_are_written_from_a_results_dict(tmp_path):
-    specs = [_spec("thermometer"), _spec("lid"), _spec("guo"), _spec("madry")]  # madry pending: no panel
+    specs = [_spec("thermometer"), _spec("lid"), _spec("guo"), _spec("madry")]  # madry without a result: no panel
     guo = _fake_result(True)
     guo["eps_curve"]["variant"] = "quilting"  # a row with several variants: the star is the curve's variant
     guo["transforms"] = {"quilting": {"adaptive_accuracy": 0.0}}
@@ -200,6 +200,33 @@ def test_own_evaluation_ci_is_found_under_the_rows_attack_names():
                                "own_lspga": {"accuracy": 0.65, "ci95": [0.41, 0.85]},
                                "adaptive": {"accuracy": 0.05, "ci95": [0.0, 0.25]}}}
     assert figures._own_ci(thermometer) == [0.41, 0.85]
-    assert figures._own_ci({"own_attack_accuracy": 0.5, "attacks": {"adaptive": {"accuracy": 0.5, "ci95": [0, 1]}}}) is None
+    only_adaptive = {"own_attack_accuracy": 0.5, "attacks": {"adaptive": {"accuracy": 0.5, "ci95": [0, 1]}}}
+    assert figures._own_ci(only_adaptive) is None
     assert figures._error_bar(0.5, None) is None
     assert figures._error_bar(0.5, [0.25, 0.75]) == [[0.25], [0.25]]
+
+
+class _FlagRecorder(nn.Module):
+    """Wraps a model and records the training flag it sees at every call."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, x):
+        self.seen.append(self.training)
+        return self.model(x)
+
+
+def test_row_curve_runs_in_eval_mode_and_gives_the_training_flags_back():
+    linear, x, y = _linear_problem(n=8)
+    recorder = _FlagRecorder(linear).train()
+    linear.eval()  # a mixed model: its submodule's own flag must come back too
+
+    def build_defense(spec, ctx, n):
+        return DefenseBundle(model=recorder, undefended=recorder, x=x[:n], y=y[:n], distance="linf", eps=spec.eps)
+
+    spec = _spec("sap", build_defense=build_defense, curve={"examples": 4, "steps": 2})
+    curves.row_eps_curve(spec, RunContext(progress=False, log=lambda message: None))
+    assert recorder.seen and not any(recorder.seen)  # evaluated in eval mode
+    assert recorder.training and not linear.training  # and each flag restored afterwards

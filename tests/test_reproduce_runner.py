@@ -75,12 +75,14 @@ def test_a_changed_spec_invalidates_its_cached_result(tmp_path):
     assert calls == ["madry"]
 
 
-def test_pending_rows_are_listed_not_run(tmp_path):
-    pending = RowSpec(name="thermometer", defense="a row without code yet", dataset="-", distance="-", eps=0.0,
-                      paper_dataset="CIFAR-10", paper_bound="0.031 (ℓ∞)", paper_accuracy=0.0, run=None)
-    outcome = runner.run_table([pending], _ctx(tmp_path))
-    assert json.loads(outcome["paths"]["json"].read_text())["pending"] == ["thermometer"]
-    assert "pending" in outcome["paths"]["md"].read_text()
+def test_a_row_without_a_run_function_is_refused_before_anything_runs(tmp_path):
+    calls = []
+    specs = [_tiny_row("madry", calls), RowSpec(name="thermometer", defense="no code", dataset="toy", distance="linf",
+                                                eps=0.1, paper_dataset="CIFAR-10", paper_bound="0.031 (ℓ∞)",
+                                                paper_accuracy=0.0, run=None)]
+    with pytest.raises(ValueError, match="specs: row 'thermometer' has no run function"):
+        runner.run_table(specs, _ctx(tmp_path))
+    assert calls == []
 
 
 def test_every_table_row_has_a_spec_in_both_profiles():
@@ -90,7 +92,7 @@ def test_every_table_row_has_a_spec_in_both_profiles():
     for profile in ("smoke", "paper"):
         specs = all_specs(list(ROW_NAMES), profile)
         assert [spec.name for spec in specs] == list(ROW_NAMES)
-        assert all(spec.implemented and spec.build_defense is not None for spec in specs)
+        assert all(spec.run is not None and spec.build_defense is not None for spec in specs)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -40,7 +40,8 @@ def one_thread():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _fashion_mnist_present(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(not _fashion_mnist_present(),
+                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_reproduce_all_nine_rows_end_to_end_on_fashion_mnist(tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.setenv("OBFGRAD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OBFGRAD_SMOKE_TRAIN_LIMIT", "100")  # also the LID detector's CW-L2 examples

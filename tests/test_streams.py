@@ -137,7 +137,8 @@ def test_the_judges_draws_do_not_depend_on_how_many_draws_the_attack_made():
 def test_evaluate_refuses_a_judge_seed_equal_to_the_attack_seed():
     model = DrawRecorder()
     with pytest.raises(ValueError, match="judge_seed"):
-        evaluate(model, PGD(steps=1), torch.rand(2, 1, 4, 4), torch.zeros(2, dtype=torch.long), distance="linf",
+        evaluate(model, PGD("linf", 0.1, steps=1), torch.rand(2, 1, 4, 4), torch.zeros(2, dtype=torch.long),
+                 distance="linf",
                  eps=0.1, progress=False, seed=3, judge_seed=3)
 
 
@@ -146,9 +147,11 @@ def test_evaluate_refuses_a_judge_stream_that_overlaps_the_attacks_batches():
     # and 5 would judge batch 0 on the draws batch 2's attack made.
     x, y = torch.rand(6, 1, 4, 4), torch.zeros(6, dtype=torch.long)
     with pytest.raises(ValueError, match="judge_seed.*number of batches"):
-        evaluate(DrawRecorder(), PGD(steps=1), x, y, distance="linf", eps=0.1, batch_size=2, progress=False,
+        evaluate(DrawRecorder(), PGD("linf", 0.1, steps=1), x, y, distance="linf", eps=0.1, batch_size=2,
+                 progress=False,
                  seed=3, judge_seed=5)
-    result = evaluate(DrawRecorder(), PGD(steps=1), x, y, distance="linf", eps=0.1, batch_size=2, progress=False,
+    result = evaluate(DrawRecorder(), PGD("linf", 0.1, steps=1), x, y, distance="linf", eps=0.1, batch_size=2,
+                      progress=False,
                       seed=3, judge_seed=6)
     assert result.n == 6
 

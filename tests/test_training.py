@@ -224,3 +224,30 @@ def test_recipe_validation():
     with pytest.raises(ValueError, match="train_limit"):
         make_recipe(train_limit=0)
     assert make_recipe(lr_milestones=(1, 2))["lr_milestones"] == [1, 2]
+
+
+def test_seeded_epoch_loop_covers_each_epoch_once_repeats_per_seed_and_spares_the_callers_stream():
+    from obfgrad.models.loop import batches_per_epoch, epoch_batches, seeded_training
+
+    def run(seed):
+        with seeded_training(seed, total=6, desc="t", progress=False) as (data_rng, _):
+            batches = list(epoch_batches(10, 4, 2, data_rng))
+            noise = torch.rand(2)  # what dropout would draw: from seed + 1
+        return batches, noise
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    batches, noise = run(7)
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's stream is untouched
+    assert [(e, k) for e, k, _ in batches] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert batches_per_epoch(10, 4) == 3 and [len(i) for _, _, i in batches] == [4, 4, 2] * 2
+    for epoch in (0, 1):
+        assert sorted(torch.cat([i for e, _, i in batches if e == epoch]).tolist()) == list(range(10))
+    again, noise_again = run(7)
+    assert all(torch.equal(a[2], b[2]) for a, b in zip(batches, again)) and torch.equal(noise, noise_again)
+    other, _ = run(8)
+    assert not all(torch.equal(a[2], b[2]) for a, b in zip(batches, other))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(8)
+        assert torch.equal(noise, torch.rand(2))  # the loop's global draws come from seed + 1

@@ -14,13 +14,12 @@ from __future__ import annotations
 from typing import Optional, Union
 
 import torch
-from tqdm.auto import tqdm
 
 from obfgrad._checks import check_float, check_int
 from obfgrad.attacks.adam import AdamAscent
-from obfgrad.attacks.inputs import check_attack_inputs, checked_objective
+from obfgrad.attacks.base import is_success, progress_bar
+from obfgrad.attacks.inputs import check_attack_inputs, check_eot_outermost, checked_objective
 from obfgrad.attacks.losses import expected_loss, loss_and_grad, margin
-from obfgrad.attacks.pgd import is_success
 from obfgrad.attacks.result import AttackResult
 from obfgrad.distances import L2, Distance, get_distance
 
@@ -57,7 +56,7 @@ class CarliniWagnerL2:
         torch.Size([2, 1, 2, 2])
     """
 
-    def __init__(self, steps: int = 1000, lr: float = 0.01, binary_search_steps: int = 9,
+    def __init__(self, *, steps: int = 1000, lr: float = 0.01, binary_search_steps: int = 9,
                  initial_const: float = 1e-3, kappa: float = 0.0, abort_early: bool = True,
                  targeted: bool = False, distance: Union[str, Distance] = "l2", progress: bool = False):
         self.steps = check_int(steps, "steps", low=0)
@@ -94,6 +93,7 @@ class CarliniWagnerL2:
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor,
                  target: Optional[torch.Tensor] = None) -> AttackResult:
         x, y, target = check_attack_inputs(x, y, target, self.targeted)
+        check_eot_outermost(model)
         if x.shape[0] == 0:
             return AttackResult.empty(x)
         x = x.detach()
@@ -108,8 +108,7 @@ class CarliniWagnerL2:
         best_x = x.clone()
         best_steps = torch.zeros(n, dtype=torch.long, device=device)
 
-        bar = tqdm(total=self.steps * self.binary_search_steps, desc="CW-L2",
-                   disable=None if self.progress else True)
+        bar = progress_bar(self.steps * self.binary_search_steps, "CW-L2", self.progress)
         try:
             for search_step in range(self.binary_search_steps):
                 succeeded = self._optimise(model, x, y, target, labels, w_start, const.to(x.dtype),

@@ -55,7 +55,7 @@ class EOT(nn.Module):
         torch.Size([2, 3])
     """
 
-    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], samples: int = 10,
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], *, samples: int = 10,
                  reduction: str = "logits", draws_per_pass: Optional[int] = None):
         super().__init__()
         if not callable(model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+from torch import nn
 
 from obfgrad._checks import check_images, check_tensor
 
@@ -68,3 +69,30 @@ def checked_objective(objective, labels: torch.Tensor, name: str):
         check_num_classes(labels, name, logits.shape[1])
         return objective(logits)
     return first_call
+
+
+def _averages_draws(module) -> bool:
+    """Implements ``expected_loss`` (:class:`obfgrad.attacks.losses.SupportsExpectedLoss`, e.g. EOT)."""
+    return callable(getattr(module, "expected_loss", None))
+
+
+def check_eot_outermost(model) -> None:
+    """Raise when an EOT (any module with ``expected_loss``) sits inside another module.
+
+    Attacks average per-draw gradients only through the outermost model's ``expected_loss``
+    (chains of EOTs, ``EOT(EOT(m))``, compose). Wrapped in, e.g., ``nn.Sequential(norm, EOT(net))``
+    the EOT is just a layer that averages logits, and the attack silently differentiates the
+    averaged logits instead (Athalye et al. 2018, Sec. 4.3).
+    """
+    inner = model
+    while _averages_draws(inner):  # EOT(EOT(...)): each level composes; look inside the last
+        inner = getattr(inner, "model", None)
+    if not isinstance(inner, nn.Module):
+        return
+    for path, sub in inner.named_modules():
+        if path and _averages_draws(sub):
+            raise ValueError(
+                f"model: {type(sub).__name__} is nested inside {type(inner).__name__} (submodule {path!r}); "
+                "an attack would differentiate its averaged logits, not average per-draw gradients. "
+                "Put EOT outermost around the whole pipeline: write EOT(nn.Sequential(norm, net), samples=S) "
+                "instead of nn.Sequential(norm, EOT(net, samples=S))")

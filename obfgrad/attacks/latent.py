@@ -21,10 +21,10 @@ from typing import Optional, Union
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from obfgrad._checks import check_float, check_int
 from obfgrad.attacks.adam import AdamAscent
+from obfgrad.attacks.base import progress_bar
 from obfgrad.attacks.inputs import check_attack_inputs, check_logits
 from obfgrad.attacks.losses import margin
 from obfgrad.attacks.result import AttackResult
@@ -33,20 +33,23 @@ from obfgrad.distances import Distance, get_distance
 __all__ = ["LatentAttack", "invert"]
 
 
-def invert(generator: nn.Module, x: torch.Tensor, steps: int = 3000, restarts: int = 30, lr: float = 0.1,
-           seed: Optional[int] = 0) -> torch.Tensor:
-    """``argmin_z ||G(z) - x||^2`` by Adam from ``restarts`` starts ``z ~ N(0, I)``; returns (N, latent)."""
+def invert(generator: nn.Module, x: torch.Tensor, *, steps: int = 3000, restarts: int = 30, lr: float = 0.1,
+           seed: Optional[int] = 0, progress: bool = False) -> torch.Tensor:
+    """``argmin_z ||G(z) - x||^2`` by Adam from ``restarts`` starts ``z ~ N(0, I)``; returns (N, latent).
+    ``progress``: a tqdm bar over the steps (quiet when not on a terminal)."""
     n, latent = x.shape[0], generator.latent_dim
     rng = torch.Generator().manual_seed(seed) if seed is not None else None
     z = torch.randn((n * restarts, latent), generator=rng).to(x.device, x.dtype)
     target = x.detach().repeat_interleave(restarts, dim=0)
     adam = AdamAscent(z, lr)
-    for _ in range(steps):
-        with torch.enable_grad():
-            z_var = z.detach().requires_grad_(True)
-            error = (generator(z_var) - target).flatten(1).pow(2).sum(dim=1)
-            (grad,) = torch.autograd.grad(error.sum(), z_var)
-        z = z + adam.step(-grad)
+    with progress_bar(steps, "latent inversion", progress) as bar:
+        for _ in range(steps):
+            with torch.enable_grad():
+                z_var = z.detach().requires_grad_(True)
+                error = (generator(z_var) - target).flatten(1).pow(2).sum(dim=1)
+                (grad,) = torch.autograd.grad(error.sum(), z_var)
+            z = z + adam.step(-grad)
+            bar.update(1)
     with torch.no_grad():
         error = (generator(z) - target).flatten(1).pow(2).sum(dim=1).view(n, restarts)
     pick = torch.arange(n, device=x.device) * restarts + error.argmin(dim=1)
@@ -65,7 +68,7 @@ class LatentAttack:
         kappa: confidence of the log-probability margin.
         distance: the distance reported in the result (``"l2_per_value"`` for Defense-GAN).
         seed: seed of the inversion's starts.
-        progress: tqdm bar.
+        progress: tqdm bars over the inversion and the search (quiet when not on a terminal).
 
     Called as ``attack(model, x, y)``: ``model`` is the classifier judged on ``G(z)`` (the
     defended model with a perfect projection). Returns an :class:`AttackResult` whose ``x_adv`` is
@@ -81,7 +84,7 @@ class LatentAttack:
         torch.Size([2, 1, 28, 28])
     """
 
-    def __init__(self, generator: nn.Module, inversion_steps: int = 3000, inversion_restarts: int = 30,
+    def __init__(self, generator: nn.Module, *, inversion_steps: int = 3000, inversion_restarts: int = 30,
                  inversion_lr: float = 0.1, steps: int = 30000, lr: float = 0.1, binary_search_steps: int = 5,
                  initial_const: float = 1.0, kappa: float = 0.0, distance: Union[str, Distance] = "l2_per_value",
                  seed: Optional[int] = 0, progress: bool = False):
@@ -114,7 +117,8 @@ class LatentAttack:
             return AttackResult.empty(x)
         x = x.detach()
         n = x.shape[0]
-        z0 = invert(self.generator, x, self.inversion_steps, self.inversion_restarts, self.inversion_lr, self.seed)
+        z0 = invert(self.generator, x, steps=self.inversion_steps, restarts=self.inversion_restarts,
+                    lr=self.inversion_lr, seed=self.seed, progress=self.progress)
         with torch.no_grad():
             best_x = self.generator(z0).detach()
         best_z = z0.clone()
@@ -123,8 +127,7 @@ class LatentAttack:
         const = torch.full((n,), self.initial_const, dtype=torch.float64, device=x.device)
         lower = torch.zeros_like(const)
         upper = torch.full_like(const, 1e10)
-        bar = tqdm(total=self.steps * self.binary_search_steps, desc="latent",
-                   disable=None if self.progress else True)
+        bar = progress_bar(self.steps * self.binary_search_steps, "latent", self.progress)
         try:
             for _ in range(self.binary_search_steps):
                 succeeded = self._optimise(model, x, y, z0, const.to(x.dtype), best_l2sq, best_x, best_z,

@@ -152,5 +152,6 @@ def gradient_wrt(total: torch.Tensor, x_var: torch.Tensor) -> torch.Tensor:
     if grad is None:
         raise NoGradientError(
             "model: no gradient reaches x (a step cuts x from the autograd graph, e.g. .detach(), numpy, or "
-            "torch.no_grad): wrap non-differentiable steps in obfgrad.attacks.BPDA", output_in_graph=total.requires_grad)
+            "torch.no_grad): wrap non-differentiable steps in obfgrad.attacks.BPDA",
+            output_in_graph=total.requires_grad)
     return grad

@@ -29,6 +29,7 @@ from typing import Optional, Tuple
 import torch
 
 from obfgrad._checks import check_choice, check_float, check_int
+from obfgrad.attacks.base import progress_bar
 from obfgrad.attacks.inputs import check_attack_inputs, check_logits
 from obfgrad.attacks.losses import LOSSES, make_objective
 from obfgrad.attacks.result import AttackResult
@@ -94,20 +95,21 @@ class LSPGA:
         loss: ``"ce"`` (the authors') or ``"margin"``.
         random_start: start from ``u ~ N(0, 1)`` (the authors' ``noisy_grads``) instead of 0.
         update: ``"sign"`` (the paper) or ``"raw"`` (the authors' code, see the module docstring).
-        generator_seed: seed of the random start.
+        seed: seed of the random start (None: torch's global generator).
+        progress: show a tqdm bar over the steps (quiet when not on a terminal).
 
     Example:
         >>> import torch
         >>> from obfgrad.defenses import ThermometerDefense
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 4, 3))
-        >>> result = LSPGA(eps=0.1, steps=3)(ThermometerDefense(net), torch.rand(2, 1, 2, 2), torch.tensor([0, 1]))
+        >>> result = LSPGA(0.1, steps=3)(ThermometerDefense(net), torch.rand(2, 1, 2, 2), torch.tensor([0, 1]))
         >>> bool((result.distance <= 0.1 + 1e-6).all())
         True
     """
 
-    def __init__(self, eps: float = 8 / 255, steps: int = 7, step_size: float = 0.01, inv_temp: float = 1.0,
+    def __init__(self, eps: float, *, steps: int = 7, step_size: float = 0.01, inv_temp: float = 1.0,
                  anneal: float = 1.2, loss: str = "ce", random_start: bool = True, update: str = "sign",
-                 generator_seed: Optional[int] = None):
+                 seed: Optional[int] = None, progress: bool = False):
         self.eps = check_float(eps, "eps", low=0.0, low_inclusive=False)
         self.steps = check_int(steps, "steps", low=0)
         self.step_size = check_float(step_size, "step_size", low=0.0, low_inclusive=False)
@@ -116,7 +118,8 @@ class LSPGA:
         self.loss = check_choice(loss, "loss", LOSSES)
         self.random_start = bool(random_start)
         self.update = check_choice(update, "update", ("sign", "raw"))
-        self.generator_seed = None if generator_seed is None else check_int(generator_seed, "generator_seed")
+        self.seed = None if seed is None else check_int(seed, "seed")
+        self.progress = bool(progress)
         self._distance = get_distance("linf")
 
     def __repr__(self) -> str:
@@ -127,20 +130,22 @@ class LSPGA:
         """Run the ascent; return ``(activation logits u, mask)``, both ``(N, C, H, W, L)``."""
         mask = reachable_levels(x, self.eps, levels)
         if self.random_start:
-            generator = torch.Generator().manual_seed(self.generator_seed) if self.generator_seed is not None else None
+            generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
             u = torch.randn(mask.shape, generator=generator).to(x.device)
         else:
             u = torch.zeros_like(mask)
         objective = make_objective(self.loss, y, kappa=None)
         inv_temp = self.inv_temp
-        for _ in range(self.steps):
-            u_var = u.clone().requires_grad_(True)
-            with torch.enable_grad():
-                value = objective(check_logits(classifier(soft_code(u_var, mask, inv_temp)), x.shape[0],
-                                               "model.classifier"))
-                (grad,) = torch.autograd.grad(value.sum(), u_var)
-            u = u + self.step_size * (grad.sign() if self.update == "sign" else grad)
-            inv_temp *= self.anneal
+        with progress_bar(self.steps, "LS-PGA", self.progress) as bar:
+            for _ in range(self.steps):
+                u_var = u.clone().requires_grad_(True)
+                with torch.enable_grad():
+                    value = objective(check_logits(classifier(soft_code(u_var, mask, inv_temp)), x.shape[0],
+                                                   "model.classifier"))
+                    (grad,) = torch.autograd.grad(value.sum(), u_var)
+                u = u + self.step_size * (grad.sign() if self.update == "sign" else grad)
+                inv_temp *= self.anneal
+                bar.update(1)
         return u, mask
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor] = None) -> AttackResult:

@@ -10,8 +10,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from obfgrad.attacks.base import is_success
 from obfgrad.attacks.inputs import check_logits
-from obfgrad.attacks.pgd import is_success
 from obfgrad.attacks.result import AttackResult
 
 __all__ = ["TransferAttack"]
@@ -28,7 +28,7 @@ class TransferAttack:
         >>> import torch
         >>> from obfgrad.attacks import PGD
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
-        >>> transfer = TransferAttack(PGD(eps=0.1, steps=2, step_size=0.05), net)
+        >>> transfer = TransferAttack(PGD("linf", 0.1, steps=2, step_size=0.05), net)
         >>> transfer(lambda v: net(v + 0), torch.rand(2, 1, 2, 2), torch.tensor([0, 1])).x_adv.shape
         torch.Size([2, 1, 2, 2])
     """
@@ -46,7 +46,8 @@ class TransferAttack:
 
     def __call__(self, model: Any, x: torch.Tensor, y: torch.Tensor,
                  target: Optional[torch.Tensor] = None) -> AttackResult:
-        crafted = self.attack(self.surrogate, x, y) if target is None else self.attack(self.surrogate, x, y, target=target)
+        options = {} if target is None else {"target": target}
+        crafted = self.attack(self.surrogate, x, y, **options)
         if x.shape[0] == 0:
             return crafted
         with torch.no_grad():

@@ -108,7 +108,8 @@ def read_batch(path: PathLike, md5: Optional[str] = None) -> Tuple[np.ndarray, n
         raise CifarFormatError(f"{path}: expected a pickled dict, got {type(batch).__name__}")
     batch = {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in batch.items()}
     data, labels = batch.get("data"), batch.get("labels")
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _PIXELS_PER_IMAGE:
+    well_formed = isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+    if not well_formed or data.shape[1] != _PIXELS_PER_IMAGE:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise CifarFormatError(f"{path}: 'data' must be a uint8 array N×{_PIXELS_PER_IMAGE}, got {got}")
     try:
@@ -116,7 +117,8 @@ def read_batch(path: PathLike, md5: Optional[str] = None) -> Tuple[np.ndarray, n
     except ValueError as error:  # ragged lists
         raise CifarFormatError(f"{path}: 'labels' is not a list of integers ({error})") from None
     if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
-        raise CifarFormatError(f"{path}: 'labels' must be {len(data)} integers, got shape {labels.shape} {labels.dtype}")
+        raise CifarFormatError(f"{path}: 'labels' must be {len(data)} integers, "
+                               f"got shape {labels.shape} {labels.dtype}")
     if len(labels) and (labels.min() < 0 or labels.max() >= _NUM_CLASSES):
         raise CifarFormatError(f"{path}: labels outside 0..{_NUM_CLASSES - 1}")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)

@@ -9,8 +9,6 @@ publishers list; it guards against corruption here, not against an adversary.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
-from obfgrad.atomic import remove_stale_temporaries, temporary_name_prefix
+from obfgrad.atomic import atomic_write
 
 PathLike = Union[str, Path]
 _CHUNK = 1 << 20
@@ -99,11 +97,10 @@ def download(
 
 def _fetch_verified(url: str, destination: Path, expected: dict, progress: Optional[bool], timeout: float) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    remove_stale_temporaries(destination.parent, ".part")  # of downloads killed earlier
-    fd, tmp = tempfile.mkstemp(prefix=temporary_name_prefix(destination), suffix=".part", dir=destination.parent)
-    try:
+
+    def stream_and_verify(out) -> None:  # raising leaves no file behind (atomic_write)
         digests = {name: hashlib.new(name) for name in expected}
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             total = response.headers.get("Content-Length")
             bar = tqdm(total=int(total) if total else None, unit="B", unit_scale=True,
                        desc=destination.name, disable=None if progress is None else not progress, leave=False)
@@ -113,15 +110,8 @@ def _fetch_verified(url: str, destination: Path, expected: dict, progress: Optio
                     for digest in digests.values():
                         digest.update(chunk)
                     bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
         for name, digest in digests.items():
             if digest.hexdigest() != expected[name]:
                 raise ChecksumError(f"{name} is {digest.hexdigest()}, expected {expected[name]}")
-        os.replace(tmp, destination)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    atomic_write(destination, stream_and_verify, suffix=".part")  # .part: of downloads killed earlier

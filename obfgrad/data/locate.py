@@ -285,7 +285,8 @@ def missing_dataset_message(source: DatasetSource, split: str, roots, download: 
     ways.append(f"  - put {files} in a directory DIR and pass --data-dir DIR (data_dir=DIR in Python)")
     ways.append("  - or set the environment variable OBFGRAD_DATA=DIR")
     urls = "\n".join(f"      {url}" for archive in source.archives for url in archive.urls[:1])
-    ways.append(f"  - or download (automatic when online with download=True, into {dataset_cache_dir(source.name)}):\n{urls}")
+    ways.append(f"  - or download (automatic when online with download=True, into "
+                f"{dataset_cache_dir(source.name)}):\n{urls}")
     lines = [
         f"dataset {source.name!r} ({split} split) not found: no directory holds {files}.",
         f"Searched:\n{searched}",

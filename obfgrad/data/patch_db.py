@@ -29,7 +29,8 @@ File format: one ``.npy`` array plus a JSON sidecar.
   order**: a k-d tree order that makes every block of 480 consecutive patches compact along
   the native search's pruning directions (mean level, ramps, colour contrasts), so the exact
   k-NN search can skip whole blocks. Any order gives the same neighbours (as patches); this one
-  gives speed. (Without the native extension the patches are sorted by norm instead.) ``.npy`` is self-describing (dtype, shape, order) and any numpy reads it without obfgrad.
+  gives speed. (Without the native extension the patches are sorted by norm instead.) ``.npy``
+  is self-describing (dtype, shape, order) and any numpy reads it without obfgrad.
   Loading reads it into memory (a 1,000,000-patch file is 300 MB) rather than memory-mapping
   it: a mapped file rewritten or truncated by another process would silently change the
   verified database, or kill this one with SIGBUS.

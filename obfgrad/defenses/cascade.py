@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from obfgrad._checks import finite_loss
 from obfgrad.cache import load_or_train, normalize_recipe
+from obfgrad.models.loop import batches_per_epoch, epoch_batches, seeded_training
 
 Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -112,29 +113,24 @@ def train_cascade(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     optimizer = (torch.optim.Adam(model.parameters(), lr=recipe["lr"]) if recipe["optimizer"] == "adam"
                  else torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
                                       weight_decay=recipe["weight_decay"]))
-    shuffle = torch.Generator().manual_seed(recipe["seed"])
     batch_size = recipe["batch_size"]
-    total = recipe["epochs"] * ((limit + batch_size - 1) // batch_size)
-    with torch.random.fork_rng(devices=[]), tqdm(total=total, desc="cascade training", leave=False,
-                                                  disable=None if progress else True) as bar:
-        torch.manual_seed(recipe["seed"] + 1)
+    total = recipe["epochs"] * batches_per_epoch(limit, batch_size)
+    with seeded_training(recipe["seed"], total, "cascade training", progress) as (shuffle, bar):
         model.train()
-        for _ in range(recipe["epochs"]):
-            order = torch.randperm(limit, generator=shuffle)
-            for start in range(0, limit, batch_size):
-                index = order[start:start + batch_size]
-                x, y = images[index], labels[index]
-                half = max(1, x.shape[0] // 2)
-                quarter = half // 2
-                # k = m/2 adversarial images: the first quarter from the cascade source, the rest one-step.
-                one_step = step_ll(model, x[quarter:half], settings["one_step_eps"], shuffle)
-                adversarial = torch.cat([cascade_images[index[:quarter]], one_step])
-                loss = cascade_loss(model, x, adversarial, y, y[:half], settings)
-                finite_loss(loss, "train cascade")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                bar.update(1)
+        for _, _, index in epoch_batches(limit, batch_size, recipe["epochs"], shuffle):
+            x, y = images[index], labels[index]
+            half = max(1, x.shape[0] // 2)
+            quarter = half // 2
+            # k = m/2 adversarial images: the first quarter from the cascade source, the rest one-step
+            # (whose random step sizes come from the data generator, after the epoch's shuffle).
+            one_step = step_ll(model, x[quarter:half], settings["one_step_eps"], shuffle)
+            adversarial = torch.cat([cascade_images[index[:quarter]], one_step])
+            loss = cascade_loss(model, x, adversarial, y, y[:half], settings)
+            finite_loss(loss, "train cascade")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.update(1)
     return model.eval()
 
 

@@ -30,7 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from obfgrad._checks import check_choice, check_float, check_generator, check_images, check_int
+from obfgrad._checks import (
+    SEED_BOUND,
+    check_choice,
+    check_float,
+    check_generator,
+    check_images,
+    check_int,
+)
 from obfgrad.data.patch_db import PatchDatabase
 from obfgrad.defenses.tf_resize import _crop_and_resize, _resize_bilinear_tf1
 from obfgrad.ops import jpeg_op, quilt_op, tv_op
@@ -45,7 +52,6 @@ BACKENDS = ("native", "reference")
 #: crop to 90x90 then TF1 resize to 299 (see crop_rescale).
 CROP_GEOMETRIES = ("direct", "authors")
 GUO_TRANSFORMS = ("bit_depth", "jpeg", "crop_rescale", "tv", "quilting")
-_SEED_BOUND = 2**62
 
 
 def _straight_through(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bpda: bool,
@@ -69,16 +75,16 @@ class InputTransform(nn.Module):
 
     def __init__(self, seed: Optional[int] = None, generator: Optional[torch.Generator] = None):
         super().__init__()
-        self.seed = None if seed is None else check_int(seed, "seed", low=0, high=_SEED_BOUND - 1)
+        self.seed = None if seed is None else check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
         self.generator = check_generator(generator)
 
     def draw_seed(self, seed: Optional[int] = None) -> int:
         """The seed of one call: ``seed``, else the fixed seed, else a fresh draw."""
         if seed is not None:
-            return check_int(seed, "seed", low=0, high=_SEED_BOUND - 1)
+            return check_int(seed, "seed", low=0, high=SEED_BOUND - 1)
         if self.seed is not None:
             return self.seed
-        return int(torch.randint(0, _SEED_BOUND, (), generator=self.generator))
+        return int(torch.randint(0, SEED_BOUND, (), generator=self.generator))
 
     def forward(self, x: torch.Tensor, seed: Optional[int] = None) -> torch.Tensor:
         check_images(x, "x", in_unit_range=True)

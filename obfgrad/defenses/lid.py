@@ -95,7 +95,8 @@ def lid_features(model: nn.Module, clean: torch.Tensor, others: Sequence[torch.T
     n = clean.shape[0]
     for other in others:
         if other.shape != clean.shape:
-            raise ValueError(f"others: expected batches shaped like clean {tuple(clean.shape)}, got {tuple(other.shape)}")
+            raise ValueError(f"others: expected batches shaped like clean {tuple(clean.shape)}, "
+                             f"got {tuple(other.shape)}")
     was_training = model.training
     model.eval()
     try:

@@ -49,6 +49,7 @@ from obfgrad.attacks.pgd import PGD
 from obfgrad.distances import L2, Distance, get_distance
 from obfgrad.eval.diagnose_report import REMEDIES, CheckResult, DiagnosisReport, Obfuscation
 from obfgrad.eval.eps_curve import margin_pgd
+from obfgrad.eval.modes import eval_mode
 from obfgrad.eval.streams import ROLES, derive_seed, random_stream
 from obfgrad.ops.bpda import BPDA
 
@@ -151,17 +152,13 @@ class _Guarded(nn.Module):
         return logits
 
 
-@contextlib.contextmanager
-def _eval_mode(*models):
-    modules = [m for m in models if isinstance(m, nn.Module)]
-    flags = [(sub, sub.training) for m in modules for sub in m.modules()]
-    for module in modules:
-        module.eval()
-    try:
-        yield
-    finally:
-        for sub, training in flags:
-            sub.train(training)
+def _guard(model: Model) -> Model:
+    """``_Guarded(model)``, applied inside an EOT (to each draw) so that attacks keep averaging
+    per-draw gradients: an EOT inside another module would only average logits."""
+    if isinstance(model, EOT):
+        return EOT(_guard(model.model), samples=model.samples, reduction=model.reduction,
+                   draws_per_pass=model.draws_per_pass)
+    return _Guarded(model)
 
 
 class _Judge:
@@ -203,7 +200,8 @@ class _Judge:
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The attack objective ``-margin`` (per example), averaged over draws."""
         with torch.no_grad(), self._draws(x.device):
-            return sum(-margin(check_logits(self.model(x), x.shape[0]).float(), y) for _ in range(self.draws)) / self.draws
+            draws = (-margin(check_logits(self.model(x), x.shape[0]).float(), y) for _ in range(self.draws))
+            return sum(draws) / self.draws
 
 
 def _is_randomized(model: Model, x: torch.Tensor) -> bool:
@@ -653,7 +651,7 @@ def diagnose(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[
     started = time.perf_counter()
     seeds = {role: derive_seed(seed, role) for role in ROLES}
     defended = model if preprocess is None else _Composed(preprocess, model)
-    with _eval_mode(model, preprocess, surrogate, adaptive_model), random_stream(seeds["attack"], x.device):
+    with eval_mode(model, preprocess, surrogate, adaptive_model), random_stream(seeds["attack"], x.device):
         if randomized is None:
             with random_stream(seeds["probe"], x.device):
                 randomized = _is_randomized(defended, x[:8])
@@ -683,13 +681,13 @@ def _remedy_models(defended, setting: _Setting, preprocess, classifier, adaptive
     remedies: Dict[str, Model] = {}
     eot = lambda m: EOT(m, samples=setting.budget.eot_samples, draws_per_pass=1)  # noqa: E731
     if preprocess is not None:
-        remedies["bpda"] = _Guarded(_Composed(BPDA(preprocess), classifier))
+        remedies["bpda"] = _guard(_Composed(BPDA(preprocess), classifier))
     if setting.randomized:
-        remedies["eot"] = eot(_Guarded(defended))
+        remedies["eot"] = eot(_guard(defended))
         if preprocess is not None:
             remedies["bpda+eot"] = eot(remedies["bpda"])
     if adaptive_model is not None:
-        remedies["adaptive_model"] = _Guarded(adaptive_model)
+        remedies["adaptive_model"] = _guard(adaptive_model)
     return remedies
 
 
@@ -702,7 +700,7 @@ def _run(defended, judge, setting: _Setting, x, y, surrogate, preprocess, classi
     strongest = next((name for name in ("adaptive_model", "bpda+eot", "bpda", "eot") if name in remedy_models), None)
     stages = 3 + len(grid) + len(remedy_models)
     bar = tqdm(total=stages, desc="diagnose", disable=None if progress else True)
-    guarded = _Guarded(defended)
+    guarded = _guard(defended)
     try:
         bar.set_postfix_str("gradient probes")
         with random_stream(setting.seeds["probe"], x.device):  # the probes' own draws of the defense
@@ -716,7 +714,7 @@ def _run(defended, judge, setting: _Setting, x, y, surrogate, preprocess, classi
                 surrogate = _train_surrogate(judge, x, eps, classes, budget.surrogate_steps,
                                              derive_seed(setting.seed, "surrogate"))
         bar.update(1)
-        guarded_surrogate = _Guarded(surrogate)
+        guarded_surrogate = _guard(surrogate)
         bar.set_postfix_str("remedies")
         remedies: Dict[str, float] = {}
         remedy_success: Dict[str, torch.Tensor] = {}

@@ -35,17 +35,17 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from tqdm.auto import tqdm
 
 import obfgrad
-from obfgrad._checks import check_float, check_images, check_int
+from obfgrad._checks import SEED_BOUND, check_float, check_images, check_int
 from obfgrad.atomic import atomic_write_json
 from obfgrad.attacks.inputs import NonFiniteOutputError, check_labels, check_logits
 from obfgrad.attacks.result import AttackResult
 from obfgrad.distances import Distance, get_distance
 from obfgrad.eval.confidence import clopper_pearson
-from obfgrad.eval.streams import SEED_RANGE, derive_seed, random_stream
+from obfgrad.eval.modes import eval_mode
+from obfgrad.eval.streams import derive_seed, random_stream
 
 __all__ = ["EvalResult", "evaluate", "RECORD_FIELDS"]
 
@@ -149,21 +149,6 @@ class EvalResult:
                 f"attack_success_rate={self.attack_success_rate:.4f})")
 
 
-@contextlib.contextmanager
-def _eval_mode(model):
-    """Put an nn.Module (and every submodule) in eval mode, restoring each flag afterwards."""
-    if not isinstance(model, nn.Module):
-        yield
-        return
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.train(training)
-
-
 def argmax_predictor(model) -> Callable[[torch.Tensor], torch.Tensor]:
     """``inputs -> model(inputs).argmax(1)`` without autograd (one call: one draw of a randomized model)."""
     def predict(inputs: torch.Tensor) -> torch.Tensor:
@@ -229,7 +214,6 @@ def _batch_records(start, xb, yb, tb, result, clean_pred, distance: Distance, ep
     return records
 
 
-_SEED_RANGE = SEED_RANGE  # base seeds; base + batch index stays inside torch.manual_seed's range
 
 
 def _seeded(seed: int, device: torch.device):
@@ -312,10 +296,10 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
     predict = predict if predict is not None else argmax_predictor(model)
     rank, world = _shard(distributed)
     # Drawn on every rank alike (same global generator state), before any rank-specific work.
-    seed = int(torch.randint(0, _SEED_RANGE, ())) if seed is None else check_int(seed, "seed", low=0,
-                                                                                high=_SEED_RANGE - 1)
+    seed = int(torch.randint(0, SEED_BOUND, ())) if seed is None else check_int(seed, "seed", low=0,
+                                                                                high=SEED_BOUND - 1)
     judge_seed = derive_seed(seed, "judge") if judge_seed is None else check_int(
-        judge_seed, "judge_seed", low=0, high=_SEED_RANGE - 1)
+        judge_seed, "judge_seed", low=0, high=SEED_BOUND - 1)
     n_batches = -(-x.shape[0] // batch_size)
     if abs(judge_seed - seed) < n_batches:  # batch b uses base + b: nearby bases share batch seeds
         raise ValueError(f"judge_seed: must differ from seed by at least the number of batches ({n_batches}), "
@@ -324,7 +308,7 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
     started = time.perf_counter()
     batches = list(enumerate(range(0, x.shape[0], batch_size)))[rank::world]
     local = []
-    with _eval_mode(model):
+    with eval_mode(model):
         for index, start in tqdm(batches, desc="evaluate", disable=None if progress and rank == 0 else True):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             tb = targets[start:start + batch_size] if targeted else None

@@ -28,24 +28,22 @@ from typing import Iterator, Optional
 
 import torch
 
-from obfgrad._checks import check_int
+from obfgrad._checks import SEED_BOUND, check_int
 
-__all__ = ["ROLES", "SEED_RANGE", "derive_seed", "random_stream"]
+__all__ = ["ROLES", "derive_seed", "random_stream"]
 
 #: The roles of an evaluation that must never share draws.
 ROLES = ("attack", "probe", "judge")
-#: Derived seeds lie in [0, SEED_RANGE): a base plus a batch index stays inside torch's seed range.
-SEED_RANGE = 2 ** 62
 
 
 def derive_seed(seed: int, role: str) -> int:
     """A seed for ``role`` (any name, e.g. ``"judge"`` or ``"xie/own_transfer/attack"``) of the
-    run seeded ``seed``: the first 8 bytes of SHA-256(seed, role), reduced to [0, SEED_RANGE)."""
+    run seeded ``seed``: the first 8 bytes of SHA-256(seed, role), reduced to [0, SEED_BOUND)."""
     check_int(seed, "seed")
     if not isinstance(role, str) or not role:
         raise ValueError(f"role: expected a non-empty name, got {role!r}")
     digest = hashlib.sha256(f"obfgrad-stream\0{seed}\0{role}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % SEED_RANGE
+    return int.from_bytes(digest[:8], "big") % SEED_BOUND
 
 
 @contextlib.contextmanager

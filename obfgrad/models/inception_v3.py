@@ -240,7 +240,8 @@ def _state_dict_of(source: Union[str, Path, Mapping[str, torch.Tensor]]) -> Dict
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"path: {source if not isinstance(source, Mapping) else 'state'} is not a state dict of tensors")
+        where = source if not isinstance(source, Mapping) else "state"
+        raise ValueError(f"path: {where} is not a state dict of tensors")
     return {key: value for key, value in state.items() if not key.startswith("AuxLogits.")}
 
 

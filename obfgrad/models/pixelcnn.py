@@ -29,10 +29,10 @@ from typing import Any, Callable, Dict, Mapping, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from obfgrad._checks import finite_loss
 from obfgrad.cache import load_or_train, normalize_recipe
+from obfgrad.models.loop import batches_per_epoch, epoch_batches, seeded_training
 
 __all__ = ["PixelCNN", "discretized_mix_log_prob", "bin_log_probs", "bits_per_dim", "train_pixelcnn",
            "pixelcnn_recipe", "pixelcnn_train_or_load", "num_mixture_params"]
@@ -300,25 +300,19 @@ def train_pixelcnn(model: PixelCNN, images: torch.Tensor, recipe: Mapping[str, A
     images = (images * 255).round() / 255  # the likelihood is over 8-bit values
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe["lr"])
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=recipe["lr_decay"])
-    shuffle = torch.Generator().manual_seed(recipe["seed"])
     batch, count = recipe["batch_size"], images.shape[0]
     dims = images[0].numel() * math.log(2)
-    bar = tqdm(total=recipe["epochs"] * ((count + batch - 1) // batch), desc="train pixelcnn",
-               disable=None if progress else True, leave=False)
-    with torch.random.fork_rng(devices=[]), bar:
-        torch.manual_seed(recipe["seed"] + 1)  # dropout
+    total = recipe["epochs"] * batches_per_epoch(count, batch)
+    with seeded_training(recipe["seed"], total, "train pixelcnn", progress) as (shuffle, bar):  # seed + 1: dropout
         model.train()
-        for _ in range(recipe["epochs"]):
-            order = torch.randperm(count, generator=shuffle)
-            for start in range(0, count, batch):
-                x = images[order[start:start + batch]]
-                loss = -model.log_prob(x).mean() / dims
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                bar.update(1)
-                bar.set_postfix(bpd=f"{finite_loss(loss, 'train pixelcnn'):.3f}", refresh=False)
+        for _, _, index in epoch_batches(count, batch, recipe["epochs"], shuffle):
+            loss = -model.log_prob(images[index]).mean() / dims
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.update(1)
+            bar.set_postfix(bpd=f"{finite_loss(loss, 'train pixelcnn'):.3f}", refresh=False)
     return model.eval()
 
 

@@ -27,10 +27,10 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from obfgrad._checks import finite_loss
 from obfgrad.cache import load_or_train, normalize_recipe
+from obfgrad.models.loop import batches_per_epoch, epoch_batches, seeded_training
 
 RECIPE_VERSION = 1
 Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -92,7 +92,8 @@ def validate_recipe(recipe: Mapping[str, Any]) -> Dict[str, Any]:
         raise ValueError("recipe['arch_kwargs']: expected a dict")
     adversarial = recipe["adversarial"]
     if adversarial is not None and (not isinstance(adversarial, Mapping) or set(adversarial) != _ADVERSARIAL_KEYS):
-        raise ValueError(f"recipe['adversarial']: expected None or a dict with keys {sorted(_ADVERSARIAL_KEYS)}, got {adversarial!r}")
+        raise ValueError(f"recipe['adversarial']: expected None or a dict with keys {sorted(_ADVERSARIAL_KEYS)}, "
+                         f"got {adversarial!r}")
     return normalize_recipe(recipe)
 
 
@@ -153,30 +154,27 @@ def train(
     if recipe["train_limit"] is not None:
         images, labels = images[: recipe["train_limit"]], labels[: recipe["train_limit"]]
     count, batch_size = images.shape[0], recipe["batch_size"]
-    batches_per_epoch = (count + batch_size - 1) // batch_size
+    per_epoch = batches_per_epoch(count, batch_size)
     optimizer = _optimizer(model, recipe)
-    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=recipe["lr_milestones"], gamma=recipe["lr_gamma"])
-    shuffle = torch.Generator().manual_seed(recipe["seed"])
-    bar = tqdm(total=recipe["epochs"] * batches_per_epoch, desc=f"train {recipe['arch']}", unit="batch",
-               disable=None if progress else True, leave=False)
-    with torch.random.fork_rng(devices=[]), bar:
-        torch.manual_seed(recipe["seed"] + 1)  # dropout and the adversary's random starts
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=recipe["lr_milestones"],
+                                                     gamma=recipe["lr_gamma"])
+    # the global generator (seed + 1): dropout and the adversary's random starts
+    with seeded_training(recipe["seed"], recipe["epochs"] * per_epoch, f"train {recipe['arch']}", progress) \
+            as (shuffle, bar):
         model.train()
-        for epoch in range(recipe["epochs"]):
-            order = torch.randperm(count, generator=shuffle)
-            for start in range(0, count, batch_size):
-                index = order[start : start + batch_size]
-                x, y = images[index], labels[index]
-                if adversary is not None:
-                    x = _adversarial_batch(model, adversary, x, y)
-                loss = _training_loss(model, x, y)
-                value = finite_loss(loss, f"train {recipe['arch']} (epoch {epoch}, batch {start // batch_size})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.3f}", refresh=False)
-            schedule.step()
+        for epoch, number, index in epoch_batches(count, batch_size, recipe["epochs"], shuffle):
+            x, y = images[index], labels[index]
+            if adversary is not None:
+                x = _adversarial_batch(model, adversary, x, y)
+            loss = _training_loss(model, x, y)
+            value = finite_loss(loss, f"train {recipe['arch']} (epoch {epoch}, batch {number})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+            if number == per_epoch - 1:
+                schedule.step()
     return model.eval()
 
 
@@ -210,7 +208,8 @@ def _default_data(recipe: Mapping[str, Any]) -> Tuple[torch.Tensor, torch.Tensor
     return load_dataset(recipe["dataset"], "train")
 
 
-def build_seeded(recipe: Mapping[str, Any], build_fn: Optional[Callable[[Mapping[str, Any]], nn.Module]] = None) -> nn.Module:
+def build_seeded(recipe: Mapping[str, Any],
+                 build_fn: Optional[Callable[[Mapping[str, Any]], nn.Module]] = None) -> nn.Module:
     """``build_fn(recipe)`` with torch's RNG seeded by the recipe (same seed, same init)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe["seed"])

@@ -20,10 +20,10 @@ from typing import Any, Callable, Dict, Mapping, Tuple
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from obfgrad._checks import finite_loss
 from obfgrad.cache import load_or_train, normalize_recipe
+from obfgrad.models.loop import seeded_training
 
 __all__ = ["Generator", "Critic", "LATENT_DIM", "wgan_recipe", "build_wgan", "train_wgan_gp",
            "wgan_train_or_load"]
@@ -126,10 +126,7 @@ def train_wgan_gp(generator: Generator, critic: Critic, images: torch.Tensor, re
     opt_g = torch.optim.Adam(generator.parameters(), lr=recipe["lr"], betas=betas)
     opt_c = torch.optim.Adam(critic.parameters(), lr=recipe["lr"], betas=betas)
     batch = recipe["batch_size"]
-    sampler = torch.Generator().manual_seed(recipe["seed"])
-    with torch.random.fork_rng(devices=[]), tqdm(total=recipe["generator_steps"], desc="train wgan-gp",
-                                                  disable=None if progress else True, leave=False) as bar:
-        torch.manual_seed(recipe["seed"] + 1)
+    with seeded_training(recipe["seed"], recipe["generator_steps"], "train wgan-gp", progress) as (sampler, bar):
         for _ in range(recipe["generator_steps"]):
             for _ in range(recipe["critic_steps"]):
                 real = images[torch.randint(0, images.shape[0], (batch,), generator=sampler)]

@@ -103,7 +103,8 @@ class WideResNet(nn.Module):
                  num_classes: int = 10, standardize: bool = True, stem_width: int = 16):
         super().__init__()
         if len(widths) != 3 or units_per_stage < 1:
-            raise ValueError(f"widths: expected three stage widths and units_per_stage >= 1, got {widths}, {units_per_stage}")
+            raise ValueError(f"widths: expected three stage widths and units_per_stage >= 1, "
+                             f"got {widths}, {units_per_stage}")
         self.standardize = standardize
         self.stem = _conv3x3(in_channels, stem_width)
         units = []

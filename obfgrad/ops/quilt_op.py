@@ -233,7 +233,8 @@ def _check_op_arguments(x, database, size, k, overlap, seed, stitch, choices=Non
     check_float32_images(x, "x")
     check_int(size, "size", low=2, high=MAX_PATCH_SIZE)
     if database.dim() != 2 or database.shape[1] != x.shape[1] * size * size or database.shape[0] < 1:
-        raise ValueError(f"database: expected (N, {x.shape[1] * size * size}) flat patches, got {tuple(database.shape)}")
+        raise ValueError(f"database: expected (N, {x.shape[1] * size * size}) flat patches, "
+                         f"got {tuple(database.shape)}")
     if database.dtype != torch.float32 or database.device != x.device:
         raise ValueError(f"database: expected float32 on {x.device}, got {database.dtype} on {database.device}")
     check_int(k, "k", low=1, high=int(database.shape[0]))

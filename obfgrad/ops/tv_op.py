@@ -366,8 +366,8 @@ def _forward_impl(x: torch.Tensor, keep_prob: float, weight: float, tol: float, 
     out = torch.empty(x.shape, dtype=torch.float32)
     iterations = torch.zeros(n, dtype=torch.int32)
     given = np.empty((0,), dtype=np.uint8) if mask is None else mask.numpy()
-    _native.native().tv_minimize(x.numpy(), out.numpy(), iterations.numpy(), keep_prob, weight, tol, max_iter, seed, raster,
-                       reflect, given)
+    _native.native().tv_minimize(x.numpy(), out.numpy(), iterations.numpy(), keep_prob, weight, tol, max_iter, seed,
+                                 raster, reflect, given)
     return out, iterations
 
 

@@ -90,7 +90,8 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
              f"projection L = {projection['steps']}, R = {projection['restarts']} (paper: 200, 10)."),
             *([] if paper else [
                 "Samangouei et al.'s own Fashion-MNIST settings (kabkabm/defensegan experiments/cfgs/gans/fmnist.yml "
-                "and default.yml): REC_ITERS L = 200, REC_LR 10, REC_RR R = 10, WGAN-GP with 5 critic steps, latent 128, "
+                "and default.yml): REC_ITERS L = 200, REC_LR 10, REC_RR R = 10, WGAN-GP with 5 critic steps, "
+                "latent 128, "
                 "NET_DIM 64 (the conv generator), batch 50, gradient penalty 10, 200k training iterations. Smoke keeps "
                 "their lr 10, latent 128, 5 critic steps and penalty 10; it does not adopt L = 200, R = 10 (5x the "
                 "generator evaluations of every projection, and a projection runs at every attack step: about +2.5 min "

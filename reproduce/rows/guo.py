@@ -145,7 +145,8 @@ def quilt_database(ctx: RunContext, settings: Dict[str, Any], dataset: str):
         ctx.log(f"  built quilting database ({settings['patches']} patches); could not cache it at {path} "
                 f"({error.strerror or error}), using it from memory")
         return database
-    ctx.log(f"  built quilting database ({settings['patches']} patches) in {time.perf_counter() - started:.0f} s; cached")
+    seconds = time.perf_counter() - started
+    ctx.log(f"  built quilting database ({settings['patches']} patches) in {seconds:.0f} s; cached")
     return load_patch_database(path, patch_size=settings["patch_size"])
 
 
@@ -180,8 +181,8 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
     # Paper: no projection (the notebooks only clip to [0, 1]; robustml fails over-budget results).
     # Paper: the notebooks' lambda = 1.0 penalty is built on placeholders (l2_x, l2_orig) that the
     # gradient never reaches (inputtransformations/*.ipynb): their attack is unpenalised descent.
-    adaptive = {"lr": 0.1, "penalty": 0.0, "loss": "ce", "project": False, "normalize": False} if paper else \
-        {"lr": eps / 5, "penalty": 0.0, "loss": "ce", "project": True, "normalize": True}
+    adaptive = {"step_size": 0.1, "penalty": 0.0, "loss": "ce", "project": False, "update": "raw"} if paper else \
+        {"step_size": eps / 5, "penalty": 0.0, "loss": "ce", "project": True, "update": "normalized"}
     long = lambda n: steps(n if paper else 50)  # noqa: E731 (smoke: 50 steps for every transform)
     variant = _authors_variants(paper)
     return {
@@ -330,16 +331,16 @@ def adaptive_model(name: str, config: Dict[str, Any], net: nn.Module, database=N
 
 def adaptive_attack(name: str, config: Dict[str, Any], distance: str) -> PenalizedGradientDescent:
     settings = config["adaptive_attack"][name]
-    return PenalizedGradientDescent(distance, eps=config["eps"], steps=settings["steps"], lr=settings["lr"],
+    return PenalizedGradientDescent(distance, config["eps"], steps=settings["steps"], step_size=settings["step_size"],
                                     penalty=settings["penalty"], loss=settings["loss"], targeted=config["targeted"],
-                                    project=settings["project"], normalize=settings.get("normalize", False),
+                                    project=settings["project"], update=settings["update"],
                                     early_stop=settings.get("early_stop", True))
 
 
 def own_attack(config: Dict[str, Any], distance: str, eps: float, net: nn.Module, seed: int) -> TransferAttack:
     settings = config["own_attack"]
     pgd = PGD(distance=distance, eps=eps, steps=settings["steps"], step_size=settings["step_size"],
-              loss=settings["loss"], targeted=config["targeted"], generator_seed=seed)
+              loss=settings["loss"], targeted=config["targeted"], seed=seed)
     return TransferAttack(pgd, net)
 
 
@@ -360,7 +361,8 @@ def build_defense(row: RowSpec, ctx: RunContext, n: int, variant: str = "quiltin
     transform = variant
     x, y = test_set(ctx, row.dataset, n)
     net = classifier(ctx, row)
-    database = quilt_database(ctx, row.config["transforms"]["quilting"], row.dataset) if transform == "quilting" else None
+    quilting = row.config["transforms"]["quilting"]
+    database = quilt_database(ctx, quilting, row.dataset) if transform == "quilting" else None
     return DefenseBundle(model=defended_model(transform, row.config, net, database), undefended=net, x=x, y=y,
                          distance=row.distance, eps=row.eps,
                          adaptive_model=adaptive_model(transform, row.config, net, database,
@@ -404,7 +406,7 @@ def _eps_sweep(row: RowSpec, ctx: RunContext, name: str, net, x, y, targets, dat
     for factor in settings["eps_factors"]:
         config = copy.deepcopy(row.config)
         config["eps"] = row.eps * factor
-        config["adaptive_attack"][name]["lr"] *= factor
+        config["adaptive_attack"][name]["step_size"] *= factor
         summary = pipeline.run_attack(
             ctx, row, f"{name}.adaptive.eps_x{factor:g}",
             adaptive_model(name, config, net, database, draws_per_pass=_draws_per_pass(ctx)),

@@ -88,10 +88,13 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             "(input, 10 layers, softmax).",
             *([] if paper else [
                 "Ma et al.'s settings: k = 20 neighbours within minibatches of 100 (the authors' README, "
-                "xingjunm/lid_adversarial_subspace_detection: extract_characteristics.py -k 20 -b 100, shown for CIFAR; "
-                "the same k for MNIST is [PAPER-RECALLED]): adopted. Their MNIST attacks (craft_adv_examples.py: FGSM/BIM "
+                "xingjunm/lid_adversarial_subspace_detection: extract_characteristics.py -k 20 -b 100, shown "
+                "for CIFAR; "
+                "the same k for MNIST is [PAPER-RECALLED]): adopted. Their MNIST attacks "
+                "(craft_adv_examples.py: FGSM/BIM "
                 "eps 0.40 with step 0.010, CW-L2) and an MNIST CNN trained 50 epochs (README: train_model.py -d mnist "
-                "-e 50) are not: the smoke classifier is the project's shared small CNN on Fashion-MNIST. Their claims are "
+                "-e 50) are not: the smoke classifier is the project's shared small CNN on Fashion-MNIST. "
+                "Their claims are "
                 "detection ROC-AUCs, not accuracies: no claimed accuracy is set."]),
             "Detector trained on its own CW-L2 examples of test images disjoint from the evaluated ones (the authors "
             "used precomputed CW-L2 features with an 80/20 split); noisy negatives: Gaussian noise of the mean CW-L2 "
@@ -115,7 +118,8 @@ def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
 
 
 def _cw(settings: Dict[str, Any]) -> CarliniWagnerL2:
-    return CarliniWagnerL2(steps=settings["steps"], lr=settings["lr"], binary_search_steps=settings["binary_search_steps"],
+    return CarliniWagnerL2(steps=settings["steps"], lr=settings["lr"],
+                           binary_search_steps=settings["binary_search_steps"],
                            initial_const=settings["initial_const"], kappa=settings["kappa"])
 
 

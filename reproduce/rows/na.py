@@ -28,7 +28,8 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
     eps = PAPER_EPS if paper else SMOKE_EPS
     source = madry.spec(profile, dry_run).config["classifier"]
     base = (recipes.madry_cifar_wide_resnet(None) if paper
-            else {**recipes.smoke_classifier(None, epochs=3), "train_limit": recipes.train_limit(recipes.ADVERSARIAL_TRAIN_LIMIT)})
+            else {**recipes.smoke_classifier(None, epochs=3),
+                  "train_limit": recipes.train_limit(recipes.ADVERSARIAL_TRAIN_LIMIT)})
     source_eps = source["adversarial"]["eps"]
     cascade = {**CASCADE_DEFAULTS, "one_step_eps": source_eps, "source": source,
                "source_attack": {"eps": source_eps, "steps": 2 if dry_run else 10,
@@ -61,7 +62,8 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         choices=[
             "Architecture: Madry's wide ResNet (Na et al.'s ResNet variant is UNCONFIRMED)." if paper else
             "Smoke: Fashion-MNIST at eps 0.05, small CNN; cascade source = the Madry row's adversarially trained CNN.",
-            "Loss weights λ = 0.3 (adversarial CE), λ₂ = 0.1 (squared distance of L2-normalised embeddings), k = m/2 adversarial images per batch, "
+            "Loss weights λ = 0.3 (adversarial CE), λ₂ = 0.1 (squared distance of L2-normalised embeddings), "
+            "k = m/2 adversarial images per batch, "
             "half from the cascade source (10-step PGD) and half one-step least-likely (UNCONFIRMED in the paper).",
             "Adaptive attack: 100-step PGD on the CW margin with 5 random restarts (the paper reports the defense's "
             "own CW evaluation; 16% in the recalled text vs 15% in the table).",
@@ -101,7 +103,8 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     model = _cascade_classifier(ctx, config["classifier"])
     guard = pipeline.guard_clean_accuracy(ctx, row, model, x, y, config["clean_floor"])
-    own = pipeline.run_attack(ctx, row, "own_pgd20_ce", model, madry.linf_pgd(config["own_attack"], row.eps, ctx.seed), x, y)
+    own = pipeline.run_attack(ctx, row, "own_pgd20_ce", model, madry.linf_pgd(config["own_attack"], row.eps, ctx.seed),
+                              x, y)
     adaptive = pipeline.run_attack(ctx, row, "adaptive_pgd100x5_margin", model,
                                    madry.linf_pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
     return {

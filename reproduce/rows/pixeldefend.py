@@ -50,7 +50,8 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
         pixelcnn = pixelcnn_recipe(
             arch_kwargs={"in_channels": 1, "nr_filters": 12, "nr_resnet": 1, "nr_stages": 2, "nr_logistic_mix": 5,
                          "dropout": 0.0},
-            dataset="fashion-mnist", train_limit=recipes.train_limit(10000), epochs=1, batch_size=32, lr=2e-3, lr_decay=0.998)
+            dataset="fashion-mnist", train_limit=recipes.train_limit(10000), epochs=1, batch_size=32, lr=2e-3,
+            lr_decay=0.998)
         classifier = recipes.smoke_classifier(None)
     return {
         "eps": eps,
@@ -88,7 +89,8 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
              "params_cifar.ckpt is TF1; all stages at full resolution (PixelCNN++ downsamples twice), no weight "
              "norm; 250 epochs (UNCONFIRMED)." if paper else
              "Smoke: Fashion-MNIST, PixelCNN with 12 filters, 2 stages of 1 gated block, 5 logistics, 1 epoch on "
-             "10k images (a full purification is 784 sequential evaluations: the model must be tiny on CPU); eps 0.1 (the Madry row's smoke bound) and eps_defend 0.2 = 2·eps as the paper's 16/255 "
+             "10k images (a full purification is 784 sequential evaluations: the model must be tiny on CPU); "
+             "eps 0.1 (the Madry row's smoke bound) and eps_defend 0.2 = 2·eps as the paper's 16/255 "
              "for 8/255."),
             "Within a pixel, each channel's 256-way distribution is the exact conditional given the channels "
             "already purified (mixture weights updated by their likelihood).",
@@ -178,7 +180,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     own_settings = config["own_attack"]
     own_pgd = PGD(distance="linf", eps=row.eps, steps=own_settings["steps"], step_size=own_settings["step_size"],
                   loss=own_settings["loss"], random_start=own_settings["random_start"], kappa=None,
-                  generator_seed=ctx.seed)
+                  seed=ctx.seed)
     own = pipeline.run_attack(ctx, row, "own_transfer_pgd", defended, TransferAttack(own_pgd, classifier), x, y)
     adaptive_settings = config["adaptive_attack"]
     bpda_pgd = PGD(distance="linf", eps=row.eps, steps=adaptive_settings["steps"],

@@ -100,7 +100,7 @@ def _defended(ctx: RunContext, config: Dict[str, Any]):
 def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
     x, y = pipeline.test_set(ctx, row.dataset, n)
     sap, natural = _defended(ctx, row.config)
-    return DefenseBundle(model=sap, adaptive_model=EOT(sap, row.config["adaptive_attack"]["samples"]),
+    return DefenseBundle(model=sap, adaptive_model=EOT(sap, samples=row.config["adaptive_attack"]["samples"]),
                          undefended=natural, x=x, y=y, distance=row.distance, eps=row.eps, randomized=True,
                          obfuscation="stochastic")
 
@@ -144,9 +144,9 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
         summaries: List[Dict[str, Any]] = []
         for label, settings, model in (("own_single_sample", config["own_attack"], sap),
                                        ("adaptive_eot", config["adaptive_attack"],
-                                        EOT(sap, config["adaptive_attack"]["samples"]))):
+                                        EOT(sap, samples=config["adaptive_attack"]["samples"]))):
             summary, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, label, model, _attack(settings, row.eps),
-                                                               x, y, predict=argmax_predictor(sap))  # one stochastic pass (robustml)
+                                                               x, y, predict=argmax_predictor(sap))  # one pass
             # The vote's draws: a judge's stream of their own, apart from the attack's.
             vote_seed = derive_seed(ctx.seed, f"{row.name}/{label}/vote_judge")
             with random_stream(vote_seed, x.device):

@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-
+import obfgrad
 from obfgrad.data.patch_db import (
     PatchDatabase,
     PatchDatabaseError,
@@ -166,8 +166,10 @@ def test_truncating_a_loaded_database_does_not_crash_quilt(saved):
         y = quilt(torch.rand(1, 3, 11, 11), db, seed=0)
         print("ok", tuple(y.shape))
     """)
+    # The child imports the obfgrad this test imported (the installed one under CI, else the checkout).
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(obfgrad.__file__)))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                          cwd=package_parent)
     assert done.returncode == 0, f"exit {done.returncode} (SIGBUS is -7): {done.stderr[-2000:]}"
     assert "ok (1, 3, 11, 11)" in done.stdout
     with pytest.raises(PatchDatabaseError, match="db.npy"):

@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+
 import obfgrad
 from obfgrad.data.patch_db import (
     PatchDatabase,

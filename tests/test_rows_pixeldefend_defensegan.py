@@ -78,3 +78,20 @@ def test_smoke_pixeldefend_purifier_moves_each_value_by_its_radius_in_0_255_leve
     levels = (purifier(x / 255) * 255).round()
     assert torch.equal(levels[0], torch.full((1, 4, 4), 255.0 - smoke.config["eps_255"]["defend"]))
     assert torch.equal(levels[1], torch.zeros(1, 4, 4))
+
+
+def test_pixeldefend_erased_fractions_count_only_attacked_values():
+    """identity_gap's erased fractions: of the values the attack changed, those purification puts
+    where it puts the clean image's, split into black clean values and the others."""
+    from reproduce.rows.pixeldefend import _undone
+
+    def image(*levels):
+        return torch.tensor(levels, dtype=torch.float32).view(1, 1, 2, 2) / 255
+
+    x, x_adv = image(0, 0, 100, 100), image(5, 0, 110, 104)  # three values attacked, one black
+    purified, purified_adv = image(0, 0, 100, 100), image(0, 3, 108, 100)  # an unattacked change is not counted
+    gap = _undone(x, x_adv, purified, purified_adv)
+    assert gap["attacked_values"] == 3
+    assert gap["attacked_black_values"] == 1 and gap["erased_fraction_black"] == 1.0
+    assert gap["attacked_other_values"] == 2 and gap["erased_fraction_other"] == 0.5
+    assert _undone(x, x, purified, purified)["erased_fraction_black"] is None  # nothing attacked

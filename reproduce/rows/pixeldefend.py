@@ -190,6 +190,23 @@ def _purification_timing(purifier: PixelDefend, x: torch.Tensor, images: int) ->
     return {key: round(value, 5) if isinstance(value, float) else value for key, value in timings.items()}
 
 
+def _undone(x: torch.Tensor, x_adv: torch.Tensor, purified: torch.Tensor,
+            purified_adv: torch.Tensor) -> Dict[str, Any]:
+    """Of the values the adaptive attack changed, the fraction that purification puts back where it
+    puts the clean image's (the attack's change there is erased), on black clean values (the
+    background) and on the others: where the attack can still act."""
+    levels = lambda v: (v * 255).round()  # noqa: E731
+    changed = levels(x_adv) != levels(x)
+    erased = levels(purified_adv) == levels(purified)
+    black = levels(x) == 0
+    out: Dict[str, Any] = {"attacked_values": int(changed.sum())}
+    for name, where in (("black", changed & black), ("other", changed & ~black)):
+        count = int(where.sum())
+        out[f"attacked_{name}_values"] = count
+        out[f"erased_fraction_{name}"] = round(float((erased & where).sum()) / count, 4) if count else None
+    return out
+
+
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
     x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
@@ -233,7 +250,8 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
         # How far purification is from the identity BPDA assumes, next to the attack's own size.
         "identity_gap": {"purify_clean_mean_abs_change": round(float((purified - x).abs().mean()), 5),
                          "purify_adversarial_mean_abs_change": round(float((purifier(x_adv) - x_adv).abs().mean()), 5),
-                         "perturbation_mean_abs": round(float((x_adv - x).abs().mean()), 5)},
+                         "perturbation_mean_abs": round(float((x_adv - x).abs().mean()), 5),
+                         **_undone(x, x_adv, purified, purifier(x_adv))},
         "purification_timing": purify_timing,
         "undefended_clean_accuracy": undefended["clean_accuracy"],
         **({"claimed_accuracy": {"song_et_al_fashion_mnist": row.claimed_accuracy, "own_evaluation": own["accuracy"],

@@ -69,12 +69,12 @@ def _run_context(args: argparse.Namespace):
 
 def _undefended_case(ctx, args: argparse.Namespace) -> Dict[str, Any]:
     """The profile's naturally trained classifier: the Madry row's ``natural_twin`` recipe."""
-    from reproduce import pipeline
+    from obfgrad.zoo import common
     from reproduce.rows import row_spec
 
     spec = row_spec("madry", args.profile, args.dry_run)
-    x, y = pipeline.test_set(ctx, spec.dataset, args.examples)
-    model = pipeline.classifier(ctx, spec.config["natural_twin"])
+    x, y = common.test_set(ctx, spec.dataset, args.examples)
+    model = common.classifier(ctx, spec.config["natural_twin"])
     return {"model": model, "x": x, "y": y, "distance": spec.distance, "eps": spec.eps, "surrogate": None,
             "expected": "none"}
 

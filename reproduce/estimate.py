@@ -337,7 +337,7 @@ def _spec(specs: Dict[str, RowSpec], name: str) -> RowSpec:
 
 
 def _wide_resnet(specs, device, batch):
-    from reproduce import recipes
+    from obfgrad.zoo import recipes
 
     return forward_backward(_seeded(recipes.madry_cifar_wide_resnet(None), device), _images(batch, (3, 32, 32), device))
 
@@ -352,7 +352,7 @@ def _thermometer(specs, device, batch):
 
 def _sap(specs, device, batch):
     from obfgrad.defenses import SAP
-    from reproduce import recipes
+    from obfgrad.zoo import recipes
 
     config = _spec(specs, "sap").config
     model = SAP(_seeded(recipes.madry_cifar_wide_resnet(None), device), eps=config["sap"]["eps"]).eval()

@@ -39,7 +39,6 @@ LAYERS = (
 KNOWN_VIOLATIONS = {
     ("obfgrad.cli", "reproduce.spec"): "issue 18 section 1: `obfgrad diagnose` through obfgrad.zoo",
     ("obfgrad.cli", "reproduce.rows"): "issue 18 section 1: `obfgrad diagnose` through obfgrad.zoo",
-    ("obfgrad.cli", "reproduce.pipeline"): "issue 18 section 1: `obfgrad diagnose` through obfgrad.zoo",
 }
 
 

@@ -27,7 +27,8 @@ from obfgrad.attacks import BPDA, PGD, LatentAttack, TransferAttack
 from obfgrad.data import load_dataset
 from obfgrad.defenses.defensegan import DefenseGAN
 from obfgrad.models.wgan import build_wgan, wgan_recipe, wgan_train_or_load
-from reproduce import pipeline, recipes
+from obfgrad.zoo import common, recipes
+from reproduce import pipeline
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
 EPS = 0.005  # l2 per value: ||delta||_2 <= 0.005 * 784 = 3.92
@@ -129,7 +130,7 @@ def generator(ctx: RunContext, recipe: Dict[str, Any]) -> nn.Module:
 
 def _defended(ctx: RunContext, config: Dict[str, Any]):
     g = generator(ctx, config["generator"])
-    classifier = pipeline.classifier(ctx, config["classifier"], row="defensegan")
+    classifier = common.classifier(ctx, config["classifier"], row="defensegan")
     return g, DefenseGAN(g, **config["projection"]), classifier  # fresh starts on every call
 
 
@@ -142,7 +143,7 @@ def build_defense(row: RowSpec, ctx: RunContext, n: int, variant: str = "project
     projection steps (the computation the paper calls vanishing/exploding)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
-    x, y = pipeline.test_set(ctx, row.dataset, n)
+    x, y = common.test_set(ctx, row.dataset, n)
     _, projection, classifier = _defended(ctx, row.config)
     if variant == "unrolled":
         projection = DefenseGAN(projection.generator, **row.config["projection"], unrolled=True)
@@ -159,7 +160,7 @@ def _pgd(settings: Dict[str, Any], eps: float) -> PGD:
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
-    x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
+    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     g, projection, classifier = _defended(ctx, config)
     guard = pipeline.guard_clean_accuracy(ctx, row, classifier, x, y, config["clean_floor"])
     defended = nn.Sequential(projection, classifier).eval()

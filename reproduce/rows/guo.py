@@ -40,7 +40,8 @@ from obfgrad.defenses.input_transforms import (
     TVMinimization,
 )
 from obfgrad.eval import argmax_predictor, random_targets
-from reproduce import pipeline, recipes
+from obfgrad.zoo import common, recipes
+from reproduce import pipeline
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
 PAPER_EPS = 0.05  # l2_rms_pixels: the repo's robustml bound 0.05 * 299 at 299x299
@@ -74,7 +75,7 @@ def imagenet_classifier(ctx: RunContext, row: str) -> nn.Module:
     (:func:`obfgrad.models.inception_v3.pretrained_inception`, which says why that is also
     torchvision's documented ``Normalize`` + ``transform_input=True`` pipeline)."""
     if ctx.dry_run:
-        return pipeline.classifier(ctx, imagenet_classifier_recipe(dry_run=True))
+        return common.classifier(ctx, imagenet_classifier_recipe(dry_run=True))
     from obfgrad.models.inception_v3 import pretrained_inception
 
     source = ctx.weights[row] if row in ctx.weights else torchvision_inception_state(row)
@@ -94,10 +95,10 @@ def torchvision_inception_state(row: str) -> Dict[str, torch.Tensor]:
 
 
 def test_set(ctx: RunContext, dataset: str, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``pipeline.test_set``, plus ImageNet validation (the first ``n`` sorted images, robustml's
+    """``common.test_set``, plus ImageNet validation (the first ``n`` sorted images, robustml's
     provider order; centre crop, resized to 299) for the paper profile."""
     if dataset != "imagenet" or ctx.dry_run:
-        return pipeline.test_set(ctx, dataset, n)
+        return common.test_set(ctx, dataset, n)
     from obfgrad.data.imagenet import load_imagenet_val
 
     if ctx.data_dir is None:
@@ -109,7 +110,7 @@ def test_set(ctx: RunContext, dataset: str, n: int) -> Tuple[torch.Tensor, torch
 def classifier(ctx: RunContext, row: RowSpec) -> nn.Module:
     if row.dataset == "imagenet":
         return imagenet_classifier(ctx, row.name)
-    return pipeline.classifier(ctx, row.config["classifier"])
+    return common.classifier(ctx, row.config["classifier"])
 
 
 # ---------------------------------------------------------------------------- quilting database
@@ -122,7 +123,7 @@ def quilt_database(ctx: RunContext, settings: Dict[str, Any], dataset: str):
     from obfgrad.data.patch_db import build_patch_database, load_patch_database, save_patch_database
 
     if ctx.dry_run:
-        images, _ = pipeline.synthetic_batch(dataset, 4, ctx.seed)
+        images, _ = common.synthetic_batch(dataset, 4, ctx.seed)
         return build_patch_database(list(images), settings["patches"], patch_size=settings["patch_size"],
                                     channels=int(images.shape[1]), long_side=None, source="dry run: synthetic")
     path = cache_dir() / "quilt" / settings["file"]
@@ -135,7 +136,7 @@ def quilt_database(ctx: RunContext, settings: Dict[str, Any], dataset: str):
             "Athalye et al.'s quilt_db.npy with patch_database_from_array(..., layout='NHWC')) and "
             "save_patch_database it there")
     started = time.perf_counter()
-    images, _ = pipeline.training_data(ctx)({"dataset": "fashion-mnist"})
+    images, _ = common.training_data(ctx)({"dataset": "fashion-mnist"})
     database = build_patch_database(list(images[:, 0].numpy()), settings["patches"], patch_size=settings["patch_size"],
                                     channels=1, seed=settings["seed"], long_side=None,
                                     source="Fashion-MNIST training split")
@@ -442,7 +443,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     x, y = test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     net = classifier(ctx, row)
     guard = pipeline.guard_clean_accuracy(ctx, row, net, x, y, row.config["clean_floor"])
-    targets = random_targets(y, pipeline.num_classes(row.dataset), seed=ctx.seed) if row.targeted else None
+    targets = random_targets(y, common.num_classes(row.dataset), seed=ctx.seed) if row.targeted else None
     database = quilt_database(ctx, row.config["transforms"]["quilting"], row.dataset)
     results = {}
     for name in GUO_TRANSFORMS:

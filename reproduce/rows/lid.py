@@ -27,7 +27,8 @@ from obfgrad.defenses.lid import roc_auc
 from obfgrad.distances import get_distance
 from obfgrad.eval import clopper_pearson
 from obfgrad.fingerprint import file_sha256
-from reproduce import distributed, pipeline, recipes
+from obfgrad.zoo import common, recipes
+from reproduce import distributed, pipeline
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
 PAPER_EPS = 8 / 255
@@ -108,11 +109,11 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
 
 
 def _classifier(ctx: RunContext, config: Dict[str, Any]):
-    return pipeline.classifier(ctx, config["classifier"], row="lid")
+    return common.classifier(ctx, config["classifier"], row="lid")
 
 
 def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
-    x, y = pipeline.test_set(ctx, row.dataset, n)
+    x, y = common.test_set(ctx, row.dataset, n)
     model = _classifier(ctx, row.config)
     return DefenseBundle(model=model, undefended=model, x=x, y=y, distance=row.distance, eps=row.eps)
 
@@ -135,7 +136,7 @@ def _train_detector(ctx: RunContext, row: RowSpec, model) -> Tuple[LIDDetector, 
     config = row.config
     detector_config, lid_config = config["detector"], config["lid"]
     offset, count = detector_config["train_offset"], detector_config["train_examples"]
-    x_all, y_all = pipeline.test_set(ctx, row.dataset, offset + count)
+    x_all, y_all = common.test_set(ctx, row.dataset, offset + count)
     x, y = x_all[offset:], y_all[offset:]
     started = time.perf_counter()
     x_adv = _cw(config["detector_attack"])(model, x, y).x_adv
@@ -201,7 +202,7 @@ def _attack_and_judge(ctx, row, label, model, detector, attack, x, y, clean_feat
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
-    x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
+    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     model = _classifier(ctx, config)
     guard = pipeline.guard_clean_accuracy(ctx, row, model, x, y, config["clean_floor"])
     detector, detector_info = _train_detector(ctx, row, model)

@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from obfgrad.attacks import PGD
-from reproduce import pipeline, recipes
+from obfgrad.zoo import common, recipes
+from reproduce import pipeline
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
 PAPER_EPS = 8 / 255
@@ -87,9 +88,9 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
 
 
 def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
-    x, y = pipeline.test_set(ctx, row.dataset, n)
-    model = pipeline.classifier(ctx, row.config["classifier"], row="madry")
-    twin = pipeline.classifier(ctx, row.config["natural_twin"])
+    x, y = common.test_set(ctx, row.dataset, n)
+    model = common.classifier(ctx, row.config["classifier"], row="madry")
+    twin = common.classifier(ctx, row.config["natural_twin"])
     return DefenseBundle(model=model, undefended=twin, x=x, y=y, distance=row.distance, eps=row.eps)
 
 
@@ -102,13 +103,13 @@ def linf_pgd(settings: Dict[str, Any], eps: float, seed: int) -> PGD:
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
-    x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
-    model = pipeline.classifier(ctx, config["classifier"], row="madry")
+    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
+    model = common.classifier(ctx, config["classifier"], row="madry")
     guard = pipeline.guard_clean_accuracy(ctx, row, model, x, y, config["clean_floor"])
     own = pipeline.run_attack(ctx, row, "own_pgd20_ce", model, linf_pgd(config["own_attack"], row.eps, ctx.seed), x, y)
     adaptive = pipeline.run_attack(ctx, row, "adaptive_pgd100x5_margin", model,
                                    linf_pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
-    twin = pipeline.classifier(ctx, config["natural_twin"], row=None)
+    twin = common.classifier(ctx, config["natural_twin"], row=None)
     twin_adaptive = pipeline.run_attack(ctx, row, "natural_twin_adaptive", twin,
                                         linf_pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
     return {

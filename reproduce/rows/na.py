@@ -15,7 +15,8 @@ from typing import Any, Dict
 
 from obfgrad.defenses.cascade import CASCADE_DEFAULTS, cascade_train_or_load
 from obfgrad.models.training import build_seeded, make_recipe
-from reproduce import pipeline, recipes
+from obfgrad.zoo import common, recipes
+from reproduce import pipeline
 from reproduce.rows import madry
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
@@ -74,10 +75,10 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
 
 
 def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
-    x, y = pipeline.test_set(ctx, row.dataset, n)
+    x, y = common.test_set(ctx, row.dataset, n)
     model = _cascade_classifier(ctx, row.config["classifier"])
     plain = {k: v for k, v in row.config["classifier"].items() if k != "cascade"}
-    return DefenseBundle(model=model, undefended=pipeline.classifier(ctx, plain), x=x, y=y,
+    return DefenseBundle(model=model, undefended=common.classifier(ctx, plain), x=x, y=y,
                          distance=row.distance, eps=row.eps)
 
 
@@ -90,17 +91,17 @@ def _cascade_classifier(ctx: RunContext, recipe_fields: Dict[str, Any]):
     model = cascade_train_or_load(
         recipe,
         build_fn=lambda _recipe: build_seeded(plain),
-        data_fn=lambda: pipeline.training_data(ctx)(plain),
-        source_fn=lambda: pipeline.classifier(ctx, cascade["source"]),
-        source_adversary=pipeline.pgd_adversary(cascade["source_attack"]),
-        progress=ctx.progress is not False, log=ctx.log, code_files=pipeline.TRAINING_GLUE,
+        data_fn=lambda: common.training_data(ctx)(plain),
+        source_fn=lambda: common.classifier(ctx, cascade["source"]),
+        source_adversary=common.pgd_adversary(cascade["source_attack"]),
+        progress=ctx.progress is not False, log=ctx.log, code_files=common.TRAINING_GLUE,
     )
     return model.to(ctx.device).eval()
 
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
-    x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
+    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     model = _cascade_classifier(ctx, config["classifier"])
     guard = pipeline.guard_clean_accuracy(ctx, row, model, x, y, config["clean_floor"])
     own = pipeline.run_attack(ctx, row, "own_pgd20_ce", model, madry.linf_pgd(config["own_attack"], row.eps, ctx.seed),

@@ -28,7 +28,8 @@ from obfgrad.models.pixelcnn import (
     pixelcnn_recipe,
     pixelcnn_train_or_load,
 )
-from reproduce import pipeline, recipes
+from obfgrad.zoo import common, recipes
+from reproduce import pipeline
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
 PAPER_EPS = 8 / 255
@@ -124,13 +125,13 @@ def pixelcnn(ctx: RunContext, recipe: Dict[str, Any]):
 
 def _defended(ctx: RunContext, config: Dict[str, Any]):
     density, bpd = pixelcnn(ctx, config["pixelcnn"])
-    classifier = pipeline.classifier(ctx, config["classifier"], row="pixeldefend")
+    classifier = common.classifier(ctx, config["classifier"], row="pixeldefend")
     purifier = PixelDefend(density, config["eps_defend"], config["max_positions"])
     return purifier, classifier, bpd
 
 
 def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
-    x, y = pipeline.test_set(ctx, row.dataset, n)
+    x, y = common.test_set(ctx, row.dataset, n)
     purifier, classifier, _ = _defended(ctx, row.config)
     return DefenseBundle(model=nn.Sequential(purifier, classifier), undefended=classifier, x=x, y=y,
                          distance=row.distance, eps=row.eps,
@@ -162,7 +163,7 @@ def _purification_timing(purifier: PixelDefend, x: torch.Tensor, images: int) ->
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
-    x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
+    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     purifier, classifier, bpd = _defended(ctx, config)
     guard = pipeline.guard_clean_accuracy(ctx, row, classifier, x, y, config["clean_floor"])
     defended = nn.Sequential(purifier, classifier).eval()

@@ -24,7 +24,8 @@ from obfgrad.attacks import EOT, PGD
 from obfgrad.defenses import SAP
 from obfgrad.distances import get_distance
 from obfgrad.eval import argmax_predictor, clopper_pearson, derive_seed, random_stream
-from reproduce import pipeline, recipes
+from obfgrad.zoo import common, recipes
+from reproduce import pipeline
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
 PAPER_EPS = 8 / 255
@@ -93,12 +94,12 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
 
 
 def _defended(ctx: RunContext, config: Dict[str, Any]):
-    natural = pipeline.classifier(ctx, config["classifier"], row="sap")
+    natural = common.classifier(ctx, config["classifier"], row="sap")
     return SAP(natural, eps=config["sap"]["eps"]).eval(), natural
 
 
 def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
-    x, y = pipeline.test_set(ctx, row.dataset, n)
+    x, y = common.test_set(ctx, row.dataset, n)
     sap, natural = _defended(ctx, row.config)
     return DefenseBundle(model=sap, adaptive_model=EOT(sap, samples=row.config["adaptive_attack"]["samples"]),
                          undefended=natural, x=x, y=y, distance=row.distance, eps=row.eps, randomized=True,
@@ -135,7 +136,7 @@ def _attack(settings: Dict[str, Any], eps: float) -> PGD:
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
-    x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
+    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     sap, natural = _defended(ctx, config)
     results: Dict[str, Any] = {"clean_accuracy_guard": pipeline.guard_clean_accuracy(ctx, row, natural, x, y,
                                                                                      config["clean_floor"])}

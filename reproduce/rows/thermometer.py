@@ -28,7 +28,8 @@ from obfgrad.defenses import Thermometer, ThermometerDefense
 from obfgrad.models import build_model
 from obfgrad.models.training import build_seeded, make_recipe, train_or_load
 from obfgrad.ops.thermometer_op import soft_thermometer_reference, thermometer_reference
-from reproduce import pipeline, recipes
+from obfgrad.zoo import common, recipes
+from reproduce import pipeline
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
 LEVELS = 16
@@ -121,9 +122,9 @@ def encoded_classifier(ctx: RunContext, config: Dict[str, Any]) -> ThermometerDe
         model = build_seeded(recipe, build)
     else:
         started = time.perf_counter()
-        model = train_or_load(recipe, build_fn=build, data_fn=pipeline.training_data(ctx),
+        model = train_or_load(recipe, build_fn=build, data_fn=common.training_data(ctx),
                               progress=ctx.progress is not False,
-                              code_files=pipeline.TRAINING_GLUE + (Path(__file__),))  # _build_encoded is here
+                              code_files=common.TRAINING_GLUE + (Path(__file__),))  # _build_encoded is here
         if time.perf_counter() - started > 5:
             ctx.log(f"  trained thermometer {recipe['arch']} in {time.perf_counter() - started:.0f} s; cached")
     return ThermometerDefense.from_sequential(model.to(ctx.device).eval(),
@@ -131,7 +132,7 @@ def encoded_classifier(ctx: RunContext, config: Dict[str, Any]) -> ThermometerDe
 
 
 def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
-    x, y = pipeline.test_set(ctx, row.dataset, n)
+    x, y = common.test_set(ctx, row.dataset, n)
     defense = encoded_classifier(ctx, row.config)
     return DefenseBundle(model=defense.with_gradient("true"), adaptive_model=defense, undefended=defense,
                          x=x, y=y, distance=row.distance, eps=row.eps, obfuscation="shattered")
@@ -162,7 +163,7 @@ def _timing(defense: ThermometerDefense, x: torch.Tensor, y: torch.Tensor, setti
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config, eps = row.config, row.eps
-    x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
+    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     defense = encoded_classifier(ctx, config)
     guard = pipeline.guard_clean_accuracy(ctx, row, defense, x, y, config["clean_floor"])
     lspga_settings = config["own_lspga"]

@@ -31,7 +31,8 @@ from obfgrad.eval import (
     random_targets,
 )
 from obfgrad.eval.confidence import binomial_cdf
-from reproduce import pipeline, recipes
+from obfgrad.zoo import common, recipes
+from reproduce import pipeline
 from reproduce.rows import guo
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
@@ -187,7 +188,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     x, y = guo.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
     net = guo.classifier(ctx, row)
     guard = pipeline.guard_clean_accuracy(ctx, row, net, x, y, config["clean_floor"])
-    targets = random_targets(y, pipeline.num_classes(row.dataset), seed=ctx.seed) if row.targeted else None
+    targets = random_targets(y, common.num_classes(row.dataset), seed=ctx.seed) if row.targeted else None
     defended = TransformedClassifier(_transform(config), net)
     predict = argmax_predictor(defended)
     own_settings = config["own_attack"]

@@ -365,16 +365,16 @@ def _lid(specs, device, batch):
 
 
 def _inception(specs, device, batch):
-    from reproduce.rows import guo
+    from obfgrad.zoo import imagenet
 
     # The paper size (299x299 input), not the dry run's 75x75.
-    return forward_backward(_seeded(guo.imagenet_classifier_recipe(dry_run=False), device),
+    return forward_backward(_seeded(imagenet.imagenet_classifier_recipe(dry_run=False), device),
                             _images(batch, (3, 299, 299), device))
 
 
 def _guo_transform(name: str):
     def build(specs, device, batch):
-        from reproduce.rows import guo
+        from obfgrad.zoo import guo
 
         transform = guo.make_transform(name, _spec(specs, "guo").config["transforms"][name], bpda=True)
         return forward_backward(transform.to(device), _images(batch, (3, 299, 299), device))

@@ -93,3 +93,13 @@ class RowSpec:
             "config": self.config,
             "choices": self.choices,
         }
+
+
+def zoo_builder(build: Callable[..., DefenseBundle]) -> Callable[..., DefenseBundle]:
+    """``RowSpec.build_defense`` from a zoo module's ``build(config, ctx, n, **options)``: the
+    defense as the row's config describes it."""
+
+    def build_defense(spec: RowSpec, ctx: BuildContext, n: int, **options: Any) -> DefenseBundle:
+        return build(spec.config, ctx, n, **options)
+
+    return build_defense

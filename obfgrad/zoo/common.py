@@ -39,13 +39,24 @@ def synthetic_batch(dataset: str, n: int, seed: int) -> Tuple[torch.Tensor, torc
 
 
 def test_set(ctx: BuildContext, dataset: str, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` test examples (the robustml providers' order), on ``ctx.device``."""
+    """The first ``n`` test examples (the robustml providers' order), on ``ctx.device``. ImageNet:
+    the first ``n`` sorted validation images (centre crop, resized to 299) under ``ctx.data_dir``."""
     if ctx.dry_run:
         images, labels = synthetic_batch(dataset, n, ctx.seed)
+    elif dataset == "imagenet":
+        images, labels = _imagenet_val(ctx, n)
     else:
         images, labels = load_dataset(dataset, "test", data_dir=ctx.data_dir)
         images, labels = images[:n], labels[:n]
     return images.to(ctx.device), labels.to(ctx.device)
+
+
+def _imagenet_val(ctx: BuildContext, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    from obfgrad.data.imagenet import load_imagenet_val
+
+    if ctx.data_dir is None:
+        raise FileNotFoundError("the paper profile needs --data-dir with ImageNet's val/ and val.txt")
+    return load_imagenet_val(Path(ctx.data_dir), limit=n)
 
 
 def training_data(ctx: BuildContext) -> Callable[[Mapping[str, Any]], Tuple[torch.Tensor, torch.Tensor]]:

@@ -31,9 +31,8 @@ from obfgrad.eval import (
     random_targets,
 )
 from obfgrad.eval.confidence import binomial_cdf
-from obfgrad.zoo import common, recipes
+from obfgrad.zoo import common, imagenet, recipes
 from reproduce import pipeline
-from reproduce.rows import guo
 from reproduce.spec import DefenseBundle, RowSpec, RunContext
 
 PAPER_EPS = 8 / 255
@@ -47,8 +46,8 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
     samples = 2 if dry_run else (30 if paper else 10)
     return {
         "eps": eps,
-        "classifier": guo.imagenet_classifier_recipe(dry_run) if paper else recipes.smoke_classifier(None),
-        "clean_floor": recipes.clean_floor(guo.imagenet_classifier_recipe(dry_run) if paper
+        "classifier": imagenet.imagenet_classifier_recipe(dry_run) if paper else recipes.smoke_classifier(None),
+        "clean_floor": recipes.clean_floor(imagenet.imagenet_classifier_recipe(dry_run) if paper
                                            else recipes.smoke_classifier(None)),
         "targeted": paper,
         # Paper: Athalye et al.'s geometry (randomization/defense.py, inceptionv3.py: corner-aligned
@@ -135,8 +134,8 @@ def _transform(config: Dict[str, Any]) -> RandomResizePad:
 
 
 def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
-    x, y = guo.test_set(ctx, row.dataset, n)
-    net = guo.classifier(ctx, row)
+    x, y = common.test_set(ctx, row.dataset, n)
+    net = imagenet.classifier(ctx, row.config, row.name)
     defended = TransformedClassifier(_transform(row.config), net)
     return DefenseBundle(model=defended, undefended=net, x=x, y=y, distance=row.distance, eps=row.eps,
                          adaptive_model=_adaptive_model(row.config, defended, ctx), randomized=True,
@@ -185,8 +184,8 @@ def _strict_accuracy(row: RowSpec, defended, x, y, x_adv: torch.Tensor, draws: i
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
-    x, y = guo.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
-    net = guo.classifier(ctx, row)
+    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
+    net = imagenet.classifier(ctx, row.config, row.name)
     guard = pipeline.guard_clean_accuracy(ctx, row, net, x, y, config["clean_floor"])
     targets = random_targets(y, common.num_classes(row.dataset), seed=ctx.seed) if row.targeted else None
     defended = TransformedClassifier(_transform(config), net)

@@ -343,7 +343,7 @@ def _wide_resnet(specs, device, batch):
 
 
 def _thermometer(specs, device, batch):
-    from reproduce.rows import thermometer
+    from obfgrad.zoo import thermometer
 
     ctx = RunContext(profile="paper", device=device, dry_run=True)
     defense = thermometer.encoded_classifier(ctx, _spec(specs, "thermometer").config)

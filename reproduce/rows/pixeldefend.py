@@ -20,64 +20,22 @@ import torch
 from torch import nn
 
 from obfgrad.attacks import BPDA, PGD, TransferAttack
-from obfgrad.data import load_dataset
 from obfgrad.defenses.pixeldefend import PixelDefend, purify
-from obfgrad.models.pixelcnn import (
-    bits_per_dim,
-    build_pixelcnn,
-    pixelcnn_recipe,
-    pixelcnn_train_or_load,
-)
-from obfgrad.zoo import common, recipes
+from obfgrad.zoo import common
+from obfgrad.zoo import pixeldefend as zoo_pixeldefend
 from reproduce import pipeline
-from reproduce.spec import DefenseBundle, RowSpec, RunContext
-
-PAPER_EPS = 8 / 255
-SMOKE_EPS = 0.1  # the Madry row's smoke bound for the paper's 8/255 on Fashion-MNIST
-DRY_RUN_POSITIONS = 4  # a full pass is H·W sequential PixelCNN++ evaluations: far too slow for a dry run
-
-
-def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
-    paper = profile == "paper"
-    eps = PAPER_EPS if paper else SMOKE_EPS
-    steps = lambda n: 2 if dry_run else n  # noqa: E731
-    if paper:
-        pixelcnn = pixelcnn_recipe(
-            arch_kwargs={"in_channels": 3, "nr_filters": 160, "nr_resnet": 5, "nr_stages": 3, "nr_logistic_mix": 10,
-                         "dropout": 0.5},
-            dataset="cifar10", train_limit=None, epochs=250, batch_size=64, lr=1e-3, lr_decay=0.999995)
-        classifier = recipes.madry_cifar_wide_resnet(None)
-    else:
-        pixelcnn = pixelcnn_recipe(
-            arch_kwargs={"in_channels": 1, "nr_filters": 12, "nr_resnet": 1, "nr_stages": 2, "nr_logistic_mix": 5,
-                         "dropout": 0.0},
-            dataset="fashion-mnist", train_limit=recipes.train_limit(10000), epochs=1, batch_size=32, lr=2e-3,
-            lr_decay=0.998)
-        classifier = recipes.smoke_classifier(None)
-    return {
-        "eps": eps,
-        "eps_defend": 2 * eps,  # Song et al.: 16/255 against 8/255
-        "max_positions": DRY_RUN_POSITIONS if dry_run else None,
-        # Images timed three ways (batched, batched with the cropped scheme, one at a time).
-        "purify_timing_images": 0 if (dry_run or paper) else 10,
-        "pixelcnn": pixelcnn,
-        "classifier": classifier,
-        "clean_floor": recipes.clean_floor(classifier),
-        "own_attack": {"steps": steps(20), "step_size": eps / 4, "loss": "ce", "random_start": True},
-        "adaptive_attack": {"steps": steps(100 if paper else 20), "step_size": (0.5 / 255) if paper else eps / 5,
-                            "loss": "ce"},
-    }
+from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
-    config = _config(profile, dry_run)
+    config = zoo_pixeldefend.config(profile, dry_run)
     paper = profile == "paper"
     return RowSpec(
         name="pixeldefend",
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Song et al. (2018), PixelDefend",
-        dataset="cifar10" if paper else "fashion-mnist",
-        distance="linf",
+        dataset=zoo_pixeldefend.dataset(profile),
+        distance=zoo_pixeldefend.DISTANCE,
         eps=config["eps"],
         paper_dataset="CIFAR-10",
         paper_bound="0.031 (ℓ∞)",
@@ -99,43 +57,17 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             "transferred through purification. Adaptive = BPDA with the identity, sign steps from the clean image, "
             "early stop on misclassification " + ("(0.5/255 steps, at most 100: robustml)." if paper else
                                                   "(eps/5 steps, at most 20; measured at 50 images: 42% after 10)."),
-            f"Dry run: purification stops after the first {DRY_RUN_POSITIONS} pixels (max_positions)." if dry_run else
+            f"Dry run: purification stops after the first {zoo_pixeldefend.DRY_RUN_POSITIONS} pixels "
+            "(max_positions)." if dry_run else
             "Purification covers every pixel.",
             "n = first 100 CIFAR-10 test images (robustml)." if paper else "n = first 50 Fashion-MNIST test images.",
         ],
         # The eps curve's budget: each attack step purifies every image (784 sequential PixelCNN calls).
         curve={"examples": 10, "steps": 2} if not paper else {"examples": 100, "steps": 10},
         run=run,
-        build_defense=build_defense,
+        build_defense=zoo_builder(zoo_pixeldefend.build),
     )
 
-
-def pixelcnn(ctx: RunContext, recipe: Dict[str, Any]):
-    """The trained PixelCNN of ``recipe`` (untrained in dry runs), with its test bits/dim."""
-    if ctx.dry_run:
-        return build_pixelcnn(recipe).to(ctx.device).eval(), None
-    started = time.perf_counter()
-    model = pixelcnn_train_or_load(recipe, lambda r: load_dataset(r["dataset"], "train", data_dir=ctx.data_dir)[0],
-                                   progress=ctx.progress is not False)
-    if time.perf_counter() - started > 5:
-        ctx.log(f"  trained pixelcnn in {time.perf_counter() - started:.0f} s; cached")
-    test_images = load_dataset(recipe["dataset"], "test", data_dir=ctx.data_dir)[0][:1000]
-    return model.to(ctx.device).eval(), bits_per_dim(model, (test_images * 255).round() / 255)
-
-
-def _defended(ctx: RunContext, config: Dict[str, Any]):
-    density, bpd = pixelcnn(ctx, config["pixelcnn"])
-    classifier = common.classifier(ctx, config["classifier"], row="pixeldefend")
-    purifier = PixelDefend(density, config["eps_defend"], config["max_positions"])
-    return purifier, classifier, bpd
-
-
-def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
-    x, y = common.test_set(ctx, row.dataset, n)
-    purifier, classifier, _ = _defended(ctx, row.config)
-    return DefenseBundle(model=nn.Sequential(purifier, classifier), undefended=classifier, x=x, y=y,
-                         distance=row.distance, eps=row.eps,
-                         adaptive_model=nn.Sequential(BPDA(purifier), classifier), obfuscation="shattered")
 
 
 def _purification_timing(purifier: PixelDefend, x: torch.Tensor, images: int) -> Dict[str, Any]:
@@ -164,7 +96,7 @@ def _purification_timing(purifier: PixelDefend, x: torch.Tensor, images: int) ->
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
     x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
-    purifier, classifier, bpd = _defended(ctx, config)
+    purifier, classifier, bpd = zoo_pixeldefend.defended(ctx, config)
     guard = pipeline.guard_clean_accuracy(ctx, row, classifier, x, y, config["clean_floor"])
     defended = nn.Sequential(purifier, classifier).eval()
 

@@ -37,8 +37,6 @@ LAYERS = (
 #: Upward imports that exist today and are scheduled to go, each with the work that removes it.
 #: An entry that no longer occurs fails test_known_violations_still_exist: delete it then.
 KNOWN_VIOLATIONS = {
-    ("obfgrad.cli", "reproduce.spec"): "issue 18 section 1: `obfgrad diagnose` through obfgrad.zoo",
-    ("obfgrad.cli", "reproduce.rows"): "issue 18 section 1: `obfgrad diagnose` through obfgrad.zoo",
 }
 
 

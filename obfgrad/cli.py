@@ -2,8 +2,8 @@
 
     obfgrad info        what backend is active (native extension, OpenMP threads, CUDA/CuPy)
     obfgrad diagnose    check a defense for obfuscated gradients (Athalye et al. 2018, Sec. 3):
-                        --defense NAME (a Table 1 row, "undefended" or "all"; needs a source
-                        checkout with reproduce/) or --model path.py:factory (your own module)
+                        --defense NAME (a Table 1 defense of obfgrad.zoo, "undefended" or "all")
+                        or --model path.py:factory (your own module)
 """
 
 from __future__ import annotations
@@ -31,90 +31,41 @@ def _info(_args: argparse.Namespace) -> int:
 
 # -- diagnose: where the defense comes from -------------------------------------------------------
 
-def _import_reproduce():
-    """The ``reproduce`` package of a source checkout: importable already, or found in the current
-    directory or next to the ``obfgrad`` package (a checkout built in place)."""
-    import obfgrad
-
-    for root in (None, Path.cwd(), Path(obfgrad.__file__).resolve().parent.parent):
-        if root is not None:
-            if not (root / "reproduce" / "rows" / "__init__.py").is_file():
-                continue
-            if str(root) not in sys.path:
-                sys.path.insert(0, str(root))
-        try:
-            return importlib.import_module("reproduce.rows")
-        except ImportError:
-            continue
-    raise SystemExit("obfgrad diagnose --defense: the Table 1 defenses are built by the reproduce/ package of a "
-                     "source checkout (git clone, then run from its root); with an installed obfgrad only, use "
-                     "--model path.py:factory")
-
-
-def _row_names() -> List[str]:
-    from reproduce.spec import ROW_NAMES
-
-    return list(ROW_NAMES)
-
-
-def _run_context(args: argparse.Namespace):
+def _build_context(args: argparse.Namespace):
     import torch
 
-    from reproduce.spec import RunContext
+    from obfgrad.zoo import BuildContext
 
-    return RunContext(profile=args.profile, device=torch.device(args.device), seed=args.seed,
-                      data_dir=args.data_dir, dry_run=args.dry_run, progress=False if args.quiet else None,
-                      log=lambda message: print(message, file=sys.stderr))
-
-
-def _undefended_case(ctx, args: argparse.Namespace) -> Dict[str, Any]:
-    """The profile's naturally trained classifier: the Madry row's ``natural_twin`` recipe."""
-    from reproduce import pipeline
-    from reproduce.rows import row_spec
-
-    spec = row_spec("madry", args.profile, args.dry_run)
-    x, y = pipeline.test_set(ctx, spec.dataset, args.examples)
-    model = pipeline.classifier(ctx, spec.config["natural_twin"])
-    return {"model": model, "x": x, "y": y, "distance": spec.distance, "eps": spec.eps, "surrogate": None,
-            "expected": "none"}
+    return BuildContext(profile=args.profile, device=torch.device(args.device), seed=args.seed,
+                        data_dir=args.data_dir, dry_run=args.dry_run, progress=False if args.quiet else None,
+                        log=lambda message: print(message, file=sys.stderr))
 
 
 def _defense_case(name: str, args: argparse.Namespace) -> Dict[str, Any]:
-    """diagnose() arguments for a Table 1 row (through its ``build_defense``) or the undefended model."""
-    from reproduce.rows import row_spec
+    """diagnose() arguments for a zoo defense (``obfgrad.zoo``) or the undefended model."""
+    from obfgrad import zoo
 
-    ctx = _run_context(args)
+    ctx = _build_context(args)
+    defense, _, variant = name.partition(":")
+    module = zoo.defense_module("madry" if name == UNDEFENDED else defense)
+    config = module.config(args.profile, args.dry_run)
     if name == UNDEFENDED:
-        return _undefended_case(ctx, args)
-    row, _, variant = name.partition(":")
-    spec = row_spec(row, args.profile, args.dry_run)
-    if spec.build_defense is None:
-        raise SystemExit(f"obfgrad diagnose --defense {name}: the row has no build_defense in this checkout")
-    if variant and variant not in spec.variants:
-        raise SystemExit(f"--defense {name}: row {row} has no variant {variant!r}; choose from "
-                         f"{', '.join(spec.variants) or '(none)'}")
-    options = {"variant": variant} if variant else {}
-    bundle = spec.build_defense(spec, ctx, args.examples, **options)
+        bundle = module.build_undefended(config, ctx, args.examples)
+        return {"model": bundle.model, "x": bundle.x, "y": bundle.y, "distance": bundle.distance,
+                "eps": bundle.eps, "surrogate": None, "expected": "none"}
+    bundle = module.build(config, ctx, args.examples, **({"variant": variant} if variant else {}))
     return {"model": bundle.model, "x": bundle.x, "y": bundle.y, "distance": bundle.distance, "eps": bundle.eps,
             "surrogate": bundle.undefended, "adaptive_model": bundle.adaptive_model,
             "randomized": True if bundle.randomized else None, "expected": bundle.obfuscation}
 
 
-def _expand(name: str, args: argparse.Namespace) -> List[str]:
-    """A row with variants (Guo's five transformations) stands for all of them: ``guo:jpeg``, ..."""
-    from reproduce.rows import row_spec
+def _expand(name: str) -> List[str]:
+    """A defense with variants (Guo's five transformations) stands for all of them: ``guo:jpeg``, ..."""
+    from obfgrad import zoo
 
     if name == UNDEFENDED or ":" in name:
         return [name]
-    spec = row_spec(name, args.profile, args.dry_run)
-    return [f"{name}:{variant}" for variant in spec.variants] or [name]
-
-
-def _available_defenses(args: argparse.Namespace) -> List[str]:
-    from reproduce.rows import row_spec
-
-    names = [name for name in _row_names() if row_spec(name, args.profile, args.dry_run).build_defense is not None]
-    return [expanded for name in names for expanded in _expand(name, args)] + [UNDEFENDED]
+    return [f"{name}:{variant}" for variant in zoo.variants(name)] or [name]
 
 
 def _load_callable(reference: str, option: str):
@@ -250,12 +201,17 @@ def _diagnose(args: argparse.Namespace) -> int:
     if args.model is not None:
         reports = [_diagnose_case(Path(args.model.rpartition(":")[0]).stem, _model_case(args), args, args.out_dir)]
     else:
-        _import_reproduce()
-        known = _row_names() + [UNDEFENDED, ALL]
-        if args.defense.partition(":")[0] not in known:
+        from obfgrad import zoo
+
+        known = list(zoo.DEFENSES) + [UNDEFENDED, ALL]
+        defense, _, variant = args.defense.partition(":")
+        if defense not in known:
             raise SystemExit(f"--defense: unknown {args.defense!r}; choose from {', '.join(known)} "
-                             "(a row with variants also takes ROW:VARIANT, e.g. guo:jpeg)")
-        names = _available_defenses(args) if args.defense == ALL else _expand(args.defense, args)
+                             "(a defense with variants also takes NAME:VARIANT, e.g. guo:jpeg)")
+        if variant and variant not in zoo.variants(defense):
+            raise SystemExit(f"--defense {args.defense}: {defense} has no variant {variant!r}; choose from "
+                             f"{', '.join(zoo.variants(defense)) or '(none)'}")
+        names = zoo.names() if args.defense == ALL else _expand(args.defense)
         if len(names) > 1 and (args.json is not None or args.plot is not None):
             raise SystemExit(f"--json/--plot: --defense {args.defense} diagnoses {len(names)} defenses "
                              f"({', '.join(names)}); one file would hold only the last: use --out-dir DIR")
@@ -293,7 +249,7 @@ def _add_diagnose(commands) -> None:
     source = diagnose.add_mutually_exclusive_group(required=True)
     source.add_argument("--defense", help="a Table 1 row (thermometer, lid, guo, sap, xie, pixeldefend, defensegan, "
                                           "madry, na; guo:bit_depth ... for one of Guo's five transformations, guo "
-                                          "for all five), 'undefended', or 'all' (needs a source checkout)")
+                                          "for all five), 'undefended', or 'all' (obfgrad.zoo)")
     source.add_argument("--model", help="path/to/file.py:factory returning your nn.Module (or a dict, see docs)")
     diagnose.add_argument("--profile", choices=("smoke", "paper"), default=None, help="row profile (default smoke)")
     diagnose.add_argument("--dry-run", action="store_true", help="untrained models, synthetic data (code path only)")

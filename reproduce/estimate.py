@@ -337,13 +337,13 @@ def _spec(specs: Dict[str, RowSpec], name: str) -> RowSpec:
 
 
 def _wide_resnet(specs, device, batch):
-    from reproduce import recipes
+    from obfgrad.zoo import recipes
 
     return forward_backward(_seeded(recipes.madry_cifar_wide_resnet(None), device), _images(batch, (3, 32, 32), device))
 
 
 def _thermometer(specs, device, batch):
-    from reproduce.rows import thermometer
+    from obfgrad.zoo import thermometer
 
     ctx = RunContext(profile="paper", device=device, dry_run=True)
     defense = thermometer.encoded_classifier(ctx, _spec(specs, "thermometer").config)
@@ -352,7 +352,7 @@ def _thermometer(specs, device, batch):
 
 def _sap(specs, device, batch):
     from obfgrad.defenses import SAP
-    from reproduce import recipes
+    from obfgrad.zoo import recipes
 
     config = _spec(specs, "sap").config
     model = SAP(_seeded(recipes.madry_cifar_wide_resnet(None), device), eps=config["sap"]["eps"]).eval()
@@ -365,16 +365,16 @@ def _lid(specs, device, batch):
 
 
 def _inception(specs, device, batch):
-    from reproduce.rows import guo
+    from obfgrad.zoo import imagenet
 
     # The paper size (299x299 input), not the dry run's 75x75.
-    return forward_backward(_seeded(guo.imagenet_classifier_recipe(dry_run=False), device),
+    return forward_backward(_seeded(imagenet.imagenet_classifier_recipe(dry_run=False), device),
                             _images(batch, (3, 299, 299), device))
 
 
 def _guo_transform(name: str):
     def build(specs, device, batch):
-        from reproduce.rows import guo
+        from obfgrad.zoo import guo
 
         transform = guo.make_transform(name, _spec(specs, "guo").config["transforms"][name], bpda=True)
         return forward_backward(transform.to(device), _images(batch, (3, 299, 299), device))

@@ -11,57 +11,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
 
-import torch
+from obfgrad.zoo.base import PROFILES, BuildContext, DefenseBundle
 
-PROFILES = ("smoke", "paper")
+__all__ = ["PROFILES", "ROW_NAMES", "BuildContext", "DefenseBundle", "RowSpec", "RunContext"]
 
 #: Table 1 order (Athalye, Carlini & Wagner 2018).
 ROW_NAMES = ("thermometer", "lid", "guo", "sap", "xie", "pixeldefend", "defensegan", "madry", "na")
 
 
-@dataclass
-class RunContext:
-    """What the command line decides for every row."""
+def _training_lock():
+    from reproduce import distributed
 
-    profile: str = "smoke"
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    seed: int = 0
+    return distributed.main_first()
+
+
+@dataclass
+class RunContext(BuildContext):
+    """What the command line decides for every row: how the zoo builds its defense
+    (:class:`obfgrad.zoo.BuildContext`), how many examples, and where results go."""
+
     limit: Optional[int] = None
-    data_dir: Optional[Path] = None
     results_dir: Path = Path("results")
-    dry_run: bool = False
-    progress: Optional[bool] = None  # None: tqdm decides (quiet off a terminal)
-    weights: Dict[str, Path] = field(default_factory=dict)  # row name -> user checkpoint
-    log: Callable[[str], None] = print
+    # torchrun: rank 0 trains and caches a model while the other ranks wait (reproduce.distributed)
+    training_lock: Callable[[], ContextManager[Any]] = _training_lock
 
     def examples(self, default: int) -> int:
         """How many test examples a row attacks: the row's default, capped by ``--limit``."""
         if self.dry_run:
             return 2
         return default if self.limit is None else min(default, self.limit)
-
-
-@dataclass
-class DefenseBundle:
-    """A row's defense, built for use outside the row's own run (``obfgrad diagnose``).
-
-    ``model`` is the defended classifier as deployed (it may be randomized or non-differentiable);
-    ``adaptive_model`` is what the paper's adaptive attack differentiates (e.g. with BPDA or EOT
-    wrappers; ``None`` when it is ``model`` itself); ``undefended`` is the same classifier with
-    no defense (a surrogate for transfer attacks); ``x``/``y`` a labelled test batch.
-    """
-
-    model: Callable[[torch.Tensor], torch.Tensor]
-    undefended: Callable[[torch.Tensor], torch.Tensor]
-    x: torch.Tensor
-    y: torch.Tensor
-    distance: str
-    eps: float
-    adaptive_model: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-    randomized: bool = False
-    obfuscation: str = "none"  # what the paper says: "shattered", "stochastic", "vanishing", or "none"
 
 
 @dataclass
@@ -113,3 +93,13 @@ class RowSpec:
             "config": self.config,
             "choices": self.choices,
         }
+
+
+def zoo_builder(build: Callable[..., DefenseBundle]) -> Callable[..., DefenseBundle]:
+    """``RowSpec.build_defense`` from a zoo module's ``build(config, ctx, n, **options)``: the
+    defense as the row's config describes it."""
+
+    def build_defense(spec: RowSpec, ctx: BuildContext, n: int, **options: Any) -> DefenseBundle:
+        return build(spec.config, ctx, n, **options)
+
+    return build_defense

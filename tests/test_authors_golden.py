@@ -254,7 +254,8 @@ def test_guo_crop_rescale_is_the_authors_defend_crop(golden, x299):
 def test_paper_profile_runs_the_variants_that_match_the_authors():
     if str(ROOT) not in sys.path:  # reproduce/ is a top-level directory of the repo, not installed
         sys.path.append(str(ROOT))
-    from reproduce.rows import all_specs, guo
+    from obfgrad.zoo import guo
+    from reproduce.rows import all_specs
 
     specs = {spec.name: spec for spec in all_specs(["guo", "xie", "thermometer"], "paper")}
     for name, options in PAPER_VARIANTS.items():

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # reproduce/ is a top-level directory of the repo, not installed
     sys.path.append(str(ROOT))
 
-from reproduce import pipeline, recipes, runner  # noqa: E402
+from obfgrad.zoo import recipes  # noqa: E402
+from reproduce import pipeline, runner  # noqa: E402
 from reproduce.rows import all_specs  # noqa: E402
 from reproduce.spec import ROW_NAMES, RowSpec, RunContext  # noqa: E402
 

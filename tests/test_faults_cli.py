@@ -191,7 +191,6 @@ def test_every_row_that_declares_weights_reads_them_and_no_other(tmp_path, monke
     reaches the user's file exactly when the row declares it (the heavy steps are stubbed)."""
     import importlib
 
-    from reproduce import pipeline
     from reproduce.spec import RunContext
 
     def classifier(ctx, fields, *, row=None):
@@ -204,19 +203,20 @@ def test_every_row_that_declares_weights_reads_them_and_no_other(tmp_path, monke
             raise _ReadWeights(row)
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(10))
 
-    monkeypatch.setattr(pipeline, "classifier", classifier)
-    guo = importlib.import_module("reproduce.rows.guo")
-    monkeypatch.setattr(guo, "imagenet_classifier", imagenet_classifier)
-    monkeypatch.setattr(guo, "test_set", lambda ctx, dataset, n: (torch.rand(2, 3, 8, 8), torch.zeros(2).long()))
-    monkeypatch.setattr(guo, "quilt_database", lambda *a: torch.rand(50, 3, 5, 5))
-    monkeypatch.setattr(pipeline, "test_set", lambda ctx, dataset, n: (torch.rand(2, 1, 28, 28), torch.zeros(2).long()))
-    monkeypatch.setattr(importlib.import_module("reproduce.rows.pixeldefend"), "pixelcnn", lambda ctx, r: (None, None))
-    monkeypatch.setattr(importlib.import_module("reproduce.rows.defensegan"), "generator",
-                        lambda ctx, r: torch.nn.Linear(1, 1))
-    monkeypatch.setattr(importlib.import_module("reproduce.rows.thermometer"), "encoded_classifier",
-                        lambda ctx, config: _NoWeights())
-    monkeypatch.setattr(importlib.import_module("reproduce.rows.na"), "_cascade_classifier",
-                        lambda ctx, fields: _NoWeights())
+    def test_set(ctx, dataset, n):
+        shape = (2, 3, 8, 8) if dataset == "imagenet" else (2, 1, 28, 28)
+        return torch.rand(*shape), torch.zeros(2).long()
+
+    zoo = {name: importlib.import_module(f"obfgrad.zoo.{name}")
+           for name in ("common", "imagenet", "guo", "pixeldefend", "defensegan", "thermometer", "na")}
+    monkeypatch.setattr(zoo["common"], "classifier", classifier)
+    monkeypatch.setattr(zoo["common"], "test_set", test_set)
+    monkeypatch.setattr(zoo["imagenet"], "imagenet_classifier", imagenet_classifier)
+    monkeypatch.setattr(zoo["guo"], "quilt_database", lambda *a: torch.rand(50, 3, 5, 5))
+    monkeypatch.setattr(zoo["pixeldefend"], "pixelcnn", lambda ctx, r: (None, None))
+    monkeypatch.setattr(zoo["defensegan"], "generator", lambda ctx, r: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(zoo["thermometer"], "encoded_classifier", lambda ctx, config: _NoWeights())
+    monkeypatch.setattr(zoo["na"], "cascade_classifier", lambda ctx, fields: _NoWeights())
     for spec in all_specs(list(ROW_NAMES), profile):
         ctx = RunContext(profile=profile, weights={spec.name: tmp_path / "w.pt"}, data_dir=tmp_path,
                          log=lambda message: None)

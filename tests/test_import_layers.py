@@ -11,8 +11,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 #: DESIGN.md's layers, top to bottom; a module may import its own layer or any layer below it.
@@ -33,15 +31,6 @@ LAYERS = (
     ("obfgrad._native",),
     ("obfgrad._C",),  # the compiled kernels (csrc/)
 )
-
-#: Upward imports that exist today and are scheduled to go, each with the work that removes it.
-#: An entry that no longer occurs fails test_known_violations_still_exist: delete it then.
-KNOWN_VIOLATIONS = {
-    ("obfgrad.cli", "reproduce.spec"): "issue 18 section 1: `obfgrad diagnose` through obfgrad.zoo",
-    ("obfgrad.cli", "reproduce.rows"): "issue 18 section 1: `obfgrad diagnose` through obfgrad.zoo",
-    ("obfgrad.cli", "reproduce.pipeline"): "issue 18 section 1: `obfgrad diagnose` through obfgrad.zoo",
-}
-
 
 def _module_name(path: Path, root: Path) -> str:
     parts = list(path.relative_to(root).with_suffix("").parts)
@@ -150,18 +139,12 @@ def test_the_library_does_not_import_reproduce():
     graph = import_graph()
     offenders = {(importer, target) for importer, targets in graph.items() if importer.split(".")[0] == "obfgrad"
                  for target in targets if target.split(".")[0] == "reproduce"}
-    assert sorted(offenders - set(KNOWN_VIOLATIONS)) == []
+    assert sorted(offenders) == []
 
 
 def test_layers_import_downward_only():
     upward = upward_imports(import_graph())
-    assert sorted(upward - set(KNOWN_VIOLATIONS)) == [], "an import points up the layers of DESIGN.md"
-
-
-@pytest.mark.parametrize("violation", sorted(KNOWN_VIOLATIONS))
-def test_known_violations_still_exist(violation):
-    importer, target = violation
-    assert target in import_graph()[importer], f"{importer} no longer imports {target}: drop it from KNOWN_VIOLATIONS"
+    assert sorted(upward) == [], "an import points up the layers of DESIGN.md"
 
 
 def _module_classes_and_exports(path: Path) -> tuple[list[str], list[str]]:

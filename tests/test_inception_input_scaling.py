@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:  # reproduce/ is a top-level directory of the repo
     sys.path.append(str(ROOT))
 
 from obfgrad.models.inception_v3 import InceptionV3, pretrained_inception  # noqa: E402
-from reproduce.rows import guo  # noqa: E402
+from obfgrad.zoo import imagenet  # noqa: E402
 from reproduce.spec import RunContext  # noqa: E402
 
 MEAN = (0.485, 0.456, 0.406)
@@ -82,7 +82,7 @@ def test_a_torchvision_state_dict_is_fed_as_torchvisions_documented_pipeline(tmp
     state = random_state(1000, images)
     path = tmp_path / "inception_v3_torchvision.pt"
     torch.save(state, path)
-    model = guo.imagenet_classifier(_ctx({"guo": path}), "guo")
+    model = imagenet.imagenet_classifier(_ctx({"guo": path}), "guo")
     with torch.no_grad():
         ours = model(images)
     _assert_same_logits(ours, network_on(_without_aux(state), transform_input(normalize(images))))
@@ -92,7 +92,7 @@ def test_a_tf_slim_checkpoint_with_1001_logits_is_fed_minus_one_to_one_and_drops
     state = _without_aux(random_state(1001, images))
     path = tmp_path / "inception_v3_tfslim.pt"
     torch.save({"state_dict": state}, path)
-    model = guo.imagenet_classifier(_ctx({"guo": path}), "guo")
+    model = imagenet.imagenet_classifier(_ctx({"guo": path}), "guo")
     with torch.no_grad():
         ours = model(images)
     _assert_same_logits(ours, network_on(state, 2 * images - 1)[:, 1:])
@@ -100,9 +100,9 @@ def test_a_tf_slim_checkpoint_with_1001_logits_is_fed_minus_one_to_one_and_drops
 
 def test_torchvisions_own_weights_without_a_file_take_the_same_pipeline(monkeypatch, images):
     state = random_state(1000, images)
-    monkeypatch.setattr(guo, "torchvision_inception_state", lambda row: state)
+    monkeypatch.setattr(imagenet, "torchvision_inception_state", lambda row: state)
     with torch.no_grad():
-        ours = guo.imagenet_classifier(_ctx(), "guo")(images)
+        ours = imagenet.imagenet_classifier(_ctx(), "guo")(images)
     _assert_same_logits(ours, network_on(_without_aux(state), transform_input(normalize(images))))
 
 
@@ -125,9 +125,9 @@ def test_the_xie_row_loads_its_classifier_the_same_way(monkeypatch):
     from reproduce.rows import all_specs
 
     calls = []
-    monkeypatch.setattr(guo, "imagenet_classifier", lambda ctx, row: calls.append(row) or "model")
+    monkeypatch.setattr(imagenet, "imagenet_classifier", lambda ctx, row: calls.append(row) or "model")
     (xie,) = all_specs(["xie"], "paper")
-    assert guo.classifier(_ctx(), xie) == "model" and calls == ["xie"]
+    assert imagenet.classifier(_ctx(), xie.config, xie.name) == "model" and calls == ["xie"]
 
 
 def test_the_ambiguous_torchvision_scaling_name_is_refused():

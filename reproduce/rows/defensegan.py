@@ -24,56 +24,23 @@ from typing import Any, Dict
 from torch import nn
 
 from obfgrad.attacks import BPDA, PGD, LatentAttack, TransferAttack
-from obfgrad.data import load_dataset
-from obfgrad.defenses.defensegan import DefenseGAN
-from obfgrad.models.wgan import build_wgan, wgan_recipe, wgan_train_or_load
-from reproduce import pipeline, recipes
-from reproduce.spec import DefenseBundle, RowSpec, RunContext
-
-EPS = 0.005  # l2 per value: ||delta||_2 <= 0.005 * 784 = 3.92
-
-
-def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
-    paper = profile == "paper"
-    steps = lambda n: 2 if dry_run else n  # noqa: E731
-    if paper:
-        generator = wgan_recipe(arch="dcgan", dim=64, dataset="mnist")
-        classifier = {"arch": "mnist_cnn", "arch_kwargs": {}, "dataset": "mnist", "epochs": 20, "batch_size": 128,
-                      "optimizer": "adam", "lr": 1e-3, "seed": 0}
-        projection = {"steps": steps(200), "restarts": 2 if dry_run else 10, "lr": 10.0, "momentum": 0.7,
-                      "lr_decay": 0.1, "lr_decay_at": 0.8}
-        latent = {"inversion_steps": steps(3000), "inversion_restarts": 2 if dry_run else 30, "inversion_lr": 0.1,
-                  "steps": steps(30000), "lr": 0.1, "binary_search_steps": 1 if dry_run else 5, "initial_const": 1.0}
-    else:
-        # OBFGRAD_SMOKE_TRAIN_LIMIT (CI's quick run) caps the images and the steps alike.
-        generator = wgan_recipe(arch="mlp", dim=256, dataset="fashion-mnist", train_limit=recipes.train_limit(30000),
-                                generator_steps=recipes.train_steps(1500, 30000), critic_steps=5, batch_size=64,
-                                lr=2e-4)
-        classifier = recipes.smoke_classifier(None)
-        # A dry run proves the path with 2 steps here too (it ran the full smoke attack: 3 minutes).
-        projection = {"steps": steps(100), "restarts": 2 if dry_run else 4, "lr": 10.0, "momentum": 0.7,
-                      "lr_decay": 0.1, "lr_decay_at": 0.8}
-        latent = {"inversion_steps": steps(300), "inversion_restarts": 2 if dry_run else 8, "inversion_lr": 0.1,
-                  "steps": steps(200), "lr": 0.05, "binary_search_steps": 1 if dry_run else 4, "initial_const": 1.0}
-    pgd = {"steps": steps(100 if paper else 20), "step_size": EPS / 10 if paper else EPS / 5, "loss": "margin"}
-    return {"eps": EPS, "generator": generator, "classifier": classifier, "projection": projection,
-            "clean_floor": recipes.clean_floor(classifier),
-            # models/gan.py: z re-initialised for every batch from N(0, 1/latent_dim), never a fixed seed
-            "projection_starts": "fresh_normal_variance_1_over_latent_dim",
-            "own_attack": pgd, "adaptive_attack": pgd, "latent_attack": latent}
+from obfgrad.zoo import common
+from obfgrad.zoo import defensegan as zoo_defensegan
+from reproduce import pipeline
+from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
-    config = _config(profile, dry_run)
+    config = zoo_defensegan.config(profile, dry_run)
     paper = profile == "paper"
     projection = config["projection"]
     return RowSpec(
         name="defensegan",
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Samangouei et al. (2018), Defense-GAN",
-        dataset="mnist" if paper else "fashion-mnist",
-        distance="l2_per_value",
-        eps=EPS,
+        dataset=zoo_defensegan.dataset(profile),
+        distance=zoo_defensegan.DISTANCE,
+        eps=zoo_defensegan.EPS,
         paper_dataset="MNIST",
         paper_bound="0.005 (ℓ2)",
         paper_accuracy=0.55,
@@ -111,45 +78,10 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         # The eps curve's budget (its EOT/projection steps dominate the curve's time).
         curve=None if paper else {"examples": 50, "steps": 10},
         run=run,
-        build_defense=build_defense,
-        variants=VARIANTS,
+        build_defense=zoo_builder(zoo_defensegan.build),
+        variants=zoo_defensegan.VARIANTS,
     )
 
-
-def generator(ctx: RunContext, recipe: Dict[str, Any]) -> nn.Module:
-    if ctx.dry_run:
-        return build_wgan(recipe)[0].to(ctx.device).eval()
-    started = time.perf_counter()
-    model = wgan_train_or_load(recipe, lambda r: load_dataset(r["dataset"], "train", data_dir=ctx.data_dir)[0],
-                               progress=ctx.progress is not False)
-    if time.perf_counter() - started > 5:
-        ctx.log(f"  trained wgan-gp in {time.perf_counter() - started:.0f} s; cached")
-    return model.to(ctx.device).eval()
-
-
-def _defended(ctx: RunContext, config: Dict[str, Any]):
-    g = generator(ctx, config["generator"])
-    classifier = pipeline.classifier(ctx, config["classifier"], row="defensegan")
-    return g, DefenseGAN(g, **config["projection"]), classifier  # fresh starts on every call
-
-
-VARIANTS = ("projection", "unrolled")
-
-
-def build_defense(row: RowSpec, ctx: RunContext, n: int, variant: str = "projection") -> DefenseBundle:
-    """``projection``: the defense as deployed (the projection's output carries no gradient);
-    ``unrolled``: the same forward pass as a differentiable program, gradients through the L
-    projection steps (the computation the paper calls vanishing/exploding)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
-    x, y = pipeline.test_set(ctx, row.dataset, n)
-    _, projection, classifier = _defended(ctx, row.config)
-    if variant == "unrolled":
-        projection = DefenseGAN(projection.generator, **row.config["projection"], unrolled=True)
-    return DefenseBundle(model=nn.Sequential(projection, classifier), undefended=classifier, x=x, y=y,
-                         distance=row.distance, eps=row.eps,
-                         adaptive_model=nn.Sequential(BPDA(projection), classifier), randomized=True,
-                         obfuscation="vanishing")
 
 
 def _pgd(settings: Dict[str, Any], eps: float) -> PGD:
@@ -159,8 +91,8 @@ def _pgd(settings: Dict[str, Any], eps: float) -> PGD:
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
-    x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
-    g, projection, classifier = _defended(ctx, config)
+    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
+    g, projection, classifier = zoo_defensegan.defended(ctx, config)
     guard = pipeline.guard_clean_accuracy(ctx, row, classifier, x, y, config["clean_floor"])
     defended = nn.Sequential(projection, classifier).eval()
 

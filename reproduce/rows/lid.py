@@ -27,54 +27,21 @@ from obfgrad.defenses.lid import roc_auc
 from obfgrad.distances import get_distance
 from obfgrad.eval import clopper_pearson
 from obfgrad.fingerprint import file_sha256
-from reproduce import distributed, pipeline, recipes
-from reproduce.spec import DefenseBundle, RowSpec, RunContext
-
-PAPER_EPS = 8 / 255
-SMOKE_EPS = 0.1
-
-
-def _lid_cnn_recipe() -> Dict[str, Any]:
-    # Ma et al.'s train_model.py settings are not in protocol.md: UNCONFIRMED (recorded in choices).
-    return {"arch": "lid_cnn", "arch_kwargs": {}, "dataset": "cifar10", "train_limit": None, "epochs": 50,
-            "batch_size": 128, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
-            "lr_milestones": [], "lr_gamma": 0.1, "adversarial": None, "seed": 0}
-
-
-def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
-    paper = profile == "paper"
-    eps = PAPER_EPS if paper else SMOKE_EPS
-    steps = lambda n: 2 if dry_run else n  # noqa: E731
-    return {
-        "eps": eps,
-        "classifier": _lid_cnn_recipe() if paper else recipes.smoke_classifier(None),
-        "clean_floor": recipes.clean_floor(_lid_cnn_recipe() if paper else recipes.smoke_classifier(None)),
-        "lid": {"k": 20, "batch_size": 100},
-        "detector": {"classifier": "LogisticRegressionCV on min-max scaled features", "folds": 5, "threshold": 0.5,
-                     "train_offset": 2 if dry_run else (1000 if paper else 5000),
-                     # OBFGRAD_SMOKE_TRAIN_LIMIT (CI's quick run) caps the detector's examples too.
-                     "train_examples": 2 if dry_run else (1000 if paper else recipes.train_limit(400)),
-                     "noise": "gaussian, per-example l2 norm = the mean CW-L2 distortion, clipped to [0, 1]"},
-        "detector_attack": {"name": "cw_l2", "steps": steps(1000 if paper else 100),
-                            "binary_search_steps": 1 if dry_run else (9 if paper else 4),
-                            "initial_const": 1e-3 if paper else 0.1, "lr": 0.01, "kappa": 0.0},
-        "adaptive_attack": {"steps": steps(100), "step_size": eps / 8, "loss": "margin", "update": "adam_sign",
-                            "random_start": False, "early_stop": False,
-                            # Paper: lid/lid.ipynb starts its variable at zeros of the model's [-0.5, 0.5]
-                            # scale, clipped into the ball: the ball's point nearest 0.5 on [0, 1].
-                            "start_from": 0.5 if paper else None},
-    }
+from obfgrad.zoo import common
+from obfgrad.zoo import lid as zoo_lid
+from reproduce import distributed, pipeline
+from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
-    config = _config(profile, dry_run)
+    config = zoo_lid.config(profile, dry_run)
     paper = profile == "paper"
     return RowSpec(
         name="lid",
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Ma et al. (2018), local intrinsic dimensionality",
-        dataset="cifar10" if paper else "fashion-mnist",
-        distance="linf",
+        dataset=zoo_lid.dataset(profile),
+        distance=zoo_lid.DISTANCE,
         eps=config["eps"],
         paper_dataset="CIFAR-10",
         paper_bound="0.031 (ℓ∞)",
@@ -103,18 +70,9 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             "lr eps/8, 100 steps); the box is [0, 1] (the repo's 0-255 clip quirk not reproduced).",
         ],
         run=run,
-        build_defense=build_defense,
+        build_defense=zoo_builder(zoo_lid.build),
     )
 
-
-def _classifier(ctx: RunContext, config: Dict[str, Any]):
-    return pipeline.classifier(ctx, config["classifier"], row="lid")
-
-
-def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
-    x, y = pipeline.test_set(ctx, row.dataset, n)
-    model = _classifier(ctx, row.config)
-    return DefenseBundle(model=model, undefended=model, x=x, y=y, distance=row.distance, eps=row.eps)
 
 
 def _cw(settings: Dict[str, Any]) -> CarliniWagnerL2:
@@ -135,7 +93,7 @@ def _train_detector(ctx: RunContext, row: RowSpec, model) -> Tuple[LIDDetector, 
     config = row.config
     detector_config, lid_config = config["detector"], config["lid"]
     offset, count = detector_config["train_offset"], detector_config["train_examples"]
-    x_all, y_all = pipeline.test_set(ctx, row.dataset, offset + count)
+    x_all, y_all = common.test_set(ctx, row.dataset, offset + count)
     x, y = x_all[offset:], y_all[offset:]
     started = time.perf_counter()
     x_adv = _cw(config["detector_attack"])(model, x, y).x_adv
@@ -201,8 +159,8 @@ def _attack_and_judge(ctx, row, label, model, detector, attack, x, y, clean_feat
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
-    x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
-    model = _classifier(ctx, config)
+    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
+    model = zoo_lid.classifier(ctx, config)
     guard = pipeline.guard_clean_accuracy(ctx, row, model, x, y, config["clean_floor"])
     detector, detector_info = _train_detector(ctx, row, model)
     (clean_features,) = lid_features(model, x, [], k=config["lid"]["k"], batch_size=config["lid"]["batch_size"])

@@ -14,45 +14,21 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from obfgrad.attacks import PGD
-from reproduce import pipeline, recipes
-from reproduce.spec import DefenseBundle, RowSpec, RunContext
-
-PAPER_EPS = 8 / 255
-SMOKE_EPS = 0.1
-
-
-def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
-    eps = PAPER_EPS if profile == "paper" else SMOKE_EPS
-    steps = lambda n: 2 if dry_run else n  # noqa: E731 (a dry run proves the path with 2 steps)
-    if profile == "paper":
-        adversarial = recipes.pgd_training(eps, steps(10), 2 / 255)
-        classifier = recipes.madry_cifar_wide_resnet(adversarial)
-        natural = recipes.madry_cifar_wide_resnet(None)
-    else:
-        adversarial = recipes.pgd_training(eps, 7, eps / 4)
-        classifier = recipes.smoke_classifier(adversarial)
-        natural = recipes.smoke_classifier(None)
-    return {
-        "eps": eps,
-        "classifier": classifier,
-        "clean_floor": recipes.clean_floor(classifier),
-        "natural_twin": natural,
-        "own_attack": {"steps": steps(20), "step_size": eps / 4, "loss": "ce", "random_start": True,
-                       "restarts": 1},
-        "adaptive_attack": {"steps": steps(100), "step_size": eps / 10, "loss": "margin",
-                            "random_start": True, "restarts": 1 if dry_run else 5},
-    }
+from obfgrad.zoo import common
+from obfgrad.zoo import madry as zoo_madry
+from reproduce import pipeline
+from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
-    config = _config(profile, dry_run)
+    config = zoo_madry.config(profile, dry_run)
     paper = profile == "paper"
     return RowSpec(
         name="madry",
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Madry et al. (2018), PGD adversarial training",
-        dataset="cifar10" if paper else "fashion-mnist",
-        distance="linf",
+        dataset=zoo_madry.dataset(profile),
+        distance=zoo_madry.DISTANCE,
         eps=config["eps"],
         paper_dataset="CIFAR-10",
         paper_bound="0.031 (ℓ∞)",
@@ -82,15 +58,9 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             "100-step PGD on the CW margin with 5 random restarts.",
         ],
         run=run,
-        build_defense=build_defense,
+        build_defense=zoo_builder(zoo_madry.build),
     )
 
-
-def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
-    x, y = pipeline.test_set(ctx, row.dataset, n)
-    model = pipeline.classifier(ctx, row.config["classifier"], row="madry")
-    twin = pipeline.classifier(ctx, row.config["natural_twin"])
-    return DefenseBundle(model=model, undefended=twin, x=x, y=y, distance=row.distance, eps=row.eps)
 
 
 def linf_pgd(settings: Dict[str, Any], eps: float, seed: int) -> PGD:
@@ -102,13 +72,13 @@ def linf_pgd(settings: Dict[str, Any], eps: float, seed: int) -> PGD:
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
-    x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
-    model = pipeline.classifier(ctx, config["classifier"], row="madry")
+    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
+    model = common.classifier(ctx, config["classifier"], row="madry")
     guard = pipeline.guard_clean_accuracy(ctx, row, model, x, y, config["clean_floor"])
     own = pipeline.run_attack(ctx, row, "own_pgd20_ce", model, linf_pgd(config["own_attack"], row.eps, ctx.seed), x, y)
     adaptive = pipeline.run_attack(ctx, row, "adaptive_pgd100x5_margin", model,
                                    linf_pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
-    twin = pipeline.classifier(ctx, config["natural_twin"], row=None)
+    twin = common.classifier(ctx, config["natural_twin"], row=None)
     twin_adaptive = pipeline.run_attack(ctx, row, "natural_twin_adaptive", twin,
                                         linf_pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
     return {

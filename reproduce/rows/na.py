@@ -13,46 +13,21 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from obfgrad.defenses.cascade import CASCADE_DEFAULTS, cascade_train_or_load
-from obfgrad.models.training import build_seeded, make_recipe
-from reproduce import pipeline, recipes
+from obfgrad.zoo import common
+from obfgrad.zoo import na as zoo_na
+from reproduce import pipeline
 from reproduce.rows import madry
-from reproduce.spec import DefenseBundle, RowSpec, RunContext
-
-PAPER_EPS = 0.015
-SMOKE_EPS = 0.05  # half the Madry row's smoke bound, as 0.015 is about half of 0.031
-
-
-def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
-    paper = profile == "paper"
-    eps = PAPER_EPS if paper else SMOKE_EPS
-    source = madry.spec(profile, dry_run).config["classifier"]
-    base = (recipes.madry_cifar_wide_resnet(None) if paper
-            else {**recipes.smoke_classifier(None, epochs=3),
-                  "train_limit": recipes.train_limit(recipes.ADVERSARIAL_TRAIN_LIMIT)})
-    source_eps = source["adversarial"]["eps"]
-    cascade = {**CASCADE_DEFAULTS, "one_step_eps": source_eps, "source": source,
-               "source_attack": {"eps": source_eps, "steps": 2 if dry_run else 10,
-                                 "step_size": source_eps / 4, "distance": "linf"}}
-    steps = lambda n: 2 if dry_run else n  # noqa: E731
-    return {
-        "eps": eps,
-        "classifier": {**base, "cascade": cascade},
-        "clean_floor": recipes.clean_floor(base, kind="cascade"),
-        "own_attack": {"steps": steps(20), "step_size": eps / 4, "loss": "ce", "random_start": True, "restarts": 1},
-        "adaptive_attack": {"steps": steps(100), "step_size": eps / 10, "loss": "margin", "random_start": True,
-                            "restarts": 1 if dry_run else 5},
-    }
+from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
-    config = _config(profile, dry_run)
+    config = zoo_na.config(profile, dry_run)
     paper = profile == "paper"
     return RowSpec(
         name="na",
         defense="Na et al. (2018), cascade adversarial training",
-        dataset="cifar10" if paper else "fashion-mnist",
-        distance="linf",
+        dataset=zoo_na.dataset(profile),
+        distance=zoo_na.DISTANCE,
         eps=config["eps"],
         paper_dataset="CIFAR-10",
         paper_bound="0.015 (ℓ∞)",
@@ -69,39 +44,15 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             "own CW evaluation; 16% in the recalled text vs 15% in the table).",
         ],
         run=run,
-        build_defense=build_defense,
+        build_defense=zoo_builder(zoo_na.build),
     )
 
-
-def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
-    x, y = pipeline.test_set(ctx, row.dataset, n)
-    model = _cascade_classifier(ctx, row.config["classifier"])
-    plain = {k: v for k, v in row.config["classifier"].items() if k != "cascade"}
-    return DefenseBundle(model=model, undefended=pipeline.classifier(ctx, plain), x=x, y=y,
-                         distance=row.distance, eps=row.eps)
-
-
-def _cascade_classifier(ctx: RunContext, recipe_fields: Dict[str, Any]):
-    cascade = recipe_fields["cascade"]
-    plain = make_recipe(**{k: v for k, v in recipe_fields.items() if k != "cascade"})
-    recipe = {**plain, "cascade": cascade}
-    if ctx.dry_run:
-        return build_seeded(plain).to(ctx.device).eval()
-    model = cascade_train_or_load(
-        recipe,
-        build_fn=lambda _recipe: build_seeded(plain),
-        data_fn=lambda: pipeline.training_data(ctx)(plain),
-        source_fn=lambda: pipeline.classifier(ctx, cascade["source"]),
-        source_adversary=pipeline.pgd_adversary(cascade["source_attack"]),
-        progress=ctx.progress is not False, log=ctx.log, code_files=pipeline.TRAINING_GLUE,
-    )
-    return model.to(ctx.device).eval()
 
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
-    x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
-    model = _cascade_classifier(ctx, config["classifier"])
+    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
+    model = zoo_na.cascade_classifier(ctx, config["classifier"])
     guard = pipeline.guard_clean_accuracy(ctx, row, model, x, y, config["clean_floor"])
     own = pipeline.run_attack(ctx, row, "own_pgd20_ce", model, madry.linf_pgd(config["own_attack"], row.eps, ctx.seed),
                               x, y)

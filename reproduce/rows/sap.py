@@ -24,50 +24,21 @@ from obfgrad.attacks import EOT, PGD
 from obfgrad.defenses import SAP
 from obfgrad.distances import get_distance
 from obfgrad.eval import argmax_predictor, clopper_pearson, derive_seed, random_stream
-from reproduce import pipeline, recipes
-from reproduce.spec import DefenseBundle, RowSpec, RunContext
-
-PAPER_EPS = 8 / 255
-SMOKE_EPS = 0.1
-
-
-def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
-    paper = profile == "paper"
-    eps = PAPER_EPS if paper else SMOKE_EPS
-    steps = lambda n: 2 if dry_run else n  # noqa: E731
-    return {
-        "eps": eps,
-        "classifier": recipes.madry_cifar_wide_resnet(None) if paper else recipes.smoke_classifier(None),
-        "clean_floor": recipes.clean_floor(recipes.madry_cifar_wide_resnet(None) if paper
-                                           else recipes.smoke_classifier(None)),
-        "sap": {"layers": "every Conv2d output", "draws_factor": 2.0, "eps": 1e-8},
-        "own_attack": {"steps": steps(20), "step_size": eps / 4, "loss": "ce", "update": "sign", "samples": 1,
-                       "early_stop": True},
-        # Paper: sap/robustml_attack.py and sap/sap.ipynb: Adam lr 0.1 on 0-255 at eps 8 (= eps/80),
-        # 500 steps, ONE draw of SAP per step, from zeros clipped into the ball (max(x - eps, 0)).
-        # Smoke: the named variant "eot_10_draws" (the paper text's 10 samples per step, not in the
-        # code), 100 steps of eps/20 (about the same path length, ~5-6 eps), from the clean image.
-        "adaptive_attack": {"steps": steps(500 if paper else 100), "step_size": eps / (80 if paper else 20),
-                            "loss": "margin", "update": "adam_sign",
-                            "samples": 2 if dry_run else (1 if paper else 10),
-                            "early_stop": False, "start_from": 0.0 if paper else None,
-                            "variant": "authors_code" if paper else "eot_10_draws"},
-        "adaptive_attack_variants": {
-            "authors_code": "one SAP draw per Adam step, 500 steps, start max(x - eps, 0) (sap/robustml_attack.py)",
-            "eot_10_draws": "EOT over 10 SAP draws per step (the paper's Sec. 5.3 text; not in the authors' code)"},
-        "vote_draws": 2 if dry_run else 10,
-    }
+from obfgrad.zoo import common
+from obfgrad.zoo import sap as zoo_sap
+from reproduce import pipeline
+from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
-    config = _config(profile, dry_run)
+    config = zoo_sap.config(profile, dry_run)
     paper = profile == "paper"
     return RowSpec(
         name="sap",
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Dhillon et al. (2018), stochastic activation pruning",
-        dataset="cifar10" if paper else "fashion-mnist",
-        distance="linf",
+        dataset=zoo_sap.dataset(profile),
+        distance=zoo_sap.DISTANCE,
         eps=config["eps"],
         paper_dataset="CIFAR-10",
         paper_bound="0.031 (ℓ∞)",
@@ -88,21 +59,9 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         # The eps curve's budget (its EOT/projection steps dominate the curve's time).
         curve=None if paper else {"examples": 50, "steps": 10},
         run=run,
-        build_defense=build_defense,
+        build_defense=zoo_builder(zoo_sap.build),
     )
 
-
-def _defended(ctx: RunContext, config: Dict[str, Any]):
-    natural = pipeline.classifier(ctx, config["classifier"], row="sap")
-    return SAP(natural, eps=config["sap"]["eps"]).eval(), natural
-
-
-def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
-    x, y = pipeline.test_set(ctx, row.dataset, n)
-    sap, natural = _defended(ctx, row.config)
-    return DefenseBundle(model=sap, adaptive_model=EOT(sap, samples=row.config["adaptive_attack"]["samples"]),
-                         undefended=natural, x=x, y=y, distance=row.distance, eps=row.eps, randomized=True,
-                         obfuscation="stochastic")
 
 
 @torch.no_grad()
@@ -135,8 +94,8 @@ def _attack(settings: Dict[str, Any], eps: float) -> PGD:
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
-    x, y = pipeline.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
-    sap, natural = _defended(ctx, config)
+    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
+    sap, natural = zoo_sap.defended(ctx, config)
     results: Dict[str, Any] = {"clean_accuracy_guard": pipeline.guard_clean_accuracy(ctx, row, natural, x, y,
                                                                                      config["clean_floor"])}
     with torch.random.fork_rng(devices=[]):

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from obfgrad.attacks import EOT, PGD, TransferAttack
-from obfgrad.defenses import RandomResizePad, TransformedClassifier
+from obfgrad.defenses import TransformedClassifier
 from obfgrad.distances import get_distance
 from obfgrad.eval import (
     argmax_predictor,
@@ -31,68 +31,21 @@ from obfgrad.eval import (
     random_targets,
 )
 from obfgrad.eval.confidence import binomial_cdf
-from reproduce import pipeline, recipes
-from reproduce.rows import guo
-from reproduce.spec import DefenseBundle, RowSpec, RunContext
-
-PAPER_EPS = 8 / 255
-SMOKE_EPS = 0.1  # the Madry row's smoke bound standing in for 0.031 on Fashion-MNIST
-
-
-def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
-    paper = profile == "paper"
-    eps = PAPER_EPS if paper else SMOKE_EPS
-    steps = lambda n: 2 if dry_run else n  # noqa: E731
-    samples = 2 if dry_run else (30 if paper else 10)
-    return {
-        "eps": eps,
-        "classifier": guo.imagenet_classifier_recipe(dry_run) if paper else recipes.smoke_classifier(None),
-        "clean_floor": recipes.clean_floor(guo.imagenet_classifier_recipe(dry_run) if paper
-                                           else recipes.smoke_classifier(None)),
-        "targeted": paper,
-        # Paper: Athalye et al.'s geometry (randomization/defense.py, inceptionv3.py: corner-aligned
-        # resize, offsets in [0, 331 - r), TF1's resize back); smoke: the library's centred default.
-        "transform": {"min_size": 299, "max_size": 331, "padded": 331, "pad_value": 0.5, "resize_back": True,
-                      "geometry": "authors"}
-        if paper else {"min_size": 28, "max_size": 31, "padded": 31, "pad_value": 0.5, "resize_back": True},
-        "own_attack": {"kind": "transfer from the undefended classifier", "steps": steps(10), "step_size": eps / 4,
-                       "loss": "ce", "update": "sign"},
-        # Paper: the notebook's raw gradient with lr 0.1, 50 steps. Smoke: sign steps of eps/10 (the
-        # small CNN's raw gradient is ~1e-4 on confident examples; a raw step barely moves them).
-        "adaptive_attack": {"eot_samples": samples, "steps": steps(50), "loss": "ce",
-                            "update": "raw" if paper else "sign", "step_size": 0.1 if paper else eps / 10,
-                            # Run every step (no stop at the first misclassification): an example only
-                            # just across the boundary of the mean prediction is still classified
-                            # correctly by some of 10 fresh draws (measured: 83% "10 of 10" accuracy
-                            # against 23% single-draw with early stopping, 30 smoke images).
-                            "early_stop": False},
-        "strict_draws": 2 if dry_run else 10,
-        # Smoke: the 10-of-10 accuracy at larger bounds on the first examples. The small CNN on
-        # 28x28 images keeps some accuracy at 0.1 under the rule; whether that falls with eps
-        # (a real but small robustness gain, as the paper found none at 299x299) or stays (the
-        # attack is stuck, a sign of obfuscation) is what this sweep shows.
-        "strict_eps_sweep": None if (paper or dry_run) else {"eps_factors": [1.5, 2.0], "examples": 50},
-        # Smoke: when the 10-of-10 residual stays above 10% (paper: 0%), a control tells apart an attack
-        # that is stuck from a small CNN that is robust at this eps: the same examples attacked again at
-        # the same eps by a stronger attack on a fresh seed, judged on the same draws as the main attack.
-        "stronger_attack_control": None if paper else {
-            "when_residual_above": None if dry_run else 0.10,  # dry run: always (proves the code path)
-            "examples": 2 if dry_run else 50, "eot_samples": 2 if dry_run else 30, "steps": steps(100),
-            "step_size_over_eps": 1 / 20, "random_start": True},
-        "dry_run_reductions": ("2 examples, 2 steps, 2 EOT draws, 2 judging draws, InceptionV3 fed at 75x75"
-                               if dry_run else None),
-    }
+from obfgrad.zoo import common, imagenet
+from obfgrad.zoo import xie as zoo_xie
+from reproduce import pipeline
+from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
-    config = _config(profile, dry_run)
+    config = zoo_xie.config(profile, dry_run)
     paper = profile == "paper"
     return RowSpec(
         name="xie",
         takes_weights=profile == "paper",  # --weights: the paper profile's InceptionV3 weights
         defense="Xie et al. (2018), randomization",
-        dataset="imagenet" if paper else "fashion-mnist",
-        distance="linf",
+        dataset=zoo_xie.dataset(profile),
+        distance=zoo_xie.DISTANCE,
         eps=config["eps"],
         paper_dataset="ImageNet",
         paper_bound="0.031 (ℓ∞)",
@@ -125,26 +78,9 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             "Own evaluation: 10-step l-inf PGD (eps/4 sign steps, cross-entropy) on the undefended classifier.",
         ],
         run=run,
-        build_defense=build_defense,
+        build_defense=zoo_builder(zoo_xie.build),
     )
 
-
-def _transform(config: Dict[str, Any]) -> RandomResizePad:
-    return RandomResizePad(**config["transform"])
-
-
-def build_defense(row: RowSpec, ctx: RunContext, n: int) -> DefenseBundle:
-    x, y = guo.test_set(ctx, row.dataset, n)
-    net = guo.classifier(ctx, row)
-    defended = TransformedClassifier(_transform(row.config), net)
-    return DefenseBundle(model=defended, undefended=net, x=x, y=y, distance=row.distance, eps=row.eps,
-                         adaptive_model=_adaptive_model(row.config, defended, ctx), randomized=True,
-                         obfuscation="stochastic")
-
-
-def _adaptive_model(config: Dict[str, Any], defended: TransformedClassifier, ctx: RunContext) -> EOT:
-    return EOT(defended, samples=config["adaptive_attack"]["eot_samples"],
-               draws_per_pass=1 if ctx.profile == "paper" else None)
 
 
 def correct_in_any_draw(defended, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
@@ -184,11 +120,11 @@ def _strict_accuracy(row: RowSpec, defended, x, y, x_adv: torch.Tensor, draws: i
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     config = row.config
-    x, y = guo.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
-    net = guo.classifier(ctx, row)
+    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
+    net = imagenet.classifier(ctx, row.config, row.name)
     guard = pipeline.guard_clean_accuracy(ctx, row, net, x, y, config["clean_floor"])
-    targets = random_targets(y, pipeline.num_classes(row.dataset), seed=ctx.seed) if row.targeted else None
-    defended = TransformedClassifier(_transform(config), net)
+    targets = random_targets(y, common.num_classes(row.dataset), seed=ctx.seed) if row.targeted else None
+    defended = TransformedClassifier(zoo_xie.transform(config), net)
     predict = argmax_predictor(defended)
     own_settings = config["own_attack"]
     own_pgd = PGD(distance="linf", eps=row.eps, steps=own_settings["steps"], step_size=own_settings["step_size"],
@@ -200,7 +136,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     own_strict = _strict_accuracy(row, defended, x, y, own_x_adv, config["strict_draws"], judge_seed(ctx, row))
     pgd = _adaptive_pgd(row, row.eps)
     adaptive, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, "adaptive_eot",
-                                                        _adaptive_model(config, defended, ctx), pgd, x, y,
+                                                        zoo_xie.adaptive_model(config, defended, ctx), pgd, x, y,
                                                         predict=predict, targets=targets)
     strict = _strict_accuracy(row, defended, x, y, x_adv, config["strict_draws"], judge_seed(ctx, row))
     ctx.log(f"  {'adaptive, 10 of 10 draws':<28} accuracy {strict['accuracy']:.3f} "
@@ -245,7 +181,8 @@ def _strict_eps_sweep(ctx: RunContext, row: RowSpec, defended, x, y, targets, pr
     for factor in sweep_settings["eps_factors"]:
         eps = row.eps * factor
         summary, x_adv = pipeline.run_attack_keeping_x_adv(
-            ctx, row, f"adaptive_eot.eps_x{factor:g}", _adaptive_model(config, defended, ctx), _adaptive_pgd(row, eps),
+            ctx, row, f"adaptive_eot.eps_x{factor:g}", zoo_xie.adaptive_model(config, defended, ctx),
+            _adaptive_pgd(row, eps),
             x, y, predict=predict, targets=targets, eps=eps)
         strict = _strict_accuracy(row, defended, x, y, x_adv, config["strict_draws"], judge_seed(ctx, row), eps=eps)
         ctx.log(f"  {f'10 of 10 at eps {eps:.3g}':<28} accuracy {strict['accuracy']:.3f} (n = {n})")

@@ -1,4 +1,4 @@
-"""Classifier training recipes shared by rows (see ``obfgrad.models.training.make_recipe``).
+"""Classifier training recipes of the zoo's defenses (see ``obfgrad.models.training.make_recipe``).
 
 Smoke profile: a small CNN on Fashion-MNIST, trained on CPU in about a minute (natural) or a
 few minutes (PGD adversarial training). Paper profile: the paper's architectures and Madry et

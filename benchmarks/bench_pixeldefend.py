@@ -16,7 +16,7 @@ Each test runs the two purifiers in interleaved rounds (old then new, then new t
 purifier takes tens of minutes per paper-size image on one core, so paper-size tests run
 ``OBFGRAD_BENCH_PIXELDEFEND_PAPER_ROUNDS`` rounds (default 1), the others
 ``OBFGRAD_BENCH_PIXELDEFEND_ROUNDS`` (default 3). Paper-size tests purify the first
-``OBFGRAD_BENCH_PIXELDEFEND_PAPER_ROWS`` rows of the image (default 4; 0 = the whole image) with
+``OBFGRAD_BENCH_PIXELDEFEND_PAPER_ROWS`` rows of the image (default 8; 0 = the whole image) with
 both purifiers: the speed-up so measured is a lower bound for whole images, because the old
 purifier's network is cropped to rows ``0..i`` at row ``i`` (its cost per row grows with ``i``)
 while the incremental purifier's cost per row does not grow.
@@ -47,7 +47,7 @@ SMOKE = {key: value for key, value in spec("smoke").config["pixelcnn"]["arch_kwa
 EPS_DEFEND = 16 / 255
 ROUNDS = int(os.environ.get("OBFGRAD_BENCH_PIXELDEFEND_ROUNDS", "3"))
 PAPER_ROUNDS = int(os.environ.get("OBFGRAD_BENCH_PIXELDEFEND_PAPER_ROUNDS", "1"))
-PAPER_ROWS = int(os.environ.get("OBFGRAD_BENCH_PIXELDEFEND_PAPER_ROWS", "4"))
+PAPER_ROWS = int(os.environ.get("OBFGRAD_BENCH_PIXELDEFEND_PAPER_ROWS", "8"))
 
 
 @torch.no_grad()

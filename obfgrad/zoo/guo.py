@@ -1,21 +1,9 @@
-"""Row 3: Guo et al. (2018), input transformations, ImageNet, 0.05 l2, 0%*.
-
-Five transformations in front of a naturally trained classifier (InceptionV3 in the paper
-profile): bit-depth reduction (3 bits), JPEG (quality 75), crop-rescale (mean softmax over 30
-random crops of 90/299 of the side), TV minimisation (keep 0.5, lambda 0.03) and image quilting
-(5x5 patches, overlap 2, K = 10). Each is evaluated on its own; Table 1 shows the strongest
-(highest adaptive accuracy), and the result keeps all five under ``transforms``.
-
-Own evaluation (Guo et al.'s gray-box setting): adversarial examples crafted on the undefended
-classifier (l2 PGD, the iterative FGSM of their paper, at the same budget), then transformed.
-Adaptive (Athalye et al.'s notebooks, inputtransformations/*.ipynb): gradient descent with lr 0.1
-on the raw gradient of the (targeted) cross-entropy, clipped to [0, 1]: the notebooks write the
-loss as ``xent + 1.0 * ||delta||^2 / ||x||^2``, but the penalty is built on separate placeholders
-(``l2_x``, ``l2_orig``), so its gradient is zero and the attack is unpenalised (the paper profile
-does the same); BPDA (identity) for bit-depth and JPEG (10 steps), EOT over the 30 crops (50
-steps), EOT + BPDA for TV (10 steps) and quilting (50 steps).
-
-Budget: ||delta||_2 <= 0.05 * sqrt(H * W) (``l2_rms_pixels`` 0.05; 14.95 at 299x299, 1.4 at 28x28).
+"""Guo et al. (2018), input transformations: five transformations in front of a naturally
+trained classifier (InceptionV3 in the paper profile), each its own defense (``guo:<name>``):
+bit-depth reduction (3 bits), JPEG (quality 75), crop-rescale (mean softmax over 30 random crops
+of 90/299 of the side), TV minimisation (keep 0.5, lambda 0.03) and image quilting (5x5 patches,
+overlap 2, K = 10). The adaptive model is BPDA (identity) for bit-depth and JPEG, EOT over the
+crops, EOT + BPDA for TV and quilting. How Table 1 evaluates them: ``reproduce/rows/guo.py``.
 """
 
 from __future__ import annotations

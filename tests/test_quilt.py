@@ -512,15 +512,13 @@ def test_database_build_rejects_bad_arguments():
 # ---------------------------------------------------------------------------------- GPU
 
 
-def test_cuda_driver_compiles_with_nvrtc():
-    pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy (NVRTC) is not installed")
+def test_cuda_driver_compiles_with_nvrtc(nvrtc):
     from obfgrad._native import compile_cuda_source
 
     assert compile_cuda_source("quilt", "sm_80")
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("stitch", ["min_cut", "authors", "paste"])
 def test_cuda_equals_cpu(stitch):
     torch.manual_seed(8)

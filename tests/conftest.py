@@ -7,12 +7,19 @@ exactly these tests on a GPU machine. Compiling a CUDA driver needs NVRTC but no
 asks for the ``nvrtc`` fixture. Without a GPU the CUDA drivers still run, compiled for the host
 (tests/cuda_host_shim.py), through the ``cuda_on_host`` fixture."""
 
+import hashlib
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from cuda_host_shim import HostEmulator, host_compiler
 
 from obfgrad import _native
 
+GOLDEN_TV_QUILT = Path(__file__).resolve().parent / "data" / "golden_tv_quilt.npz"
+#: tools/make_golden_tv_quilt.py writes this file byte for byte (fixed zip timestamps).
+GOLDEN_TV_QUILT_SHA256 = "0ac6129357cb181e0437cd4201db1717bb4913a8beda8a2dcfaf4cdfbebdc07c"
 NO_CUDA_REASON = "needs a CUDA device: torch.cuda.is_available() is False here"
 
 
@@ -48,3 +55,13 @@ def cuda_on_host(cuda_host_emulator, monkeypatch):
     monkeypatch.setattr(_native, "_launch_on_device", cuda_host_emulator.launch)
     cuda_host_emulator.launches.clear()
     return cuda_host_emulator
+
+
+@pytest.fixture(scope="session")
+def golden_tv_quilt() -> dict:
+    """The independent float64 oracle's arrays for TV and quilting (tools/make_golden_tv_quilt.py),
+    checked against their recorded SHA-256 before use."""
+    data = GOLDEN_TV_QUILT.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == GOLDEN_TV_QUILT_SHA256, f"{GOLDEN_TV_QUILT} is not the recorded file"
+    with np.load(GOLDEN_TV_QUILT, allow_pickle=False) as arrays:
+        return {name: arrays[name] for name in arrays.files}

@@ -5,7 +5,7 @@ Oracles:
   * scikit-image's ``denoise_tv_bregman(isotropic=False)`` for ``keep_prob = 1``, called one
     channel at a time (with ``channel_axis``, scikit-image 0.26 starts channels >= 1 from the
     previous channel's output in its d/b buffers, a transient that its early stop freezes);
-  * ``_paper_bregman``: a float64 transcription of the raster loop of Athalye et al.'s
+  * ``paper_bregman`` (tests/paper_bregman.py): a float64 transcription of the raster loop of Athalye et al.'s
     ``inputtransformations/defense.py:bregman`` with the mask, with either boundary rule (the
     paper's copy reflects the bottom/right ghost at H-2/W-2, ``border="reflect"``; scikit-image
     copies H-1/W-1, ``border="skimage"``, the op's default);
@@ -18,6 +18,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from paper_bregman import paper_bregman
 
 from obfgrad import _native
 from obfgrad.ops import tv_op as tv_module
@@ -49,51 +50,6 @@ def _skimage_tv(x, weight, max_iter, eps):
             out[n, c] = torch.from_numpy(np.asarray(skimage_restoration.denoise_tv_bregman(
                 plane, weight=weight, max_num_iter=max_iter, eps=eps, isotropic=False)).reshape(plane.shape))
     return out
-
-
-def _shrink(s, threshold):
-    return s - threshold if s > threshold else (s + threshold if s < -threshold else 0.0)
-
-
-def _paper_bregman(image, mask, weight, eps, max_iter, border="skimage"):
-    """The paper's masked split-Bregman loop in float64 (raster order, joint stopping rule).
-
-    image: (C, H, W) float64 numpy; mask: (H, W) bool. Returns (u, iterations).
-    """
-    dims, rows, cols = image.shape
-    u = np.zeros((dims, rows + 2, cols + 2))
-    dx, dy, bx, by = (np.zeros_like(u) for _ in range(4))
-    far = 2 if border == "reflect" else 1  # the bottom/right ghost copies row H - far
-    u[:, 1:-1, 1:-1] = image
-    u[:, 0, 1:-1] = image[:, min(1, rows - 1)]
-    u[:, 1:-1, 0] = image[:, :, min(1, cols - 1)]
-    u[:, -1, 1:-1] = image[:, max(rows - far, 0)]
-    u[:, 1:-1, -1] = image[:, :, max(cols - far, 0)]
-    lam = 2.0 * weight
-    iteration, rmse = 0, math.inf
-    while iteration < max_iter and rmse > eps:
-        rmse = 0.0
-        for k in range(dims):
-            for r in range(1, rows + 1):
-                for c in range(1, cols + 1):
-                    uprev = u[k, r, c]
-                    ux, uy = u[k, r, c + 1] - uprev, u[k, r + 1, c] - uprev
-                    s = (u[k, r + 1, c] + u[k, r - 1, c] + u[k, r, c + 1] + u[k, r, c - 1]
-                         + dx[k, r, c - 1] - dx[k, r, c] + dy[k, r - 1, c] - dy[k, r, c]
-                         - bx[k, r, c - 1] + bx[k, r, c] - by[k, r - 1, c] + by[k, r, c])
-                    if mask[r - 1, c - 1]:
-                        unew = (lam * s + weight * image[k, r - 1, c - 1]) / (weight + 4 * lam)
-                    else:  # the weight -> 0 limit: a dropped pixel has no data term
-                        unew = s / 4.0
-                    u[k, r, c] = unew
-                    rmse += (unew - uprev) ** 2
-                    dxx, dyy = _shrink(ux + bx[k, r, c], 1 / lam), _shrink(uy + by[k, r, c], 1 / lam)
-                    dx[k, r, c], dy[k, r, c] = dxx, dyy
-                    bx[k, r, c] += ux - dxx
-                    by[k, r, c] += uy - dyy
-        rmse = math.sqrt(rmse / (rows * cols * dims))
-        iteration += 1
-    return u[:, 1:-1, 1:-1], iteration
 
 
 # ------------------------------------------------------------------ scikit-image fidelity
@@ -159,7 +115,7 @@ def test_raster_sweep_matches_paper_masked_update(shape, eps, border):
     mask = tv_mask(x, 0.5, seed=4)
     ours, iterations = tv_minimize(x, 0.5, tol=eps, max_iter=40, seed=4, sweep="raster", border=border,
                                    return_iterations=True)
-    theirs, paper_iterations = _paper_bregman(x[0].double().numpy(), mask[0, 0].numpy(), WEIGHT, eps, 40, border)
+    theirs, paper_iterations = paper_bregman(x[0].double().numpy(), mask[0, 0].numpy(), WEIGHT, eps, 40, border)
     if eps > 0:  # with eps = 0 a converged image stops on float32 rounding noise
         assert iterations.item() == paper_iterations
     assert np.abs(ours[0].double().numpy() - theirs).max() < 1e-5
@@ -172,7 +128,7 @@ def test_float64_raster_reference_is_the_paper_loop(border):
     mask = tv_mask(x, 0.5, seed=8)
     ours, iterations = reference(x, mask=mask, tol=1e-3, max_iter=40, sweep="raster", border=border,
                                  return_iterations=True)
-    theirs, paper_iterations = _paper_bregman(x[0].double().numpy(), mask[0, 0].numpy(), WEIGHT, 1e-3, 40, border)
+    theirs, paper_iterations = paper_bregman(x[0].double().numpy(), mask[0, 0].numpy(), WEIGHT, 1e-3, 40, border)
     assert iterations.item() == paper_iterations
     assert np.abs(reference(x.double(), mask=mask, tol=1e-3, max_iter=40, sweep="raster",
                             border=border)[0].numpy() - theirs).max() < 1e-12
@@ -221,7 +177,7 @@ def test_red_black_matches_paper_masked_update_within_1e3_on_natural_images(name
     x = _natural_images()[name][:, :, :24, :28]
     mask = tv_mask(x, 0.5, seed=9)
     ours = tv_minimize(x, 0.5, tol=0.0, max_iter=100, seed=9)
-    theirs, _ = _paper_bregman(x[0].double().numpy(), mask[0, 0].numpy(), WEIGHT, 0.0, 100)
+    theirs, _ = paper_bregman(x[0].double().numpy(), mask[0, 0].numpy(), WEIGHT, 0.0, 100)
     assert np.abs(ours[0].double().numpy() - theirs).mean() < 1e-3
 
 

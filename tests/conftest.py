@@ -5,8 +5,10 @@ One CUDA-skip idiom for the whole suite: a test that needs a CUDA device carries
 it, with one reason, where torch sees no CUDA device. ``pytest -m gpu`` (``tools/gpu_check.py``) runs
 exactly these tests on a GPU machine. Compiling a CUDA driver needs NVRTC but no device: such a test
 asks for the ``nvrtc`` fixture. Without a GPU the CUDA drivers still run, compiled for the host
-(tests/cuda_host_shim.py), through the ``cuda_on_host`` fixture."""
+(tests/cuda_host_shim.py), through the ``cuda_on_host`` fixture. The same way, a test that needs
+Fashion-MNIST installed carries ``@pytest.mark.fashion_mnist``."""
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -23,9 +25,22 @@ GOLDEN_TV_QUILT_SHA256 = "0ac6129357cb181e0437cd4201db1717bb4913a8beda8a2dcfaf4c
 NO_CUDA_REASON = "needs a CUDA device: torch.cuda.is_available() is False here"
 
 
+@functools.cache
+def _fashion_mnist_present() -> bool:
+    from obfgrad.data import DatasetNotFoundError, load_dataset
+
+    try:
+        load_dataset("fashion-mnist", "test", download=False)
+    except DatasetNotFoundError:
+        return False
+    return True
+
+
 def pytest_runtest_setup(item):
     if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
         pytest.skip(NO_CUDA_REASON)
+    if item.get_closest_marker("fashion_mnist") is not None and not _fashion_mnist_present():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

@@ -87,6 +87,14 @@ def _idx_archives(mirrors: Sequence[str], md5: Dict[str, str]) -> Tuple[Archive,
     return tuple(Archive(name, tuple(base + name for base in mirrors), digest) for name, digest in md5.items())
 
 
+def _idx_dataset(name: str, subfolders: Tuple[str, ...], *, mirrors: Sequence[str], gz_md5: Dict[str, str],
+                 content_md5: Dict[str, str], homepage: str, apt_package: Optional[str] = None) -> DatasetSource:
+    """An MNIST-like dataset: the four IDX files, downloaded as .gz from ``mirrors``."""
+    return DatasetSource(name=name, split_files=_idx_split_files(), subfolders=subfolders,
+                         archives=_idx_archives(mirrors, gz_md5), apt_package=apt_package, system_folders=(name,),
+                         homepage=homepage, content_md5=content_md5)
+
+
 # MD5s of the publishers' files, as listed by torchvision (pytorch/vision,
 # torchvision/datasets/mnist.py `MNIST.resources`, `FashionMNIST.resources`;
 # torchvision/datasets/cifar.py `CIFAR10.tgz_md5`) and by many projects that download them.
@@ -99,37 +107,24 @@ def _idx_archives(mirrors: Sequence[str], md5: Dict[str, str]) -> Tuple[Archive,
 # torchvision/datasets/cifar.py `train_list`, `test_list`) and by projects that verify the
 # extracted MNIST and Fashion-MNIST files.
 DATASETS: Dict[str, DatasetSource] = {
-    "mnist": DatasetSource(
-        name="mnist",
-        split_files=_idx_split_files(),
-        subfolders=("mnist", "MNIST/raw", "MNIST"),
-        archives=_idx_archives(
-            ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
-            _idx_md5("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
-                     "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c", suffix=".gz"),
-        ),
-        system_folders=("mnist",),
-        homepage="http://yann.lecun.com/exdb/mnist/",
+    "mnist": _idx_dataset(
+        "mnist", ("mnist", "MNIST/raw", "MNIST"),
+        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+        gz_md5=_idx_md5("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+                        "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c", suffix=".gz"),
         content_md5=_idx_md5("6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
                              "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637"),
+        homepage="http://yann.lecun.com/exdb/mnist/",
     ),
-    "fashion-mnist": DatasetSource(
-        name="fashion-mnist",
-        split_files=_idx_split_files(),
-        subfolders=("fashion-mnist", "FashionMNIST/raw", "FashionMNIST", "fashion_mnist", "fashion"),
-        archives=_idx_archives(
-            (
-                "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-            ),
-            _idx_md5("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
-                     "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310", suffix=".gz"),
-        ),
-        apt_package="dataset-fashion-mnist",
-        system_folders=("fashion-mnist",),
-        homepage="https://github.com/zalandoresearch/fashion-mnist",
+    "fashion-mnist": _idx_dataset(
+        "fashion-mnist", ("fashion-mnist", "FashionMNIST/raw", "FashionMNIST", "fashion_mnist", "fashion"),
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                 "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
+        gz_md5=_idx_md5("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                        "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310", suffix=".gz"),
         content_md5=_idx_md5("f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9",
                              "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"),
+        homepage="https://github.com/zalandoresearch/fashion-mnist", apt_package="dataset-fashion-mnist",
     ),
     "cifar10": DatasetSource(
         name="cifar10",

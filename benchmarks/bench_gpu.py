@@ -40,10 +40,7 @@ from obfgrad.ops.thermometer_op import _soft_backward_reference, thermometer, th
 from obfgrad.ops.tv_op import reference as tv_reference
 from obfgrad.ops.tv_op import tv_minimize
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)"),
-]
+pytestmark = pytest.mark.gpu  # skipped without a CUDA device (benchmarks/conftest.py)
 
 WARMUP = 2
 ROUNDS = 5

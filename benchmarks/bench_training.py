@@ -41,11 +41,13 @@ SMOKE_ADVERSARIAL = make_recipe(arch="small_cnn", arch_kwargs={"width": 16, "bat
                                 lr=1e-3, seed=0, adversarial=PGD_TRAIN)
 
 
-def linf_pgd(model, x, y, eps, steps, step_size, generator=None):
-    """Untargeted ℓ∞ PGD on the cross-entropy: uniform random start in the ε-ball, then
-    ``steps`` signed-gradient ascent steps, each projected to the ball and to [0, 1]."""
-    delta = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
-    x_adv = (x + delta).clamp(0, 1)
+def linf_pgd(model, x, y, eps, steps, step_size, generator=None, random_start=True):
+    """Untargeted ℓ∞ PGD on the cross-entropy: uniform random start in the ε-ball (or x itself),
+    then ``steps`` signed-gradient ascent steps, each projected to the ball and to [0, 1]."""
+    if random_start:
+        x_adv = (x + (torch.rand(x.shape, generator=generator) * 2 - 1) * eps).clamp(0, 1)
+    else:
+        x_adv = x.clone()
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = F.cross_entropy(model(x_adv), y)

@@ -10,17 +10,22 @@ the paper's weight 2/0.03. Contenders:
   * skimage: ``denoise_tv_bregman(isotropic=False, channel_axis=-1)`` on float64 HWC (what
     ``img_as_float`` gives a user);
   * paper_python: the pure-Python loop structure of Athalye et al.'s
-    ``inputtransformations/defense.py:bregman`` (re-implemented below: channel, row, column
-    loops over numpy arrays), timed on ONE iteration and extrapolated x100 (``extra_info``).
+    ``inputtransformations/defense.py:bregman`` (tests/paper_bregman.py, the TV tests' oracle:
+    channel, row, column loops over numpy arrays, their reflected border), timed on ONE
+    iteration and extrapolated x100 (``extra_info``).
 """
 
-import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from obfgrad.ops.tv_op import tv_minimize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from paper_bregman import paper_bregman  # noqa: E402  (the tests' transcription, tests/paper_bregman.py)
 
 skimage_restoration = pytest.importorskip("skimage.restoration")
 skimage_data = pytest.importorskip("skimage.data")
@@ -54,42 +59,6 @@ def _skimage_one(hwc):
                                                   isotropic=False, channel_axis=-1)
 
 
-def _paper_python_bregman(image, mask, weight, eps, max_iter):
-    """Loop structure of the paper's pure-Python split Bregman (HWC float64 numpy)."""
-    rows, cols, dims = image.shape
-    u = np.zeros((rows + 2, cols + 2, dims))
-    dx, dy, bx, by = (np.zeros_like(u) for _ in range(4))
-    u[1:-1, 1:-1] = image
-    u[0, 1:-1], u[1:-1, 0] = image[1, :], image[:, 1]
-    u[-1, 1:-1], u[1:-1, -1] = image[-2, :], image[:, -2]
-    lam = 2 * weight
-    norm = weight + 4 * lam
-    iteration, rmse = 0, math.inf
-    while iteration < max_iter and rmse > eps:
-        rmse = 0.0
-        for k in range(dims):
-            for r in range(1, rows + 1):
-                for c in range(1, cols + 1):
-                    uprev = u[r, c, k]
-                    ux, uy = u[r, c + 1, k] - uprev, u[r + 1, c, k] - uprev
-                    s = (u[r + 1, c, k] + u[r - 1, c, k] + u[r, c + 1, k] + u[r, c - 1, k]
-                         + dx[r, c - 1, k] - dx[r, c, k] + dy[r - 1, c, k] - dy[r, c, k]
-                         - bx[r, c - 1, k] + bx[r, c, k] - by[r - 1, c, k] + by[r, c, k])
-                    unew = (lam * s + weight * image[r - 1, c - 1, k]) / norm if mask[r - 1, c - 1] else s / 4.0
-                    u[r, c, k] = unew
-                    rmse += (unew - uprev) ** 2
-                    t = ux + bx[r, c, k]
-                    dxx = t - 1 / lam if t > 1 / lam else (t + 1 / lam if t < -1 / lam else 0)
-                    t = uy + by[r, c, k]
-                    dyy = t - 1 / lam if t > 1 / lam else (t + 1 / lam if t < -1 / lam else 0)
-                    dx[r, c, k], dy[r, c, k] = dxx, dyy
-                    bx[r, c, k] += ux - dxx
-                    by[r, c, k] += uy - dyy
-        rmse = math.sqrt(rmse / (rows * cols * dims))
-        iteration += 1
-    return u[1:-1, 1:-1]
-
-
 # ------------------------------------------------------------------ one image
 
 
@@ -112,9 +81,9 @@ def test_tv_one_image_skimage(benchmark, image):
 def test_tv_one_image_paper_python_one_iteration(benchmark, image):
     """The paper's pure-Python loop: one iteration timed, x100 recorded as the estimate."""
     benchmark.group = "tv paper pure-Python, 1 of 100 iterations"
-    hwc = image[0].permute(1, 2, 0).double().numpy().copy()
-    mask = np.random.default_rng(0).uniform(size=hwc.shape[:2]) < 0.5
-    benchmark.pedantic(_paper_python_bregman, args=(hwc, mask, WEIGHT, 0.0, 1), rounds=1, iterations=1)
+    chw = image[0].double().numpy().copy()
+    mask = np.random.default_rng(0).uniform(size=chw.shape[1:]) < 0.5
+    benchmark.pedantic(paper_bregman, args=(chw, mask, WEIGHT, 0.0, 1, "reflect"), rounds=1, iterations=1)
     estimate = benchmark.stats.stats.median * ITERATIONS
     benchmark.extra_info["estimated_seconds_for_100_iterations"] = estimate
     _MEDIANS["paper_python_1"] = estimate

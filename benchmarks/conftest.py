@@ -1,4 +1,5 @@
-"""Benchmarks run with 2 threads (the paper-size comparisons in the README assume it)."""
+"""Benchmarks run with 2 threads (the paper-size comparisons in the README assume it); as in the
+tests, ``@pytest.mark.gpu`` means a CUDA device is needed, and such a benchmark is skipped without one."""
 
 import os
 
@@ -22,3 +23,8 @@ def _fixed_threads():
         pass
     yield
     torch.set_num_threads(previous)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device: torch.cuda.is_available() is False here")

@@ -48,28 +48,33 @@ def small_cnn(num_classes: int = 10, seed: int = 0) -> nn.Module:
     )
 
 
-def trained_digits_mlp(seed: int = 0, steps: int = 300):
-    """An MLP trained (full-batch gradient descent, ~0.5 s) on scikit-learn's 8x8 digits.
-
-    Returns ``(model, x_test, y_test)`` with images (N, 1, 8, 8) in [0, 1]; test accuracy ~0.9.
-    """
+def trained_on_digits(make_model, *, seed: int, steps: int, lr: float):
+    """``make_model()`` (built after ``torch.manual_seed(seed)``) trained by full-batch heavy-ball
+    gradient descent (no torch.optim start-up cost) on the first 1,500 of scikit-learn's 8x8
+    digits; returns ``(model, x_test, y_test)``, images (N, 1, 8, 8) in [0, 1], frozen model."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16
     y = torch.tensor(digits.target)
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    model = make_model()
     params = list(model.parameters())
     velocity = [torch.zeros_like(p) for p in params]
-    for _ in range(steps):  # heavy-ball gradient descent: no torch.optim start-up cost
+    for _ in range(steps):
         loss = nn.functional.cross_entropy(model(x[:1500]), y[:1500])
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             for p, v, g in zip(params, velocity, grads):
                 v.mul_(0.9).add_(g)
-                p.sub_(0.1 * v)
+                p.sub_(lr * v)
     model.eval()
     for p in params:
         p.requires_grad_(False)
     return model, x[1500:], y[1500:]
+
+
+def trained_digits_mlp(seed: int = 0, steps: int = 300):
+    """An MLP trained (~0.5 s) on scikit-learn's 8x8 digits; test accuracy ~0.9."""
+    return trained_on_digits(lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)),
+                             seed=seed, steps=steps, lr=0.1)

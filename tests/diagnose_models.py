@@ -5,32 +5,14 @@ linear classifier they sit in front of (no obfuscation)."""
 from __future__ import annotations
 
 import torch
+from attack_models import trained_on_digits
 from torch import nn
 
 
 def trained_digits_linear(steps: int = 200, seed: int = 0):
     """Softmax regression on scikit-learn's 8x8 digits (~0.2 s); returns ``(model, x, y)`` with
     held-out images (N, 1, 8, 8) in [0, 1]."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16
-    y = torch.tensor(digits.target)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    params = list(model.parameters())
-    velocity = [torch.zeros_like(p) for p in params]
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(model(x[:1500]), y[:1500])
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            for p, v, g in zip(params, velocity, grads):
-                v.mul_(0.9).add_(g)
-                p.sub_(0.5 * v)
-    model.eval()
-    for p in params:
-        p.requires_grad_(False)
-    return model, x[1500:], y[1500:]
+    return trained_on_digits(lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), seed=seed, steps=steps, lr=0.5)
 
 
 class HardRound(nn.Module):

@@ -139,9 +139,7 @@ def test_bad_call_names_the_argument():
         CarliniWagnerL2(steps=1, binary_search_steps=1, targeted=True)(model, x, y)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cw_runs_on_cuda_device_of_x():
+def test_cw_runs_on_the_device_of_x(device):
     model, x, y, _, _ = _linear_problem(n=3)
-    result = CarliniWagnerL2(steps=20, binary_search_steps=2)(model.cuda(), x.cuda(), y.cuda())
-    assert result.x_adv.device.type == "cuda" and result.success.device.type == "cuda"
+    result = CarliniWagnerL2(steps=20, binary_search_steps=2)(model.to(device), x.to(device), y.to(device))
+    assert result.x_adv.device.type == device.type and result.success.device.type == device.type

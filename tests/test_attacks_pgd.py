@@ -185,11 +185,9 @@ def test_to_records():
     assert set(records[0]) == {"success", "distance", "steps"}
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_pgd_runs_on_cuda_device_of_x():
+def test_pgd_runs_on_the_device_of_x(device):
     model, x, y, w = _linear_setup()
-    model, x, y = model.cuda(), x.cuda(), y.cuda()
+    model, x, y = model.to(device), x.to(device), y.to(device)
     result = PGD("linf", 0.05, steps=10, step_size=0.02, early_stop=False)(model, x, y)
     assert result.x_adv.device == x.device and result.success.device == x.device
 

@@ -300,12 +300,10 @@ def test_eot_bad_arguments_are_named():
         EOT(lambda v: v.flatten(1)[:1], samples=2)(torch.zeros(3, 1, 2, 2))
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_bpda_eot_pipeline_runs_on_cuda():
-    clf = _classifier().cuda()
+def test_bpda_eot_pipeline_runs_on_the_device_of_x(device):
+    clf = _classifier().to(device)
     x, y = _batch(2)
-    x, y = x.cuda(), y.cuda()
+    x, y = x.to(device), y.to(device)
     model = EOT(nn.Sequential(BPDA(quantize), clf), samples=3)
     _, grad, logits = loss_and_grad(model, x, make_objective("ce", y))
     assert grad.device == x.device and logits.shape == (2, 10)

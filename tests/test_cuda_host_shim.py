@@ -52,10 +52,9 @@ _SIGNATURE_KIND = {"pointer": "8-byte integer", "int64": "8-byte integer", "int3
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_parsed_signatures_agree_with_the_ptx_nvrtc_emits(op):
+def test_parsed_signatures_agree_with_the_ptx_nvrtc_emits(op, nvrtc):
     # The parser is what every launch is checked against: NVRTC's own parameter list (PTX
     # .param types) must say the same, kernel by kernel.
-    pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy (NVRTC) is not installed")
     ptx = _native.compile_cuda_source(op, "sm_80", cubin=False).decode()
     entries = {}
     for name, params in re.findall(r"\.entry\s+(\w+)\s*\(([^)]*)\)", ptx):

@@ -1,7 +1,7 @@
 """Every op on CUDA tensors equals the CPU driver bit for bit: forward, BPDA backward, odd
 shapes, the Philox streams (TV's mask, quilting's pick), torch's current stream.
 
-Skipped with a reason where torch sees no CUDA device; ``tools/gpu_check.py`` runs them (with
+Skipped with a reason where torch sees no CUDA device (tests/conftest.py); ``tools/gpu_check.py`` runs them (with
 the per-op CUDA tests of the other files: ``pytest -m gpu``) on a GPU machine. Without a GPU the
 same drivers run through the host emulation in each op's test file."""
 
@@ -16,10 +16,7 @@ from obfgrad.ops.quilt_op import _extract_patches, _knn_cuda, knn_reference, qui
 from obfgrad.ops.thermometer_op import thermometer
 from obfgrad.ops.tv_op import tv_mask, tv_minimize
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)"),
-]
+pytestmark = pytest.mark.gpu
 
 ODD_SHAPES = [(1, 3, 1, 1), (2, 3, 9, 4), (3, 1, 17, 13), (1, 3, 37, 45)]
 SEED = 2**40 + 7  # both 32-bit halves of the Philox key in use

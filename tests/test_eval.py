@@ -268,15 +268,13 @@ def test_evaluate_leaves_inputs_untouched():
     assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_evaluate_on_cuda():
-    model = _linear_model().cuda()
-    x = away_from_walls(6, SHAPE).cuda()
+def test_evaluate_on_the_device_of_x(device):
+    model = _linear_model().to(device)
+    x = away_from_walls(6, SHAPE).to(device)
     y = model(x).argmax(1)
     result = evaluate(model, PGD("linf", 0.1, steps=3, step_size=0.05), x, y, distance="linf", eps=0.1,
                       progress=False)
-    assert result.n == 6 and result.meta["device"].startswith("cuda")
+    assert result.n == 6 and result.meta["device"].startswith(device.type)
 
 
 def test_eval_mode_restores_each_submodules_flag_even_when_the_block_raises():

@@ -403,8 +403,7 @@ def test_native_driver_rechecks_sizes():
 # ----------------------------------------------------------------------------- CUDA
 
 
-def test_cuda_driver_compiles_with_nvrtc():
-    pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy/NVRTC not installed")
+def test_cuda_driver_compiles_with_nvrtc(nvrtc):
     for arch in ("sm_80", "sm_90"):
         assert len(_native.compile_cuda_source("jpeg", arch)) > 0
 
@@ -427,11 +426,7 @@ def test_cuda_driver_on_host_equals_the_reference(cuda_on_host, channels, shape,
     assert ("jpeg_linear_backward" in launched) == (channels == 3)  # grayscale: the gradient is copied
 
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-
-
 @pytest.mark.gpu
-@requires_cuda
 @pytest.mark.parametrize("subsampling", ["4:2:0", "4:4:4"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_cuda_matches_cpu(subsampling, channels):
@@ -442,7 +437,6 @@ def test_cuda_matches_cpu(subsampling, channels):
 
 
 @pytest.mark.gpu
-@requires_cuda
 def test_cuda_linear_backward_matches_cpu():
     x = random_images((2, 3, 13, 11)).requires_grad_(True)
     grad_out = torch.randn(x.shape)

@@ -93,7 +93,7 @@ def test_rows_are_visited_in_order_and_the_model_is_checked():
         IncrementalPixelCNN(torch.nn.Linear(2, 2), 1, 3, 3, levels)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 @torch.no_grad()
 def test_incremental_parameters_on_cuda_equal_the_forward_pass():
     model = _model(3, 8, 2, 2, 4).cuda()

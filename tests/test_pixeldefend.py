@@ -236,7 +236,7 @@ def test_memoised_purification_equals_a_fresh_one_and_skips_repeats():
     assert torch.equal(again[:2], first[1:])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_purification_on_cuda_equals_the_cpu_one():
     model = _model(3, seed=4, filters=8, resnet=1, stages=2, mixtures=4)
     x = torch.rand((3, 3, 5, 5), generator=torch.Generator().manual_seed(0))

@@ -111,11 +111,10 @@ def test_a_bad_json_location_is_refused_before_any_measurement(tmp_path, monkeyp
     assert "--json: " in capsys.readouterr().err
 
 
-def test_cuda_without_a_gpu_is_a_clear_error(capsys):
+def test_cuda_without_a_gpu_is_a_clear_error(capsys, monkeypatch):
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA device is present: --device cuda is valid here")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also where a GPU is present
     with pytest.raises(SystemExit):
         estimate.main(["--rows", "defensegan", "--device", "cuda"])
     assert "torch sees no CUDA device" in capsys.readouterr().err

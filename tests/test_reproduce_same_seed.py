@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from obfgrad.data import DatasetNotFoundError, load_dataset
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # reproduce/ is a top-level directory of the repo, not installed
     sys.path.append(str(ROOT))
@@ -23,17 +21,7 @@ ROW = "sap"
 VOLATILE = {"wall_seconds", "seconds", "build_seconds", "wall_time_s", "date",
             "records_sha256", "detector_records_sha256"}  # checksums of files that hold wall times
 
-
-def _fashion_mnist_present() -> bool:
-    try:
-        load_dataset("fashion-mnist", "test", download=False)
-    except DatasetNotFoundError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not _fashion_mnist_present(),
-                                reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+pytestmark = pytest.mark.fashion_mnist
 
 
 def _stable(value):

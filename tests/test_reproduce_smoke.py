@@ -11,22 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from obfgrad.data import DatasetNotFoundError, load_dataset
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # reproduce/ is a top-level directory of the repo, not installed
     sys.path.append(str(ROOT))
 
 from reproduce import runner  # noqa: E402
 from reproduce.spec import ROW_NAMES  # noqa: E402
-
-
-def _fashion_mnist_present() -> bool:
-    try:
-        load_dataset("fashion-mnist", "test", download=False)
-    except DatasetNotFoundError:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -40,8 +30,7 @@ def one_thread():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _fashion_mnist_present(),
-                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.fashion_mnist
 def test_reproduce_all_nine_rows_end_to_end_on_fashion_mnist(tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.setenv("OBFGRAD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OBFGRAD_SMOKE_TRAIN_LIMIT", "100")  # also the LID detector's CW-L2 examples

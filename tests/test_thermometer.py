@@ -92,18 +92,6 @@ def test_small_batches(batch):
     assert x.grad.shape == x.shape
 
 
-@pytest.mark.parametrize("levels", [2, 16, 33])
-def test_soft_backward_equals_autograd_through_the_relaxation(levels):
-    x = torch.cat([_random_images((2, 3, 6, 6), seed=levels).flatten(), _bucket_boundaries(levels)])
-    x = x.view(1, 1, 1, -1)
-    grad_out = torch.randn(1, levels, 1, x.shape[-1], generator=torch.Generator().manual_seed(1))
-    leaf = x.clone().requires_grad_(True)
-    thermometer(leaf, levels).backward(grad_out)
-    ref = x.clone().requires_grad_(True)
-    soft_thermometer_reference(ref, levels).backward(grad_out)
-    assert torch.equal(leaf.grad, ref.grad)
-
-
 def _grid_255_boundaries(levels):
     """The 0-255 scale's ramp ends 256 m / L as x = x255 / 255 (the authors' scale), with their
     float32 neighbours, and every 8-bit value k / 255."""
@@ -114,14 +102,18 @@ def _grid_255_boundaries(levels):
 
 
 @pytest.mark.parametrize("levels", [2, 16, 33])
-def test_soft_255_backward_equals_autograd_through_the_authors_relaxation(levels):
-    x = torch.cat([_random_images((2, 3, 6, 6), seed=levels).flatten(), _grid_255_boundaries(levels)])
+@pytest.mark.parametrize("backward, scale, boundaries, grad_seed", [
+    ("soft", "unit", _bucket_boundaries, 1),  # the relaxation's own kinks
+    ("soft_255", "255", _grid_255_boundaries, 2),  # the authors' relaxation on the 0-255 scale
+])
+def test_soft_backward_equals_autograd_through_its_relaxation(levels, backward, scale, boundaries, grad_seed):
+    x = torch.cat([_random_images((2, 3, 6, 6), seed=levels).flatten(), boundaries(levels)])
     x = x.view(1, 1, 1, -1)
-    grad_out = torch.randn(1, levels, 1, x.shape[-1], generator=torch.Generator().manual_seed(2))
+    grad_out = torch.randn(1, levels, 1, x.shape[-1], generator=torch.Generator().manual_seed(grad_seed))
     leaf = x.clone().requires_grad_(True)
-    thermometer(leaf, levels, backward="soft_255").backward(grad_out)
+    thermometer(leaf, levels, backward=backward).backward(grad_out)
     ref = x.clone().requires_grad_(True)
-    soft_thermometer_reference(ref, levels, scale="255").backward(grad_out)
+    soft_thermometer_reference(ref, levels, scale=scale).backward(grad_out)
     assert torch.equal(leaf.grad, ref.grad)
 
 
@@ -245,8 +237,7 @@ def test_native_driver_rechecks_buffer_shapes():
         module.thermometer_forward(x.numpy(), torch.empty(1, 3, 4, 4).numpy(), 1)
 
 
-def test_cuda_driver_compiles_without_warnings():
-    pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy (NVRTC) is not installed")
+def test_cuda_driver_compiles_without_warnings(nvrtc):
     for arch in ("sm_80", "sm_90"):
         assert len(_native.compile_cuda_source("thermometer", arch)) > 0
 
@@ -254,8 +245,6 @@ def test_cuda_driver_compiles_without_warnings():
 @pytest.mark.gpu
 @pytest.mark.parametrize("backward", ["soft", "soft_255"])
 def test_cuda_matches_cpu_bit_for_bit(backward):
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device on this machine")
     x = _random_images((4, 3, 32, 32), seed=9)
     x[0, 0, 0, :16] = torch.arange(0, 256, 16, dtype=torch.float32) / 255.0  # ramp ends on the 0-255 grid
     grad_out = torch.randn(4, 48, 32, 32, generator=torch.Generator().manual_seed(4))

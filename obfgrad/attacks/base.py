@@ -14,7 +14,7 @@ from typing import Any, Optional, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from obfgrad.attacks.inputs import check_attack_inputs, check_eot_outermost, checked_objective
+from obfgrad.attacks.inputs import check_model_and_inputs, checked_objective
 from obfgrad.attacks.losses import expected_loss, loss_and_grad, make_objective
 from obfgrad.attacks.result import AttackResult
 
@@ -61,8 +61,7 @@ class ActiveSetAttack:
     # -- public entry point --------------------------------------------------------------------
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor,
                  target: Optional[torch.Tensor] = None) -> AttackResult:
-        x, y, target = check_attack_inputs(x, y, target, self.targeted)
-        check_eot_outermost(model)
+        x, y, target = check_model_and_inputs(model, x, y, target, self.targeted)
         if x.shape[0] == 0:
             return AttackResult.empty(x)
         bar = progress_bar(self.steps * self.bar_total_factor, self.bar_label, self.progress)

@@ -18,7 +18,7 @@ import torch
 from obfgrad._checks import check_float, check_int
 from obfgrad.attacks.adam import AdamAscent
 from obfgrad.attacks.base import is_success, progress_bar
-from obfgrad.attacks.inputs import check_attack_inputs, check_eot_outermost, checked_objective
+from obfgrad.attacks.inputs import check_model_and_inputs, checked_objective
 from obfgrad.attacks.losses import expected_loss, loss_and_grad, margin
 from obfgrad.attacks.result import AttackResult
 from obfgrad.distances import L2, Distance, get_distance
@@ -29,6 +29,14 @@ __all__ = ["CarliniWagnerL2"]
 # "no successful constant yet", and the constant grows tenfold until one succeeds.
 _NO_UPPER_BOUND = 1e10
 _TANH_SHRINK = 1 - 1e-6  # keeps atanh finite at pixels exactly 0 or 1
+
+
+def checked_cw_settings(steps, lr, binary_search_steps, initial_const, kappa) -> tuple[int, float, int, float, float]:
+    """Carlini & Wagner's optimisation settings, checked (in this order) and returned as given."""
+    return (check_int(steps, "steps", low=0), check_float(lr, "lr", low=0.0, low_inclusive=False),
+            check_int(binary_search_steps, "binary_search_steps", low=1),
+            check_float(initial_const, "initial_const", low=0.0, low_inclusive=False),
+            check_float(kappa, "kappa", low=0.0))
 
 
 class CarliniWagnerL2:
@@ -59,11 +67,8 @@ class CarliniWagnerL2:
     def __init__(self, *, steps: int = 1000, lr: float = 0.01, binary_search_steps: int = 9,
                  initial_const: float = 1e-3, kappa: float = 0.0, abort_early: bool = True,
                  targeted: bool = False, distance: Union[str, Distance] = "l2", progress: bool = False):
-        self.steps = check_int(steps, "steps", low=0)
-        self.lr = check_float(lr, "lr", low=0.0, low_inclusive=False)
-        self.binary_search_steps = check_int(binary_search_steps, "binary_search_steps", low=1)
-        self.initial_const = check_float(initial_const, "initial_const", low=0.0, low_inclusive=False)
-        self.kappa = check_float(kappa, "kappa", low=0.0)
+        self.steps, self.lr, self.binary_search_steps, self.initial_const, self.kappa = checked_cw_settings(
+            steps, lr, binary_search_steps, initial_const, kappa)
         self.abort_early = bool(abort_early)
         self.targeted = bool(targeted)
         self.distance = get_distance(distance)
@@ -92,8 +97,7 @@ class CarliniWagnerL2:
     # -- public entry point --------------------------------------------------------------------
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor,
                  target: Optional[torch.Tensor] = None) -> AttackResult:
-        x, y, target = check_attack_inputs(x, y, target, self.targeted)
-        check_eot_outermost(model)
+        x, y, target = check_model_and_inputs(model, x, y, target, self.targeted)
         if x.shape[0] == 0:
             return AttackResult.empty(x)
         x = x.detach()

@@ -96,3 +96,11 @@ def check_eot_outermost(model) -> None:
                 "an attack would differentiate its averaged logits, not average per-draw gradients. "
                 "Put EOT outermost around the whole pipeline: write EOT(nn.Sequential(norm, net), samples=S) "
                 "instead of nn.Sequential(norm, EOT(net, samples=S))")
+
+
+def check_model_and_inputs(model, x, y, target, targeted: bool):
+    """An attack's call checked: ``(x, y, target)`` as :func:`check_attack_inputs` returns them,
+    after :func:`check_eot_outermost` has accepted ``model``."""
+    x, y, target = check_attack_inputs(x, y, target, targeted)
+    check_eot_outermost(model)
+    return x, y, target

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from obfgrad._checks import check_float, check_int
 from obfgrad.attacks.adam import AdamAscent
 from obfgrad.attacks.base import progress_bar
+from obfgrad.attacks.cw import checked_cw_settings
 from obfgrad.attacks.inputs import check_attack_inputs, check_logits
 from obfgrad.attacks.losses import margin
 from obfgrad.attacks.result import AttackResult
@@ -96,11 +97,8 @@ class LatentAttack:
         self.inversion_steps = check_int(inversion_steps, "inversion_steps", low=0)
         self.inversion_restarts = check_int(inversion_restarts, "inversion_restarts", low=1)
         self.inversion_lr = check_float(inversion_lr, "inversion_lr", low=0.0, low_inclusive=False)
-        self.steps = check_int(steps, "steps", low=0)
-        self.lr = check_float(lr, "lr", low=0.0, low_inclusive=False)
-        self.binary_search_steps = check_int(binary_search_steps, "binary_search_steps", low=1)
-        self.initial_const = check_float(initial_const, "initial_const", low=0.0, low_inclusive=False)
-        self.kappa = check_float(kappa, "kappa", low=0.0)
+        self.steps, self.lr, self.binary_search_steps, self.initial_const, self.kappa = checked_cw_settings(
+            steps, lr, binary_search_steps, initial_const, kappa)
         self.distance = get_distance(distance)
         self.seed = None if seed is None else check_int(seed, "seed", low=0)
         self.progress = bool(progress)

@@ -72,8 +72,27 @@ def _idx_split_files() -> Dict[str, Tuple[str, ...]]:
     }
 
 
+#: The four IDX files of MNIST-like datasets, in the order _idx_md5 takes their digests.
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _idx_md5(train_images: str, train_labels: str, test_images: str, test_labels: str,
+             suffix: str = "") -> Dict[str, str]:
+    """{file name + suffix: MD5} of the four IDX files."""
+    digests = (train_images, train_labels, test_images, test_labels)
+    return {name + suffix: digest for name, digest in zip(_IDX_FILES, digests)}
+
+
 def _idx_archives(mirrors: Sequence[str], md5: Dict[str, str]) -> Tuple[Archive, ...]:
     return tuple(Archive(name, tuple(base + name for base in mirrors), digest) for name, digest in md5.items())
+
+
+def _idx_dataset(name: str, subfolders: Tuple[str, ...], *, mirrors: Sequence[str], gz_md5: Dict[str, str],
+                 content_md5: Dict[str, str], homepage: str, apt_package: Optional[str] = None) -> DatasetSource:
+    """An MNIST-like dataset: the four IDX files, downloaded as .gz from ``mirrors``."""
+    return DatasetSource(name=name, split_files=_idx_split_files(), subfolders=subfolders,
+                         archives=_idx_archives(mirrors, gz_md5), apt_package=apt_package, system_folders=(name,),
+                         homepage=homepage, content_md5=content_md5)
 
 
 # MD5s of the publishers' files, as listed by torchvision (pytorch/vision,
@@ -88,53 +107,24 @@ def _idx_archives(mirrors: Sequence[str], md5: Dict[str, str]) -> Tuple[Archive,
 # torchvision/datasets/cifar.py `train_list`, `test_list`) and by projects that verify the
 # extracted MNIST and Fashion-MNIST files.
 DATASETS: Dict[str, DatasetSource] = {
-    "mnist": DatasetSource(
-        name="mnist",
-        split_files=_idx_split_files(),
-        subfolders=("mnist", "MNIST/raw", "MNIST"),
-        archives=_idx_archives(
-            ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
-            {
-                "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-                "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-                "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-                "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-            },
-        ),
-        system_folders=("mnist",),
+    "mnist": _idx_dataset(
+        "mnist", ("mnist", "MNIST/raw", "MNIST"),
+        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+        gz_md5=_idx_md5("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+                        "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c", suffix=".gz"),
+        content_md5=_idx_md5("6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
+                             "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637"),
         homepage="http://yann.lecun.com/exdb/mnist/",
-        content_md5={
-            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-        },
     ),
-    "fashion-mnist": DatasetSource(
-        name="fashion-mnist",
-        split_files=_idx_split_files(),
-        subfolders=("fashion-mnist", "FashionMNIST/raw", "FashionMNIST", "fashion_mnist", "fashion"),
-        archives=_idx_archives(
-            (
-                "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-            ),
-            {
-                "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-                "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-                "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-            },
-        ),
-        apt_package="dataset-fashion-mnist",
-        system_folders=("fashion-mnist",),
-        homepage="https://github.com/zalandoresearch/fashion-mnist",
-        content_md5={
-            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
-            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
-            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
-        },
+    "fashion-mnist": _idx_dataset(
+        "fashion-mnist", ("fashion-mnist", "FashionMNIST/raw", "FashionMNIST", "fashion_mnist", "fashion"),
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                 "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
+        gz_md5=_idx_md5("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                        "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310", suffix=".gz"),
+        content_md5=_idx_md5("f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9",
+                             "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"),
+        homepage="https://github.com/zalandoresearch/fashion-mnist", apt_package="dataset-fashion-mnist",
     ),
     "cifar10": DatasetSource(
         name="cifar10",

@@ -407,18 +407,20 @@ def build_patch_database(
         if resample != "bicubic":
             raise ValueError(f"resample: the uniform recipe resizes bicubic, got {resample!r}")
         patches, used = _uniform_patches(images, count, patch_size, channels, long_side, rng)
+    return _in_search_order(patches, seed=seed, long_side=long_side, recipe=recipe, resample=resample,
+                            source=source or f"{used} images", source_images=used)
+
+
+def _in_search_order(patches: np.ndarray, **provenance: Any) -> PatchDatabase:
+    """(N, C, P, P) float32 patches as a :class:`PatchDatabase`: sorted into the search's storage
+    order, with the metadata every database carries (``provenance``: seed, source, ...)."""
     patches = patches[_storage_order(patches)]
     meta = {
         "format_version": FORMAT_VERSION,
-        "patch_size": patch_size,
-        "channels": channels,
-        "count": count,
-        "seed": seed,
-        "long_side": long_side,
-        "recipe": recipe,
-        "resample": resample,
-        "source": source or f"{used} images",
-        "source_images": used,
+        "patch_size": int(patches.shape[2]),
+        "channels": int(patches.shape[1]),
+        "count": int(patches.shape[0]),
+        **provenance,
         "order": "k-d blocks of 480 in the search's projection space" if _native_loaded() else "ascending squared norm",
         "dtype": "float32",
         "shape": list(patches.shape),
@@ -466,23 +468,8 @@ def patch_database_from_array(patches: np.ndarray, *, layout: str = "NCHW", sour
         raise ValueError(f"patches: expected (N, C, P, P) with C in (1, 3), got {array.shape} ({layout})")
     if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
         raise ValueError("patches: expected finite values in [0, 1]")
-    array = np.ascontiguousarray(array)
-    array = array[_storage_order(array)]
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "patch_size": int(array.shape[2]),
-        "channels": int(array.shape[1]),
-        "count": int(array.shape[0]),
-        "seed": None,
-        "long_side": None,
-        "source": source or "imported array",
-        "source_images": None,
-        "order": "k-d blocks of 480 in the search's projection space" if _native_loaded() else "ascending squared norm",
-        "dtype": "float32",
-        "shape": list(array.shape),
-    }
-    meta["sha256"] = _checksum(array)
-    return PatchDatabase(array, meta)
+    return _in_search_order(np.ascontiguousarray(array), seed=None, long_side=None,
+                            source=source or "imported array", source_images=None)
 
 
 def _native_loaded() -> bool:

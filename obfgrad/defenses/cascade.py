@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from obfgrad._checks import finite_loss
 from obfgrad.cache import load_or_train, normalize_recipe
-from obfgrad.models.loop import batches_per_epoch, epoch_batches, seeded_training
+from obfgrad.models.loop import batches_per_epoch, descend, epoch_batches, seeded_training
 
 Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -127,9 +127,7 @@ def train_cascade(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
             adversarial = torch.cat([cascade_images[index[:quarter]], one_step])
             loss = cascade_loss(model, x, adversarial, y, y[:half], settings)
             finite_loss(loss, "train cascade")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            descend(optimizer, loss)
             bar.update(1)
     return model.eval()
 

@@ -27,8 +27,9 @@ attacker the defense's randomness).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import nn
@@ -55,6 +56,50 @@ def step_learning_rate(lr: float, step: int, steps: int, decay: float = 0.1, dec
         [10.0, 10.0, 1.0, 1.0]
     """
     return lr * (decay if step >= math.ceil(decay_at * steps) else 1.0)
+
+
+def _starts(x: torch.Tensor, restarts: int, latent: int, seed: Optional[int],
+            z_init: Optional[torch.Tensor]) -> torch.Tensor:
+    """The (N * R, latent) starts on x's device and dtype: ``z_init``, or drawn N(0, 1/latent)
+    from ``seed`` (torch's global generator when None)."""
+    n = x.shape[0]
+    if z_init is None:
+        rng = torch.Generator().manual_seed(seed) if seed is not None else None
+        z_init = start_std(latent) * torch.randn((n, restarts, latent), generator=rng)
+    if z_init.shape != (n, restarts, latent):
+        raise ValueError(f"z_init: expected shape ({n}, {restarts}, {latent}), got {tuple(z_init.shape)}")
+    return z_init.to(x.device, x.dtype).reshape(n * restarts, latent).clone()
+
+
+@contextlib.contextmanager
+def _weights_frozen(generator: nn.Module) -> Iterator[None]:
+    """Only z is optimised: no gradients into the weights inside the block (flags restored after)."""
+    requires = [p.requires_grad for p in generator.parameters()]
+    for p in generator.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(generator.parameters(), requires):
+            p.requires_grad_(flag)
+
+
+def _descend(generator: nn.Module, z: torch.Tensor, target: torch.Tensor, steps: int, lr: float, momentum: float,
+             lr_decay: float, lr_decay_at: float, unrolled: bool) -> torch.Tensor:
+    """``steps`` momentum steps on each start's mean squared error to its target; returns z
+    (still attached to the graph through every step when ``unrolled``)."""
+    velocity = torch.zeros_like(z)
+    for step in range(steps):
+        with torch.enable_grad():
+            z_var = z if unrolled else z.requires_grad_(True)
+            if unrolled and not z_var.requires_grad:
+                z_var = z_var.requires_grad_(True)
+            error = (generator(z_var) - target).flatten(1).pow(2).mean(dim=1)
+            (grad,) = torch.autograd.grad(error.sum(), z_var, create_graph=unrolled)
+        velocity = momentum * velocity + grad
+        rate = step_learning_rate(lr, step, steps, lr_decay, lr_decay_at)
+        z = z - rate * velocity if unrolled else (z - rate * velocity).detach()
+    return z
 
 
 def project(generator: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10, lr: float = 10.0,
@@ -94,35 +139,14 @@ def project(generator: nn.Module, x: torch.Tensor, steps: int = 200, restarts: i
     check_float(lr_decay, "lr_decay", low=0.0, high=1.0)
     check_float(lr_decay_at, "lr_decay_at", low=0.0, high=1.0)
     n, latent = x.shape[0], generator.latent_dim
-    if z_init is None:
-        rng = torch.Generator().manual_seed(seed) if seed is not None else None
-        z_init = start_std(latent) * torch.randn((n, restarts, latent), generator=rng)
-    if z_init.shape != (n, restarts, latent):
-        raise ValueError(f"z_init: expected shape ({n}, {restarts}, {latent}), got {tuple(z_init.shape)}")
-    z = z_init.to(x.device, x.dtype).reshape(n * restarts, latent).clone()
+    z = _starts(x, restarts, latent, seed, z_init)
     unrolled = bool(unrolled) and torch.is_grad_enabled()
     target = (x if unrolled else x.detach()).repeat_interleave(restarts, dim=0)
-    velocity = torch.zeros_like(z)
-    requires = [p.requires_grad for p in generator.parameters()]
-    for p in generator.parameters():  # only z is optimised; no gradients into the weights
-        p.requires_grad_(False)
-    try:
-        for step in range(steps):
-            with torch.enable_grad():
-                z_var = z if unrolled else z.requires_grad_(True)
-                if unrolled and not z_var.requires_grad:
-                    z_var = z_var.requires_grad_(True)
-                error = (generator(z_var) - target).flatten(1).pow(2).mean(dim=1)
-                (grad,) = torch.autograd.grad(error.sum(), z_var, create_graph=unrolled)
-            velocity = momentum * velocity + grad
-            rate = step_learning_rate(lr, step, steps, lr_decay, lr_decay_at)
-            z = z - rate * velocity if unrolled else (z - rate * velocity).detach()
+    with _weights_frozen(generator):
+        z = _descend(generator, z, target, steps, lr, momentum, lr_decay, lr_decay_at, unrolled)
         with torch.set_grad_enabled(unrolled):
             images = generator(z)
             error = (images - target).flatten(1).pow(2).mean(dim=1).view(n, restarts)
-    finally:
-        for p, flag in zip(generator.parameters(), requires):
-            p.requires_grad_(flag)
     best = error.detach().argmin(dim=1)
     pick = torch.arange(n, device=x.device) * restarts + best
     if unrolled:

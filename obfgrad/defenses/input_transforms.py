@@ -30,14 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from obfgrad._checks import (
-    SEED_BOUND,
-    check_choice,
-    check_float,
-    check_generator,
-    check_images,
-    check_int,
-)
+from obfgrad._checks import SEED_BOUND, check_choice, check_float, check_generator, check_images, check_int
 from obfgrad.data.patch_db import PatchDatabase
 from obfgrad.defenses.tf_resize import _crop_and_resize, _resize_bilinear_tf1
 from obfgrad.ops import jpeg_op, quilt_op, tv_op

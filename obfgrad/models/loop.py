@@ -16,7 +16,7 @@ from typing import Iterator, Tuple
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["seeded_training", "epoch_batches", "batches_per_epoch"]
+__all__ = ["seeded_training", "epoch_batches", "batches_per_epoch", "descend"]
 
 
 def batches_per_epoch(count: int, batch_size: int) -> int:
@@ -44,3 +44,10 @@ def epoch_batches(count: int, batch_size: int, epochs: int, data_rng: torch.Gene
         order = torch.randperm(count, generator=data_rng)
         for start in range(0, count, batch_size):
             yield epoch, start // batch_size, order[start:start + batch_size]
+
+
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One optimiser step on ``loss``: gradients cleared (set to None), backpropagated, applied."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()

@@ -32,7 +32,7 @@ from torch import nn
 
 from obfgrad._checks import finite_loss
 from obfgrad.cache import load_or_train, normalize_recipe
-from obfgrad.models.loop import batches_per_epoch, epoch_batches, seeded_training
+from obfgrad.models.loop import batches_per_epoch, descend, epoch_batches, seeded_training
 
 __all__ = ["PixelCNN", "discretized_mix_log_prob", "bin_log_probs", "bits_per_dim", "train_pixelcnn",
            "pixelcnn_recipe", "pixelcnn_train_or_load", "num_mixture_params"]
@@ -307,9 +307,7 @@ def train_pixelcnn(model: PixelCNN, images: torch.Tensor, recipe: Mapping[str, A
         model.train()
         for _, _, index in epoch_batches(count, batch, recipe["epochs"], shuffle):
             loss = -model.log_prob(images[index]).mean() / dims
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            descend(optimizer, loss)
             schedule.step()
             bar.update(1)
             bar.set_postfix(bpd=f"{finite_loss(loss, 'train pixelcnn'):.3f}", refresh=False)

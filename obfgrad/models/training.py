@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from obfgrad._checks import finite_loss
 from obfgrad.cache import load_or_train, normalize_recipe
-from obfgrad.models.loop import batches_per_epoch, epoch_batches, seeded_training
+from obfgrad.models.loop import batches_per_epoch, descend, epoch_batches, seeded_training
 
 RECIPE_VERSION = 1
 Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -168,9 +168,7 @@ def train(
                 x = _adversarial_batch(model, adversary, x, y)
             loss = _training_loss(model, x, y)
             value = finite_loss(loss, f"train {recipe['arch']} (epoch {epoch}, batch {number})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            descend(optimizer, loss)
             bar.update(1)
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
             if number == per_epoch - 1:

@@ -23,7 +23,7 @@ from torch import nn
 
 from obfgrad._checks import finite_loss
 from obfgrad.cache import load_or_train, normalize_recipe
-from obfgrad.models.loop import seeded_training
+from obfgrad.models.loop import descend, seeded_training
 
 __all__ = ["Generator", "Critic", "LATENT_DIM", "wgan_recipe", "build_wgan", "train_wgan_gp",
            "wgan_train_or_load"]
@@ -134,13 +134,9 @@ def train_wgan_gp(generator: Generator, critic: Critic, images: torch.Tensor, re
                     fake = generator(torch.randn(batch, generator.latent_dim))
                 loss_c = (critic(fake).mean() - critic(real).mean()
                           + recipe["gp_weight"] * _gradient_penalty(critic, real, fake))
-                opt_c.zero_grad(set_to_none=True)
-                loss_c.backward()
-                opt_c.step()
+                descend(opt_c, loss_c)
             loss_g = -critic(generator(torch.randn(batch, generator.latent_dim))).mean()
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
+            descend(opt_g, loss_g)
             bar.update(1)
             bar.set_postfix(critic=f"{finite_loss(loss_c, 'train wgan-gp (critic)'):.3f}", refresh=False)
     return generator.eval()

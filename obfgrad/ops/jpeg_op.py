@@ -111,18 +111,11 @@ def _fix13(x: float) -> int:
     return int(x * (1 << _CONST_BITS) + 0.5)
 
 
-_F_0_298 = _fix13(0.298631336)
-_F_0_390 = _fix13(0.390180644)
-_F_0_541 = _fix13(0.541196100)
-_F_0_765 = _fix13(0.765366865)
-_F_0_899 = _fix13(0.899976223)
-_F_1_175 = _fix13(1.175875602)
-_F_1_501 = _fix13(1.501321110)
-_F_1_847 = _fix13(1.847759065)
-_F_1_961 = _fix13(1.961570560)
-_F_2_053 = _fix13(2.053119869)
-_F_2_562 = _fix13(2.562915447)
-_F_3_072 = _fix13(3.072711026)
+# libjpeg's FIX_0_298631336 ... FIX_3_072711026 (each name holds its value's first digits)
+_F_0_298, _F_0_390, _F_0_541, _F_0_765, _F_0_899, _F_1_175 = map(
+    _fix13, (0.298631336, 0.390180644, 0.541196100, 0.765366865, 0.899976223, 1.175875602))
+_F_1_501, _F_1_847, _F_1_961, _F_2_053, _F_2_562, _F_3_072 = map(
+    _fix13, (1.501321110, 1.847759065, 1.961570560, 2.053119869, 2.562915447, 3.072711026))
 
 
 def _descale(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -288,20 +281,25 @@ def _chroma_roundtrip_h2v2(plane: torch.Tensor, table: torch.Tensor) -> torch.Te
     return _upsample_h2v2(decoded)[:, :height, :width]
 
 
+def _edge_neighbours(planes: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each entry's previous and next neighbour along ``dim`` (1: rows, 2: columns), the edge
+    entries repeated."""
+    size = planes.shape[dim]
+    index = torch.arange(size, device=planes.device)
+    return (planes.index_select(dim, (index - 1).clamp(min=0)),
+            planes.index_select(dim, (index + 1).clamp(max=size - 1)))
+
+
 def _upsample_h2v2(small: torch.Tensor) -> torch.Tensor:
     """Double both sizes: libjpeg-turbo's "fancy" triangle filter (jdsample.c), or plain
     replication when the downsampled width is at most 2 (libjpeg-turbo's rule)."""
     n, h, w = small.shape
     if w <= 2:
         return small.repeat_interleave(2, 1).repeat_interleave(2, 2)
-    rows = torch.arange(h, device=small.device)
-    above = small[:, (rows - 1).clamp(min=0)]
-    below = small[:, (rows + 1).clamp(max=h - 1)]
+    above, below = _edge_neighbours(small, 1)
     # Vertical: 3/4 of the nearer row + 1/4 of the farther one, kept as a sum (x4).
     colsum = torch.stack((3 * small + above, 3 * small + below), 2).reshape(n, 2 * h, w)
-    cols = torch.arange(w, device=small.device)
-    left = colsum[:, :, (cols - 1).clamp(min=0)]
-    right = colsum[:, :, (cols + 1).clamp(max=w - 1)]
+    left, right = _edge_neighbours(colsum, 2)
     # Horizontal, same weights; biases 8 and 7 alternate the rounding direction.
     out = torch.stack(((3 * colsum + left + 8) >> 4, (3 * colsum + right + 7) >> 4), 3)
     return out.reshape(n, 2 * h, 2 * w)
@@ -368,13 +366,9 @@ def _smooth_upsample_h2v2(small: torch.Tensor) -> torch.Tensor:
     n, h, w = small.shape
     if w <= 2:
         return small.repeat_interleave(2, 1).repeat_interleave(2, 2)
-    rows = torch.arange(h, device=small.device)
-    above = small[:, (rows - 1).clamp(min=0)]
-    below = small[:, (rows + 1).clamp(max=h - 1)]
+    above, below = _edge_neighbours(small, 1)
     tall = torch.stack((0.75 * small + 0.25 * above, 0.75 * small + 0.25 * below), 2).reshape(n, 2 * h, w)
-    cols = torch.arange(w, device=small.device)
-    left = tall[:, :, (cols - 1).clamp(min=0)]
-    right = tall[:, :, (cols + 1).clamp(max=w - 1)]
+    left, right = _edge_neighbours(tall, 2)
     return torch.stack((0.75 * tall + 0.25 * left, 0.75 * tall + 0.25 * right), 3).reshape(n, 2 * h, 2 * w)
 
 

@@ -129,18 +129,9 @@ def _tiled_size(extent: int, size: int, stride: int) -> int:
 # ------------------------------------------------------------------------ the op
 
 
-def quilt(
-    x: torch.Tensor,
-    database: DatabaseLike,
-    *,
-    k: int = 10,
-    overlap: int = 2,
-    patch_size: Optional[int] = None,
-    seed: Optional[int] = None,
-    generator: Optional[torch.Generator] = None,
-    stitch: str = "min_cut",
-    choices: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+def quilt(x: torch.Tensor, database: DatabaseLike, *, k: int = 10, overlap: int = 2, patch_size: Optional[int] = None,
+          seed: Optional[int] = None, generator: Optional[torch.Generator] = None, stitch: str = "min_cut",
+          choices: Optional[torch.Tensor] = None) -> torch.Tensor:
     r"""Quilt each image from its patches' nearest neighbours in ``database``.
 
     For each patch position :math:`p` (stride :math:`P - \text{overlap}`) the op finds the
@@ -185,6 +176,29 @@ def quilt(
     Paper: C. Guo, M. Rana, M. Cisse, L. van der Maaten, "Countering Adversarial Images using
     Input Transformations", ICLR 2018; broken with BPDA in Athalye et al., ICML 2018 (row 3).
     """
+    flat, sq, proj, size = _checked_images_and_database(x, database, patch_size)
+    check_int(k, "k", low=1, high=int(flat.shape[0]))
+    check_int(overlap, "overlap", low=2 if stitch == "authors" else 1, high=size - 1)
+    stitch_code = STITCHES.index(check_choice(stitch, "stitch", STITCHES))
+    choices, seed = _choices_or_seed(choices, seed, generator, x, size, overlap, int(flat.shape[0]))
+    if x.numel() == 0:
+        return x.clone()
+    return _quilt_op(x, flat, sq, proj, size, k, overlap, seed, stitch_code, choices)
+
+
+def _choices_or_seed(choices, seed: Optional[int], generator: Optional[torch.Generator], x: torch.Tensor, size: int,
+                     overlap: int, patches: int):
+    """(the given block choices as the kernels take them, seed 0), or (None, the seed given or drawn)."""
+    if choices is None:
+        return None, _draw_seed(seed, generator)
+    if seed is not None or generator is not None:
+        raise ValueError("choices: give either choices or seed/generator, not both")
+    return _checked_choices(choices, x, size, overlap, patches), 0
+
+
+def _checked_images_and_database(x, database: DatabaseLike, patch_size: Optional[int]):
+    """quilt's images and database, checked against each other: the database's (flat (N, D) on
+    x's device, squared norms, search projections, patch size)."""
     check_images(x.detach() if isinstance(x, torch.Tensor) else x, "x", in_unit_range=True)
     if x.dtype != torch.float32:
         raise TypeError(f"x: expected float32 images, got {x.dtype}")
@@ -198,18 +212,7 @@ def quilt(
                          f"{CUDA_MAX_PATCH_DIM} values")
     if patch_size is not None and check_int(patch_size, "patch_size", low=2) != size:
         raise ValueError(f"database: has {size}x{size} patches, expected patch_size={patch_size}")
-    check_int(k, "k", low=1, high=int(flat.shape[0]))
-    check_int(overlap, "overlap", low=2 if stitch == "authors" else 1, high=size - 1)
-    stitch_code = STITCHES.index(check_choice(stitch, "stitch", STITCHES))
-    if choices is not None:
-        if seed is not None or generator is not None:
-            raise ValueError("choices: give either choices or seed/generator, not both")
-        choices, seed = _checked_choices(choices, x, size, overlap, int(flat.shape[0])), 0
-    else:
-        seed = _draw_seed(seed, generator)
-    if x.numel() == 0:
-        return x.clone()
-    return _quilt_op(x, flat, sq, proj, size, k, overlap, seed, stitch_code, choices)
+    return flat, sq, proj, size
 
 
 def _checked_choices(choices, x: torch.Tensor, size: int, overlap: int, patches: int) -> torch.Tensor:

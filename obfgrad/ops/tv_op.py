@@ -467,16 +467,20 @@ def tv_minimize(x: torch.Tensor, keep_prob: float = 0.5, lambda_tv: float = 0.03
     max_iter = check_int(max_iter, "max_iter", low=1, high=MAX_ITER)
     check_choice(sweep, "sweep", SWEEPS)
     check_choice(border, "border", BORDERS)
-    if mask is not None:
-        if seed is not None or generator is not None:
-            raise ValueError("mask: give either mask or seed/generator, not both")
-        mask, seed = _checked_mask(mask, x), 0
-    else:
-        seed = _resolve_seed(seed, generator)
+    mask, seed = _mask_or_seed(mask, seed, generator, x)
     out, iterations = _tv_op(x.to(torch.float32).contiguous(), keep_prob, 2.0 / lambda_tv, tol, max_iter,
                              seed, sweep == "raster", border == "reflect", mask)
     out = out if x.dtype == torch.float32 else out.to(x.dtype)
     return (out, iterations) if return_iterations else out
+
+
+def _mask_or_seed(mask, seed: Optional[int], generator: Optional[torch.Generator], x: torch.Tensor):
+    """(the caller's keep mask as the kernels take it, seed 0), or (None, the seed given or drawn)."""
+    if mask is None:
+        return None, _resolve_seed(seed, generator)
+    if seed is not None or generator is not None:
+        raise ValueError("mask: give either mask or seed/generator, not both")
+    return _checked_mask(mask, x), 0
 
 
 def _checked_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,13 @@ class RowSpec:
     targeted: bool = False
     config: Dict[str, Any] = field(default_factory=dict)  # every setting, JSON
     choices: List[str] = field(default_factory=list)  # where protocol.md is UNCONFIRMED
+    # A declarative row: ``setup(spec, ctx, x, y)`` builds its models by name ("guard": the classifier
+    # the clean-accuracy guard checks) and ``evaluations`` (reproduce.evaluation.Evaluation) lists
+    # its attacks; reproduce.evaluation.run_row runs them, and ``report(spec, ctx, setup, summaries)``
+    # adds the row's own keys to the result. ``run`` replaces all of it for a row with more to do.
+    setup: Optional[Callable[..., Dict[str, Any]]] = None
+    evaluations: Tuple[Any, ...] = ()
+    report: Optional[Callable[..., Dict[str, Any]]] = None
     run: Optional[Callable[[RowSpec, RunContext], Dict[str, Any]]] = None
     # Builds the defense for other tools (obfgrad diagnose): (spec, ctx, n_examples) -> bundle;
     # a row with several defenses (Guo's five transformations) names them in ``variants`` and

@@ -44,6 +44,7 @@ from obfgrad.attacks.inputs import NonFiniteOutputError, check_labels, check_log
 from obfgrad.attacks.result import AttackResult
 from obfgrad.distances import Distance, get_distance
 from obfgrad.eval.confidence import clopper_pearson
+from obfgrad.eval.judging import robustml_rule
 from obfgrad.eval.modes import eval_mode
 from obfgrad.eval.streams import derive_seed, random_stream
 
@@ -189,8 +190,7 @@ def _check_attack_result(result, xb: torch.Tensor) -> AttackResult:
 
 def _batch_records(start, xb, yb, tb, result, clean_pred, distance: Distance, eps, predict, targeted):
     x_adv = result.x_adv.detach().to(xb.device)
-    within = distance.within(xb, x_adv, eps)
-    x_final = torch.where(within.view(-1, 1, 1, 1), x_adv, xb)
+    x_final, within = robustml_rule(xb, x_adv, distance, eps)
     # A violation is an attack failure: judge the example on its clean prediction.
     adv_pred = torch.where(within, _checked_predictions(predict, x_final), clean_pred)
     reached = adv_pred == tb if targeted else adv_pred != yb

@@ -16,7 +16,7 @@ from typing import Any, Dict
 from obfgrad.attacks import PGD
 from obfgrad.zoo import common
 from obfgrad.zoo import madry as zoo_madry
-from reproduce import pipeline
+from reproduce.evaluation import Evaluation, config_pgd
 from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
@@ -57,38 +57,32 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             "Own evaluation = the MadryLab leaderboard attack (20-step PGD, cross-entropy); adaptive = "
             "100-step PGD on the CW margin with 5 random restarts.",
         ],
-        run=run,
+        setup=setup,
+        evaluations=(
+            Evaluation("own_pgd20_ce", "own", "own", model="classifier", attack=own),
+            Evaluation("adaptive_pgd100x5_margin", "adaptive", "adaptive", model="classifier", attack=adaptive),
+            Evaluation("natural_twin_adaptive", "natural_twin", "extra", model="natural_twin", attack=adaptive),
+        ),
+        report=lambda row, ctx, setup, summaries: {"natural_twin": twin_summary(summaries["natural_twin_adaptive"])},
         build_defense=zoo_builder(zoo_madry.build),
     )
 
 
-
-def linf_pgd(settings: Dict[str, Any], eps: float, seed: int) -> PGD:
-    """The l-inf PGD of a row config's attack entry (shared with the Na row)."""
-    return PGD(distance="linf", eps=eps, steps=settings["steps"], step_size=settings["step_size"],
-               loss=settings["loss"], random_start=settings["random_start"], restarts=settings["restarts"],
-               kappa=None, seed=seed)
+def own(row: RowSpec, ctx: RunContext) -> PGD:
+    """The MadryLab leaderboard attack: 20-step PGD on the cross-entropy (shared with the Na row)."""
+    return config_pgd(row.config["own_attack"], row.distance, row.eps, seed=ctx.seed)
 
 
-def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
-    config = row.config
-    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
-    model = common.classifier(ctx, config["classifier"], row="madry")
-    guard = pipeline.guard_clean_accuracy(ctx, row, model, x, y, config["clean_floor"])
-    own = pipeline.run_attack(ctx, row, "own_pgd20_ce", model, linf_pgd(config["own_attack"], row.eps, ctx.seed), x, y)
-    adaptive = pipeline.run_attack(ctx, row, "adaptive_pgd100x5_margin", model,
-                                   linf_pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
-    twin = common.classifier(ctx, config["natural_twin"], row=None)
-    twin_adaptive = pipeline.run_attack(ctx, row, "natural_twin_adaptive", twin,
-                                        linf_pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
-    return {
-        "clean_accuracy": own["clean_accuracy"],
-        "own_attack_accuracy": own["accuracy"],
-        "own_attack_ci95": own["ci95"],
-        "adaptive_accuracy": adaptive["accuracy"],
-        "adaptive_ci95": adaptive["ci95"],
-        "attacks": {"own": own, "adaptive": adaptive},
-        "clean_accuracy_guard": guard,
-        "natural_twin": {"clean_accuracy": twin_adaptive["clean_accuracy"],
-                         "adaptive_accuracy": twin_adaptive["accuracy"], "adaptive_ci95": twin_adaptive["ci95"]},
-    }
+def adaptive(row: RowSpec, ctx: RunContext) -> PGD:
+    """100-step PGD on the CW margin, 5 random restarts (shared with the Na row)."""
+    return config_pgd(row.config["adaptive_attack"], row.distance, row.eps, seed=ctx.seed)
+
+
+def setup(row: RowSpec, ctx: RunContext, x, y) -> Dict[str, Any]:
+    model = common.classifier(ctx, row.config["classifier"], row="madry")
+    return {"classifier": model, "guard": model, "natural_twin": common.classifier(ctx, row.config["natural_twin"])}
+
+
+def twin_summary(summary: Dict[str, Any]) -> Dict[str, Any]:
+    return {"clean_accuracy": summary["clean_accuracy"], "adaptive_accuracy": summary["accuracy"],
+            "adaptive_ci95": summary["ci95"]}

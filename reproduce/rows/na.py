@@ -11,13 +11,10 @@ network of the same profile; see ``obfgrad.defenses.cascade`` for the training r
 
 from __future__ import annotations
 
-from typing import Any, Dict
-
-from obfgrad.zoo import common
 from obfgrad.zoo import na as zoo_na
-from reproduce import pipeline
+from reproduce.evaluation import Evaluation
 from reproduce.rows import madry
-from reproduce.spec import RowSpec, RunContext, zoo_builder
+from reproduce.spec import RowSpec, zoo_builder
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -43,27 +40,9 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             "Adaptive attack: 100-step PGD on the CW margin with 5 random restarts (the paper reports the defense's "
             "own CW evaluation; 16% in the recalled text vs 15% in the table).",
         ],
-        run=run,
+        setup=lambda row, ctx, x, y: {"defended": (model := zoo_na.cascade_classifier(ctx, row.config["classifier"])),
+                                        "guard": model},
+        evaluations=(Evaluation("own_pgd20_ce", "own", "own", attack=madry.own),
+                     Evaluation("adaptive_pgd100x5_margin", "adaptive", "adaptive", attack=madry.adaptive)),
         build_defense=zoo_builder(zoo_na.build),
     )
-
-
-
-def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
-    config = row.config
-    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
-    model = zoo_na.cascade_classifier(ctx, config["classifier"])
-    guard = pipeline.guard_clean_accuracy(ctx, row, model, x, y, config["clean_floor"])
-    own = pipeline.run_attack(ctx, row, "own_pgd20_ce", model, madry.linf_pgd(config["own_attack"], row.eps, ctx.seed),
-                              x, y)
-    adaptive = pipeline.run_attack(ctx, row, "adaptive_pgd100x5_margin", model,
-                                   madry.linf_pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
-    return {
-        "clean_accuracy": own["clean_accuracy"],
-        "own_attack_accuracy": own["accuracy"],
-        "own_attack_ci95": own["ci95"],
-        "adaptive_accuracy": adaptive["accuracy"],
-        "adaptive_ci95": adaptive["ci95"],
-        "attacks": {"own": own, "adaptive": adaptive},
-        "clean_accuracy_guard": guard,
-    }

@@ -39,7 +39,7 @@ def test_paper_rows_start_where_the_robustml_attacks_do():
     specs = {spec.name: spec for spec in all_specs(["thermometer", "sap", "lid"], "paper")}
     assert {name: spec.config["adaptive_attack"]["start_from"] for name, spec in specs.items()} == \
         {"thermometer": 0.0, "sap": 0.0, "lid": 0.5}
-    attack = sap._attack(specs["sap"].config["adaptive_attack"], specs["sap"].eps)
+    attack = sap.adaptive(specs["sap"], None)
     assert attack.start_from == 0.0 and attack.steps == 500
 
 

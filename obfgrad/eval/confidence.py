@@ -15,7 +15,7 @@ from typing import Tuple
 
 from obfgrad._checks import check_float, check_int
 
-__all__ = ["clopper_pearson", "wilson", "binomial_cdf"]
+__all__ = ["clopper_pearson", "wilson", "binomial_cdf", "paired_sign_test"]
 
 try:  # optional: faster and exact to machine precision
     from scipy.stats import beta as _scipy_beta
@@ -105,3 +105,20 @@ def wilson(k: int, n: int, level: float = 0.95) -> Tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_sign_test(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar test: the p-value of ``only_first`` against ``only_second`` discordant
+    pairs under equal chances (1.0 when there are none).
+
+    Example:
+        >>> paired_sign_test(0, 0), round(paired_sign_test(9, 1), 4)
+        (1.0, 0.0215)
+    """
+    for name, value in (("only_first", only_first), ("only_second", only_second)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}: expected a count >= 0, got {value!r}")
+    discordant = only_first + only_second
+    if discordant == 0:
+        return 1.0
+    return min(1.0, 2.0 * binomial_cdf(min(only_first, only_second), discordant, 0.5))

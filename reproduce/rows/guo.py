@@ -21,14 +21,13 @@ Budget: ||delta||_2 <= 0.05 * sqrt(H * W) (``l2_rms_pixels`` 0.05; 14.95 at 299x
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any, Dict
 
 from torch import nn
 
 from obfgrad.attacks import PGD, PenalizedGradientDescent, TransferAttack
 from obfgrad.defenses.input_transforms import GUO_TRANSFORMS
-from obfgrad.eval import argmax_predictor, random_targets
+from obfgrad.eval import accuracy_vs_eps, argmax_predictor, random_targets
 from obfgrad.zoo import common, imagenet
 from obfgrad.zoo import guo as zoo_guo
 from reproduce import pipeline
@@ -42,10 +41,8 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
         **zoo_guo.config(profile, dry_run),
         # Smoke: quilting keeps ~10% at 0.1 RMS however many steps or draws (measured, 100 images:
         # 9-12% for 50/100 steps and 4/12 draws; the same examples every draw); the sweep shows
-        # whether that residual falls with the bound.
-        # Smoke: the EOT + BPDA attack step on TV and quilting, native vs pure-torch reference ops.
-        "attack_step_timing": None if (paper or dry_run) else {"transforms": ["tv", "quilting"], "images": 2,
-                                                                "steps": 1},
+        # whether that residual falls with the bound. (The attack step's native-vs-reference
+        # timing is benchmarks/bench_guo_attack.py's.)
         "adaptive_eps_sweep": None if (paper or dry_run) else {"transforms": ["quilting"], "eps_factors": [1.5],
                                                                 "examples": 50},
     }
@@ -133,11 +130,9 @@ def _evaluate_transform(row: RowSpec, ctx: RunContext, name: str, net: nn.Module
     own = pipeline.run_attack(ctx, row, f"{name}.own_transfer", defended,
                               own_attack(config, row.distance, row.eps, net, ctx.seed), x, y,
                               predict=predict, targets=targets)
-    started = time.perf_counter()
     model = zoo_guo.adaptive_model(name, config, net, database, draws_per_pass=zoo_guo.draws_per_pass(ctx))
     adaptive = pipeline.run_attack(ctx, row, f"{name}.adaptive", model,
                                    adaptive_attack(name, config, row.distance), x, y, predict=predict, targets=targets)
-    seconds = time.perf_counter() - started
     sweep = config.get("adaptive_eps_sweep") or {}
     return {
         **({"adaptive_eps_sweep": _eps_sweep(row, ctx, name, net, x, y, targets, database, predict)}
@@ -147,50 +142,33 @@ def _evaluate_transform(row: RowSpec, ctx: RunContext, name: str, net: nn.Module
         "own_attack_ci95": own["ci95"],
         "adaptive_accuracy": adaptive["accuracy"],
         "adaptive_ci95": adaptive["ci95"],
-        "adaptive_seconds_per_image": round(seconds / max(1, x.shape[0]), 4),
         "attacks": {"own": own, "adaptive": adaptive},
     }
 
 
 def _eps_sweep(row: RowSpec, ctx: RunContext, name: str, net, x, y, targets, database, predict):
-    """The adaptive attack (step scaled with the bound) at larger bounds on the first examples:
-    a residual that falls to 0 with eps is the smoke budget, one that stays is a stuck attack."""
+    """The adaptive attack (step scaled with the bound) at larger bounds on the first examples,
+    through :func:`obfgrad.eval.accuracy_vs_eps`: a residual that falls to 0 with eps is the smoke
+    budget, one that stays is a stuck attack."""
     settings = row.config["adaptive_eps_sweep"]
     n = min(settings["examples"], x.shape[0])
-    sweep = []
-    for factor in settings["eps_factors"]:
-        config = copy.deepcopy(row.config)
-        config["eps"] = row.eps * factor
-        config["adaptive_attack"][name]["step_size"] *= factor
-        summary = pipeline.run_attack(
-            ctx, row, f"{name}.adaptive.eps_x{factor:g}",
-            zoo_guo.adaptive_model(name, config, net, database, draws_per_pass=zoo_guo.draws_per_pass(ctx)),
-            adaptive_attack(name, config, row.distance), x[:n], y[:n], predict=predict,
-            targets=None if targets is None else targets[:n], eps=config["eps"])
-        sweep.append({"eps": config["eps"], "n": n, "accuracy": summary["accuracy"], "ci95": summary["ci95"]})
-    return sweep
+    factors = {row.eps * factor: factor for factor in settings["eps_factors"]}
+    evaluator = pipeline.recording_evaluator(ctx, row, lambda eps: f"{name}.adaptive.eps_x{factors[eps]:g}",
+                                             None if targets is None else targets[:n])
+    accuracy_vs_eps(zoo_guo.adaptive_model(name, row.config, net, database, draws_per_pass=zoo_guo.draws_per_pass(ctx)),
+                    x[:n], y[:n], distance=row.distance, eps_grid=list(factors), predict=predict,
+                    attack=lambda eps: adaptive_attack(name, _scaled(row.config, name, factors[eps]), row.distance),
+                    evaluator=evaluator)
+    return [{"eps": eps, "n": n, "accuracy": summary["accuracy"], "ci95": summary["ci95"]}
+            for eps, summary in zip(factors, evaluator.summaries)]
 
 
-def _attack_step_timing(row: RowSpec, net: nn.Module, x, y, database) -> Dict[str, Any]:
-    """Seconds per attacked image and step of the EOT + BPDA attack on TV and quilting with the
-    native ops and with the pure-torch/numpy reference ops (same model, images, draws, steps)."""
-    settings = row.config["attack_step_timing"]
-    x, y = x[:settings["images"]], y[:settings["images"]]
-    timings: Dict[str, Any] = {"images": int(x.shape[0]), "steps": settings["steps"]}
-    for name in settings["transforms"]:
-        config = copy.deepcopy(row.config)
-        config["adaptive_attack"][name]["steps"] = settings["steps"]
-        per_backend = {}
-        for backend in ("native", "reference"):
-            model = zoo_guo.adaptive_model(name, config, net, database, backend=backend)
-            attack = adaptive_attack(name, config, row.distance)
-            started = time.perf_counter()
-            attack(model, x, y)
-            per_backend[backend] = (time.perf_counter() - started) / (x.shape[0] * settings["steps"])
-        timings[name] = {"native_s_per_image_step": round(per_backend["native"], 5),
-                         "reference_s_per_image_step": round(per_backend["reference"], 5),
-                         "speedup": round(per_backend["reference"] / per_backend["native"], 2)}
-    return timings
+def _scaled(config: Dict[str, Any], name: str, factor: float) -> Dict[str, Any]:
+    """``config`` at ``factor`` times its budget, with the adaptive attack's step on ``name`` scaled alike."""
+    scaled = copy.deepcopy(config)
+    scaled["eps"] = config["eps"] * factor
+    scaled["adaptive_attack"][name]["step_size"] *= factor
+    return scaled
 
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
@@ -203,10 +181,6 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     for name in GUO_TRANSFORMS:
         ctx.log(f"  [{name}]")
         results[name] = _evaluate_transform(row, ctx, name, net, x, y, targets, database)
-    timing = _attack_step_timing(row, net, x, y, database) if row.config.get("attack_step_timing") else {}
-    for name in (row.config.get("attack_step_timing") or {}).get("transforms", []):
-        ctx.log(f"  {name} attack step per image: native {timing[name]['native_s_per_image_step'] * 1e3:.0f} ms, "
-                f"reference {timing[name]['reference_s_per_image_step'] * 1e3:.0f} ms")
     strongest = max(GUO_TRANSFORMS, key=lambda name: (results[name]["adaptive_accuracy"],
                                                       results[name]["own_attack_accuracy"]))
     headline = results[strongest]
@@ -218,7 +192,6 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
         "adaptive_ci95": headline["adaptive_ci95"],
         "strongest_transform": strongest,
         "clean_accuracy_guard": guard,
-        "attack_step_timing": timing,
         "attacks": headline["attacks"],
         "transforms": results,
     }

@@ -81,6 +81,16 @@ def _checked_grid(eps_grid: Sequence[float]) -> List[float]:
     return grid
 
 
+def _single_draw(eps, attack_model, attack, x, y, distance, predict, batch_size, evaluator, keep_x_adv):
+    """Per example at ``eps``: the evaluator's one-pass verdict (correct), and the attack's x_adv."""
+    if eps == 0:  # no attack: the clean accuracy
+        return torch.cat([predict(x[s:s + batch_size]).to(y.device) == y[s:s + batch_size]
+                          for s in range(0, x.shape[0], batch_size)]), x
+    result = evaluator(attack_model, attack(eps), x, y, distance=distance, eps=eps, batch_size=batch_size,
+                       predict=predict, keep_x_adv=keep_x_adv)
+    return torch.tensor([r["adv_correct"] for r in result.records], dtype=torch.bool), result.x_adv
+
+
 def accuracy_vs_eps(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[str, Distance],
                     eps_grid: Sequence[float], steps: Optional[int] = None,
                     predict: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
@@ -103,14 +113,10 @@ def accuracy_vs_eps(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance:
             default ``model``.
         early_stop: passed to :func:`margin_pgd` (turn off for randomized models).
         batch_size: examples per attack call.
-        attack: ``eps -> attack`` instead of :func:`margin_pgd` (e.g. a row's adaptive attack
-            with its step scaled to the budget).
-        evaluator: ``(attack_model, attack, x, y, eps=..., distance=..., predict=..., batch_size=...,
-            keep_x_adv=...) -> EvalResult`` instead of :func:`evaluate` (e.g. one that also writes
-            per-example records).
-        judge: ``(x, x_adv, y, eps) -> per-example correct`` (a rule of :mod:`obfgrad.eval.judging`,
-            such as :func:`~obfgrad.eval.judging.correct_in_any_draw`): the curve's accuracy is the
-            judge's, the evaluator's single draw is kept in ``single_draw_accuracy``.
+        attack: ``eps -> attack`` instead of :func:`margin_pgd` (a row's own attack, scaled).
+        evaluator: replaces :func:`evaluate` (same keywords; e.g. one that writes records).
+        judge: ``(x, x_adv, y, eps) -> per-example correct`` (:mod:`obfgrad.eval.judging`): the
+            curve's accuracy is the judge's, one-pass accuracy goes to ``single_draw_accuracy``.
 
     Returns:
         :class:`EpsCurve` with the grid in the given order.
@@ -134,21 +140,14 @@ def accuracy_vs_eps(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance:
     attack_model = attack_model if attack_model is not None else model
     evaluator = evaluator if evaluator is not None else functools.partial(evaluate, progress=False)
     started = time.perf_counter()
-    accuracy, single_draw, verdicts = [], [], []
+    single_draw, verdicts = [], []
     for eps in grid:
-        if eps == 0:
-            correct = torch.cat([predict(x[s:s + batch_size]).to(y.device) == y[s:s + batch_size]
-                                 for s in range(0, x.shape[0], batch_size)])
-            x_adv = x
-        else:
-            result = evaluator(attack_model, attack(eps), x, y, distance=distance, eps=eps, batch_size=batch_size,
-                               predict=predict, keep_x_adv=judge is not None)
-            correct, x_adv = torch.tensor([r["adv_correct"] for r in result.records], dtype=torch.bool), result.x_adv
+        correct, x_adv = _single_draw(eps, attack_model, attack, x, y, distance, predict, batch_size, evaluator,
+                                      keep_x_adv=judge is not None)
         single_draw.append(int(correct.sum()) / x.shape[0])
         verdicts.append(correct if judge is None else judge(x, x_adv, y, eps))
-        accuracy.append(int(verdicts[-1].sum()) / x.shape[0])
-    description = (f"PGD on the CW margin, {steps} steps of 2.5·eps/steps ({distance.name})" if steps is not None
-                   else repr(attack(grid[-1] or 1.0)))
-    return EpsCurve(eps=grid, accuracy=accuracy, n=int(x.shape[0]), steps=steps, attack=description,
+    return EpsCurve(eps=grid, accuracy=[int(v.sum()) / x.shape[0] for v in verdicts], n=int(x.shape[0]), steps=steps,
+                    attack=(f"PGD on the CW margin, {steps} steps of 2.5·eps/steps ({distance.name})"
+                            if steps is not None else repr(attack(grid[-1] or 1.0))),
                     seconds=round(time.perf_counter() - started, 2),
                     single_draw_accuracy=single_draw if judge is not None else None, verdicts=verdicts)

@@ -26,7 +26,7 @@ from torch import nn
 from obfgrad.attacks import BPDA, PGD, LatentAttack, TransferAttack
 from obfgrad.zoo import common
 from obfgrad.zoo import defensegan as zoo_defensegan
-from reproduce import pipeline
+from reproduce import choices, pipeline
 from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
@@ -47,34 +47,8 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         paper_note="** the principle (on-manifold adversarial examples) gives 0%; the imperfect projection 55%",
         n_examples=100,
         config=config,
-        choices=[
-            "l2 bound = Defense-GAN's per-value normalisation ||δ||₂/(C·H·W) ≤ 0.005, i.e. ||δ||₂ ≤ 3.92 on 28×28 "
-            "(derived in protocol.md, UNCONFIRMED).",
-            ("Generator: the paper's DCGAN-style WGAN-GP (DIM 64), 40k generator steps (Gulrajani's MNIST "
-             "settings); classifier: the authors' MNIST CNN, Adam instead of Adadelta (UNCONFIRMED)." if paper else
-             "Smoke: MLP WGAN-GP generator (latent 128, hidden 256/512, 1500 generator steps) on Fashion-MNIST; "
-             "the conv generator costs ~1 ms per latent per step on this CPU and the projection needs L·R of them; "
-             f"projection L = {projection['steps']}, R = {projection['restarts']} (paper: 200, 10)."),
-            *([] if paper else [
-                "Samangouei et al.'s own Fashion-MNIST settings (kabkabm/defensegan experiments/cfgs/gans/fmnist.yml "
-                "and default.yml): REC_ITERS L = 200, REC_LR 10, REC_RR R = 10, WGAN-GP with 5 critic steps, "
-                "latent 128, "
-                "NET_DIM 64 (the conv generator), batch 50, gradient penalty 10, 200k training iterations. Smoke keeps "
-                "their lr 10, latent 128, 5 critic steps and penalty 10; it does not adopt L = 200, R = 10 (5x the "
-                "generator evaluations of every projection, and a projection runs at every attack step: about +2.5 min "
-                "on the 2-core CPU, over the 30-minute smoke budget), the conv generator (see above) nor their "
-                "training length. Their Fashion-MNIST claims are under FGSM (l-inf) attacks, not this row's l2 bound "
-                "0.005: no claimed accuracy is set (unlike threat models)."]),
-            "Projection as the authors' models/gan.py: momentum SGD (0.7) at lr 10 on the per-image mean squared "
-            "error, lr ×0.1 from 80% of the steps, random starts drawn afresh on every call from N(0, 1/latent_dim): "
-            "the defense is randomized, and the judge's draws are independent of the attack's.",
-            "Own evaluation = l2 PGD (CW margin) on the undefended classifier, transferred through the projection. "
-            "Attack B = the same PGD through BPDA (identity) on the real projection: a hard l2 ball instead of the "
-            "paper's l2 penalty (UNCONFIRMED details, not in the repo).",
-            "Attack A (reparameterization) keeps the successful G(z) of smallest distortion (the repo's l2*0 quirk "
-            "returns the last one), judged against a perfect projection (the classifier on G(z)).",
-            "n = first 100 test images (robustml default).",
-        ],
+        choices=choices.of("defensegan", profile, projection_steps=projection["steps"],
+                           projection_restarts=projection["restarts"]),
         # The eps curve's budget (its EOT/projection steps dominate the curve's time).
         curve=None if paper else {"examples": 50, "steps": 10},
         run=run,

@@ -30,7 +30,7 @@ from obfgrad.defenses.input_transforms import GUO_TRANSFORMS
 from obfgrad.eval import accuracy_vs_eps, argmax_predictor, random_targets
 from obfgrad.zoo import common, imagenet
 from obfgrad.zoo import guo as zoo_guo
-from reproduce import pipeline
+from reproduce import choices, pipeline
 from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
@@ -66,37 +66,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         n_examples=1000 if paper else 100,
         targeted=paper,
         config=config,
-        choices=[
-            "l2 budget: ||delta||_2 <= 0.05 * sqrt(H * W) (the repo's robustml check, 14.95 at 299x299); the paper "
-            "text's 'RMS 0.05 / normalized 0.01' is UNCONFIRMED." if paper else
-            "Smoke l2 budget: 0.1 RMS over pixels (||delta||_2 <= 2.8 at 28x28), not 0.05: at 0.05 the undefended "
-            "smoke CNN keeps 14% under 100-step l2 PGD (1% at 0.1), so the budget would decide the number.",
-            "Adaptive steps: the notebooks' raw gradient, lr 0.1 (paper profile); smoke: normalised l2 steps of "
-            "eps/5 (the small CNN's raw cross-entropy gradient spans 1e-4..1 across examples, so raw steps stall).",
-            "Paper profile: the first 1000 sorted ImageNet validation images (robustml's order), targeted to random "
-            "classes (paper §2, UNCONFIRMED); smoke: untargeted (robustml's variant), 100 Fashion-MNIST test images.",
-            ("Adaptive attacks: unpenalised gradient descent (the notebooks' l2 penalty sits on placeholders the "
-             "gradient never reaches), no projection (the notebooks clip to [0, 1] only; over-budget results count "
-             "as failures), stop an example at its first in-budget success." if paper else
-             "Smoke: adaptive attacks project onto the l2 ball after each step (no penalty to keep the budget) and "
-             "stop an example at its first in-budget success."),
-            "Bit-depth: Athalye et al.'s defend_reduce (keep the top 3 bits of floor(255 x)).",
-            "Crop offsets are continuous and uniform; bilinear sampling of the crop, resized to the input side.",
-            *(["Each transformation as Athalye et al. ran it: JPEG input truncated to 8 bits, TV in raster order "
-               "with the reflected border, their quilting stitch, crop_and_resize to 90x90 then TF1's resize to 299 "
-               "(reproduce/paper_settings.md cites the file of each; smoke keeps the library's defaults)."]
-              if paper else []),
-            "TV/quilting EOT: the notebooks draw one fresh transform per step (paper profile: 1 draw); smoke uses "
-            "8 (TV) and 4 (quilting) draws per step.",
-            "Own evaluation: l2 PGD (10 steps of eps/4, cross-entropy) on the undefended classifier, transferred.",
-            "Smoke scaling: crops of 0.8 of the side, not 90/299 (8.4 px of 28): the natural smoke CNN gets 14% "
-            "clean with 30 such crops (69% at 0.8); Guo et al. train on transformed images, the smoke recipe does "
-            "not. Adaptive attacks: 50 steps for every transformation, no l2 penalty (lambda = 0; with lambda = 1 "
-            "the penalty's pull dominates the normalised step where cross-entropy gradients vanish). "
-            f"quilting database of {zoo_guo.SMOKE_PATCHES} 5x5 patches from the Fashion-MNIST training split. "
-            "Quilting's "
-            "adaptive attack is also run at 1.5 times the bound on the first 50 images (does its residual fall?).",
-        ],
+        choices=choices.of("guo", profile, quilt_patches=zoo_guo.SMOKE_PATCHES),
         # The eps curve's budget (its EOT/projection steps dominate the curve's time).
         curve=None if paper else {"examples": 50, "steps": 10},
         run=run,

@@ -28,7 +28,7 @@ from obfgrad.eval import accuracy_summary, correct_or_detected, judged_inputs
 from obfgrad.fingerprint import file_sha256
 from obfgrad.zoo import common
 from obfgrad.zoo import lid as zoo_lid
-from reproduce import distributed
+from reproduce import choices, distributed
 from reproduce.evaluation import Evaluation, config_pgd
 from reproduce.spec import RowSpec, RunContext, zoo_builder
 
@@ -48,27 +48,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         paper_accuracy=0.05,
         n_examples=1000 if paper else 400,
         config=config,
-        choices=[
-            "Classifier: Ma et al.'s CIFAR CNN trained here (SGD lr 0.01, momentum 0.9, 50 epochs: UNCONFIRMED; the "
-            "authors' lid_model_cifar.h5 can be given with --weights lid=...)." if paper else
-            "Smoke: Fashion-MNIST at eps 0.1, the natural small CNN (Madry row's twin); LID over its 12 feature sets "
-            "(input, 10 layers, softmax).",
-            *([] if paper else [
-                "Ma et al.'s settings: k = 20 neighbours within minibatches of 100 (the authors' README, "
-                "xingjunm/lid_adversarial_subspace_detection: extract_characteristics.py -k 20 -b 100, shown "
-                "for CIFAR; "
-                "the same k for MNIST is [PAPER-RECALLED]): adopted. Their MNIST attacks "
-                "(craft_adv_examples.py: FGSM/BIM "
-                "eps 0.40 with step 0.010, CW-L2) and an MNIST CNN trained 50 epochs (README: train_model.py -d mnist "
-                "-e 50) are not: the smoke classifier is the project's shared small CNN on Fashion-MNIST. "
-                "Their claims are "
-                "detection ROC-AUCs, not accuracies: no claimed accuracy is set."]),
-            "Detector trained on its own CW-L2 examples of test images disjoint from the evaluated ones (the authors "
-            "used precomputed CW-L2 features with an 80/20 split); noisy negatives: Gaussian noise of the mean CW-L2 "
-            "norm (Ma et al. tuned the noise per attack; UNCONFIRMED).",
-            "Adaptive: high-confidence PGD that ignores the detector (CW margin, no floor, Adam on sign(grad), "
-            "lr eps/8, 100 steps); the box is [0, 1] (the repo's 0-255 clip quirk not reproduced).",
-        ],
+        choices=choices.of("lid", profile),
         setup=setup,
         evaluations=(
             # Own evaluation: the detector against the (unbounded) CW-L2 attack it was trained on.

@@ -16,6 +16,7 @@ from typing import Any, Dict
 from obfgrad.attacks import PGD
 from obfgrad.zoo import common
 from obfgrad.zoo import madry as zoo_madry
+from reproduce import choices
 from reproduce.evaluation import Evaluation, config_pgd
 from reproduce.spec import RowSpec, RunContext, zoo_builder
 
@@ -35,28 +36,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         paper_accuracy=0.47,
         n_examples=10000 if paper else 1000,
         config=config,
-        choices=[
-            "Adversarial training uses MadryLab config.json's 10 PGD steps of 2/255 (the paper text says 7; "
-            "UNCONFIRMED)."
-            if paper else
-            "Smoke: Fashion-MNIST at eps 0.1 (CIFAR's 8/255 leaves a natural Fashion-MNIST CNN partly robust); "
-            "adversarial training with 7 PGD steps of eps/4 from a random start.",
-            *([] if paper else [
-                "Madry et al.'s MNIST settings (MadryLab/mnist_challenge config.json): eps 0.3, training PGD k = 40 "
-                "steps of a = 0.01 from a random start, batch 50, 100k steps; their MNIST claim is 89.62% "
-                "under 100-step "
-                "PGD on the cross-entropy with 50 random restarts (the challenge README's white-box leaderboard). Not "
-                "adopted: 40 training steps instead of 7 make adversarial training about 5x dearer (71 s -> "
-                "about 6 min "
-                "on the 2-core CPU, over the 30-minute smoke budget), and the smoke profile keeps one l-inf "
-                "stand-in bound, "
-                "0.1, for every Fashion-MNIST row (at 0.3 a natural and a defended Fashion-MNIST CNN alike would be "
-                "expected near 0%, the contrast gone; not measured). No claimed accuracy is set: 89.62% is "
-                "MNIST at eps 0.3, not this row's Fashion-MNIST "
-                "at 0.1 (unlike with unlike)."]),
-            "Own evaluation = the MadryLab leaderboard attack (20-step PGD, cross-entropy); adaptive = "
-            "100-step PGD on the CW margin with 5 random restarts.",
-        ],
+        choices=choices.of("madry", profile),
         setup=setup,
         evaluations=(
             Evaluation("own_pgd20_ce", "own", "own", model="classifier", attack=own),

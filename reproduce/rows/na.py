@@ -12,6 +12,7 @@ network of the same profile; see ``obfgrad.defenses.cascade`` for the training r
 from __future__ import annotations
 
 from obfgrad.zoo import na as zoo_na
+from reproduce import choices
 from reproduce.evaluation import Evaluation
 from reproduce.rows import madry
 from reproduce.spec import RowSpec, zoo_builder
@@ -31,15 +32,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         paper_accuracy=0.15,
         n_examples=10000 if paper else 1000,
         config=config,
-        choices=[
-            "Architecture: Madry's wide ResNet (Na et al.'s ResNet variant is UNCONFIRMED)." if paper else
-            "Smoke: Fashion-MNIST at eps 0.05, small CNN; cascade source = the Madry row's adversarially trained CNN.",
-            "Loss weights λ = 0.3 (adversarial CE), λ₂ = 0.1 (squared distance of L2-normalised embeddings), "
-            "k = m/2 adversarial images per batch, "
-            "half from the cascade source (10-step PGD) and half one-step least-likely (UNCONFIRMED in the paper).",
-            "Adaptive attack: 100-step PGD on the CW margin with 5 random restarts (the paper reports the defense's "
-            "own CW evaluation; 16% in the recalled text vs 15% in the table).",
-        ],
+        choices=choices.of("na", profile),
         setup=lambda row, ctx, x, y: {"defended": (model := zoo_na.cascade_classifier(ctx, row.config["classifier"])),
                                         "guard": model},
         evaluations=(Evaluation("own_pgd20_ce", "own", "own", attack=madry.own),

@@ -20,6 +20,7 @@ from typing import Any, Dict
 
 from obfgrad.attacks import EOT, PGD
 from obfgrad.zoo import sap as zoo_sap
+from reproduce import choices
 from reproduce.evaluation import Evaluation, config_pgd, votes_judge
 from reproduce.spec import RowSpec, RunContext, zoo_builder
 
@@ -39,17 +40,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         paper_accuracy=0.0,
         n_examples=10000 if paper else 200,
         config=config,
-        choices=[
-            "SAP as in Athalye et al.'s repository (after every conv, N = 2n, +1e-8), not Dhillon's patched SAP-100 "
-            "after every ReLU (which variant the paper used is UNCONFIRMED)." if paper else
-            "Smoke: Fashion-MNIST at eps 0.1, the natural small CNN (the Madry row's twin) with SAP after its 2 convs.",
-            ("Adaptive: the authors' code (sap/robustml_attack.py): one SAP draw per Adam step, 500 steps, from "
-             "max(x - eps, 0); the paper text's 10 draws per step is the named variant eot_10_draws." if paper else
-             "Smoke adaptive: the variant eot_10_draws (EOT over 10 SAP draws per step, the paper text's count), 100 "
-             "steps from the clean image; the authors' code draws once per step (the paper profile)."),
-            "Primary prediction rule: one stochastic forward pass (robustml); mean softmax and majority vote over "
-            "10 draws reported beside it.",
-        ],
+        choices=choices.of("sap", profile),
         # The eps curve's budget (its EOT/projection steps dominate the curve's time).
         curve=None if paper else {"examples": 50, "steps": 10},
         setup=setup,

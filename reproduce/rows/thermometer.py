@@ -20,6 +20,7 @@ from typing import Any, Dict
 
 from obfgrad.attacks import LSPGA
 from obfgrad.zoo import thermometer as zoo_thermometer
+from reproduce import choices
 from reproduce.evaluation import Evaluation, config_pgd
 from reproduce.spec import RowSpec, RunContext, zoo_builder
 
@@ -40,28 +41,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         paper_note="*",  # the defense alone (no adversarial training)
         n_examples=10000 if paper else 500,
         config=config,
-        choices=[
-            "Classifier: Madry's wide ResNet on the 48-channel code with per-image standardisation, Madry's CIFAR "
-            "schedule (the thermometer config.json is not in the repo; UNCONFIRMED)." if paper else
-            "Smoke: Fashion-MNIST at eps 0.1 (as the Madry row), small CNN on the 16-channel code, natural training.",
-            *([] if paper else [
-                "Buckman et al.'s small-image setting is MNIST: 16 levels (kept here, as in the authors' code, "
-                "thermometer/discretization_utils.py) at l-inf 0.3 ([PAPER-RECALLED]); their MNIST claim is "
-                "94.30% under "
-                "the strongest white-box attack (OpenReview abstract, S18Su--CW) for the LS-PGA adversarially trained "
-                "model. Not adopted: the smoke profile keeps one l-inf stand-in bound, 0.1, for every "
-                "Fashion-MNIST row "
-                "(at 0.3 the defense's own attacks would be expected to leave little to break too; not measured); and "
-                "that claim is of the adversarially trained variant on MNIST, "
-                "not of this row's defense alone on Fashion-MNIST: no claimed accuracy is set (unlike with unlike)."]),
-            "Own LS-PGA: the constants of the authors' adv_lspga (7 steps of 0.01, inv_temp 1, anneal 1.2, random "
-            "normal start) with sign steps as in the paper (the code's raw-gradient quirk not reproduced); Buckman "
-            "et al.'s evaluation settings are UNCONFIRMED. Own plain gradient attack: 20-step PGD on the true "
-            "gradient.",
-            "Adaptive: BPDA (soft thermometer), CW margin, Adam on sign(grad), lr eps/8, 30 steps, no random start; "
-            + ("starts at max(x - eps, 0), the robustml attack's zeros clipped into the ball." if paper else
-               "starts at the clean image (smoke)."),
-        ],
+        choices=choices.of("thermometer", profile),
         setup=setup,
         evaluations=(
             Evaluation("own_lspga", "own_lspga", "own",

@@ -33,7 +33,7 @@ from obfgrad.eval import (
 from obfgrad.eval.confidence import paired_sign_test
 from obfgrad.zoo import common, imagenet
 from obfgrad.zoo import xie as zoo_xie
-from reproduce import pipeline
+from reproduce import choices, pipeline
 from reproduce.evaluation import config_pgd
 from reproduce.spec import RowSpec, RunContext, zoo_builder
 
@@ -55,29 +55,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         n_examples=1000 if paper else 100,
         targeted=paper,
         config=config,
-        choices=[
-            "Pad value 0.5 (Athalye et al.'s choice; Xie et al. say zero-padding) and the resize back to 299 of "
-            "the repo's InceptionV3 wrapper.",
-            *(["Athalye et al.'s geometry: crop_and_resize to r, offsets in [0, 331 - r), TF1's legacy resize "
-               "back to 299 (smoke keeps the library's centred default)."] if paper else []),
-            "Adaptive accuracy: examples some of 10 fresh draws still classify correctly (the paper's '10 out of "
-            "10' rule, [PAPER-RECALLED]); the single-draw accuracy is reported beside it.",
-            "Paper profile: the first 1000 sorted ImageNet validation images, targeted to random classes "
-            "(UNCONFIRMED); smoke: untargeted." if paper else
-            "Smoke: Fashion-MNIST, r in [28, 31), padded to 31, resized back to 28 (299/331 scaled to 28); "
-            "l-inf 0.1 (the Madry row's smoke bound standing in for 0.031); adaptive steps are sign steps of "
-            "eps/10 (raw gradients of the small CNN stall on confident examples), 10 EOT draws per step (30 in the "
-            "paper profile), all 50 steps run (no early stop); the 10-of-10 accuracy is also measured at 1.5 and 2 "
-            "times the bound on the first 50 examples (does it fall with eps?).",
-            *([] if paper else [
-                "Control (smoke, run when the 10-of-10 residual exceeds 10%): the first 50 examples attacked again "
-                "at the same eps with 30 EOT draws (the paper profile's), 100 sign steps of eps/20 and a random "
-                "start, on a fresh attack seed; judged on the same 10-of-10 draws as the row's attack, compared "
-                "pairwise (exact McNemar test): a stuck attack shows as examples only the stronger attack breaks. "
-                "Not done: the same randomization on a classifier at a larger input scale (another model to train "
-                "and a 4x dearer attack; over the smoke time budget)."]),
-            "Own evaluation: 10-step l-inf PGD (eps/4 sign steps, cross-entropy) on the undefended classifier.",
-        ],
+        choices=choices.of("xie", profile),
         run=run,
         build_defense=zoo_builder(zoo_xie.build),
     )

@@ -27,11 +27,15 @@ VOLATILE = {"wall_seconds", "seconds", "build_seconds", "wall_time_s", "date", "
             "projection_seconds_per_image", "purification_seconds_per_image"}
 
 
+#: Keys that hold a path into the results directory (the files themselves are compared).
+PATHS = {"records", "detector_records"}
+
+
 def stable(value: Any) -> Any:
     """``value`` without volatile keys and without results-directory paths."""
     if isinstance(value, dict):
         return {key: stable(item) for key, item in value.items()
-                if key not in VOLATILE and not (key == "records" and isinstance(item, str))}
+                if key not in VOLATILE and not (key in PATHS and isinstance(item, str))}
     if isinstance(value, list):
         return [stable(item) for item in value]
     return value

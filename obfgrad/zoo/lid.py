@@ -1,10 +1,18 @@
 """Ma et al. (2018), local intrinsic dimensionality: a detector over the classifier's layer
-activations. The bundle holds the classifier; the detector is trained by the row (``obfgrad.defenses.LIDDetector``)."""
+activations. The bundle holds the classifier; :func:`train_detector` trains its detector
+(``obfgrad.defenses.LIDDetector``)."""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import time
+from typing import Any, Dict, Tuple
 
+import numpy as np
+import torch
+
+from obfgrad.attacks import CarliniWagnerL2
+from obfgrad.defenses import LIDDetector, lid_features
+from obfgrad.defenses.lid import roc_auc
 from obfgrad.zoo import common, recipes
 from obfgrad.zoo.base import BuildContext, DefenseBundle
 
@@ -59,3 +67,41 @@ def build(config: Dict[str, Any], ctx: BuildContext, n: int) -> DefenseBundle:
     model = classifier(ctx, config)
     return DefenseBundle(model=model, undefended=model, x=x, y=y, distance=DISTANCE, eps=config["eps"], name="lid",
                          config=config)
+
+
+def cw(settings: Dict[str, Any]) -> CarliniWagnerL2:
+    """The CW-L2 attack of a config entry (the detector's training attack and the own evaluation)."""
+    return CarliniWagnerL2(steps=settings["steps"], lr=settings["lr"],
+                           binary_search_steps=settings["binary_search_steps"],
+                           initial_const=settings["initial_const"], kappa=settings["kappa"])
+
+
+def noisy_like(x: torch.Tensor, x_adv: torch.Tensor, seed: int) -> torch.Tensor:
+    """Gaussian noise scaled per example to the mean l2 norm of the adversarial perturbations."""
+    norm = (x_adv - x).flatten(1).norm(dim=1).mean()
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x.device)
+    noise = noise * (norm / noise.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
+    return (x + noise).clamp(0.0, 1.0)
+
+
+def train_detector(ctx: BuildContext, config: Dict[str, Any], model) -> Tuple[LIDDetector, Dict[str, Any]]:
+    """The LID detector of ``model``: trained on its own CW-L2 examples of the test images from
+    ``config["detector"]["train_offset"]`` on (disjoint from the evaluated ones), Gaussian noise of
+    the same mean norm as negatives. Returns it and what the row records about its training."""
+    detector_config, lid_config = config["detector"], config["lid"]
+    offset, count = detector_config["train_offset"], detector_config["train_examples"]
+    x_all, y_all = common.test_set(ctx, config["classifier"]["dataset"], offset + count)
+    x, y = x_all[offset:], y_all[offset:]
+    started = time.perf_counter()
+    x_adv = cw(config["detector_attack"])(model, x, y).x_adv
+    noisy = noisy_like(x, x_adv, ctx.seed)
+    clean_f, noisy_f, adv_f = lid_features(model, x, [noisy, x_adv], k=lid_config["k"],
+                                           batch_size=lid_config["batch_size"])
+    detector = LIDDetector(folds=detector_config["folds"], threshold=detector_config["threshold"],
+                           seed=ctx.seed).fit(clean_f, noisy_f, adv_f)
+    info = {"examples": int(x.shape[0]), "seconds": round(time.perf_counter() - started, 2),
+            "train_roc_auc": roc_auc(detector.score(np.concatenate([clean_f, noisy_f])), detector.score(adv_f)),
+            "features": int(clean_f.shape[1])}
+    ctx.log(f"  LID detector trained on {info['examples']} CW-L2 examples ({info['seconds']:.0f} s), "
+            f"train ROC-AUC {info['train_roc_auc']:.3f}")
+    return detector, info

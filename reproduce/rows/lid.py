@@ -14,19 +14,15 @@ early stop, and the same LID features (adversarial minibatch measured against it
 
 from __future__ import annotations
 
-import time
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
-import numpy as np
 import torch
 
 from obfgrad.atomic import atomic_write_json
-from obfgrad.attacks import CarliniWagnerL2
-from obfgrad.defenses import LIDDetector, lid_features
+from obfgrad.defenses import lid_features
 from obfgrad.defenses.lid import roc_auc
 from obfgrad.eval import accuracy_summary, correct_or_detected, judged_inputs
 from obfgrad.fingerprint import file_sha256
-from obfgrad.zoo import common
 from obfgrad.zoo import lid as zoo_lid
 from reproduce import choices, distributed
 from reproduce.evaluation import Evaluation, config_pgd
@@ -52,7 +48,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         setup=setup,
         evaluations=(
             # Own evaluation: the detector against the (unbounded) CW-L2 attack it was trained on.
-            Evaluation("own_cw_l2", "own", "own", attack=lambda row, ctx: _cw(row.config["detector_attack"]),
+            Evaluation("own_cw_l2", "own", "own", attack=lambda row, ctx: zoo_lid.cw(row.config["detector_attack"]),
                        judge=detector_judge, distance="l2", eps=1e6),
             Evaluation("adaptive_high_confidence_pgd", "adaptive", "adaptive", judge=detector_judge,
                        attack=lambda row, ctx: config_pgd(row.config["adaptive_attack"], row.distance, row.eps)),
@@ -65,7 +61,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
 def setup(row: RowSpec, ctx: RunContext, x, y) -> Dict[str, Any]:
     """The classifier, the detector trained on its own CW-L2 examples, and the clean features of x."""
     model = zoo_lid.classifier(ctx, row.config)
-    detector, detector_info = _train_detector(ctx, row, model)
+    detector, detector_info = zoo_lid.train_detector(ctx, row.config, model)
     lid_config = row.config["lid"]
     (clean_features,) = lid_features(model, x, [], k=lid_config["k"], batch_size=lid_config["batch_size"])
     return {"defended": model, "guard": model, "detector": detector, "detector_info": detector_info,
@@ -79,41 +75,6 @@ def report(row: RowSpec, ctx: RunContext, setup: Dict[str, Any], summaries: Dict
             "detection_rate_adversarial": adaptive["detection_rate_adversarial"],
             "own_roc_auc": own["roc_auc_clean_vs_adversarial"],
             "own_detection_rate_adversarial": own["detection_rate_adversarial"], "detector": setup["detector_info"]}
-
-
-def _cw(settings: Dict[str, Any]) -> CarliniWagnerL2:
-    return CarliniWagnerL2(steps=settings["steps"], lr=settings["lr"],
-                           binary_search_steps=settings["binary_search_steps"],
-                           initial_const=settings["initial_const"], kappa=settings["kappa"])
-
-
-def _noisy_like(x: torch.Tensor, x_adv: torch.Tensor, seed: int) -> torch.Tensor:
-    """Gaussian noise scaled per example to the mean l2 norm of the adversarial perturbations."""
-    norm = (x_adv - x).flatten(1).norm(dim=1).mean()
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x.device)
-    noise = noise * (norm / noise.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
-    return (x + noise).clamp(0.0, 1.0)
-
-
-def _train_detector(ctx: RunContext, row: RowSpec, model) -> Tuple[LIDDetector, Dict[str, Any]]:
-    config = row.config
-    detector_config, lid_config = config["detector"], config["lid"]
-    offset, count = detector_config["train_offset"], detector_config["train_examples"]
-    x_all, y_all = common.test_set(ctx, row.dataset, offset + count)
-    x, y = x_all[offset:], y_all[offset:]
-    started = time.perf_counter()
-    x_adv = _cw(config["detector_attack"])(model, x, y).x_adv
-    noisy = _noisy_like(x, x_adv, ctx.seed)
-    clean_f, noisy_f, adv_f = lid_features(model, x, [noisy, x_adv], k=lid_config["k"],
-                                           batch_size=lid_config["batch_size"])
-    detector = LIDDetector(folds=detector_config["folds"], threshold=detector_config["threshold"],
-                           seed=ctx.seed).fit(clean_f, noisy_f, adv_f)
-    info = {"examples": int(x.shape[0]), "seconds": round(time.perf_counter() - started, 2),
-            "train_roc_auc": roc_auc(detector.score(np.concatenate([clean_f, noisy_f])), detector.score(adv_f)),
-            "features": int(clean_f.shape[1])}
-    ctx.log(f"  LID detector trained on {info['examples']} CW-L2 examples ({info['seconds']:.0f} s), "
-            f"train ROC-AUC {info['train_roc_auc']:.3f}")
-    return detector, info
 
 
 @torch.no_grad()

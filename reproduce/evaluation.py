@@ -5,8 +5,8 @@ for measurements that are not an evaluation (Guo's five transformations, Xie's c
 
 Result of a row run here: ``clean_accuracy`` (of the first evaluation), ``own_attack_accuracy``
 (the strongest of the ``own`` evaluations: the defense authors' best), ``adaptive_accuracy`` (the
-``adaptive`` evaluation), their exact 95% intervals, ``attacks`` (every own and adaptive summary
-by key), each ``extra`` evaluation's summary under its key, the clean-accuracy guard, and what the
+``adaptive`` evaluation), their exact 95% intervals, ``attacks`` (every own, adaptive and other
+attack's summary by key), each ``extra`` evaluation's summary under its key, the clean-accuracy guard, and what the
 row's ``report`` hook adds.
 """
 
@@ -23,10 +23,11 @@ from obfgrad.zoo import common
 from reproduce import pipeline
 from reproduce.spec import RowSpec, RunContext
 
-__all__ = ["Evaluation", "config_pgd", "run_row", "votes_judge", "ROLES"]
+__all__ = ["Evaluation", "config_pgd", "pgd_of", "run_row", "votes_judge", "ROLES"]
 
-#: own: the defense's own evaluation; adaptive: Athalye et al.'s attack; extra: a control beside them.
-ROLES = ("own", "adaptive", "extra")
+#: own: the defense's own evaluation; adaptive: Athalye et al.'s attack; attack: another attack reported
+#: beside them under ``attacks``; extra: a control reported at the result's top level.
+ROLES = ("own", "adaptive", "attack", "extra")
 _PGD_KEYS = ("steps", "step_size", "loss", "update", "random_start", "start_from", "restarts", "early_stop")
 
 
@@ -35,17 +36,17 @@ class Evaluation:
     """One attack of a row, run through :func:`reproduce.pipeline.run_attack` (records in
     ``results/records/<row>.<label>.json``).
 
-    ``attack(row, ctx)`` builds the attack from the row's config; ``model`` names the model of the
-    row's setup that the attack differentiates, ``predict`` the one whose single-draw argmax judges
-    (default: ``model``); ``judge(row, ctx, setup, evaluation, x, y, x_adv, summary)`` is a second
-    verdict on the same adversarial examples (an evaluator option of :mod:`obfgrad.eval.judging`:
+    ``attack(row, ctx, setup)`` builds the attack from the row's config (and its models); ``model``
+    names the model of the row's setup that the attack differentiates, ``predict`` the one whose
+    single-draw argmax judges (default: ``model``); ``judge(row, ctx, setup, evaluation, x, y, x_adv,
+    summary)`` is a second verdict on the same adversarial examples (an evaluator option of :mod:`obfgrad.eval.judging`:
     votes, a detector) and returns the summary the row reports; ``distance``/``eps`` override the
     row's threat model (LID's unbounded CW-L2)."""
 
     label: str
     key: str
     role: str
-    attack: Callable[[RowSpec, RunContext], Any]
+    attack: Callable[[RowSpec, RunContext, Dict[str, Any]], Any]
     model: str = "defended"
     predict: Optional[str] = None
     judge: Optional[Callable[..., Dict[str, Any]]] = None
@@ -65,6 +66,16 @@ def config_pgd(settings: Dict[str, Any], distance: str, eps: float, **fixed: Any
     return PGD(distance=distance, eps=eps, **{"kappa": None, **chosen, **fixed})
 
 
+def pgd_of(entry: str, *, seeded: bool = False, **fixed: Any) -> Callable[..., PGD]:
+    """``Evaluation.attack`` for the PGD of the row config's ``entry`` (:func:`config_pgd`) at the row's
+    threat model; ``seeded``: its own generator seeded with the run seed (else the evaluator's stream)."""
+
+    def attack(row: RowSpec, ctx: RunContext, setup: Optional[Dict[str, Any]] = None) -> PGD:
+        return config_pgd(row.config[entry], row.distance, row.eps, **fixed, **({"seed": ctx.seed} if seeded else {}))
+
+    return attack
+
+
 def _predictor(setup: Dict[str, Any], name: Optional[str]):
     return None if name is None else argmax_predictor(setup[name])
 
@@ -74,7 +85,7 @@ def run_evaluation(row: RowSpec, ctx: RunContext, evaluation: Evaluation, setup:
     """One evaluation's summary (after its judge, if any)."""
     predict = _predictor(setup, evaluation.predict)
     summary, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, evaluation.label, setup[evaluation.model],
-                                                       evaluation.attack(row, ctx), x, y, predict=predict,
+                                                       evaluation.attack(row, ctx, setup), x, y, predict=predict,
                                                        distance=evaluation.distance, eps=evaluation.eps)
     if evaluation.judge is None:
         return summary
@@ -108,7 +119,7 @@ def headline(row: RowSpec, summaries: Dict[str, Dict[str, Any]]) -> Dict[str, An
         "own_attack_ci95": own["ci95"],
         "adaptive_accuracy": adaptive["accuracy"],
         "adaptive_ci95": adaptive["ci95"],
-        "attacks": dict(by_role["own"] + by_role["adaptive"]),
+        "attacks": dict(by_role["own"] + by_role["adaptive"] + by_role["attack"]),
         **dict(by_role["extra"]),
     }
 

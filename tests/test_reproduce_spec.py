@@ -41,7 +41,7 @@ def _row(evaluations, **fields):
 
 
 def test_headline_reports_the_strongest_own_evaluation_the_adaptive_one_and_extras_by_key():
-    attack = lambda row, ctx: None  # noqa: E731 (never called by headline)
+    attack = lambda row, ctx, setup: None  # noqa: E731 (never called by headline)
     row = _row([Evaluation("a", "own_a", "own", attack), Evaluation("b", "own_b", "own", attack),
                 Evaluation("c", "adaptive", "adaptive", attack), Evaluation("d", "control", "extra", attack)])
     summaries = {"a": _summary(0.6, clean=0.8), "b": _summary(0.4), "c": _summary(0.1), "d": _summary(0.0)}
@@ -72,7 +72,7 @@ def _numbers(value):
 def test_run_row_runs_a_declarative_row_and_records_every_evaluation(tmp_path):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
-    pgd = lambda row, ctx: config_pgd(row.config["attack"], row.distance, row.eps)  # noqa: E731
+    pgd = lambda row, ctx, setup: config_pgd(row.config["attack"], row.distance, row.eps)  # noqa: E731
     row = _row([Evaluation("own", "own", "own", pgd, model="net"),
                 Evaluation("adaptive", "adaptive", "adaptive", pgd, model="defended", predict="defended",
                            judge=votes_judge)],

@@ -18,15 +18,14 @@ paper's.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Dict
 
 from torch import nn
 
-from obfgrad.attacks import BPDA, PGD, LatentAttack, TransferAttack
-from obfgrad.zoo import common
+from obfgrad.attacks import BPDA, LatentAttack, TransferAttack
 from obfgrad.zoo import defensegan as zoo_defensegan
-from reproduce import choices, pipeline
+from reproduce import choices
+from reproduce.evaluation import Evaluation, pgd_of
 from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
@@ -51,52 +50,39 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
                            projection_restarts=projection["restarts"]),
         # The eps curve's budget (its EOT/projection steps dominate the curve's time).
         curve=None if paper else {"examples": 50, "steps": 10},
-        run=run,
+        setup=setup,
+        evaluations=(
+            Evaluation("own_transfer_pgd_l2", "own_transfer", "own", attack=lambda row, ctx, setup: TransferAttack(
+                pgd_of("own_attack")(row, ctx), setup["classifier"])),
+            Evaluation("adaptive_bpda_projection", "adaptive_bpda", "adaptive", model="bpda", predict="defended",
+                       attack=pgd_of("adaptive_attack")),
+            Evaluation("reparameterization_perfect_projection", "reparameterization_perfect_projection", "attack",
+                       model="classifier", attack=lambda row, ctx, setup: LatentAttack(
+                           setup["generator"], **row.config["latent_attack"], seed=ctx.seed)),
+            Evaluation("undefended_classifier_pgd_l2", "undefended_classifier", "attack", model="classifier",
+                       attack=pgd_of("own_attack")),
+        ),
+        report=report,
         build_defense=zoo_builder(zoo_defensegan.build),
         variants=zoo_defensegan.VARIANTS,
     )
 
 
 
-def _pgd(settings: Dict[str, Any], eps: float) -> PGD:
-    return PGD(distance="l2_per_value", eps=eps, steps=settings["steps"], step_size=settings["step_size"],
-               loss=settings["loss"], random_start=False, kappa=None, early_stop=True)
+def setup(row: RowSpec, ctx: RunContext, x, y) -> Dict[str, Any]:
+    """The generator, the projection and the classifier; the projection of the clean images (a
+    randomized defense: drawn here, before any attack, as the row always did)."""
+    g, projection, classifier = zoo_defensegan.defended(ctx, row.config)
+    reconstruction_l2 = (projection(x) - x).flatten(1).norm(dim=1)
+    ctx.log(f"  projection: median ||G(z*) - x||_2 {float(reconstruction_l2.median()):.2f}")
+    return {"generator": g, "classifier": classifier, "guard": classifier,
+            "defended": nn.Sequential(projection, classifier).eval(),
+            "bpda": nn.Sequential(BPDA(projection), classifier).eval(),
+            "median_reconstruction_l2": round(float(reconstruction_l2.median()), 4)}
 
 
-def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
-    config = row.config
-    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
-    g, projection, classifier = zoo_defensegan.defended(ctx, config)
-    guard = pipeline.guard_clean_accuracy(ctx, row, classifier, x, y, config["clean_floor"])
-    defended = nn.Sequential(projection, classifier).eval()
-
-    started = time.perf_counter()
-    reconstruction = projection(x)
-    per_image = (time.perf_counter() - started) / x.shape[0]
-    reconstruction_l2 = (reconstruction - x).flatten(1).norm(dim=1)
-    ctx.log(f"  projection: {per_image * 1000:.0f} ms per image; median ||G(z*) - x||_2 "
-            f"{float(reconstruction_l2.median()):.2f}")
-
-    own = pipeline.run_attack(ctx, row, "own_transfer_pgd_l2", defended,
-                              TransferAttack(_pgd(config["own_attack"], row.eps), classifier), x, y)
-    bpda = pipeline.run_attack(ctx, row, "adaptive_bpda_projection", nn.Sequential(BPDA(projection), classifier).eval(),
-                               _pgd(config["adaptive_attack"], row.eps), x, y, predict=lambda v: defended(v).argmax(1))
-    latent = LatentAttack(g, **config["latent_attack"], seed=ctx.seed)
-    perfect = pipeline.run_attack(ctx, row, "reparameterization_perfect_projection", classifier, latent, x, y)
-    undefended = pipeline.run_attack(ctx, row, "undefended_classifier_pgd_l2", classifier,
-                                     _pgd(config["own_attack"], row.eps), x, y)
-    return {
-        "clean_accuracy": own["clean_accuracy"],
-        "own_attack_accuracy": own["accuracy"],
-        "own_attack_ci95": own["ci95"],
-        "adaptive_accuracy": bpda["accuracy"],
-        "adaptive_ci95": bpda["ci95"],
-        "attacks": {"own_transfer": own, "adaptive_bpda": bpda, "reparameterization_perfect_projection": perfect,
-                    "undefended_classifier": undefended},
-        "perfect_projection_accuracy": perfect["accuracy"],
-        "perfect_projection_ci95": perfect["ci95"],
-        "projection_seconds_per_image": round(per_image, 4),
-        "median_reconstruction_l2": round(float(reconstruction_l2.median()), 4),
-        "undefended_clean_accuracy": undefended["clean_accuracy"],
-        "clean_accuracy_guard": guard,
-    }
+def report(row: RowSpec, ctx: RunContext, setup: Dict[str, Any], summaries: Dict[str, Any]) -> Dict[str, Any]:
+    perfect = summaries["reparameterization_perfect_projection"]
+    return {"perfect_projection_accuracy": perfect["accuracy"], "perfect_projection_ci95": perfect["ci95"],
+            "median_reconstruction_l2": setup["median_reconstruction_l2"],
+            "undefended_clean_accuracy": summaries["undefended_classifier_pgd_l2"]["clean_accuracy"]}

@@ -25,7 +25,7 @@ from obfgrad.eval import accuracy_summary, correct_or_detected, judged_inputs
 from obfgrad.fingerprint import file_sha256
 from obfgrad.zoo import lid as zoo_lid
 from reproduce import choices, distributed
-from reproduce.evaluation import Evaluation, config_pgd
+from reproduce.evaluation import Evaluation, pgd_of
 from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
@@ -48,10 +48,10 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         setup=setup,
         evaluations=(
             # Own evaluation: the detector against the (unbounded) CW-L2 attack it was trained on.
-            Evaluation("own_cw_l2", "own", "own", attack=lambda row, ctx: zoo_lid.cw(row.config["detector_attack"]),
-                       judge=detector_judge, distance="l2", eps=1e6),
+            Evaluation("own_cw_l2", "own", "own", judge=detector_judge, distance="l2", eps=1e6,
+                       attack=lambda row, ctx, setup: zoo_lid.cw(row.config["detector_attack"])),
             Evaluation("adaptive_high_confidence_pgd", "adaptive", "adaptive", judge=detector_judge,
-                       attack=lambda row, ctx: config_pgd(row.config["adaptive_attack"], row.distance, row.eps)),
+                       attack=pgd_of("adaptive_attack")),
         ),
         report=report,
         build_defense=zoo_builder(zoo_lid.build),

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from obfgrad.attacks import PGD
 from obfgrad.zoo import common
 from obfgrad.zoo import madry as zoo_madry
 from reproduce import choices
-from reproduce.evaluation import Evaluation, config_pgd
+from reproduce.evaluation import Evaluation, pgd_of
 from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
@@ -48,14 +47,9 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     )
 
 
-def own(row: RowSpec, ctx: RunContext) -> PGD:
-    """The MadryLab leaderboard attack: 20-step PGD on the cross-entropy (shared with the Na row)."""
-    return config_pgd(row.config["own_attack"], row.distance, row.eps, seed=ctx.seed)
-
-
-def adaptive(row: RowSpec, ctx: RunContext) -> PGD:
-    """100-step PGD on the CW margin, 5 random restarts (shared with the Na row)."""
-    return config_pgd(row.config["adaptive_attack"], row.distance, row.eps, seed=ctx.seed)
+#: The MadryLab leaderboard attack, 20-step PGD on the cross-entropy, and the adaptive 100-step PGD
+#: on the CW margin with 5 random restarts (shared with the Na row); seeded with the run seed.
+own, adaptive = pgd_of("own_attack", seeded=True), pgd_of("adaptive_attack", seeded=True)
 
 
 def setup(row: RowSpec, ctx: RunContext, x, y) -> Dict[str, Any]:

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from obfgrad.attacks import EOT, PGD
+from obfgrad.attacks import EOT
 from obfgrad.zoo import sap as zoo_sap
 from reproduce import choices
-from reproduce.evaluation import Evaluation, config_pgd, votes_judge
+from reproduce.evaluation import Evaluation, pgd_of, votes_judge
 from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
@@ -46,7 +46,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         setup=setup,
         evaluations=(
             Evaluation("own_single_sample", "own", "own", predict="defended", judge=votes_judge,
-                       attack=lambda row, ctx: config_pgd(row.config["own_attack"], row.distance, row.eps)),
+                       attack=pgd_of("own_attack")),
             Evaluation("adaptive_eot", "adaptive", "adaptive", model="eot", predict="defended", judge=votes_judge,
                        attack=adaptive),
             # Control: the same attack on the network without SAP. What it leaves is the smoke budget's
@@ -60,8 +60,8 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     )
 
 
-def adaptive(row: RowSpec, ctx: RunContext) -> PGD:
-    return config_pgd(row.config["adaptive_attack"], row.distance, row.eps)
+#: The adaptive attack (EOT's draws come from the model: ``setup["eot"]``).
+adaptive = pgd_of("adaptive_attack")
 
 
 def setup(row: RowSpec, ctx: RunContext, x, y) -> Dict[str, Any]:

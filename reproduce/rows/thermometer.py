@@ -21,7 +21,7 @@ from typing import Any, Dict
 from obfgrad.attacks import LSPGA
 from obfgrad.zoo import thermometer as zoo_thermometer
 from reproduce import choices
-from reproduce.evaluation import Evaluation, config_pgd
+from reproduce.evaluation import Evaluation, pgd_of
 from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
@@ -45,11 +45,11 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         setup=setup,
         evaluations=(
             Evaluation("own_lspga", "own_lspga", "own",
-                       attack=lambda row, ctx: LSPGA(eps=row.eps, **row.config["own_lspga"], seed=ctx.seed)),
+                       attack=lambda row, ctx, setup: LSPGA(eps=row.eps, **row.config["own_lspga"], seed=ctx.seed)),
             Evaluation("own_plain_gradient", "own_plain_gradient", "own", model="true_gradient",
-                       attack=lambda row, ctx: config_pgd(row.config["own_plain_gradient"], row.distance, row.eps)),
+                       attack=pgd_of("own_plain_gradient")),
             Evaluation("adaptive_bpda_margin", "adaptive", "adaptive",
-                       attack=lambda row, ctx: config_pgd(row.config["adaptive_attack"], row.distance, row.eps)),
+                       attack=pgd_of("adaptive_attack")),
         ),
         build_defense=zoo_builder(zoo_thermometer.build),
     )

@@ -15,7 +15,7 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
 
 from obfgrad.zoo.base import PROFILES, BuildContext, DefenseBundle
 
-__all__ = ["PROFILES", "ROW_NAMES", "BuildContext", "DefenseBundle", "RowSpec", "RunContext"]
+__all__ = ["PROFILES", "ROW_NAMES", "BuildContext", "DefenseBundle", "RowSpec", "RunContext", "zoo_fields"]
 
 #: Table 1 order (Athalye, Carlini & Wagner 2018).
 ROW_NAMES = ("thermometer", "lid", "guo", "sap", "xie", "pixeldefend", "defensegan", "madry", "na")
@@ -110,3 +110,11 @@ def zoo_builder(build: Callable[..., DefenseBundle]) -> Callable[..., DefenseBun
         return build(spec.config, ctx, n, **options)
 
     return build_defense
+
+
+def zoo_fields(zoo: Any, profile: str, config: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``RowSpec`` fields a row takes from its zoo defense module (``obfgrad.zoo.<name>``):
+    ``dataset``, ``distance``, ``eps`` and ``config`` (the row's settings, the zoo's ``config`` plus
+    any of the row's own), ``build_defense`` and, where the zoo has several, ``variants``."""
+    return {"dataset": zoo.dataset(profile), "distance": zoo.DISTANCE, "eps": config["eps"], "config": config,
+            "build_defense": zoo_builder(zoo.build), "variants": tuple(getattr(zoo, "VARIANTS", ()))}

@@ -26,7 +26,7 @@ from obfgrad.attacks import BPDA, LatentAttack, TransferAttack
 from obfgrad.zoo import defensegan as zoo_defensegan
 from reproduce import choices
 from reproduce.evaluation import Evaluation, pgd_of
-from reproduce.spec import RowSpec, RunContext, zoo_builder
+from reproduce.spec import RowSpec, RunContext, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -37,15 +37,12 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         name="defensegan",
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Samangouei et al. (2018), Defense-GAN",
-        dataset=zoo_defensegan.dataset(profile),
-        distance=zoo_defensegan.DISTANCE,
-        eps=zoo_defensegan.EPS,
+        **zoo_fields(zoo_defensegan, profile, config),
         paper_dataset="MNIST",
         paper_bound="0.005 (ℓ2)",
         paper_accuracy=0.55,
         paper_note="** the principle (on-manifold adversarial examples) gives 0%; the imperfect projection 55%",
         n_examples=100,
-        config=config,
         choices=choices.of("defensegan", profile, projection_steps=projection["steps"],
                            projection_restarts=projection["restarts"]),
         # The eps curve's budget (its EOT/projection steps dominate the curve's time).
@@ -63,8 +60,6 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
                        attack=pgd_of("own_attack")),
         ),
         report=report,
-        build_defense=zoo_builder(zoo_defensegan.build),
-        variants=zoo_defensegan.VARIANTS,
     )
 
 

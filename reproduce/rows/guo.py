@@ -25,13 +25,12 @@ from typing import Any, Dict
 
 from torch import nn
 
-from obfgrad.attacks import PGD, PenalizedGradientDescent, TransferAttack
 from obfgrad.defenses.input_transforms import GUO_TRANSFORMS
 from obfgrad.eval import accuracy_vs_eps, argmax_predictor, random_targets
 from obfgrad.zoo import common, imagenet
 from obfgrad.zoo import guo as zoo_guo
 from reproduce import choices, pipeline
-from reproduce.spec import RowSpec, RunContext, zoo_builder
+from reproduce.spec import RowSpec, RunContext, zoo_fields
 
 
 def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
@@ -55,9 +54,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         name="guo",
         takes_weights=profile == "paper",  # --weights: the paper profile's InceptionV3 weights
         defense="Guo et al. (2018), input transformations",
-        dataset=zoo_guo.dataset(profile),
-        distance=zoo_guo.DISTANCE,
-        eps=config["eps"],
+        **zoo_fields(zoo_guo, profile, config),
         paper_dataset="ImageNet",
         paper_bound="0.05 (ℓ2)",
         paper_accuracy=0.0,
@@ -65,32 +62,14 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
                    "Table 1 shows the strongest of the five transformations.",
         n_examples=1000 if paper else 100,
         targeted=paper,
-        config=config,
         choices=choices.of("guo", profile, quilt_patches=zoo_guo.SMOKE_PATCHES),
         # The eps curve's budget (its EOT/projection steps dominate the curve's time).
         curve=None if paper else {"examples": 50, "steps": 10},
         run=run,
-        build_defense=zoo_builder(zoo_guo.build),
-        variants=zoo_guo.VARIANTS,
     )
 
 
 # ---------------------------------------------------------------------------- defenses and attacks
-
-
-def adaptive_attack(name: str, config: Dict[str, Any], distance: str) -> PenalizedGradientDescent:
-    settings = config["adaptive_attack"][name]
-    return PenalizedGradientDescent(distance, config["eps"], steps=settings["steps"], step_size=settings["step_size"],
-                                    penalty=settings["penalty"], loss=settings["loss"], targeted=config["targeted"],
-                                    project=settings["project"], update=settings["update"],
-                                    early_stop=settings.get("early_stop", True))
-
-
-def own_attack(config: Dict[str, Any], distance: str, eps: float, net: nn.Module, seed: int) -> TransferAttack:
-    settings = config["own_attack"]
-    pgd = PGD(distance=distance, eps=eps, steps=settings["steps"], step_size=settings["step_size"],
-              loss=settings["loss"], targeted=config["targeted"], seed=seed)
-    return TransferAttack(pgd, net)
 
 
 def _evaluate_transform(row: RowSpec, ctx: RunContext, name: str, net: nn.Module, x, y, targets, database):
@@ -98,11 +77,11 @@ def _evaluate_transform(row: RowSpec, ctx: RunContext, name: str, net: nn.Module
     defended = zoo_guo.defended_model(name, config, net, database)
     predict = argmax_predictor(defended)
     own = pipeline.run_attack(ctx, row, f"{name}.own_transfer", defended,
-                              own_attack(config, row.distance, row.eps, net, ctx.seed), x, y,
+                              zoo_guo.own_attack(config, row.distance, row.eps, net, ctx.seed), x, y,
                               predict=predict, targets=targets)
     model = zoo_guo.adaptive_model(name, config, net, database, draws_per_pass=zoo_guo.draws_per_pass(ctx))
-    adaptive = pipeline.run_attack(ctx, row, f"{name}.adaptive", model,
-                                   adaptive_attack(name, config, row.distance), x, y, predict=predict, targets=targets)
+    attack = zoo_guo.adaptive_attack(name, config, row.distance)
+    adaptive = pipeline.run_attack(ctx, row, f"{name}.adaptive", model, attack, x, y, predict=predict, targets=targets)
     sweep = config.get("adaptive_eps_sweep") or {}
     return {
         **({"adaptive_eps_sweep": _eps_sweep(row, ctx, name, net, x, y, targets, database, predict)}
@@ -127,7 +106,8 @@ def _eps_sweep(row: RowSpec, ctx: RunContext, name: str, net, x, y, targets, dat
                                              None if targets is None else targets[:n])
     accuracy_vs_eps(zoo_guo.adaptive_model(name, row.config, net, database, draws_per_pass=zoo_guo.draws_per_pass(ctx)),
                     x[:n], y[:n], distance=row.distance, eps_grid=list(factors), predict=predict,
-                    attack=lambda eps: adaptive_attack(name, _scaled(row.config, name, factors[eps]), row.distance),
+                    attack=lambda eps: zoo_guo.adaptive_attack(name, _scaled(row.config, name, factors[eps]),
+                                                               row.distance),
                     evaluator=evaluator)
     return [{"eps": eps, "n": n, "accuracy": summary["accuracy"], "ci95": summary["ci95"]}
             for eps, summary in zip(factors, evaluator.summaries)]

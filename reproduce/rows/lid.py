@@ -26,7 +26,7 @@ from obfgrad.fingerprint import file_sha256
 from obfgrad.zoo import lid as zoo_lid
 from reproduce import choices, distributed
 from reproduce.evaluation import Evaluation, pgd_of
-from reproduce.spec import RowSpec, RunContext, zoo_builder
+from reproduce.spec import RowSpec, RunContext, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -36,14 +36,11 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         name="lid",
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Ma et al. (2018), local intrinsic dimensionality",
-        dataset=zoo_lid.dataset(profile),
-        distance=zoo_lid.DISTANCE,
-        eps=config["eps"],
+        **zoo_fields(zoo_lid, profile, config),
         paper_dataset="CIFAR-10",
         paper_bound="0.031 (ℓ∞)",
         paper_accuracy=0.05,
         n_examples=1000 if paper else 400,
-        config=config,
         choices=choices.of("lid", profile),
         setup=setup,
         evaluations=(
@@ -54,7 +51,6 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
                        attack=pgd_of("adaptive_attack")),
         ),
         report=report,
-        build_defense=zoo_builder(zoo_lid.build),
     )
 
 

@@ -17,7 +17,7 @@ from obfgrad.zoo import common
 from obfgrad.zoo import madry as zoo_madry
 from reproduce import choices
 from reproduce.evaluation import Evaluation, pgd_of
-from reproduce.spec import RowSpec, RunContext, zoo_builder
+from reproduce.spec import RowSpec, RunContext, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -27,14 +27,11 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         name="madry",
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Madry et al. (2018), PGD adversarial training",
-        dataset=zoo_madry.dataset(profile),
-        distance=zoo_madry.DISTANCE,
-        eps=config["eps"],
+        **zoo_fields(zoo_madry, profile, config),
         paper_dataset="CIFAR-10",
         paper_bound="0.031 (ℓ∞)",
         paper_accuracy=0.47,
         n_examples=10000 if paper else 1000,
-        config=config,
         choices=choices.of("madry", profile),
         setup=setup,
         evaluations=(
@@ -43,7 +40,6 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             Evaluation("natural_twin_adaptive", "natural_twin", "extra", model="natural_twin", attack=adaptive),
         ),
         report=lambda row, ctx, setup, summaries: {"natural_twin": twin_summary(summaries["natural_twin_adaptive"])},
-        build_defense=zoo_builder(zoo_madry.build),
     )
 
 

@@ -15,7 +15,7 @@ from obfgrad.zoo import na as zoo_na
 from reproduce import choices
 from reproduce.evaluation import Evaluation
 from reproduce.rows import madry
-from reproduce.spec import RowSpec, zoo_builder
+from reproduce.spec import RowSpec, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -24,18 +24,14 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     return RowSpec(
         name="na",
         defense="Na et al. (2018), cascade adversarial training",
-        dataset=zoo_na.dataset(profile),
-        distance=zoo_na.DISTANCE,
-        eps=config["eps"],
+        **zoo_fields(zoo_na, profile, config),
         paper_dataset="CIFAR-10",
         paper_bound="0.015 (ℓ∞)",
         paper_accuracy=0.15,
         n_examples=10000 if paper else 1000,
-        config=config,
         choices=choices.of("na", profile),
         setup=lambda row, ctx, x, y: {"defended": (model := zoo_na.cascade_classifier(ctx, row.config["classifier"])),
                                         "guard": model},
         evaluations=(Evaluation("own_pgd20_ce", "own", "own", attack=madry.own),
                      Evaluation("adaptive_pgd100x5_margin", "adaptive", "adaptive", attack=madry.adaptive)),
-        build_defense=zoo_builder(zoo_na.build),
     )

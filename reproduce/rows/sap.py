@@ -22,7 +22,7 @@ from obfgrad.attacks import EOT
 from obfgrad.zoo import sap as zoo_sap
 from reproduce import choices
 from reproduce.evaluation import Evaluation, pgd_of, votes_judge
-from reproduce.spec import RowSpec, RunContext, zoo_builder
+from reproduce.spec import RowSpec, RunContext, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -32,14 +32,11 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         name="sap",
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Dhillon et al. (2018), stochastic activation pruning",
-        dataset=zoo_sap.dataset(profile),
-        distance=zoo_sap.DISTANCE,
-        eps=config["eps"],
+        **zoo_fields(zoo_sap, profile, config),
         paper_dataset="CIFAR-10",
         paper_bound="0.031 (ℓ∞)",
         paper_accuracy=0.0,
         n_examples=10000 if paper else 200,
-        config=config,
         choices=choices.of("sap", profile),
         # The eps curve's budget (its EOT/projection steps dominate the curve's time).
         curve=None if paper else {"examples": 50, "steps": 10},
@@ -56,7 +53,6 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         ),
         report=lambda row, ctx, setup, summaries: {
             "undefended_clean_accuracy": summaries["undefended_same_attack"]["clean_accuracy"]},
-        build_defense=zoo_builder(zoo_sap.build),
     )
 
 

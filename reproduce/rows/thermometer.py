@@ -22,7 +22,7 @@ from obfgrad.attacks import LSPGA
 from obfgrad.zoo import thermometer as zoo_thermometer
 from reproduce import choices
 from reproduce.evaluation import Evaluation, pgd_of
-from reproduce.spec import RowSpec, RunContext, zoo_builder
+from reproduce.spec import RowSpec, RunContext, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -32,15 +32,12 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     return RowSpec(
         name="thermometer",
         defense="Buckman et al. (2018), thermometer encoding",
-        dataset=zoo_thermometer.dataset(profile),
-        distance=zoo_thermometer.DISTANCE,
-        eps=config["eps"],
+        **zoo_fields(zoo_thermometer, profile, config),
         paper_dataset="CIFAR-10",
         paper_bound="0.031 (ℓ∞)",
         paper_accuracy=0.0,
         paper_note="*",  # the defense alone (no adversarial training)
         n_examples=10000 if paper else 500,
-        config=config,
         choices=choices.of("thermometer", profile),
         setup=setup,
         evaluations=(
@@ -51,7 +48,6 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
             Evaluation("adaptive_bpda_margin", "adaptive", "adaptive",
                        attack=pgd_of("adaptive_attack")),
         ),
-        build_defense=zoo_builder(zoo_thermometer.build),
     )
 
 

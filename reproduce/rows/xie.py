@@ -35,7 +35,7 @@ from obfgrad.zoo import common, imagenet
 from obfgrad.zoo import xie as zoo_xie
 from reproduce import choices, pipeline
 from reproduce.evaluation import config_pgd
-from reproduce.spec import RowSpec, RunContext, zoo_builder
+from reproduce.spec import RowSpec, RunContext, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -45,19 +45,15 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         name="xie",
         takes_weights=profile == "paper",  # --weights: the paper profile's InceptionV3 weights
         defense="Xie et al. (2018), randomization",
-        dataset=zoo_xie.dataset(profile),
-        distance=zoo_xie.DISTANCE,
-        eps=config["eps"],
+        **zoo_fields(zoo_xie, profile, config),
         paper_dataset="ImageNet",
         paper_bound="0.031 (ℓ∞)",
         paper_accuracy=0.0,
         paper_note="*: Xie et al. also propose ensemble adversarial training; the defense alone is reported.",
         n_examples=1000 if paper else 100,
         targeted=paper,
-        config=config,
         choices=choices.of("xie", profile),
         run=run,
-        build_defense=zoo_builder(zoo_xie.build),
     )
 
 

@@ -14,6 +14,7 @@ from obfgrad.eval import (
     robustml_rule,
     vote_correct,
 )
+from obfgrad.eval.confidence import paired_sign_test, stronger_attack_comparison, stuck_attack_reading
 
 
 class Scripted(torch.nn.Module):
@@ -128,3 +129,17 @@ def test_accuracy_summary_counts_verdicts_with_the_exact_interval():
     assert summary == {"accuracy": 0.75, "ci95": list(clopper_pearson(3, 4))}
     with pytest.raises(ValueError, match="correct"):
         accuracy_summary(torch.tensor([], dtype=torch.bool))
+
+
+def test_stronger_attack_comparison_counts_discordant_pairs_and_tests_them():
+    # 1 = still correct. The stronger attack breaks examples 0-9 the main one leaves; the reverse for 10.
+    main = torch.tensor([True] * 10 + [False] + [True] * 5)
+    stronger = torch.tensor([False] * 10 + [True] + [True] * 5)
+    comparison = stronger_attack_comparison(main, stronger)
+    assert (comparison["broken_only_by_control"], comparison["broken_only_by_main"]) == (10, 1)
+    assert comparison["paired_sign_test_p"] == paired_sign_test(10, 1) < 0.05
+    assert comparison["reading"] == stuck_attack_reading(10, 1, comparison["paired_sign_test_p"])
+    assert comparison["reading"].startswith("stuck attack")
+    assert stronger_attack_comparison(main, main)["reading"].startswith("not a stuck attack")
+    with pytest.raises(ValueError, match="main_correct, stronger_correct"):
+        stronger_attack_comparison(main, stronger[:3])

@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:  # reproduce/ is a top-level directory of the repo
 
 from row_streams import recorded_seeds  # noqa: E402
 
-from obfgrad.eval.confidence import paired_sign_test  # noqa: E402
+from obfgrad.eval.confidence import paired_sign_test, stuck_attack_reading  # noqa: E402
 from reproduce import runner  # noqa: E402
 from reproduce.rows import all_specs, xie  # noqa: E402
 from reproduce.spec import RunContext  # noqa: E402
@@ -38,7 +38,8 @@ def test_the_control_is_recorded_with_a_paired_comparison_on_the_same_examples(s
     difference = (control["broken_only_by_main"] - control["broken_only_by_control"]) / n
     assert ours["accuracy"] - main["accuracy"] == pytest.approx(difference)
     assert 0.0 <= control["paired_sign_test_p"] <= 1.0
-    assert control["reading"] == xie.control_reading(control)
+    assert control["reading"] == stuck_attack_reading(control["broken_only_by_control"],
+                                                      control["broken_only_by_main"], control["paired_sign_test_p"])
     assert control["attack"]["n"] == n and "random_start=True" in control["attack"]["attack"]
 
 
@@ -96,8 +97,7 @@ def test_paired_sign_test_rejects_counts_that_are_not_counts(bad):
 
 def test_the_reading_says_stuck_only_for_a_significant_gain_of_the_stronger_attack():
     def reading(more, fewer):
-        return xie.control_reading({"broken_only_by_control": more, "broken_only_by_main": fewer,
-                                    "paired_sign_test_p": paired_sign_test(more, fewer)})
+        return stuck_attack_reading(more, fewer, paired_sign_test(more, fewer))
     assert reading(12, 2).startswith("stuck attack")
     assert reading(2, 12).startswith("not a stuck attack")  # significant, but the other way
     assert reading(4, 2).startswith("not a stuck attack")  # not significant

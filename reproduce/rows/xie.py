@@ -30,7 +30,7 @@ from obfgrad.eval import (
     derive_seed,
     random_targets,
 )
-from obfgrad.eval.confidence import paired_sign_test
+from obfgrad.eval.confidence import stronger_attack_comparison
 from obfgrad.zoo import common, imagenet
 from obfgrad.zoo import xie as zoo_xie
 from reproduce import choices, pipeline
@@ -175,28 +175,11 @@ def _stronger_attack_control(ctx: RunContext, row: RowSpec, defended, data, x_ad
     # the same judge draws for both attacks
     main_correct = _any_draw(ctx, row, defended, x, y, x_adv_main)
     control_correct = _any_draw(ctx, row, defended, x, y, x_adv)
-    broken_only_by_control = int((main_correct & ~control_correct).sum())
-    broken_only_by_main = int((control_correct & ~main_correct).sum())
-    p_value = paired_sign_test(broken_only_by_control, broken_only_by_main)
     control = {"name": "stronger_attack_same_eps", "n": n, "settings": dict(settings), "attack": summary,
                "accuracy_10_of_10": _strict_summary(ctx, row, control_correct),
                "main_attack_10_of_10_same_examples": _strict_summary(ctx, row, main_correct),
-               "broken_only_by_control": broken_only_by_control, "broken_only_by_main": broken_only_by_main,
-               "paired_sign_test_p": p_value}
-    control["reading"] = control_reading(control)
+               **stronger_attack_comparison(main_correct, control_correct)}
     ctx.log(f"  {'control: stronger attack':<28} 10 of 10 {control['accuracy_10_of_10']['accuracy']:.3f} vs main "
-            f"{control['main_attack_10_of_10_same_examples']['accuracy']:.3f} on the same {n} (p = {p_value:.2g}): "
-            f"{control['reading']}")
+            f"{control['main_attack_10_of_10_same_examples']['accuracy']:.3f} on the same {n} "
+            f"(p = {control['paired_sign_test_p']:.2g}): {control['reading']}")
     return control
-
-
-def control_reading(control: Dict[str, Any], alpha: float = 0.05) -> str:
-    """What the paired comparison says: the stronger attack breaks significantly more of the same
-    examples (the main attack is stuck), or it does not (the residual is not the attack's budget)."""
-    more, fewer, p = control["broken_only_by_control"], control["broken_only_by_main"], control["paired_sign_test_p"]
-    if p < alpha and more > fewer:
-        return (f"stuck attack: the stronger attack breaks {more} examples the main attack leaves, and leaves "
-                f"{fewer} it breaks (p = {p:.2g} < {alpha:g})")
-    return (f"not a stuck attack: more draws, steps and a fresh start break {more} examples the main attack "
-            f"leaves, and leave {fewer} it breaks (p = {p:.2g}); the residual reads as robustness of the "
-            "defended model at this eps")

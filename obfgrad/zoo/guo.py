@@ -40,8 +40,7 @@ DRY_RUN_PATCHES = 2_000
 VARIANTS = ("quilting",) + tuple(name for name in GUO_TRANSFORMS if name != "quilting")
 
 
-def dataset(profile: str) -> str:
-    return "imagenet" if profile == "paper" else "fashion-mnist"
+dataset = recipes.imagenet_or_fashion_mnist
 
 
 # ---------------------------------------------------------------------------- quilting database
@@ -120,10 +119,7 @@ def config(profile: str, dry_run: bool = False) -> Dict[str, Any]:
     variant = _authors_variants(paper)
     return {
         "eps": eps,
-        "classifier": imagenet.imagenet_classifier_recipe(dry_run) if paper else recipes.smoke_classifier(None),
-        "clean_floor": recipes.clean_floor(imagenet.imagenet_classifier_recipe(dry_run) if paper
-                                           else recipes.smoke_classifier(None)),
-        "targeted": paper,
+        **imagenet.row_classifier(paper, dry_run),
         "transforms": {
             "bit_depth": {"bits": 3},
             "jpeg": {"quality": 75, **variant["jpeg"]},

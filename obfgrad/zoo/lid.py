@@ -21,19 +21,15 @@ PAPER_EPS = 8 / 255
 SMOKE_EPS = 0.1
 
 
-def dataset(profile: str) -> str:
-    return "cifar10" if profile == "paper" else "fashion-mnist"
+dataset = recipes.cifar10_or_fashion_mnist
 
 
 def config(profile: str, dry_run: bool = False) -> Dict[str, Any]:
     """Every setting of the defense and of the paper's attacks on it (JSON)."""
-    paper = profile == "paper"
-    eps = PAPER_EPS if paper else SMOKE_EPS
-    steps = lambda n: 2 if dry_run else n  # noqa: E731
+    paper, eps, steps = recipes.profile_budget(profile, dry_run, PAPER_EPS, SMOKE_EPS)
     return {
         "eps": eps,
-        "classifier": lid_cnn_recipe() if paper else recipes.smoke_classifier(None),
-        "clean_floor": recipes.clean_floor(lid_cnn_recipe() if paper else recipes.smoke_classifier(None)),
+        **recipes.classifier_entries(lid_cnn_recipe() if paper else recipes.smoke_classifier(None)),
         "lid": {"k": 20, "batch_size": 100},
         "detector": {"classifier": "LogisticRegressionCV on min-max scaled features", "folds": 5, "threshold": 0.5,
                      "train_offset": 2 if dry_run else (1000 if paper else 5000),

@@ -26,7 +26,7 @@ from obfgrad.attacks import BPDA, LatentAttack, TransferAttack
 from obfgrad.zoo import defensegan as zoo_defensegan
 from reproduce import choices
 from reproduce.evaluation import Evaluation, pgd_of
-from reproduce.spec import RowSpec, RunContext, zoo_fields
+from reproduce.spec import RowSpec, RunContext, table1, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -38,10 +38,8 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Samangouei et al. (2018), Defense-GAN",
         **zoo_fields(zoo_defensegan, profile, config),
-        paper_dataset="MNIST",
-        paper_bound="0.005 (ℓ2)",
-        paper_accuracy=0.55,
-        paper_note="** the principle (on-manifold adversarial examples) gives 0%; the imperfect projection 55%",
+        **table1("MNIST", "0.005 (ℓ2)", 0.55,
+                 "** the principle (on-manifold adversarial examples) gives 0%; the imperfect projection 55%"),
         n_examples=100,
         choices=choices.of("defensegan", profile, projection_steps=projection["steps"],
                            projection_restarts=projection["restarts"]),

@@ -30,7 +30,7 @@ from obfgrad.eval import accuracy_vs_eps, argmax_predictor, random_targets
 from obfgrad.zoo import common, imagenet
 from obfgrad.zoo import guo as zoo_guo
 from reproduce import choices, pipeline
-from reproduce.spec import RowSpec, RunContext, zoo_fields
+from reproduce.spec import RowSpec, RunContext, imagenet_fields, table1, zoo_fields
 
 
 def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
@@ -52,16 +52,11 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     paper = profile == "paper"
     return RowSpec(
         name="guo",
-        takes_weights=profile == "paper",  # --weights: the paper profile's InceptionV3 weights
+        **imagenet_fields(profile),  # the paper profile: --weights for InceptionV3, 1000 images, targeted
         defense="Guo et al. (2018), input transformations",
         **zoo_fields(zoo_guo, profile, config),
-        paper_dataset="ImageNet",
-        paper_bound="0.05 (ℓ2)",
-        paper_accuracy=0.0,
-        paper_note="*: Guo et al. also propose training on transformed images; the defense alone is reported. "
-                   "Table 1 shows the strongest of the five transformations.",
-        n_examples=1000 if paper else 100,
-        targeted=paper,
+        **table1("ImageNet", "0.05 (ℓ2)", 0.0, "*: Guo et al. also propose training on transformed images; the "
+                 "defense alone is reported. Table 1 shows the strongest of the five transformations."),
         choices=choices.of("guo", profile, quilt_patches=zoo_guo.SMOKE_PATCHES),
         # The eps curve's budget (its EOT/projection steps dominate the curve's time).
         curve=None if paper else {"examples": 50, "steps": 10},

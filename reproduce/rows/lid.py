@@ -26,7 +26,7 @@ from obfgrad.fingerprint import file_sha256
 from obfgrad.zoo import lid as zoo_lid
 from reproduce import choices, distributed
 from reproduce.evaluation import Evaluation, pgd_of
-from reproduce.spec import RowSpec, RunContext, zoo_fields
+from reproduce.spec import RowSpec, RunContext, table1, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -37,9 +37,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Ma et al. (2018), local intrinsic dimensionality",
         **zoo_fields(zoo_lid, profile, config),
-        paper_dataset="CIFAR-10",
-        paper_bound="0.031 (ℓ∞)",
-        paper_accuracy=0.05,
+        **table1("CIFAR-10", "0.031 (ℓ∞)", 0.05),
         n_examples=1000 if paper else 400,
         choices=choices.of("lid", profile),
         setup=setup,

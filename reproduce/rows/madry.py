@@ -17,7 +17,7 @@ from obfgrad.zoo import common
 from obfgrad.zoo import madry as zoo_madry
 from reproduce import choices
 from reproduce.evaluation import Evaluation, pgd_of
-from reproduce.spec import RowSpec, RunContext, zoo_fields
+from reproduce.spec import RowSpec, RunContext, table1, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -28,9 +28,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Madry et al. (2018), PGD adversarial training",
         **zoo_fields(zoo_madry, profile, config),
-        paper_dataset="CIFAR-10",
-        paper_bound="0.031 (ℓ∞)",
-        paper_accuracy=0.47,
+        **table1("CIFAR-10", "0.031 (ℓ∞)", 0.47),
         n_examples=10000 if paper else 1000,
         choices=choices.of("madry", profile),
         setup=setup,

@@ -15,7 +15,7 @@ from obfgrad.zoo import na as zoo_na
 from reproduce import choices
 from reproduce.evaluation import Evaluation
 from reproduce.rows import madry
-from reproduce.spec import RowSpec, zoo_fields
+from reproduce.spec import RowSpec, table1, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -25,9 +25,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         name="na",
         defense="Na et al. (2018), cascade adversarial training",
         **zoo_fields(zoo_na, profile, config),
-        paper_dataset="CIFAR-10",
-        paper_bound="0.015 (ℓ∞)",
-        paper_accuracy=0.15,
+        **table1("CIFAR-10", "0.015 (ℓ∞)", 0.15),
         n_examples=10000 if paper else 1000,
         choices=choices.of("na", profile),
         setup=lambda row, ctx, x, y: {"defended": (model := zoo_na.cascade_classifier(ctx, row.config["classifier"])),

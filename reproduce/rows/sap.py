@@ -22,7 +22,7 @@ from obfgrad.attacks import EOT
 from obfgrad.zoo import sap as zoo_sap
 from reproduce import choices
 from reproduce.evaluation import Evaluation, pgd_of, votes_judge
-from reproduce.spec import RowSpec, RunContext, zoo_fields
+from reproduce.spec import RowSpec, RunContext, table1, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -33,9 +33,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Dhillon et al. (2018), stochastic activation pruning",
         **zoo_fields(zoo_sap, profile, config),
-        paper_dataset="CIFAR-10",
-        paper_bound="0.031 (ℓ∞)",
-        paper_accuracy=0.0,
+        **table1("CIFAR-10", "0.031 (ℓ∞)", 0.0),
         n_examples=10000 if paper else 200,
         choices=choices.of("sap", profile),
         # The eps curve's budget (its EOT/projection steps dominate the curve's time).

@@ -22,7 +22,7 @@ from obfgrad.attacks import LSPGA
 from obfgrad.zoo import thermometer as zoo_thermometer
 from reproduce import choices
 from reproduce.evaluation import Evaluation, pgd_of
-from reproduce.spec import RowSpec, RunContext, zoo_fields
+from reproduce.spec import RowSpec, RunContext, table1, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -33,10 +33,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         name="thermometer",
         defense="Buckman et al. (2018), thermometer encoding",
         **zoo_fields(zoo_thermometer, profile, config),
-        paper_dataset="CIFAR-10",
-        paper_bound="0.031 (ℓ∞)",
-        paper_accuracy=0.0,
-        paper_note="*",  # the defense alone (no adversarial training)
+        **table1("CIFAR-10", "0.031 (ℓ∞)", 0.0, "*"),  # *: the defense alone (no adversarial training)
         n_examples=10000 if paper else 500,
         choices=choices.of("thermometer", profile),
         setup=setup,

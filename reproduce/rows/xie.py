@@ -35,23 +35,18 @@ from obfgrad.zoo import common, imagenet
 from obfgrad.zoo import xie as zoo_xie
 from reproduce import choices, pipeline
 from reproduce.evaluation import config_pgd
-from reproduce.spec import RowSpec, RunContext, zoo_fields
+from reproduce.spec import RowSpec, RunContext, imagenet_fields, table1, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
     config = zoo_xie.config(profile, dry_run)
-    paper = profile == "paper"
     return RowSpec(
         name="xie",
-        takes_weights=profile == "paper",  # --weights: the paper profile's InceptionV3 weights
+        **imagenet_fields(profile),  # the paper profile: --weights for InceptionV3, 1000 images, targeted
         defense="Xie et al. (2018), randomization",
         **zoo_fields(zoo_xie, profile, config),
-        paper_dataset="ImageNet",
-        paper_bound="0.031 (ℓ∞)",
-        paper_accuracy=0.0,
-        paper_note="*: Xie et al. also propose ensemble adversarial training; the defense alone is reported.",
-        n_examples=1000 if paper else 100,
-        targeted=paper,
+        **table1("ImageNet", "0.031 (ℓ∞)", 0.0,
+                 "*: Xie et al. also propose ensemble adversarial training; the defense alone is reported."),
         choices=choices.of("xie", profile),
         run=run,
     )

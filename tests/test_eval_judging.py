@@ -143,3 +143,29 @@ def test_stronger_attack_comparison_counts_discordant_pairs_and_tests_them():
     assert stronger_attack_comparison(main, main)["reading"].startswith("not a stuck attack")
     with pytest.raises(ValueError, match="main_correct, stronger_correct"):
         stronger_attack_comparison(main, stronger[:3])
+
+
+def test_accuracy_vs_eps_takes_a_rows_attack_evaluator_and_judge():
+    from obfgrad.eval import accuracy_vs_eps, evaluate, margin_pgd
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    x = torch.rand(6, 1, 2, 2)
+    y = net(x).argmax(1)
+    budgets = []
+
+    def evaluator(*args, **kwargs):
+        budgets.append(kwargs["eps"])
+        return evaluate(*args, progress=False, **kwargs)
+
+    survives = lambda xs, x_adv, ys, eps: torch.ones(xs.shape[0], dtype=torch.bool)  # noqa: E731
+    curve = accuracy_vs_eps(net, x, y, distance="linf", eps_grid=[0.0, 1.0], attack=lambda eps: margin_pgd(
+        "linf", eps, 5), evaluator=evaluator, judge=survives)
+    assert budgets == [1.0]  # eps 0 is the clean accuracy: no attack
+    assert curve.single_draw_accuracy == [1.0, 0.0]  # the whole box breaks a linear model ...
+    assert curve.accuracy == [1.0, 1.0]  # ... but this judge lets every example survive
+    assert [v.tolist() for v in curve.verdicts] == [[True] * 6] * 2 and "verdicts" not in curve.to_dict()
+    assert accuracy_vs_eps(net, x, y, distance="linf", eps_grid=[1.0], steps=5).to_dict().keys() == \
+        {"eps", "accuracy", "n", "steps", "attack", "seconds"}
+    with pytest.raises((TypeError, ValueError), match="steps"):
+        accuracy_vs_eps(net, x, y, distance="linf", eps_grid=[1.0])

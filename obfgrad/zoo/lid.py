@@ -48,6 +48,7 @@ def config(profile: str, dry_run: bool = False) -> Dict[str, Any]:
 
 
 def lid_cnn_recipe() -> Dict[str, Any]:
+    """The paper profile's classifier: Ma et al.'s CIFAR-10 CNN, trained here."""
     # Ma et al.'s train_model.py settings are not in protocol.md: UNCONFIRMED (recorded in choices).
     return {"arch": "lid_cnn", "arch_kwargs": {}, "dataset": "cifar10", "train_limit": None, "epochs": 50,
             "batch_size": 128, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
@@ -55,6 +56,7 @@ def lid_cnn_recipe() -> Dict[str, Any]:
 
 
 def classifier(ctx: BuildContext, config: Dict[str, Any]):
+    """The classifier the detector watches (the user's weights for ``lid`` if given)."""
     return common.classifier(ctx, config["classifier"], row="lid")
 
 

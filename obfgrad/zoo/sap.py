@@ -45,6 +45,8 @@ def config(profile: str, dry_run: bool = False) -> Dict[str, Any]:
 
 
 def defended(ctx: BuildContext, config: Dict[str, Any]):
+    """``(sap, natural)``: SAP in front of the naturally trained classifier (the user's weights for
+    ``sap`` if given), and that classifier alone."""
     natural = common.classifier(ctx, config["classifier"], row="sap")
     return SAP(natural, eps=config["sap"]["eps"]).eval(), natural
 

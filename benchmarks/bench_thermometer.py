@@ -113,3 +113,40 @@ def test_thermometer_forward_backward(benchmark, inputs, contender):
     grad = benchmark.pedantic(fn, args=(x, grad_out), rounds=30, warmup_rounds=3, iterations=1)
     # Every contender computes the same gradient.
     torch.testing.assert_close(grad, native_forward_backward(x, grad_out))
+
+
+# -- one step of the Table 1 row's adaptive attack (moved here from reproduce/rows/thermometer.py) --------------------
+# BPDA through the soft thermometer, CW margin, Adam on sign(grad), on the smoke row's model shape
+# (small CNN on the 16-channel code of 28x28x1 images, 100 examples): the native op against
+# BPDA over the pure-torch reference encoding. Untrained weights: the step's cost does not
+# depend on them (no early stop).
+
+ATTACK_EXAMPLES, ATTACK_STEPS, ATTACK_EPS = 100, 5, 0.1
+
+
+def _attacked_model(backend: str) -> torch.nn.Module:
+    from obfgrad.attacks import BPDA
+    from obfgrad.defenses import ThermometerDefense
+    from obfgrad.models import build_model
+
+    torch.manual_seed(0)
+    classifier = build_model("small_cnn", in_channels=LEVELS, width=16, image_size=28).eval()
+    if backend == "native":
+        return ThermometerDefense(classifier, LEVELS)
+    return torch.nn.Sequential(BPDA(lambda v: thermometer_reference(v, LEVELS),
+                                    lambda v: soft_thermometer_reference(v, LEVELS)), classifier)
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_thermometer_adaptive_attack_step(benchmark, backend):
+    from obfgrad.attacks import PGD
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(ATTACK_EXAMPLES, 1, 28, 28, generator=generator)
+    y = torch.randint(0, 10, (ATTACK_EXAMPLES,), generator=generator)
+    model = _attacked_model(backend)
+    attack = PGD(distance="linf", eps=ATTACK_EPS, steps=ATTACK_STEPS, step_size=ATTACK_EPS / 8, loss="margin",
+                 update="adam_sign", kappa=None, early_stop=False)
+    benchmark.group = f"thermometer row: adaptive attack, {ATTACK_STEPS} steps, {ATTACK_EXAMPLES}x1x28x28 L=16"
+    result = benchmark.pedantic(attack, args=(model, x, y), rounds=5, warmup_rounds=1, iterations=1)
+    assert result.x_adv.shape == x.shape and float((result.x_adv - x).abs().max()) <= ATTACK_EPS + 1e-6

@@ -114,8 +114,7 @@ def _plan_thermometer(spec: RowSpec, resolved: Dict[str, Dict[str, Any]]) -> Row
         Work("own: LS-PGA", spec.n_examples, config["own_lspga"]["steps"], unit),
         Work("own: plain-gradient PGD", spec.n_examples, config["own_plain_gradient"]["steps"], unit),
         _training("training: wide ResNet on thermometer codes (natural)", config["classifier"], unit),
-    ], excluded=["the row's native-vs-reference step timing (100 examples x 5 steps, twice)",
-                 "clean-accuracy and judging forwards"])
+    ], excluded=["clean-accuracy and judging forwards"])
 
 
 def _plan_lid(spec: RowSpec, resolved: Dict[str, Dict[str, Any]]) -> RowPlan:

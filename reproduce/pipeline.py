@@ -4,7 +4,7 @@ records, and the clean-accuracy guard. Test data and classifiers come from ``obf
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -33,8 +33,26 @@ def run_attack_keeping_x_adv(ctx: RunContext, spec: RowSpec, label: str, model: 
                              targets: Optional[torch.Tensor] = None) -> Tuple[Dict[str, Any], torch.Tensor]:
     """:func:`run_attack`, plus the attack's ``x_adv`` of every example (N, C, H, W) (to judge it
     again under other rules); under torchrun gathered from all ranks."""
-    return _run_attack(ctx, spec, label, model, attack, x, y, predict=predict, eps=eps, distance=distance,
-                       targets=targets, keep_x_adv=True)
+    summary, result = _run_attack(ctx, spec, label, model, attack, x, y, predict=predict, eps=eps,
+                                  distance=distance, targets=targets, keep_x_adv=True)
+    return summary, result.x_adv
+
+
+def recording_evaluator(ctx: RunContext, spec: RowSpec, label: Callable[[float], str],
+                        targets: Optional[torch.Tensor] = None) -> Callable[..., EvalResult]:
+    """An ``evaluator`` for :func:`obfgrad.eval.accuracy_vs_eps`: each budget runs as :func:`run_attack`
+    (records ``<row>.<label(eps)>.json``, the row's streams, the log line); the summaries are kept,
+    in grid order, in the evaluator's ``summaries`` list."""
+    summaries: List[Dict[str, Any]] = []
+
+    def evaluator(model, attack, x, y, *, distance, eps, predict=None, keep_x_adv=False, **_ignored):
+        summary, result = _run_attack(ctx, spec, label(eps), model, attack, x, y, predict=predict, eps=eps,
+                                      distance=distance, targets=targets, keep_x_adv=keep_x_adv)
+        summaries.append(summary)
+        return result
+
+    evaluator.summaries = summaries  # type: ignore[attr-defined]
+    return evaluator
 
 
 def stream_seeds(ctx: RunContext, spec: RowSpec, label: str) -> Dict[str, int]:
@@ -73,7 +91,7 @@ def _run_attack(ctx, spec, label, model, attack, x, y, *, predict, eps, distance
     }
     ctx.log(f"  {label:<28} accuracy {summary['accuracy']:.3f} "
             f"[{summary['ci95'][0]:.3f}, {summary['ci95'][1]:.3f}]  ({seconds:.0f} s)")
-    return summary, result.x_adv
+    return summary, result
 
 
 class ClassifierAccuracyError(RuntimeError):

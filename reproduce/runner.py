@@ -28,7 +28,7 @@ from obfgrad._checks import check_device, check_seed
 from obfgrad.atomic import atomic_write_json, check_writable_dir
 from obfgrad.cache import recipe_key
 from obfgrad.data.locate import DATASETS, DatasetNotFoundError, locate_split
-from reproduce import curves, distributed, environment, figures, provenance, table
+from reproduce import curves, distributed, environment, evaluation, figures, provenance, table
 from reproduce.rows import all_specs
 from reproduce.spec import PROFILES, ROW_NAMES, RowSpec, RunContext
 
@@ -200,7 +200,7 @@ def run_row(spec: RowSpec, ctx: RunContext, resume: bool = True) -> Dict[str, An
     distributed.fill_caches(spec, ctx)  # several ranks: rank 0 trains the row's models first
     torch.manual_seed(ctx.seed)
     started = time.perf_counter()
-    result = spec.run(spec, ctx)
+    result = (spec.run or evaluation.run_row)(spec, ctx)
     result["wall_seconds"] = round(time.perf_counter() - started, 2)
     result.setdefault("n", ctx.examples(spec.n_examples))
     result["paper_accuracy"] = spec.paper_accuracy
@@ -231,7 +231,7 @@ def _with_eps_curve(spec: RowSpec, ctx: RunContext, path: Path, key: str, result
 
 def run_table(specs: List[RowSpec], ctx: RunContext, *, resume: bool = True,
               on_row: Optional[Callable[[RowSpec, Dict[str, Any]], None]] = None) -> Dict[str, Any]:
-    without_run = [spec.name for spec in specs if spec.run is None]
+    without_run = [spec.name for spec in specs if spec.run is None and not spec.evaluations]
     if without_run:  # refused before any row spends time
         raise ValueError(f"specs: row {without_run[0]!r} has no run function")
     results: Dict[str, Dict[str, Any]] = {}

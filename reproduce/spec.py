@@ -15,7 +15,8 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
 
 from obfgrad.zoo.base import PROFILES, BuildContext, DefenseBundle
 
-__all__ = ["PROFILES", "ROW_NAMES", "BuildContext", "DefenseBundle", "RowSpec", "RunContext"]
+__all__ = ["PROFILES", "ROW_NAMES", "BuildContext", "DefenseBundle", "RowSpec", "RunContext", "zoo_fields", "table1",
+           "imagenet_fields"]
 
 #: Table 1 order (Athalye, Carlini & Wagner 2018).
 ROW_NAMES = ("thermometer", "lid", "guo", "sap", "xie", "pixeldefend", "defensegan", "madry", "na")
@@ -64,6 +65,13 @@ class RowSpec:
     targeted: bool = False
     config: Dict[str, Any] = field(default_factory=dict)  # every setting, JSON
     choices: List[str] = field(default_factory=list)  # where protocol.md is UNCONFIRMED
+    # A declarative row: ``setup(spec, ctx, x, y)`` builds its models by name ("guard": the classifier
+    # the clean-accuracy guard checks) and ``evaluations`` (reproduce.evaluation.Evaluation) lists
+    # its attacks; reproduce.evaluation.run_row runs them, and ``report(spec, ctx, setup, summaries)``
+    # adds the row's own keys to the result. ``run`` replaces all of it for a row with more to do.
+    setup: Optional[Callable[..., Dict[str, Any]]] = None
+    evaluations: Tuple[Any, ...] = ()
+    report: Optional[Callable[..., Dict[str, Any]]] = None
     run: Optional[Callable[[RowSpec, RunContext], Dict[str, Any]]] = None
     # Builds the defense for other tools (obfgrad diagnose): (spec, ctx, n_examples) -> bundle;
     # a row with several defenses (Guo's five transformations) names them in ``variants`` and
@@ -103,3 +111,25 @@ def zoo_builder(build: Callable[..., DefenseBundle]) -> Callable[..., DefenseBun
         return build(spec.config, ctx, n, **options)
 
     return build_defense
+
+
+def zoo_fields(zoo: Any, profile: str, config: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``RowSpec`` fields a row takes from its zoo defense module (``obfgrad.zoo.<name>``):
+    ``dataset``, ``distance``, ``eps`` and ``config`` (the row's settings, the zoo's ``config`` plus
+    any of the row's own), ``build_defense`` and, where the zoo has several, ``variants``."""
+    return {"dataset": zoo.dataset(profile), "distance": zoo.DISTANCE, "eps": config["eps"], "config": config,
+            "build_defense": zoo_builder(zoo.build), "variants": tuple(getattr(zoo, "VARIANTS", ()))}
+
+
+def table1(dataset: str, bound: str, accuracy: float, note: str = "") -> Dict[str, Any]:
+    """The ``RowSpec`` fields of what Table 1 prints for the row: its dataset, bound (as printed,
+    e.g. ``"0.031 (ℓ∞)"``), the adaptive accuracy Athalye et al. report, and the footnote."""
+    return {"paper_dataset": dataset, "paper_bound": bound, "paper_accuracy": accuracy, "paper_note": note}
+
+
+def imagenet_fields(profile: str) -> Dict[str, Any]:
+    """The ``RowSpec`` fields of an ImageNet row: the paper profile reads the user's InceptionV3
+    weights and attacks the first 1000 sorted validation images (robustml's order) towards random
+    targets; smoke: 100 Fashion-MNIST test images, untargeted."""
+    paper = profile == "paper"
+    return {"takes_weights": paper, "n_examples": 1000 if paper else 100, "targeted": paper}

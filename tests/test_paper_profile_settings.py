@@ -14,7 +14,8 @@ if str(ROOT) not in sys.path:  # reproduce/ is a top-level directory of the repo
 
 from obfgrad.attacks import PGD  # noqa: E402
 from obfgrad.defenses import RandomResizePad  # noqa: E402
-from reproduce.rows import all_specs, guo, sap  # noqa: E402
+from obfgrad.zoo import guo as zoo_guo  # noqa: E402
+from reproduce.rows import all_specs, sap  # noqa: E402
 
 
 def _linear():
@@ -39,7 +40,7 @@ def test_paper_rows_start_where_the_robustml_attacks_do():
     specs = {spec.name: spec for spec in all_specs(["thermometer", "sap", "lid"], "paper")}
     assert {name: spec.config["adaptive_attack"]["start_from"] for name, spec in specs.items()} == \
         {"thermometer": 0.0, "sap": 0.0, "lid": 0.5}
-    attack = sap._attack(specs["sap"].config["adaptive_attack"], specs["sap"].eps)
+    attack = sap.adaptive(specs["sap"], None)
     assert attack.start_from == 0.0 and attack.steps == 500
 
 
@@ -56,7 +57,7 @@ def test_sap_paper_attack_draws_sap_once_per_step_and_keeps_ten_draws_as_a_named
 def test_guo_paper_attack_is_unpenalised_gradient_descent():
     (paper,) = all_specs(["guo"], "paper")
     for name in ("bit_depth", "jpeg", "crop_rescale", "tv", "quilting"):
-        attack = guo.adaptive_attack(name, paper.config, paper.distance)
+        attack = zoo_guo.adaptive_attack(name, paper.config, paper.distance)
         assert attack.penalty == 0.0 and attack.step_size == 0.1 and not attack.project and attack.update == "raw"
 
 

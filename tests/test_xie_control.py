@@ -14,6 +14,7 @@ if str(ROOT) not in sys.path:  # reproduce/ is a top-level directory of the repo
 
 from row_streams import recorded_seeds  # noqa: E402
 
+from obfgrad.eval.confidence import paired_sign_test, stuck_attack_reading  # noqa: E402
 from reproduce import runner  # noqa: E402
 from reproduce.rows import all_specs, xie  # noqa: E402
 from reproduce.spec import RunContext  # noqa: E402
@@ -37,7 +38,8 @@ def test_the_control_is_recorded_with_a_paired_comparison_on_the_same_examples(s
     difference = (control["broken_only_by_main"] - control["broken_only_by_control"]) / n
     assert ours["accuracy"] - main["accuracy"] == pytest.approx(difference)
     assert 0.0 <= control["paired_sign_test_p"] <= 1.0
-    assert control["reading"] == xie.control_reading(control)
+    assert control["reading"] == stuck_attack_reading(control["broken_only_by_control"],
+                                                      control["broken_only_by_main"], control["paired_sign_test_p"])
     assert control["attack"]["n"] == n and "random_start=True" in control["attack"]["attack"]
 
 
@@ -81,7 +83,7 @@ def test_the_smoke_control_is_stronger_than_the_row_attack_at_the_same_eps():
 @pytest.mark.parametrize("only_first, only_second", [(0, 0), (9, 1), (1, 9), (3, 5), (0, 4), (12, 2), (7, 7), (40, 25)])
 def test_paired_sign_test_is_the_exact_two_sided_binomial_test(only_first, only_second):
     scipy_stats = pytest.importorskip("scipy.stats")
-    p = xie.paired_sign_test(only_first, only_second)
+    p = paired_sign_test(only_first, only_second)
     expected = 1.0 if only_first + only_second == 0 else \
         scipy_stats.binomtest(only_first, only_first + only_second, 0.5).pvalue
     assert p == pytest.approx(expected, rel=1e-9)
@@ -90,13 +92,12 @@ def test_paired_sign_test_is_the_exact_two_sided_binomial_test(only_first, only_
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "3", None])
 def test_paired_sign_test_rejects_counts_that_are_not_counts(bad):
     with pytest.raises(ValueError, match="only_first"):
-        xie.paired_sign_test(bad, 3)
+        paired_sign_test(bad, 3)
 
 
 def test_the_reading_says_stuck_only_for_a_significant_gain_of_the_stronger_attack():
     def reading(more, fewer):
-        return xie.control_reading({"broken_only_by_control": more, "broken_only_by_main": fewer,
-                                    "paired_sign_test_p": xie.paired_sign_test(more, fewer)})
+        return stuck_attack_reading(more, fewer, paired_sign_test(more, fewer))
     assert reading(12, 2).startswith("stuck attack")
     assert reading(2, 12).startswith("not a stuck attack")  # significant, but the other way
     assert reading(4, 2).startswith("not a stuck attack")  # not significant

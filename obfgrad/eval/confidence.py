@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
-from typing import Tuple
+from typing import Any, Dict, Tuple
+
+import torch
 
 from obfgrad._checks import check_float, check_int
 
-__all__ = ["clopper_pearson", "wilson", "binomial_cdf"]
+__all__ = ["clopper_pearson", "wilson", "binomial_cdf", "paired_sign_test", "stronger_attack_comparison",
+           "stuck_attack_reading"]
 
 try:  # optional: faster and exact to machine precision
     from scipy.stats import beta as _scipy_beta
@@ -105,3 +108,47 @@ def wilson(k: int, n: int, level: float = 0.95) -> Tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_sign_test(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar test: the p-value of ``only_first`` against ``only_second`` discordant
+    pairs under equal chances (1.0 when there are none).
+
+    Example:
+        >>> paired_sign_test(0, 0), round(paired_sign_test(9, 1), 4)
+        (1.0, 0.0215)
+    """
+    for name, value in (("only_first", only_first), ("only_second", only_second)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}: expected a count >= 0, got {value!r}")
+    discordant = only_first + only_second
+    if discordant == 0:
+        return 1.0
+    return min(1.0, 2.0 * binomial_cdf(min(only_first, only_second), discordant, 0.5))
+
+
+def stronger_attack_comparison(main_correct, stronger_correct, alpha: float = 0.05) -> Dict[str, Any]:
+    """Is an attack stuck? Per-example verdicts (True: still classified correctly) of the same
+    examples under a main attack and a stronger one, judged on the same draws: the discordant
+    pairs (``broken_only_by_control``: the stronger attack breaks, the main one does not;
+    ``broken_only_by_main``: the reverse), their :func:`paired_sign_test` p-value and the
+    :func:`stuck_attack_reading`."""
+    main, stronger = torch.as_tensor(main_correct).bool(), torch.as_tensor(stronger_correct).bool()
+    if main.shape != stronger.shape or main.dim() != 1:
+        raise ValueError(f"main_correct, stronger_correct: expected two vectors of one shape, got "
+                         f"{tuple(main.shape)} and {tuple(stronger.shape)}")
+    more, fewer = int((main & ~stronger).sum()), int((stronger & ~main).sum())
+    p_value = paired_sign_test(more, fewer)
+    return {"broken_only_by_control": more, "broken_only_by_main": fewer, "paired_sign_test_p": p_value,
+            "reading": stuck_attack_reading(more, fewer, p_value, alpha)}
+
+
+def stuck_attack_reading(more: int, fewer: int, p: float, alpha: float = 0.05) -> str:
+    """What the paired comparison says: the stronger attack breaks significantly more of the same
+    examples (the main attack is stuck), or it does not (the residual is not the attack's budget)."""
+    if p < alpha and more > fewer:
+        return (f"stuck attack: the stronger attack breaks {more} examples the main attack leaves, and leaves "
+                f"{fewer} it breaks (p = {p:.2g} < {alpha:g})")
+    return (f"not a stuck attack: more draws, steps and a fresh start break {more} examples the main attack "
+            f"leaves, and leave {fewer} it breaks (p = {p:.2g}); the residual reads as robustness of the "
+            "defended model at this eps")

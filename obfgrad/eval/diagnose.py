@@ -620,13 +620,11 @@ def diagnose(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[
             wrappers), tried as an extra remedy.
         randomized: whether the defense is random; None detects it (two calls differ).
         budget: examples, steps, samples (:class:`DiagnoseBudget`).
-        seed: the run's seed. The attacks, the gradient probes and the judge each draw the
-            defense's randomness from their own stream derived from it
-            (:func:`obfgrad.eval.streams.derive_seed`; recorded in ``report.config["seeds"]``),
-            so no two of them see the same draws; the caller's generator state is restored.
+        seed: the run's seed; the attacks, the probes and the judge each draw from their own stream
+            (:func:`~obfgrad.eval.streams.derive_seed`, in ``report.config["seeds"]``); the caller's
+            generator state is restored.
         progress: a tqdm bar over the stages (quiet off a terminal).
-        relabel: judge against the defended model's own predictions instead of ``y`` (synthetic
-            data and untrained models: ``obfgrad diagnose --dry-run`` proves the code path).
+        relabel: judge against the defended model's own predictions, not ``y`` (``--dry-run``).
 
     Returns:
         :class:`DiagnosisReport` (``.to_text()``, ``.to_dict()``, ``.save_json(path)``, ``.plot(path)``).
@@ -634,7 +632,7 @@ def diagnose(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[
     Example:
         >>> import torch
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
-        >>> x, y = torch.rand(8, 1, 2, 2), torch.zeros(8, dtype=torch.long)
+        >>> x = torch.rand(8, 1, 2, 2)
         >>> y = net(x).argmax(1)
         >>> report = diagnose(net, x, y, eps=0.1, surrogate=net, progress=False,
         ...                   budget=DiagnoseBudget(steps=5, random_samples=2, eps_multiples=(0.5,)))
@@ -642,11 +640,8 @@ def diagnose(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[
         True
     """
     _check_inputs(model, x, y, eps, preprocess, surrogate, adaptive_model)
-    budget = (budget or DiagnoseBudget()).validated()
-    check_int(seed, "seed")
-    distance = get_distance(distance)
-    eps = float(eps)
-    y = check_labels(y, "y", x.shape[0], x.device)
+    budget, distance, eps = (budget or DiagnoseBudget()).validated(), get_distance(distance), float(eps)
+    seed, y = check_int(seed, "seed"), check_labels(y, "y", x.shape[0], x.device)
     x, y = x[:budget.examples].detach(), y[:budget.examples]
     started = time.perf_counter()
     seeds = {role: derive_seed(seed, role) for role in ROLES}
@@ -657,23 +652,29 @@ def diagnose(model: Model, x: torch.Tensor, y: torch.Tensor, *, distance: Union[
                 randomized = _is_randomized(defended, x[:8])
         setting = _Setting(distance, eps, budget, bool(randomized), seed, seeds)
         judge = _Judge(defended, setting.randomized, budget.judge_samples, budget.batch_size, seeds["judge"])
-        y = judge.predict(x) if relabel else y
-        correct = judge.predict(x) == y
-        n, n_correct = x.shape[0], int(correct.sum())
-        if n_correct == 0:
-            raise ValueError("x, y: the defended model classifies none of the examples correctly; "
-                             "nothing to attack (check the labels and the model's input scale)")
-        x, y = x[correct], y[correct]
+        n, (x, y) = x.shape[0], _correctly_classified(judge, x, judge.predict(x) if relabel else y)
         report = _run(defended, judge, setting, x, y, surrogate, preprocess, model, adaptive_model, progress)
     report.config.update({"model": type(model).__name__, "distance": distance.name, "eps": eps, "n": n,
-                          "n_correct": n_correct, "clean_accuracy": n_correct / n, "randomized": setting.randomized,
+                          "n_correct": x.shape[0], "clean_accuracy": x.shape[0] / n, "randomized": setting.randomized,
                           "preprocess": preprocess is not None, "surrogate_given": surrogate is not None,
                           "adaptive_model": adaptive_model is not None, "seed": seed, "seeds": seeds,
                           "budget": asdict(budget)})
-    report.meta.update({"wall_time_s": round(time.perf_counter() - started, 2), "obfgrad_version": obfgrad.__version__,
-                        "torch_version": torch.__version__, "device": str(x.device),
-                        "python": platform.python_version()})
+    report.meta.update(_meta(time.perf_counter() - started, x.device))
     return report
+
+
+def _meta(seconds: float, device: torch.device) -> Dict[str, Any]:
+    return {"wall_time_s": round(seconds, 2), "obfgrad_version": obfgrad.__version__,
+            "torch_version": torch.__version__, "device": str(device), "python": platform.python_version()}
+
+
+def _correctly_classified(judge, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The examples the defended model classifies correctly (the only ones worth attacking)."""
+    correct = judge.predict(x) == y
+    if int(correct.sum()) == 0:
+        raise ValueError("x, y: the defended model classifies none of the examples correctly; "
+                         "nothing to attack (check the labels and the model's input scale)")
+    return x[correct], y[correct]
 
 
 def _remedy_models(defended, setting: _Setting, preprocess, classifier, adaptive_model) -> Dict[str, Model]:
@@ -693,7 +694,7 @@ def _remedy_models(defended, setting: _Setting, preprocess, classifier, adaptive
 
 def _run(defended, judge, setting: _Setting, x, y, surrogate, preprocess, classifier, adaptive_model,
          progress) -> DiagnosisReport:
-    budget, eps, tol = setting.budget, setting.eps, setting.budget.tolerance
+    budget, eps = setting.budget, setting.eps
     grid = [m * eps for m in budget.eps_multiples] + [_max_budget(setting.distance, x)]
     at_eps = budget.eps_multiples.index(1.0)
     remedy_models = _remedy_models(defended, setting, preprocess, classifier, adaptive_model)
@@ -702,18 +703,7 @@ def _run(defended, judge, setting: _Setting, x, y, surrogate, preprocess, classi
     bar = tqdm(total=stages, desc="diagnose", disable=None if progress else True)
     guarded = _guard(defended)
     try:
-        bar.set_postfix_str("gradient probes")
-        with random_stream(setting.seeds["probe"], x.device):  # the probes' own draws of the defense
-            probes = _gradient_probes(defended, judge, setting, x, y,
-                                      torch.Generator().manual_seed(setting.seeds["probe"]))
-        bar.update(1)
-        if surrogate is None:
-            bar.set_postfix_str("training surrogate")
-            classes = judge.log_probs(x[:1]).shape[1]
-            with random_stream(derive_seed(setting.seed, "surrogate"), x.device):
-                surrogate = _train_surrogate(judge, x, eps, classes, budget.surrogate_steps,
-                                             derive_seed(setting.seed, "surrogate"))
-        bar.update(1)
+        probes, surrogate = _probes_and_surrogate(defended, judge, setting, x, y, surrogate, bar)
         guarded_surrogate = _guard(surrogate)
         bar.set_postfix_str("remedies")
         remedies: Dict[str, float] = {}
@@ -722,34 +712,64 @@ def _run(defended, judge, setting: _Setting, x, y, surrogate, preprocess, classi
             remedy_success[name] = _attack_success(remedy, judge, setting, x, y, eps)
             remedies[name] = float(remedy_success[name].float().mean())
             bar.update(1)
-        sampling = torch.Generator().manual_seed(setting.seeds["attack"])  # check 4's random points
-        curves: Dict[str, List[Optional[float]]] = {"one-step": [], "iterative (white-box)": [],
-                                                    "transfer": [], "random sampling": []}
-        if strongest is not None:
-            curves[f"adaptive ({strongest})"] = []
-        at: Dict[str, torch.Tensor] = {}
-        for index, budget_eps in enumerate(grid):
-            bar.set_postfix_str(f"eps {budget_eps:.3g}")
-            results = {
-                "one-step": _attack_success(guarded, judge, setting, x, y, budget_eps, one_step=True),
-                "iterative (white-box)": _attack_success(guarded, judge, setting, x, y, budget_eps),
-                "transfer": _succeeds(judge, setting, x,
-                                      _pgd(setting, budget_eps, high_confidence=True)(guarded_surrogate, x, y).x_adv,
-                                      y, budget_eps),
-                "random sampling": _random_success(judge, setting, x, y, budget_eps, sampling),
-            }
-            if strongest is not None:
-                results[f"adaptive ({strongest})"] = (remedy_success[strongest] if index == at_eps else
-                                                      _attack_success(remedy_models[strongest], judge, setting,
-                                                                      x, y, budget_eps))
-            for name, success in results.items():
-                curves[name].append(float(success.float().mean()))
-            if index == at_eps:
-                at = results
-            bar.update(1)
+        adaptive = None if strongest is None else (f"adaptive ({strongest})", remedy_models[strongest],
+                                                   remedy_success[strongest])
+        curves, at = _curves(grid, at_eps, (guarded, guarded_surrogate, adaptive), judge, setting, x, y, bar)
         bar.update(1)
     finally:
         bar.close()
+    return _report(setting, grid, at_eps, curves, at, probes, remedies)
+
+
+def _probes_and_surrogate(defended, judge, setting: _Setting, x, y, surrogate, bar):
+    """Check 6-8's gradient probes (their own stream) and, when none is given, a trained surrogate."""
+    bar.set_postfix_str("gradient probes")
+    with random_stream(setting.seeds["probe"], x.device):  # the probes' own draws of the defense
+        probes = _gradient_probes(defended, judge, setting, x, y, torch.Generator().manual_seed(setting.seeds["probe"]))
+    bar.update(1)
+    if surrogate is None:
+        bar.set_postfix_str("training surrogate")
+        classes = judge.log_probs(x[:1]).shape[1]
+        with random_stream(derive_seed(setting.seed, "surrogate"), x.device):
+            surrogate = _train_surrogate(judge, x, setting.eps, classes, setting.budget.surrogate_steps,
+                                         derive_seed(setting.seed, "surrogate"))
+    bar.update(1)
+    return probes, surrogate
+
+
+def _curves(grid, at_eps, models, judge, setting: _Setting, x, y, bar):
+    """Success of each attack at each budget of ``grid``; the per-example successes at ``grid[at_eps]``."""
+    guarded, guarded_surrogate, adaptive = models
+    sampling = torch.Generator().manual_seed(setting.seeds["attack"])  # check 4's random points
+    curves: Dict[str, List[Optional[float]]] = {"one-step": [], "iterative (white-box)": [],
+                                                "transfer": [], "random sampling": []}
+    if adaptive is not None:
+        curves[adaptive[0]] = []
+    at: Dict[str, torch.Tensor] = {}
+    for index, budget_eps in enumerate(grid):
+        bar.set_postfix_str(f"eps {budget_eps:.3g}")
+        results = {
+            "one-step": _attack_success(guarded, judge, setting, x, y, budget_eps, one_step=True),
+            "iterative (white-box)": _attack_success(guarded, judge, setting, x, y, budget_eps),
+            "transfer": _succeeds(judge, setting, x,
+                                  _pgd(setting, budget_eps, high_confidence=True)(guarded_surrogate, x, y).x_adv,
+                                  y, budget_eps),
+            "random sampling": _random_success(judge, setting, x, y, budget_eps, sampling),
+        }
+        if adaptive is not None:
+            name, model, success_at_eps = adaptive
+            results[name] = (success_at_eps if index == at_eps else
+                             _attack_success(model, judge, setting, x, y, budget_eps))
+        for name, success in results.items():
+            curves[name].append(float(success.float().mean()))
+        if index == at_eps:
+            at = results
+        bar.update(1)
+    return curves, at
+
+
+def _report(setting: _Setting, grid, at_eps, curves, at, probes, remedies) -> DiagnosisReport:
+    tol = setting.budget.tolerance
     rate = {name: float(success.float().mean()) for name, success in at.items()}
     white_box = rate["iterative (white-box)"]
     random_only = float((at["random sampling"] & ~at["iterative (white-box)"]).float().mean())

@@ -44,6 +44,7 @@ from obfgrad.attacks.inputs import NonFiniteOutputError, check_labels, check_log
 from obfgrad.attacks.result import AttackResult
 from obfgrad.distances import Distance, get_distance
 from obfgrad.eval.confidence import clopper_pearson
+from obfgrad.eval.judging import robustml_rule
 from obfgrad.eval.modes import eval_mode
 from obfgrad.eval.streams import derive_seed, random_stream
 
@@ -189,8 +190,7 @@ def _check_attack_result(result, xb: torch.Tensor) -> AttackResult:
 
 def _batch_records(start, xb, yb, tb, result, clean_pred, distance: Distance, eps, predict, targeted):
     x_adv = result.x_adv.detach().to(xb.device)
-    within = distance.within(xb, x_adv, eps)
-    x_final = torch.where(within.view(-1, 1, 1, 1), x_adv, xb)
+    x_final, within = robustml_rule(xb, x_adv, distance, eps)
     # A violation is an attack failure: judge the example on its clean prediction.
     adv_pred = torch.where(within, _checked_predictions(predict, x_final), clean_pred)
     reached = adv_pred == tb if targeted else adv_pred != yb
@@ -250,6 +250,48 @@ def _gather_batches(local: List[Tuple[int, List[Dict[str, Any]], Optional[torch.
     return sorted(local, key=lambda batch: batch[0])
 
 
+def _checked_labels(x: torch.Tensor, y, targets) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    check_images(x, "x", allow_empty=False)
+    y = check_labels(y, "y", x.shape[0], x.device)
+    if targets is not None:
+        targets = check_labels(targets, "targets", x.shape[0], x.device)
+        if bool((targets == y).any()):
+            raise ValueError("targets: every target must differ from its label y")
+    return y, targets
+
+
+def _stream_seeds(seed: Optional[int], judge_seed: Optional[int], n_batches: int) -> Tuple[int, int]:
+    """The attack's and the judge's base seeds. Drawn on every rank alike (same global generator
+    state), before any rank-specific work."""
+    seed = int(torch.randint(0, SEED_BOUND, ())) if seed is None else check_int(seed, "seed", low=0,
+                                                                                high=SEED_BOUND - 1)
+    judge_seed = derive_seed(seed, "judge") if judge_seed is None else check_int(
+        judge_seed, "judge_seed", low=0, high=SEED_BOUND - 1)
+    if abs(judge_seed - seed) < n_batches:  # batch b uses base + b: nearby bases share batch seeds
+        raise ValueError(f"judge_seed: must differ from seed by at least the number of batches ({n_batches}), "
+                         f"got seed {seed} and judge_seed {judge_seed} (the judge never replays the attack's draws)")
+    return seed, judge_seed
+
+
+def _evaluate_batch(model, attack, predict, where, xb, yb, tb, threat, seeds):
+    """One batch: the judge's clean prediction, the attack (its own stream), the judge's verdicts."""
+    (index, start), (distance, eps), (seed, judge_seed) = where, threat, seeds
+    with _seeded(judge_seed + index, xb.device), _naming_the_batch(index, start, xb.shape[0]):
+        clean_pred = _checked_predictions(predict, xb)
+    with _seeded(seed + index, xb.device), _naming_the_batch(index, start, xb.shape[0]):
+        result = attack(model, xb, yb, target=tb) if tb is not None else attack(model, xb, yb)
+        result = _check_attack_result(result, xb)
+    with _seeded(judge_seed + index, xb.device), _naming_the_batch(index, start, xb.shape[0]):
+        records = _batch_records(start, xb, yb, tb, result, clean_pred, distance, eps, predict, tb is not None)
+    return records, result.x_adv.detach()
+
+
+def _meta(seconds: float, device: torch.device, world: int) -> Dict[str, Any]:
+    return {"wall_time_s": seconds, "obfgrad_version": obfgrad.__version__, "torch_version": torch.__version__,
+            "device": str(device), "python": platform.python_version(), "machine": platform.machine(),
+            "world_size": world}
+
+
 def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union[str, Distance], eps: float,
              targets: Optional[torch.Tensor] = None, batch_size: int = 128,
              predict: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
@@ -284,49 +326,28 @@ def evaluate(model, attack, x: torch.Tensor, y: torch.Tensor, *, distance: Union
     """
     distance = get_distance(distance)
     eps = check_float(eps, "eps", low=0.0, low_inclusive=False)
-    check_images(x, "x", allow_empty=False)
-    y = check_labels(y, "y", x.shape[0], x.device)
+    y, targets = _checked_labels(x, y, targets)
     targeted = targets is not None
-    if targeted:
-        targets = check_labels(targets, "targets", x.shape[0], x.device)
-        if bool((targets == y).any()):
-            raise ValueError("targets: every target must differ from its label y")
     batch_size = check_int(batch_size, "batch_size", low=1)
     _check_callables(model, attack, predict)
     predict = predict if predict is not None else argmax_predictor(model)
     rank, world = _shard(distributed)
-    # Drawn on every rank alike (same global generator state), before any rank-specific work.
-    seed = int(torch.randint(0, SEED_BOUND, ())) if seed is None else check_int(seed, "seed", low=0,
-                                                                                high=SEED_BOUND - 1)
-    judge_seed = derive_seed(seed, "judge") if judge_seed is None else check_int(
-        judge_seed, "judge_seed", low=0, high=SEED_BOUND - 1)
-    n_batches = -(-x.shape[0] // batch_size)
-    if abs(judge_seed - seed) < n_batches:  # batch b uses base + b: nearby bases share batch seeds
-        raise ValueError(f"judge_seed: must differ from seed by at least the number of batches ({n_batches}), "
-                         f"got seed {seed} and judge_seed {judge_seed} (the judge never replays the attack's draws)")
+    seed, judge_seed = _stream_seeds(seed, judge_seed, n_batches=-(-x.shape[0] // batch_size))
 
     started = time.perf_counter()
     batches = list(enumerate(range(0, x.shape[0], batch_size)))[rank::world]
     local = []
     with eval_mode(model):
         for index, start in tqdm(batches, desc="evaluate", disable=None if progress and rank == 0 else True):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            tb = targets[start:start + batch_size] if targeted else None
-            with _seeded(judge_seed + index, x.device), _naming_the_batch(index, start, xb.shape[0]):
-                clean_pred = _checked_predictions(predict, xb)
-            with _seeded(seed + index, x.device), _naming_the_batch(index, start, xb.shape[0]):
-                result = attack(model, xb, yb, target=tb) if targeted else attack(model, xb, yb)
-                result = _check_attack_result(result, xb)
-            with _seeded(judge_seed + index, x.device), _naming_the_batch(index, start, xb.shape[0]):
-                records = _batch_records(start, xb, yb, tb, result, clean_pred, distance, eps, predict, targeted)
-            local.append((index, records, result.x_adv.detach() if keep_x_adv else None))
+            part = slice(start, start + batch_size)
+            records, x_adv = _evaluate_batch(model, attack, predict, (index, start), x[part], y[part],
+                                             targets[part] if targeted else None, (distance, eps), (seed, judge_seed))
+            local.append((index, records, x_adv if keep_x_adv else None))
     merged = _gather_batches(local, world)
 
     config = {"distance": distance.name, "eps": eps, "targeted": targeted, "batch_size": batch_size,
               "attack": repr(attack), "model": type(model).__name__, "seed": seed, "judge_seed": judge_seed}
-    meta = {"wall_time_s": time.perf_counter() - started, "obfgrad_version": obfgrad.__version__,
-            "torch_version": torch.__version__, "device": str(x.device), "python": platform.python_version(),
-            "machine": platform.machine(), "world_size": world}
+    meta = _meta(time.perf_counter() - started, x.device, world)
     x_adv = torch.cat([a for _, _, a in merged]).to(x.device) if keep_x_adv and merged else None
     return EvalResult(records=[r for _, batch, _ in merged for r in batch], targeted=targeted, config=config,
                       meta=meta, x_adv=x_adv)

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 
 from torch import nn
 
-from obfgrad.attacks import EOT
+from obfgrad.attacks import EOT, PGD, PenalizedGradientDescent, TransferAttack
 from obfgrad.cache import cache_dir
 from obfgrad.defenses.input_transforms import (
     GUO_TRANSFORMS,
@@ -40,8 +40,7 @@ DRY_RUN_PATCHES = 2_000
 VARIANTS = ("quilting",) + tuple(name for name in GUO_TRANSFORMS if name != "quilting")
 
 
-def dataset(profile: str) -> str:
-    return "imagenet" if profile == "paper" else "fashion-mnist"
+dataset = recipes.imagenet_or_fashion_mnist
 
 
 # ---------------------------------------------------------------------------- quilting database
@@ -120,10 +119,7 @@ def config(profile: str, dry_run: bool = False) -> Dict[str, Any]:
     variant = _authors_variants(paper)
     return {
         "eps": eps,
-        "classifier": imagenet.imagenet_classifier_recipe(dry_run) if paper else recipes.smoke_classifier(None),
-        "clean_floor": recipes.clean_floor(imagenet.imagenet_classifier_recipe(dry_run) if paper
-                                           else recipes.smoke_classifier(None)),
-        "targeted": paper,
+        **imagenet.row_classifier(paper, dry_run),
         "transforms": {
             "bit_depth": {"bits": 3},
             "jpeg": {"quality": 75, **variant["jpeg"]},
@@ -196,6 +192,23 @@ def adaptive_model(name: str, config: Dict[str, Any], net: nn.Module, database=N
         return single
     reduction = "probs" if name == "crop_rescale" else "logits"
     return EOT(single, samples=attack["eot_samples"], reduction=reduction, draws_per_pass=draws_per_pass)
+
+
+def adaptive_attack(name: str, config: Dict[str, Any], distance: str) -> PenalizedGradientDescent:
+    """Athalye et al.'s attack on transformation ``name`` (run on :func:`adaptive_model`)."""
+    settings = config["adaptive_attack"][name]
+    return PenalizedGradientDescent(distance, config["eps"], steps=settings["steps"], step_size=settings["step_size"],
+                                    penalty=settings["penalty"], loss=settings["loss"], targeted=config["targeted"],
+                                    project=settings["project"], update=settings["update"],
+                                    early_stop=settings.get("early_stop", True))
+
+
+def own_attack(config: Dict[str, Any], distance: str, eps: float, net: nn.Module, seed: int) -> TransferAttack:
+    """Guo et al.'s gray-box evaluation: l2 PGD on the undefended ``net``, transferred."""
+    settings = config["own_attack"]
+    pgd = PGD(distance=distance, eps=eps, steps=settings["steps"], step_size=settings["step_size"],
+              loss=settings["loss"], targeted=config["targeted"], seed=seed)
+    return TransferAttack(pgd, net)
 
 
 def draws_per_pass(ctx: BuildContext) -> Optional[int]:

@@ -8,7 +8,7 @@ from typing import Any, Dict
 import torch
 from torch import nn
 
-from obfgrad.zoo import common
+from obfgrad.zoo import common, recipes
 from obfgrad.zoo.base import BuildContext
 
 
@@ -56,3 +56,10 @@ def classifier(ctx: BuildContext, config: Dict[str, Any], row: str) -> nn.Module
     if config["classifier"]["dataset"] == "imagenet":
         return imagenet_classifier(ctx, row)
     return common.classifier(ctx, config["classifier"])
+
+
+def row_classifier(paper: bool, dry_run: bool) -> Dict[str, Any]:
+    """The classifier entries of an ImageNet row's config: InceptionV3 (paper; targeted attacks) or
+    the smoke CNN (untargeted), and the clean-accuracy floor of the recipe."""
+    recipe = imagenet_classifier_recipe(dry_run) if paper else recipes.smoke_classifier(None)
+    return {**recipes.classifier_entries(recipe), "targeted": paper}

@@ -13,14 +13,12 @@ PAPER_EPS = 8 / 255
 SMOKE_EPS = 0.1
 
 
-def dataset(profile: str) -> str:
-    return "cifar10" if profile == "paper" else "fashion-mnist"
+dataset = recipes.cifar10_or_fashion_mnist
 
 
 def config(profile: str, dry_run: bool = False) -> Dict[str, Any]:
     """Every setting of the defense and of the paper's attacks on it (JSON)."""
-    eps = PAPER_EPS if profile == "paper" else SMOKE_EPS
-    steps = lambda n: 2 if dry_run else n  # noqa: E731 (a dry run proves the path with 2 steps)
+    _, eps, steps = recipes.profile_budget(profile, dry_run, PAPER_EPS, SMOKE_EPS)
     if profile == "paper":
         adversarial = recipes.pgd_training(eps, steps(10), 2 / 255)
         classifier = recipes.madry_cifar_wide_resnet(adversarial)

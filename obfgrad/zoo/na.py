@@ -53,6 +53,9 @@ def build(config: Dict[str, Any], ctx: BuildContext, n: int) -> DefenseBundle:
 
 
 def cascade_classifier(ctx: BuildContext, recipe_fields: Dict[str, Any]):
+    """The cascade-trained classifier of ``recipe_fields`` (a recipe with a ``cascade`` entry),
+    trained once and cached; its source network is built (or loaded) on the way. A dry run: the
+    untrained, seeded network."""
     cascade = recipe_fields["cascade"]
     plain = make_recipe(**{k: v for k, v in recipe_fields.items() if k != "cascade"})
     recipe = {**plain, "cascade": cascade}

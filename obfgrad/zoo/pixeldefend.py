@@ -77,9 +77,6 @@ def config(profile: str, dry_run: bool = False) -> Dict[str, Any]:
         "eps_255": {"attack": 8, "defend": 16} if paper else {"attack": SMOKE_EPS_ATTACK_255,
                                                                 "defend": SMOKE_EPS_DEFEND_255},
         "max_positions": DRY_RUN_POSITIONS if dry_run else None,
-        # Images timed three ways (batched, batched with the cropped scheme, one at a time); 3, not 10,
-        # since the 40-filter PixelCNN: the cropped scheme costs about 18x the incremental one per image.
-        "purify_timing_images": 0 if (dry_run or paper) else 3,
         "pixelcnn": pixelcnn,
         "classifier": classifier,
         "clean_floor": recipes.clean_floor(classifier),

@@ -9,7 +9,7 @@ al.'s CIFAR-10 schedule (80k steps of batch 128 = 205 epochs; lr 0.1 / 0.01 / 0.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 # Measured on this project's 2-core machine (obfgrad/benchmarks/bench_training.py): natural,
 # 60k images x 2 epochs: ~42 CPU-s, 89.7% test accuracy; PGD-7 adversarial, 20k x 3 epochs:
@@ -19,6 +19,29 @@ ADVERSARIAL_TRAIN_LIMIT = 20000
 # OBFGRAD_SMOKE_TRAIN_LIMIT caps the smoke classifiers' training images (CI's quick end-to-end
 # check uses it). It changes the recipe, so such models never mix with the full ones in the cache.
 TRAIN_LIMIT_CAP_ENV = "OBFGRAD_SMOKE_TRAIN_LIMIT"
+
+
+def cifar10_or_fashion_mnist(profile: str) -> str:
+    """The dataset of a CIFAR-10 row of Table 1 in ``profile`` (smoke: Fashion-MNIST stands in)."""
+    return "cifar10" if profile == "paper" else "fashion-mnist"
+
+
+def imagenet_or_fashion_mnist(profile: str) -> str:
+    """The dataset of an ImageNet row of Table 1 in ``profile`` (smoke: Fashion-MNIST stands in)."""
+    return "imagenet" if profile == "paper" else "fashion-mnist"
+
+
+def profile_budget(profile: str, dry_run: bool, paper_eps: float,
+                   smoke_eps: float) -> Tuple[bool, float, Callable[[int], int]]:
+    """``(paper, eps, steps)`` of a zoo config: whether ``profile`` is the paper's, the budget, and
+    the attack steps (``steps(n)``: ``n``, or 2 in a dry run, which proves the code path only)."""
+    paper = profile == "paper"
+    return paper, paper_eps if paper else smoke_eps, lambda n: 2 if dry_run else n
+
+
+def classifier_entries(recipe: Dict[str, Any]) -> Dict[str, Any]:
+    """A config's ``classifier`` recipe and its ``clean_floor`` (:func:`clean_floor`)."""
+    return {"classifier": recipe, "clean_floor": clean_floor(recipe)}
 
 
 def train_limit(default: Optional[int]) -> Optional[int]:

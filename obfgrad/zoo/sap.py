@@ -15,20 +15,16 @@ PAPER_EPS = 8 / 255
 SMOKE_EPS = 0.1
 
 
-def dataset(profile: str) -> str:
-    return "cifar10" if profile == "paper" else "fashion-mnist"
+dataset = recipes.cifar10_or_fashion_mnist
 
 
 def config(profile: str, dry_run: bool = False) -> Dict[str, Any]:
     """Every setting of the defense and of the paper's attacks on it (JSON)."""
-    paper = profile == "paper"
-    eps = PAPER_EPS if paper else SMOKE_EPS
-    steps = lambda n: 2 if dry_run else n  # noqa: E731
+    paper, eps, steps = recipes.profile_budget(profile, dry_run, PAPER_EPS, SMOKE_EPS)
     return {
         "eps": eps,
-        "classifier": recipes.madry_cifar_wide_resnet(None) if paper else recipes.smoke_classifier(None),
-        "clean_floor": recipes.clean_floor(recipes.madry_cifar_wide_resnet(None) if paper
-                                           else recipes.smoke_classifier(None)),
+        **recipes.classifier_entries(recipes.madry_cifar_wide_resnet(None) if paper
+                                     else recipes.smoke_classifier(None)),
         "sap": {"layers": "every Conv2d output", "draws_factor": 2.0, "eps": 1e-8},
         "own_attack": {"steps": steps(20), "step_size": eps / 4, "loss": "ce", "update": "sign", "samples": 1,
                        "early_stop": True},
@@ -49,6 +45,8 @@ def config(profile: str, dry_run: bool = False) -> Dict[str, Any]:
 
 
 def defended(ctx: BuildContext, config: Dict[str, Any]):
+    """``(sap, natural)``: SAP in front of the naturally trained classifier (the user's weights for
+    ``sap`` if given), and that classifier alone."""
     natural = common.classifier(ctx, config["classifier"], row="sap")
     return SAP(natural, eps=config["sap"]["eps"]).eval(), natural
 

@@ -15,22 +15,16 @@ PAPER_EPS = 8 / 255
 SMOKE_EPS = 0.1  # the Madry row's smoke bound standing in for 0.031 on Fashion-MNIST
 
 
-def dataset(profile: str) -> str:
-    return "imagenet" if profile == "paper" else "fashion-mnist"
+dataset = recipes.imagenet_or_fashion_mnist
 
 
 def config(profile: str, dry_run: bool = False) -> Dict[str, Any]:
     """Every setting of the defense and of the paper's attacks on it (JSON)."""
-    paper = profile == "paper"
-    eps = PAPER_EPS if paper else SMOKE_EPS
-    steps = lambda n: 2 if dry_run else n  # noqa: E731
+    paper, eps, steps = recipes.profile_budget(profile, dry_run, PAPER_EPS, SMOKE_EPS)
     samples = 2 if dry_run else (30 if paper else 10)
     return {
         "eps": eps,
-        "classifier": imagenet.imagenet_classifier_recipe(dry_run) if paper else recipes.smoke_classifier(None),
-        "clean_floor": recipes.clean_floor(imagenet.imagenet_classifier_recipe(dry_run) if paper
-                                           else recipes.smoke_classifier(None)),
-        "targeted": paper,
+        **imagenet.row_classifier(paper, dry_run),
         # Paper: Athalye et al.'s geometry (randomization/defense.py, inceptionv3.py: corner-aligned
         # resize, offsets in [0, 331 - r), TF1's resize back); smoke: the library's centred default.
         "transform": {"min_size": 299, "max_size": 331, "padded": 331, "pad_value": 0.5, "resize_back": True,

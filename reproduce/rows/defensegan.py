@@ -18,16 +18,15 @@ paper's.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Dict
 
 from torch import nn
 
-from obfgrad.attacks import BPDA, PGD, LatentAttack, TransferAttack
-from obfgrad.zoo import common
+from obfgrad.attacks import BPDA, LatentAttack, TransferAttack
 from obfgrad.zoo import defensegan as zoo_defensegan
-from reproduce import pipeline
-from reproduce.spec import RowSpec, RunContext, zoo_builder
+from reproduce import choices
+from reproduce.evaluation import Evaluation, pgd_of
+from reproduce.spec import RowSpec, RunContext, table1, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -38,91 +37,45 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         name="defensegan",
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Samangouei et al. (2018), Defense-GAN",
-        dataset=zoo_defensegan.dataset(profile),
-        distance=zoo_defensegan.DISTANCE,
-        eps=zoo_defensegan.EPS,
-        paper_dataset="MNIST",
-        paper_bound="0.005 (ℓ2)",
-        paper_accuracy=0.55,
-        paper_note="** the principle (on-manifold adversarial examples) gives 0%; the imperfect projection 55%",
+        **zoo_fields(zoo_defensegan, profile, config),
+        **table1("MNIST", "0.005 (ℓ2)", 0.55,
+                 "** the principle (on-manifold adversarial examples) gives 0%; the imperfect projection 55%"),
         n_examples=100,
-        config=config,
-        choices=[
-            "l2 bound = Defense-GAN's per-value normalisation ||δ||₂/(C·H·W) ≤ 0.005, i.e. ||δ||₂ ≤ 3.92 on 28×28 "
-            "(derived in protocol.md, UNCONFIRMED).",
-            ("Generator: the paper's DCGAN-style WGAN-GP (DIM 64), 40k generator steps (Gulrajani's MNIST "
-             "settings); classifier: the authors' MNIST CNN, Adam instead of Adadelta (UNCONFIRMED)." if paper else
-             "Smoke: MLP WGAN-GP generator (latent 128, hidden 256/512, 1500 generator steps) on Fashion-MNIST; "
-             "the conv generator costs ~1 ms per latent per step on this CPU and the projection needs L·R of them; "
-             f"projection L = {projection['steps']}, R = {projection['restarts']} (paper: 200, 10)."),
-            *([] if paper else [
-                "Samangouei et al.'s own Fashion-MNIST settings (kabkabm/defensegan experiments/cfgs/gans/fmnist.yml "
-                "and default.yml): REC_ITERS L = 200, REC_LR 10, REC_RR R = 10, WGAN-GP with 5 critic steps, "
-                "latent 128, "
-                "NET_DIM 64 (the conv generator), batch 50, gradient penalty 10, 200k training iterations. Smoke keeps "
-                "their lr 10, latent 128, 5 critic steps and penalty 10; it does not adopt L = 200, R = 10 (5x the "
-                "generator evaluations of every projection, and a projection runs at every attack step: about +2.5 min "
-                "on the 2-core CPU, over the 30-minute smoke budget), the conv generator (see above) nor their "
-                "training length. Their Fashion-MNIST claims are under FGSM (l-inf) attacks, not this row's l2 bound "
-                "0.005: no claimed accuracy is set (unlike threat models)."]),
-            "Projection as the authors' models/gan.py: momentum SGD (0.7) at lr 10 on the per-image mean squared "
-            "error, lr ×0.1 from 80% of the steps, random starts drawn afresh on every call from N(0, 1/latent_dim): "
-            "the defense is randomized, and the judge's draws are independent of the attack's.",
-            "Own evaluation = l2 PGD (CW margin) on the undefended classifier, transferred through the projection. "
-            "Attack B = the same PGD through BPDA (identity) on the real projection: a hard l2 ball instead of the "
-            "paper's l2 penalty (UNCONFIRMED details, not in the repo).",
-            "Attack A (reparameterization) keeps the successful G(z) of smallest distortion (the repo's l2*0 quirk "
-            "returns the last one), judged against a perfect projection (the classifier on G(z)).",
-            "n = first 100 test images (robustml default).",
-        ],
+        choices=choices.of("defensegan", profile, projection_steps=projection["steps"],
+                           projection_restarts=projection["restarts"]),
         # The eps curve's budget (its EOT/projection steps dominate the curve's time).
         curve=None if paper else {"examples": 50, "steps": 10},
-        run=run,
-        build_defense=zoo_builder(zoo_defensegan.build),
-        variants=zoo_defensegan.VARIANTS,
+        setup=setup,
+        evaluations=(
+            Evaluation("own_transfer_pgd_l2", "own_transfer", "own", attack=lambda row, ctx, setup: TransferAttack(
+                pgd_of("own_attack")(row, ctx), setup["classifier"])),
+            Evaluation("adaptive_bpda_projection", "adaptive_bpda", "adaptive", model="bpda", predict="defended",
+                       attack=pgd_of("adaptive_attack")),
+            Evaluation("reparameterization_perfect_projection", "reparameterization_perfect_projection", "attack",
+                       model="classifier", attack=lambda row, ctx, setup: LatentAttack(
+                           setup["generator"], **row.config["latent_attack"], seed=ctx.seed)),
+            Evaluation("undefended_classifier_pgd_l2", "undefended_classifier", "attack", model="classifier",
+                       attack=pgd_of("own_attack")),
+        ),
+        report=report,
     )
 
 
 
-def _pgd(settings: Dict[str, Any], eps: float) -> PGD:
-    return PGD(distance="l2_per_value", eps=eps, steps=settings["steps"], step_size=settings["step_size"],
-               loss=settings["loss"], random_start=False, kappa=None, early_stop=True)
+def setup(row: RowSpec, ctx: RunContext, x, y) -> Dict[str, Any]:
+    """The generator, the projection and the classifier; the projection of the clean images (a
+    randomized defense: drawn here, before any attack, as the row always did)."""
+    g, projection, classifier = zoo_defensegan.defended(ctx, row.config)
+    reconstruction_l2 = (projection(x) - x).flatten(1).norm(dim=1)
+    ctx.log(f"  projection: median ||G(z*) - x||_2 {float(reconstruction_l2.median()):.2f}")
+    return {"generator": g, "classifier": classifier, "guard": classifier,
+            "defended": nn.Sequential(projection, classifier).eval(),
+            "bpda": nn.Sequential(BPDA(projection), classifier).eval(),
+            "median_reconstruction_l2": round(float(reconstruction_l2.median()), 4)}
 
 
-def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
-    config = row.config
-    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
-    g, projection, classifier = zoo_defensegan.defended(ctx, config)
-    guard = pipeline.guard_clean_accuracy(ctx, row, classifier, x, y, config["clean_floor"])
-    defended = nn.Sequential(projection, classifier).eval()
-
-    started = time.perf_counter()
-    reconstruction = projection(x)
-    per_image = (time.perf_counter() - started) / x.shape[0]
-    reconstruction_l2 = (reconstruction - x).flatten(1).norm(dim=1)
-    ctx.log(f"  projection: {per_image * 1000:.0f} ms per image; median ||G(z*) - x||_2 "
-            f"{float(reconstruction_l2.median()):.2f}")
-
-    own = pipeline.run_attack(ctx, row, "own_transfer_pgd_l2", defended,
-                              TransferAttack(_pgd(config["own_attack"], row.eps), classifier), x, y)
-    bpda = pipeline.run_attack(ctx, row, "adaptive_bpda_projection", nn.Sequential(BPDA(projection), classifier).eval(),
-                               _pgd(config["adaptive_attack"], row.eps), x, y, predict=lambda v: defended(v).argmax(1))
-    latent = LatentAttack(g, **config["latent_attack"], seed=ctx.seed)
-    perfect = pipeline.run_attack(ctx, row, "reparameterization_perfect_projection", classifier, latent, x, y)
-    undefended = pipeline.run_attack(ctx, row, "undefended_classifier_pgd_l2", classifier,
-                                     _pgd(config["own_attack"], row.eps), x, y)
-    return {
-        "clean_accuracy": own["clean_accuracy"],
-        "own_attack_accuracy": own["accuracy"],
-        "own_attack_ci95": own["ci95"],
-        "adaptive_accuracy": bpda["accuracy"],
-        "adaptive_ci95": bpda["ci95"],
-        "attacks": {"own_transfer": own, "adaptive_bpda": bpda, "reparameterization_perfect_projection": perfect,
-                    "undefended_classifier": undefended},
-        "perfect_projection_accuracy": perfect["accuracy"],
-        "perfect_projection_ci95": perfect["ci95"],
-        "projection_seconds_per_image": round(per_image, 4),
-        "median_reconstruction_l2": round(float(reconstruction_l2.median()), 4),
-        "undefended_clean_accuracy": undefended["clean_accuracy"],
-        "clean_accuracy_guard": guard,
-    }
+def report(row: RowSpec, ctx: RunContext, setup: Dict[str, Any], summaries: Dict[str, Any]) -> Dict[str, Any]:
+    perfect = summaries["reparameterization_perfect_projection"]
+    return {"perfect_projection_accuracy": perfect["accuracy"], "perfect_projection_ci95": perfect["ci95"],
+            "median_reconstruction_l2": setup["median_reconstruction_l2"],
+            "undefended_clean_accuracy": summaries["undefended_classifier_pgd_l2"]["clean_accuracy"]}

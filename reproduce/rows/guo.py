@@ -21,18 +21,16 @@ Budget: ||delta||_2 <= 0.05 * sqrt(H * W) (``l2_rms_pixels`` 0.05; 14.95 at 299x
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any, Dict
 
 from torch import nn
 
-from obfgrad.attacks import PGD, PenalizedGradientDescent, TransferAttack
 from obfgrad.defenses.input_transforms import GUO_TRANSFORMS
-from obfgrad.eval import argmax_predictor, random_targets
+from obfgrad.eval import accuracy_vs_eps, argmax_predictor, random_targets
 from obfgrad.zoo import common, imagenet
 from obfgrad.zoo import guo as zoo_guo
-from reproduce import pipeline
-from reproduce.spec import RowSpec, RunContext, zoo_builder
+from reproduce import choices, pipeline
+from reproduce.spec import RowSpec, RunContext, imagenet_fields, table1, zoo_fields
 
 
 def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
@@ -42,10 +40,8 @@ def _config(profile: str, dry_run: bool) -> Dict[str, Any]:
         **zoo_guo.config(profile, dry_run),
         # Smoke: quilting keeps ~10% at 0.1 RMS however many steps or draws (measured, 100 images:
         # 9-12% for 50/100 steps and 4/12 draws; the same examples every draw); the sweep shows
-        # whether that residual falls with the bound.
-        # Smoke: the EOT + BPDA attack step on TV and quilting, native vs pure-torch reference ops.
-        "attack_step_timing": None if (paper or dry_run) else {"transforms": ["tv", "quilting"], "images": 2,
-                                                                "steps": 1},
+        # whether that residual falls with the bound. (The attack step's native-vs-reference
+        # timing is benchmarks/bench_guo_attack.py's.)
         "adaptive_eps_sweep": None if (paper or dry_run) else {"transforms": ["quilting"], "eps_factors": [1.5],
                                                                 "examples": 50},
     }
@@ -56,74 +52,19 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     paper = profile == "paper"
     return RowSpec(
         name="guo",
-        takes_weights=profile == "paper",  # --weights: the paper profile's InceptionV3 weights
+        **imagenet_fields(profile),  # the paper profile: --weights for InceptionV3, 1000 images, targeted
         defense="Guo et al. (2018), input transformations",
-        dataset=zoo_guo.dataset(profile),
-        distance=zoo_guo.DISTANCE,
-        eps=config["eps"],
-        paper_dataset="ImageNet",
-        paper_bound="0.05 (ℓ2)",
-        paper_accuracy=0.0,
-        paper_note="*: Guo et al. also propose training on transformed images; the defense alone is reported. "
-                   "Table 1 shows the strongest of the five transformations.",
-        n_examples=1000 if paper else 100,
-        targeted=paper,
-        config=config,
-        choices=[
-            "l2 budget: ||delta||_2 <= 0.05 * sqrt(H * W) (the repo's robustml check, 14.95 at 299x299); the paper "
-            "text's 'RMS 0.05 / normalized 0.01' is UNCONFIRMED." if paper else
-            "Smoke l2 budget: 0.1 RMS over pixels (||delta||_2 <= 2.8 at 28x28), not 0.05: at 0.05 the undefended "
-            "smoke CNN keeps 14% under 100-step l2 PGD (1% at 0.1), so the budget would decide the number.",
-            "Adaptive steps: the notebooks' raw gradient, lr 0.1 (paper profile); smoke: normalised l2 steps of "
-            "eps/5 (the small CNN's raw cross-entropy gradient spans 1e-4..1 across examples, so raw steps stall).",
-            "Paper profile: the first 1000 sorted ImageNet validation images (robustml's order), targeted to random "
-            "classes (paper §2, UNCONFIRMED); smoke: untargeted (robustml's variant), 100 Fashion-MNIST test images.",
-            ("Adaptive attacks: unpenalised gradient descent (the notebooks' l2 penalty sits on placeholders the "
-             "gradient never reaches), no projection (the notebooks clip to [0, 1] only; over-budget results count "
-             "as failures), stop an example at its first in-budget success." if paper else
-             "Smoke: adaptive attacks project onto the l2 ball after each step (no penalty to keep the budget) and "
-             "stop an example at its first in-budget success."),
-            "Bit-depth: Athalye et al.'s defend_reduce (keep the top 3 bits of floor(255 x)).",
-            "Crop offsets are continuous and uniform; bilinear sampling of the crop, resized to the input side.",
-            *(["Each transformation as Athalye et al. ran it: JPEG input truncated to 8 bits, TV in raster order "
-               "with the reflected border, their quilting stitch, crop_and_resize to 90x90 then TF1's resize to 299 "
-               "(reproduce/paper_settings.md cites the file of each; smoke keeps the library's defaults)."]
-              if paper else []),
-            "TV/quilting EOT: the notebooks draw one fresh transform per step (paper profile: 1 draw); smoke uses "
-            "8 (TV) and 4 (quilting) draws per step.",
-            "Own evaluation: l2 PGD (10 steps of eps/4, cross-entropy) on the undefended classifier, transferred.",
-            "Smoke scaling: crops of 0.8 of the side, not 90/299 (8.4 px of 28): the natural smoke CNN gets 14% "
-            "clean with 30 such crops (69% at 0.8); Guo et al. train on transformed images, the smoke recipe does "
-            "not. Adaptive attacks: 50 steps for every transformation, no l2 penalty (lambda = 0; with lambda = 1 "
-            "the penalty's pull dominates the normalised step where cross-entropy gradients vanish). "
-            f"quilting database of {zoo_guo.SMOKE_PATCHES} 5x5 patches from the Fashion-MNIST training split. "
-            "Quilting's "
-            "adaptive attack is also run at 1.5 times the bound on the first 50 images (does its residual fall?).",
-        ],
+        **zoo_fields(zoo_guo, profile, config),
+        **table1("ImageNet", "0.05 (ℓ2)", 0.0, "*: Guo et al. also propose training on transformed images; the "
+                 "defense alone is reported. Table 1 shows the strongest of the five transformations."),
+        choices=choices.of("guo", profile, quilt_patches=zoo_guo.SMOKE_PATCHES),
         # The eps curve's budget (its EOT/projection steps dominate the curve's time).
         curve=None if paper else {"examples": 50, "steps": 10},
         run=run,
-        build_defense=zoo_builder(zoo_guo.build),
-        variants=zoo_guo.VARIANTS,
     )
 
 
 # ---------------------------------------------------------------------------- defenses and attacks
-
-
-def adaptive_attack(name: str, config: Dict[str, Any], distance: str) -> PenalizedGradientDescent:
-    settings = config["adaptive_attack"][name]
-    return PenalizedGradientDescent(distance, config["eps"], steps=settings["steps"], step_size=settings["step_size"],
-                                    penalty=settings["penalty"], loss=settings["loss"], targeted=config["targeted"],
-                                    project=settings["project"], update=settings["update"],
-                                    early_stop=settings.get("early_stop", True))
-
-
-def own_attack(config: Dict[str, Any], distance: str, eps: float, net: nn.Module, seed: int) -> TransferAttack:
-    settings = config["own_attack"]
-    pgd = PGD(distance=distance, eps=eps, steps=settings["steps"], step_size=settings["step_size"],
-              loss=settings["loss"], targeted=config["targeted"], seed=seed)
-    return TransferAttack(pgd, net)
 
 
 def _evaluate_transform(row: RowSpec, ctx: RunContext, name: str, net: nn.Module, x, y, targets, database):
@@ -131,13 +72,11 @@ def _evaluate_transform(row: RowSpec, ctx: RunContext, name: str, net: nn.Module
     defended = zoo_guo.defended_model(name, config, net, database)
     predict = argmax_predictor(defended)
     own = pipeline.run_attack(ctx, row, f"{name}.own_transfer", defended,
-                              own_attack(config, row.distance, row.eps, net, ctx.seed), x, y,
+                              zoo_guo.own_attack(config, row.distance, row.eps, net, ctx.seed), x, y,
                               predict=predict, targets=targets)
-    started = time.perf_counter()
     model = zoo_guo.adaptive_model(name, config, net, database, draws_per_pass=zoo_guo.draws_per_pass(ctx))
-    adaptive = pipeline.run_attack(ctx, row, f"{name}.adaptive", model,
-                                   adaptive_attack(name, config, row.distance), x, y, predict=predict, targets=targets)
-    seconds = time.perf_counter() - started
+    attack = zoo_guo.adaptive_attack(name, config, row.distance)
+    adaptive = pipeline.run_attack(ctx, row, f"{name}.adaptive", model, attack, x, y, predict=predict, targets=targets)
     sweep = config.get("adaptive_eps_sweep") or {}
     return {
         **({"adaptive_eps_sweep": _eps_sweep(row, ctx, name, net, x, y, targets, database, predict)}
@@ -147,50 +86,34 @@ def _evaluate_transform(row: RowSpec, ctx: RunContext, name: str, net: nn.Module
         "own_attack_ci95": own["ci95"],
         "adaptive_accuracy": adaptive["accuracy"],
         "adaptive_ci95": adaptive["ci95"],
-        "adaptive_seconds_per_image": round(seconds / max(1, x.shape[0]), 4),
         "attacks": {"own": own, "adaptive": adaptive},
     }
 
 
 def _eps_sweep(row: RowSpec, ctx: RunContext, name: str, net, x, y, targets, database, predict):
-    """The adaptive attack (step scaled with the bound) at larger bounds on the first examples:
-    a residual that falls to 0 with eps is the smoke budget, one that stays is a stuck attack."""
+    """The adaptive attack (step scaled with the bound) at larger bounds on the first examples,
+    through :func:`obfgrad.eval.accuracy_vs_eps`: a residual that falls to 0 with eps is the smoke
+    budget, one that stays is a stuck attack."""
     settings = row.config["adaptive_eps_sweep"]
     n = min(settings["examples"], x.shape[0])
-    sweep = []
-    for factor in settings["eps_factors"]:
-        config = copy.deepcopy(row.config)
-        config["eps"] = row.eps * factor
-        config["adaptive_attack"][name]["step_size"] *= factor
-        summary = pipeline.run_attack(
-            ctx, row, f"{name}.adaptive.eps_x{factor:g}",
-            zoo_guo.adaptive_model(name, config, net, database, draws_per_pass=zoo_guo.draws_per_pass(ctx)),
-            adaptive_attack(name, config, row.distance), x[:n], y[:n], predict=predict,
-            targets=None if targets is None else targets[:n], eps=config["eps"])
-        sweep.append({"eps": config["eps"], "n": n, "accuracy": summary["accuracy"], "ci95": summary["ci95"]})
-    return sweep
+    factors = {row.eps * factor: factor for factor in settings["eps_factors"]}
+    evaluator = pipeline.recording_evaluator(ctx, row, lambda eps: f"{name}.adaptive.eps_x{factors[eps]:g}",
+                                             None if targets is None else targets[:n])
+    accuracy_vs_eps(zoo_guo.adaptive_model(name, row.config, net, database, draws_per_pass=zoo_guo.draws_per_pass(ctx)),
+                    x[:n], y[:n], distance=row.distance, eps_grid=list(factors), predict=predict,
+                    attack=lambda eps: zoo_guo.adaptive_attack(name, _scaled(row.config, name, factors[eps]),
+                                                               row.distance),
+                    evaluator=evaluator)
+    return [{"eps": eps, "n": n, "accuracy": summary["accuracy"], "ci95": summary["ci95"]}
+            for eps, summary in zip(factors, evaluator.summaries)]
 
 
-def _attack_step_timing(row: RowSpec, net: nn.Module, x, y, database) -> Dict[str, Any]:
-    """Seconds per attacked image and step of the EOT + BPDA attack on TV and quilting with the
-    native ops and with the pure-torch/numpy reference ops (same model, images, draws, steps)."""
-    settings = row.config["attack_step_timing"]
-    x, y = x[:settings["images"]], y[:settings["images"]]
-    timings: Dict[str, Any] = {"images": int(x.shape[0]), "steps": settings["steps"]}
-    for name in settings["transforms"]:
-        config = copy.deepcopy(row.config)
-        config["adaptive_attack"][name]["steps"] = settings["steps"]
-        per_backend = {}
-        for backend in ("native", "reference"):
-            model = zoo_guo.adaptive_model(name, config, net, database, backend=backend)
-            attack = adaptive_attack(name, config, row.distance)
-            started = time.perf_counter()
-            attack(model, x, y)
-            per_backend[backend] = (time.perf_counter() - started) / (x.shape[0] * settings["steps"])
-        timings[name] = {"native_s_per_image_step": round(per_backend["native"], 5),
-                         "reference_s_per_image_step": round(per_backend["reference"], 5),
-                         "speedup": round(per_backend["reference"] / per_backend["native"], 2)}
-    return timings
+def _scaled(config: Dict[str, Any], name: str, factor: float) -> Dict[str, Any]:
+    """``config`` at ``factor`` times its budget, with the adaptive attack's step on ``name`` scaled alike."""
+    scaled = copy.deepcopy(config)
+    scaled["eps"] = config["eps"] * factor
+    scaled["adaptive_attack"][name]["step_size"] *= factor
+    return scaled
 
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
@@ -203,10 +126,6 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     for name in GUO_TRANSFORMS:
         ctx.log(f"  [{name}]")
         results[name] = _evaluate_transform(row, ctx, name, net, x, y, targets, database)
-    timing = _attack_step_timing(row, net, x, y, database) if row.config.get("attack_step_timing") else {}
-    for name in (row.config.get("attack_step_timing") or {}).get("transforms", []):
-        ctx.log(f"  {name} attack step per image: native {timing[name]['native_s_per_image_step'] * 1e3:.0f} ms, "
-                f"reference {timing[name]['reference_s_per_image_step'] * 1e3:.0f} ms")
     strongest = max(GUO_TRANSFORMS, key=lambda name: (results[name]["adaptive_accuracy"],
                                                       results[name]["own_attack_accuracy"]))
     headline = results[strongest]
@@ -218,7 +137,6 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
         "adaptive_ci95": headline["adaptive_ci95"],
         "strongest_transform": strongest,
         "clean_accuracy_guard": guard,
-        "attack_step_timing": timing,
         "attacks": headline["attacks"],
         "transforms": results,
     }

@@ -14,23 +14,19 @@ early stop, and the same LID features (adversarial minibatch measured against it
 
 from __future__ import annotations
 
-import time
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
-import numpy as np
 import torch
 
 from obfgrad.atomic import atomic_write_json
-from obfgrad.attacks import PGD, CarliniWagnerL2
-from obfgrad.defenses import LIDDetector, lid_features
+from obfgrad.defenses import lid_features
 from obfgrad.defenses.lid import roc_auc
-from obfgrad.distances import get_distance
-from obfgrad.eval import clopper_pearson
+from obfgrad.eval import accuracy_summary, correct_or_detected, judged_inputs
 from obfgrad.fingerprint import file_sha256
-from obfgrad.zoo import common
 from obfgrad.zoo import lid as zoo_lid
-from reproduce import distributed, pipeline
-from reproduce.spec import RowSpec, RunContext, zoo_builder
+from reproduce import choices, distributed
+from reproduce.evaluation import Evaluation, pgd_of
+from reproduce.spec import RowSpec, RunContext, table1, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -40,74 +36,39 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         name="lid",
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Ma et al. (2018), local intrinsic dimensionality",
-        dataset=zoo_lid.dataset(profile),
-        distance=zoo_lid.DISTANCE,
-        eps=config["eps"],
-        paper_dataset="CIFAR-10",
-        paper_bound="0.031 (ℓ∞)",
-        paper_accuracy=0.05,
+        **zoo_fields(zoo_lid, profile, config),
+        **table1("CIFAR-10", "0.031 (ℓ∞)", 0.05),
         n_examples=1000 if paper else 400,
-        config=config,
-        choices=[
-            "Classifier: Ma et al.'s CIFAR CNN trained here (SGD lr 0.01, momentum 0.9, 50 epochs: UNCONFIRMED; the "
-            "authors' lid_model_cifar.h5 can be given with --weights lid=...)." if paper else
-            "Smoke: Fashion-MNIST at eps 0.1, the natural small CNN (Madry row's twin); LID over its 12 feature sets "
-            "(input, 10 layers, softmax).",
-            *([] if paper else [
-                "Ma et al.'s settings: k = 20 neighbours within minibatches of 100 (the authors' README, "
-                "xingjunm/lid_adversarial_subspace_detection: extract_characteristics.py -k 20 -b 100, shown "
-                "for CIFAR; "
-                "the same k for MNIST is [PAPER-RECALLED]): adopted. Their MNIST attacks "
-                "(craft_adv_examples.py: FGSM/BIM "
-                "eps 0.40 with step 0.010, CW-L2) and an MNIST CNN trained 50 epochs (README: train_model.py -d mnist "
-                "-e 50) are not: the smoke classifier is the project's shared small CNN on Fashion-MNIST. "
-                "Their claims are "
-                "detection ROC-AUCs, not accuracies: no claimed accuracy is set."]),
-            "Detector trained on its own CW-L2 examples of test images disjoint from the evaluated ones (the authors "
-            "used precomputed CW-L2 features with an 80/20 split); noisy negatives: Gaussian noise of the mean CW-L2 "
-            "norm (Ma et al. tuned the noise per attack; UNCONFIRMED).",
-            "Adaptive: high-confidence PGD that ignores the detector (CW margin, no floor, Adam on sign(grad), "
-            "lr eps/8, 100 steps); the box is [0, 1] (the repo's 0-255 clip quirk not reproduced).",
-        ],
-        run=run,
-        build_defense=zoo_builder(zoo_lid.build),
+        choices=choices.of("lid", profile),
+        setup=setup,
+        evaluations=(
+            # Own evaluation: the detector against the (unbounded) CW-L2 attack it was trained on.
+            Evaluation("own_cw_l2", "own", "own", judge=detector_judge, distance="l2", eps=1e6,
+                       attack=lambda row, ctx, setup: zoo_lid.cw(row.config["detector_attack"])),
+            Evaluation("adaptive_high_confidence_pgd", "adaptive", "adaptive", judge=detector_judge,
+                       attack=pgd_of("adaptive_attack")),
+        ),
+        report=report,
     )
 
 
-
-def _cw(settings: Dict[str, Any]) -> CarliniWagnerL2:
-    return CarliniWagnerL2(steps=settings["steps"], lr=settings["lr"],
-                           binary_search_steps=settings["binary_search_steps"],
-                           initial_const=settings["initial_const"], kappa=settings["kappa"])
-
-
-def _noisy_like(x: torch.Tensor, x_adv: torch.Tensor, seed: int) -> torch.Tensor:
-    """Gaussian noise scaled per example to the mean l2 norm of the adversarial perturbations."""
-    norm = (x_adv - x).flatten(1).norm(dim=1).mean()
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x.device)
-    noise = noise * (norm / noise.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
-    return (x + noise).clamp(0.0, 1.0)
+def setup(row: RowSpec, ctx: RunContext, x, y) -> Dict[str, Any]:
+    """The classifier, the detector trained on its own CW-L2 examples, and the clean features of x."""
+    model = zoo_lid.classifier(ctx, row.config)
+    detector, detector_info = zoo_lid.train_detector(ctx, row.config, model)
+    lid_config = row.config["lid"]
+    (clean_features,) = lid_features(model, x, [], k=lid_config["k"], batch_size=lid_config["batch_size"])
+    return {"defended": model, "guard": model, "detector": detector, "detector_info": detector_info,
+            "clean_features": clean_features}
 
 
-def _train_detector(ctx: RunContext, row: RowSpec, model) -> Tuple[LIDDetector, Dict[str, Any]]:
-    config = row.config
-    detector_config, lid_config = config["detector"], config["lid"]
-    offset, count = detector_config["train_offset"], detector_config["train_examples"]
-    x_all, y_all = common.test_set(ctx, row.dataset, offset + count)
-    x, y = x_all[offset:], y_all[offset:]
-    started = time.perf_counter()
-    x_adv = _cw(config["detector_attack"])(model, x, y).x_adv
-    noisy = _noisy_like(x, x_adv, ctx.seed)
-    clean_f, noisy_f, adv_f = lid_features(model, x, [noisy, x_adv], k=lid_config["k"],
-                                           batch_size=lid_config["batch_size"])
-    detector = LIDDetector(folds=detector_config["folds"], threshold=detector_config["threshold"],
-                           seed=ctx.seed).fit(clean_f, noisy_f, adv_f)
-    info = {"examples": int(x.shape[0]), "seconds": round(time.perf_counter() - started, 2),
-            "train_roc_auc": roc_auc(detector.score(np.concatenate([clean_f, noisy_f])), detector.score(adv_f)),
-            "features": int(clean_f.shape[1])}
-    ctx.log(f"  LID detector trained on {info['examples']} CW-L2 examples ({info['seconds']:.0f} s), "
-            f"train ROC-AUC {info['train_roc_auc']:.3f}")
-    return detector, info
+def report(row: RowSpec, ctx: RunContext, setup: Dict[str, Any], summaries: Dict[str, Any]) -> Dict[str, Any]:
+    own, adaptive = summaries["own_cw_l2"], summaries["adaptive_high_confidence_pgd"]
+    return {"clean_accuracy": adaptive["classifier_only"]["clean_accuracy"],
+            "detection_rate_clean": adaptive["detection_rate_clean"],
+            "detection_rate_adversarial": adaptive["detection_rate_adversarial"],
+            "own_roc_auc": own["roc_auc_clean_vs_adversarial"],
+            "own_detection_rate_adversarial": own["detection_rate_adversarial"], "detector": setup["detector_info"]}
 
 
 @torch.no_grad()
@@ -116,20 +77,20 @@ def _predict(model, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _judge(ctx: RunContext, row: RowSpec, label: str, model, detector: LIDDetector, x, y, x_adv,
-           clean_features: np.ndarray, within: torch.Tensor) -> Dict[str, Any]:
-    """Robust = correct or flagged; detection rates; ROC-AUC of clean vs adversarial scores."""
+def detector_judge(row: RowSpec, ctx: RunContext, setup: Dict[str, Any], evaluation: Evaluation, x, y, x_adv,
+                   classifier_summary: Dict[str, Any]) -> Dict[str, Any]:
+    """Robust = correct or flagged (:func:`obfgrad.eval.correct_or_detected`); detection rates; ROC-AUC
+    of clean vs adversarial scores. The LID features of x_adv are measured against its clean minibatch."""
+    model, detector, label = setup["defended"], setup["detector"], evaluation.label
     lid_config = row.config["lid"]
-    x_final = torch.where(within.view(-1, 1, 1, 1), x_adv, x)
+    x_final = judged_inputs(x, x_adv, evaluation.distance or row.distance, evaluation.eps or row.eps)
     (adv_features,) = lid_features(model, x, [x_final], k=lid_config["k"], batch_size=lid_config["batch_size"])[1:]
-    clean_scores, adv_scores = detector.score(clean_features), detector.score(adv_features)
+    clean_scores, adv_scores = detector.score(setup["clean_features"]), detector.score(adv_features)
     flagged = adv_scores >= detector.threshold
     correct = (_predict(model, x_final) == y).cpu().numpy()
-    robust = correct | flagged
     n = int(x.shape[0])
     summary = {
-        "accuracy": float(robust.mean()),
-        "ci95": list(clopper_pearson(int(robust.sum()), n)),
+        **accuracy_summary(correct_or_detected(torch.from_numpy(correct), torch.from_numpy(flagged))),
         "classifier_accuracy": float(correct.mean()),
         "detection_rate_adversarial": float(flagged.mean()),
         "detection_rate_clean": float((clean_scores >= detector.threshold).mean()),
@@ -146,45 +107,4 @@ def _judge(ctx: RunContext, row: RowSpec, label: str, model, detector: LIDDetect
     ctx.log(f"  {label:<28} robust (correct or flagged) {summary['accuracy']:.3f}; detected: adversarial "
             f"{summary['detection_rate_adversarial']:.3f}, clean {summary['detection_rate_clean']:.3f}; "
             f"AUC {summary['roc_auc_clean_vs_adversarial']:.3f}")
-    return summary
-
-
-def _attack_and_judge(ctx, row, label, model, detector, attack, x, y, clean_features, distance, eps):
-    classifier_summary, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, label, model, attack, x, y,
-                                                                  distance=distance, eps=eps)
-    within = get_distance(distance).within(x, x_adv, eps)
-    return {**_judge(ctx, row, label, model, detector, x, y, x_adv, clean_features, within),
-            "classifier_only": classifier_summary}
-
-
-def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
-    config = row.config
-    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
-    model = zoo_lid.classifier(ctx, config)
-    guard = pipeline.guard_clean_accuracy(ctx, row, model, x, y, config["clean_floor"])
-    detector, detector_info = _train_detector(ctx, row, model)
-    (clean_features,) = lid_features(model, x, [], k=config["lid"]["k"], batch_size=config["lid"]["batch_size"])
-    # Own evaluation: the detector against the (unbounded) CW-L2 attack it was trained on.
-    own = _attack_and_judge(ctx, row, "own_cw_l2", model, detector, _cw(config["detector_attack"]), x, y,
-                            clean_features, "l2", 1e6)
-    adaptive_settings = config["adaptive_attack"]
-    pgd = PGD(distance="linf", eps=row.eps, steps=adaptive_settings["steps"], step_size=adaptive_settings["step_size"],
-              loss=adaptive_settings["loss"], update=adaptive_settings["update"],
-              random_start=adaptive_settings["random_start"], early_stop=adaptive_settings["early_stop"], kappa=None,
-              start_from=adaptive_settings["start_from"])
-    adaptive = _attack_and_judge(ctx, row, "adaptive_high_confidence_pgd", model, detector, pgd, x, y,
-                                 clean_features, "linf", row.eps)
-    return {
-        "clean_accuracy": adaptive["classifier_only"]["clean_accuracy"],
-        "own_attack_accuracy": own["accuracy"],
-        "own_attack_ci95": own["ci95"],
-        "adaptive_accuracy": adaptive["accuracy"],
-        "adaptive_ci95": adaptive["ci95"],
-        "detection_rate_clean": adaptive["detection_rate_clean"],
-        "detection_rate_adversarial": adaptive["detection_rate_adversarial"],
-        "own_roc_auc": own["roc_auc_clean_vs_adversarial"],
-        "own_detection_rate_adversarial": own["detection_rate_adversarial"],
-        "detector": detector_info,
-        "clean_accuracy_guard": guard,
-        "attacks": {"own": own, "adaptive": adaptive},
-    }
+    return {**summary, "classifier_only": classifier_summary}

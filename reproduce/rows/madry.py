@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from obfgrad.attacks import PGD
 from obfgrad.zoo import common
 from obfgrad.zoo import madry as zoo_madry
-from reproduce import pipeline
-from reproduce.spec import RowSpec, RunContext, zoo_builder
+from reproduce import choices
+from reproduce.evaluation import Evaluation, pgd_of
+from reproduce.spec import RowSpec, RunContext, table1, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -27,68 +27,30 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         name="madry",
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Madry et al. (2018), PGD adversarial training",
-        dataset=zoo_madry.dataset(profile),
-        distance=zoo_madry.DISTANCE,
-        eps=config["eps"],
-        paper_dataset="CIFAR-10",
-        paper_bound="0.031 (ℓ∞)",
-        paper_accuracy=0.47,
+        **zoo_fields(zoo_madry, profile, config),
+        **table1("CIFAR-10", "0.031 (ℓ∞)", 0.47),
         n_examples=10000 if paper else 1000,
-        config=config,
-        choices=[
-            "Adversarial training uses MadryLab config.json's 10 PGD steps of 2/255 (the paper text says 7; "
-            "UNCONFIRMED)."
-            if paper else
-            "Smoke: Fashion-MNIST at eps 0.1 (CIFAR's 8/255 leaves a natural Fashion-MNIST CNN partly robust); "
-            "adversarial training with 7 PGD steps of eps/4 from a random start.",
-            *([] if paper else [
-                "Madry et al.'s MNIST settings (MadryLab/mnist_challenge config.json): eps 0.3, training PGD k = 40 "
-                "steps of a = 0.01 from a random start, batch 50, 100k steps; their MNIST claim is 89.62% "
-                "under 100-step "
-                "PGD on the cross-entropy with 50 random restarts (the challenge README's white-box leaderboard). Not "
-                "adopted: 40 training steps instead of 7 make adversarial training about 5x dearer (71 s -> "
-                "about 6 min "
-                "on the 2-core CPU, over the 30-minute smoke budget), and the smoke profile keeps one l-inf "
-                "stand-in bound, "
-                "0.1, for every Fashion-MNIST row (at 0.3 a natural and a defended Fashion-MNIST CNN alike would be "
-                "expected near 0%, the contrast gone; not measured). No claimed accuracy is set: 89.62% is "
-                "MNIST at eps 0.3, not this row's Fashion-MNIST "
-                "at 0.1 (unlike with unlike)."]),
-            "Own evaluation = the MadryLab leaderboard attack (20-step PGD, cross-entropy); adaptive = "
-            "100-step PGD on the CW margin with 5 random restarts.",
-        ],
-        run=run,
-        build_defense=zoo_builder(zoo_madry.build),
+        choices=choices.of("madry", profile),
+        setup=setup,
+        evaluations=(
+            Evaluation("own_pgd20_ce", "own", "own", model="classifier", attack=own),
+            Evaluation("adaptive_pgd100x5_margin", "adaptive", "adaptive", model="classifier", attack=adaptive),
+            Evaluation("natural_twin_adaptive", "natural_twin", "extra", model="natural_twin", attack=adaptive),
+        ),
+        report=lambda row, ctx, setup, summaries: {"natural_twin": twin_summary(summaries["natural_twin_adaptive"])},
     )
 
 
-
-def linf_pgd(settings: Dict[str, Any], eps: float, seed: int) -> PGD:
-    """The l-inf PGD of a row config's attack entry (shared with the Na row)."""
-    return PGD(distance="linf", eps=eps, steps=settings["steps"], step_size=settings["step_size"],
-               loss=settings["loss"], random_start=settings["random_start"], restarts=settings["restarts"],
-               kappa=None, seed=seed)
+#: The MadryLab leaderboard attack, 20-step PGD on the cross-entropy, and the adaptive 100-step PGD
+#: on the CW margin with 5 random restarts (shared with the Na row); seeded with the run seed.
+own, adaptive = pgd_of("own_attack", seeded=True), pgd_of("adaptive_attack", seeded=True)
 
 
-def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
-    config = row.config
-    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
-    model = common.classifier(ctx, config["classifier"], row="madry")
-    guard = pipeline.guard_clean_accuracy(ctx, row, model, x, y, config["clean_floor"])
-    own = pipeline.run_attack(ctx, row, "own_pgd20_ce", model, linf_pgd(config["own_attack"], row.eps, ctx.seed), x, y)
-    adaptive = pipeline.run_attack(ctx, row, "adaptive_pgd100x5_margin", model,
-                                   linf_pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
-    twin = common.classifier(ctx, config["natural_twin"], row=None)
-    twin_adaptive = pipeline.run_attack(ctx, row, "natural_twin_adaptive", twin,
-                                        linf_pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
-    return {
-        "clean_accuracy": own["clean_accuracy"],
-        "own_attack_accuracy": own["accuracy"],
-        "own_attack_ci95": own["ci95"],
-        "adaptive_accuracy": adaptive["accuracy"],
-        "adaptive_ci95": adaptive["ci95"],
-        "attacks": {"own": own, "adaptive": adaptive},
-        "clean_accuracy_guard": guard,
-        "natural_twin": {"clean_accuracy": twin_adaptive["clean_accuracy"],
-                         "adaptive_accuracy": twin_adaptive["accuracy"], "adaptive_ci95": twin_adaptive["ci95"]},
-    }
+def setup(row: RowSpec, ctx: RunContext, x, y) -> Dict[str, Any]:
+    model = common.classifier(ctx, row.config["classifier"], row="madry")
+    return {"classifier": model, "guard": model, "natural_twin": common.classifier(ctx, row.config["natural_twin"])}
+
+
+def twin_summary(summary: Dict[str, Any]) -> Dict[str, Any]:
+    return {"clean_accuracy": summary["clean_accuracy"], "adaptive_accuracy": summary["accuracy"],
+            "adaptive_ci95": summary["ci95"]}

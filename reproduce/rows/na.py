@@ -11,13 +11,11 @@ network of the same profile; see ``obfgrad.defenses.cascade`` for the training r
 
 from __future__ import annotations
 
-from typing import Any, Dict
-
-from obfgrad.zoo import common
 from obfgrad.zoo import na as zoo_na
-from reproduce import pipeline
+from reproduce import choices
+from reproduce.evaluation import Evaluation
 from reproduce.rows import madry
-from reproduce.spec import RowSpec, RunContext, zoo_builder
+from reproduce.spec import RowSpec, table1, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
@@ -26,44 +24,12 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     return RowSpec(
         name="na",
         defense="Na et al. (2018), cascade adversarial training",
-        dataset=zoo_na.dataset(profile),
-        distance=zoo_na.DISTANCE,
-        eps=config["eps"],
-        paper_dataset="CIFAR-10",
-        paper_bound="0.015 (ℓ∞)",
-        paper_accuracy=0.15,
+        **zoo_fields(zoo_na, profile, config),
+        **table1("CIFAR-10", "0.015 (ℓ∞)", 0.15),
         n_examples=10000 if paper else 1000,
-        config=config,
-        choices=[
-            "Architecture: Madry's wide ResNet (Na et al.'s ResNet variant is UNCONFIRMED)." if paper else
-            "Smoke: Fashion-MNIST at eps 0.05, small CNN; cascade source = the Madry row's adversarially trained CNN.",
-            "Loss weights λ = 0.3 (adversarial CE), λ₂ = 0.1 (squared distance of L2-normalised embeddings), "
-            "k = m/2 adversarial images per batch, "
-            "half from the cascade source (10-step PGD) and half one-step least-likely (UNCONFIRMED in the paper).",
-            "Adaptive attack: 100-step PGD on the CW margin with 5 random restarts (the paper reports the defense's "
-            "own CW evaluation; 16% in the recalled text vs 15% in the table).",
-        ],
-        run=run,
-        build_defense=zoo_builder(zoo_na.build),
+        choices=choices.of("na", profile),
+        setup=lambda row, ctx, x, y: {"defended": (model := zoo_na.cascade_classifier(ctx, row.config["classifier"])),
+                                        "guard": model},
+        evaluations=(Evaluation("own_pgd20_ce", "own", "own", attack=madry.own),
+                     Evaluation("adaptive_pgd100x5_margin", "adaptive", "adaptive", attack=madry.adaptive)),
     )
-
-
-
-def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
-    config = row.config
-    x, y = common.test_set(ctx, row.dataset, ctx.examples(row.n_examples))
-    model = zoo_na.cascade_classifier(ctx, config["classifier"])
-    guard = pipeline.guard_clean_accuracy(ctx, row, model, x, y, config["clean_floor"])
-    own = pipeline.run_attack(ctx, row, "own_pgd20_ce", model, madry.linf_pgd(config["own_attack"], row.eps, ctx.seed),
-                              x, y)
-    adaptive = pipeline.run_attack(ctx, row, "adaptive_pgd100x5_margin", model,
-                                   madry.linf_pgd(config["adaptive_attack"], row.eps, ctx.seed), x, y)
-    return {
-        "clean_accuracy": own["clean_accuracy"],
-        "own_attack_accuracy": own["accuracy"],
-        "own_attack_ci95": own["ci95"],
-        "adaptive_accuracy": adaptive["accuracy"],
-        "adaptive_ci95": adaptive["ci95"],
-        "attacks": {"own": own, "adaptive": adaptive},
-        "clean_accuracy_guard": guard,
-    }

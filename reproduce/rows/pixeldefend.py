@@ -13,14 +13,12 @@ classifier at purify(x_adv) applied to x_adv, sign steps, stopping once misclass
 
 from __future__ import annotations
 
-import time
 from typing import Any, Dict
 
 import torch
 from torch import nn
 
 from obfgrad.attacks import BPDA, PGD, TransferAttack
-from obfgrad.defenses.pixeldefend import PixelDefend, purify
 from obfgrad.zoo import common
 from obfgrad.zoo import pixeldefend as zoo_pixeldefend
 from reproduce import pipeline
@@ -69,29 +67,6 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
 
 
 
-def _purification_timing(purifier: PixelDefend, x: torch.Tensor, images: int) -> Dict[str, Any]:
-    """Seconds per image of one purification: batched (incremental evaluation in float64, the
-    default), batched with the previous scheme (one cropped float32 evaluation per pixel), and image
-    by image, so the effect of batching and of incremental evaluation is measured on the row's model."""
-    if images <= 0:
-        return {}
-    x = x[:images]
-    timings: Dict[str, Any] = {"images": int(x.shape[0])}
-
-    def seconds(fn) -> float:
-        started = time.perf_counter()
-        fn()
-        return (time.perf_counter() - started) / x.shape[0]
-
-    model, eps_defend = purifier.pixelcnn, purifier.eps_defend
-    timings["batched_s_per_image"] = seconds(lambda: purify(model, x, eps_defend, purifier.max_positions))
-    timings["batched_crop_float32_s_per_image"] = seconds(
-        lambda: purify(model, x, eps_defend, purifier.max_positions, method="crop", dtype=torch.float32))
-    timings["one_at_a_time_s_per_image"] = seconds(
-        lambda: [purify(model, x[k:k + 1], eps_defend, purifier.max_positions) for k in range(x.shape[0])])
-    return {key: round(value, 5) if isinstance(value, float) else value for key, value in timings.items()}
-
-
 def _undone(x: torch.Tensor, x_adv: torch.Tensor, purified: torch.Tensor,
             purified_adv: torch.Tensor) -> Dict[str, Any]:
     """Of the values the adaptive attack changed, the fraction that purification puts back where it
@@ -116,15 +91,9 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     guard = pipeline.guard_clean_accuracy(ctx, row, classifier, x, y, config["clean_floor"])
     defended = nn.Sequential(purifier, classifier).eval()
 
-    started = time.perf_counter()
-    purified = purifier(x)
-    per_image = (time.perf_counter() - started) / x.shape[0]
+    purified = purifier(x)  # (its time per image: benchmarks/bench_pixeldefend.py)
     purify_stats = dict(purifier.last_stats)
-    ctx.log(f"  purification: {per_image * 1000:.0f} ms per image ({purify_stats})")
-    purify_timing = _purification_timing(purifier, x, config["purify_timing_images"])
-    if purify_timing:
-        ctx.log("  purification ms/image: " + ", ".join(f"{key} {value * 1e3:.0f}" for key, value in
-                                                        purify_timing.items() if key.endswith("_s_per_image")))
+    ctx.log(f"  purification: {purify_stats}")
 
     own_settings = config["own_attack"]
     own_pgd = PGD(distance="linf", eps=row.eps, steps=own_settings["steps"], step_size=own_settings["step_size"],
@@ -147,14 +116,12 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
         "adaptive_ci95": adaptive["ci95"],
         "attacks": {"own_transfer": own, "adaptive_bpda": adaptive, "undefended_classifier": undefended},
         "pixelcnn_test_bits_per_dim": None if bpd is None else round(bpd, 4),
-        "purification_seconds_per_image": round(per_image, 4),
         "purification_stats": purify_stats,
         # How far purification is from the identity BPDA assumes, next to the attack's own size.
         "identity_gap": {"purify_clean_mean_abs_change": round(float((purified - x).abs().mean()), 5),
                          "purify_adversarial_mean_abs_change": round(float((purifier(x_adv) - x_adv).abs().mean()), 5),
                          "perturbation_mean_abs": round(float((x_adv - x).abs().mean()), 5),
                          **_undone(x, x_adv, purified, purifier(x_adv))},
-        "purification_timing": purify_timing,
         "undefended_clean_accuracy": undefended["clean_accuracy"],
         **({"claimed_accuracy": {"song_et_al_fashion_mnist": row.claimed_accuracy, "own_evaluation": own["accuracy"],
                                  "source": "arXiv 1710.10766 abstract: strongest attack 63% -> 84% on Fashion MNIST"}}

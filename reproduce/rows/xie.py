@@ -22,74 +22,35 @@ import torch
 
 from obfgrad.attacks import EOT, PGD, TransferAttack
 from obfgrad.defenses import TransformedClassifier
-from obfgrad.distances import get_distance
 from obfgrad.eval import (
+    accuracy_summary,
+    accuracy_vs_eps,
     argmax_predictor,
-    clopper_pearson,
+    correct_in_any_draw,
     derive_seed,
-    random_stream,
     random_targets,
 )
-from obfgrad.eval.confidence import binomial_cdf
+from obfgrad.eval.confidence import stronger_attack_comparison
 from obfgrad.zoo import common, imagenet
 from obfgrad.zoo import xie as zoo_xie
-from reproduce import pipeline
-from reproduce.spec import RowSpec, RunContext, zoo_builder
+from reproduce import choices, pipeline
+from reproduce.evaluation import config_pgd
+from reproduce.spec import RowSpec, RunContext, imagenet_fields, table1, zoo_fields
 
 
 def spec(profile: str, dry_run: bool = False) -> RowSpec:
     config = zoo_xie.config(profile, dry_run)
-    paper = profile == "paper"
     return RowSpec(
         name="xie",
-        takes_weights=profile == "paper",  # --weights: the paper profile's InceptionV3 weights
+        **imagenet_fields(profile),  # the paper profile: --weights for InceptionV3, 1000 images, targeted
         defense="Xie et al. (2018), randomization",
-        dataset=zoo_xie.dataset(profile),
-        distance=zoo_xie.DISTANCE,
-        eps=config["eps"],
-        paper_dataset="ImageNet",
-        paper_bound="0.031 (ℓ∞)",
-        paper_accuracy=0.0,
-        paper_note="*: Xie et al. also propose ensemble adversarial training; the defense alone is reported.",
-        n_examples=1000 if paper else 100,
-        targeted=paper,
-        config=config,
-        choices=[
-            "Pad value 0.5 (Athalye et al.'s choice; Xie et al. say zero-padding) and the resize back to 299 of "
-            "the repo's InceptionV3 wrapper.",
-            *(["Athalye et al.'s geometry: crop_and_resize to r, offsets in [0, 331 - r), TF1's legacy resize "
-               "back to 299 (smoke keeps the library's centred default)."] if paper else []),
-            "Adaptive accuracy: examples some of 10 fresh draws still classify correctly (the paper's '10 out of "
-            "10' rule, [PAPER-RECALLED]); the single-draw accuracy is reported beside it.",
-            "Paper profile: the first 1000 sorted ImageNet validation images, targeted to random classes "
-            "(UNCONFIRMED); smoke: untargeted." if paper else
-            "Smoke: Fashion-MNIST, r in [28, 31), padded to 31, resized back to 28 (299/331 scaled to 28); "
-            "l-inf 0.1 (the Madry row's smoke bound standing in for 0.031); adaptive steps are sign steps of "
-            "eps/10 (raw gradients of the small CNN stall on confident examples), 10 EOT draws per step (30 in the "
-            "paper profile), all 50 steps run (no early stop); the 10-of-10 accuracy is also measured at 1.5 and 2 "
-            "times the bound on the first 50 examples (does it fall with eps?).",
-            *([] if paper else [
-                "Control (smoke, run when the 10-of-10 residual exceeds 10%): the first 50 examples attacked again "
-                "at the same eps with 30 EOT draws (the paper profile's), 100 sign steps of eps/20 and a random "
-                "start, on a fresh attack seed; judged on the same 10-of-10 draws as the row's attack, compared "
-                "pairwise (exact McNemar test): a stuck attack shows as examples only the stronger attack breaks. "
-                "Not done: the same randomization on a classifier at a larger input scale (another model to train "
-                "and a 4x dearer attack; over the smoke time budget)."]),
-            "Own evaluation: 10-step l-inf PGD (eps/4 sign steps, cross-entropy) on the undefended classifier.",
-        ],
+        **zoo_fields(zoo_xie, profile, config),
+        **table1("ImageNet", "0.031 (ℓ∞)", 0.0,
+                 "*: Xie et al. also propose ensemble adversarial training; the defense alone is reported."),
+        choices=choices.of("xie", profile),
         run=run,
-        build_defense=zoo_builder(zoo_xie.build),
     )
 
-
-
-def correct_in_any_draw(defended, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
-    """Per example: some of ``draws`` fresh draws of the randomized defense predicts ``y``."""
-    correct = torch.zeros_like(y, dtype=torch.bool)
-    with torch.no_grad():
-        for _ in range(draws):
-            correct |= defended(x).argmax(dim=1) == y
-    return correct
 
 
 def judge_seed(ctx: RunContext, row: RowSpec) -> int:
@@ -98,24 +59,16 @@ def judge_seed(ctx: RunContext, row: RowSpec) -> int:
     return derive_seed(ctx.seed, f"{row.name}/10_of_10/judge")
 
 
-def _strict_correct(row: RowSpec, defended, x, y, x_adv: torch.Tensor, draws: int, seed: int,
-                    eps: Optional[float] = None) -> torch.Tensor:
-    """Per example: some of ``draws`` judge draws (stream ``seed``) classify ``x_adv`` correctly; an
-    example over the budget is judged on its clean image."""
-    within = get_distance(row.distance).within(x, x_adv, row.eps if eps is None else eps)
-    x_final = torch.where(within.view(-1, 1, 1, 1), x_adv, x)
-    with random_stream(seed, x.device):
-        return correct_in_any_draw(defended, x_final, y, draws)
+def _any_draw(ctx: RunContext, row: RowSpec, defended, x, y, x_adv: torch.Tensor,
+              eps: Optional[float] = None) -> torch.Tensor:
+    """Per example: some of the 10-of-10 judge's draws classifies ``x_adv`` correctly (Xie's rule,
+    :func:`obfgrad.eval.correct_in_any_draw`, with the robustml rule at ``eps``)."""
+    return correct_in_any_draw(defended, x, y, row.config["strict_draws"], judge_seed=judge_seed(ctx, row),
+                               x_adv=x_adv, distance=row.distance, eps=row.eps if eps is None else eps)
 
 
-def _strict_summary(correct: torch.Tensor, draws: int, seed: int) -> Dict[str, Any]:
-    n, k = int(correct.numel()), int(correct.sum())
-    return {"accuracy": k / n, "ci95": list(clopper_pearson(k, n)), "draws": draws, "judge_seed": seed}
-
-
-def _strict_accuracy(row: RowSpec, defended, x, y, x_adv: torch.Tensor, draws: int, seed: int,
-                     eps: Optional[float] = None) -> Dict[str, Any]:
-    return _strict_summary(_strict_correct(row, defended, x, y, x_adv, draws, seed, eps), draws, seed)
+def _strict_summary(ctx: RunContext, row: RowSpec, correct: torch.Tensor) -> Dict[str, Any]:
+    return {**accuracy_summary(correct), "draws": row.config["strict_draws"], "judge_seed": judge_seed(ctx, row)}
 
 
 def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
@@ -126,26 +79,23 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     targets = random_targets(y, common.num_classes(row.dataset), seed=ctx.seed) if row.targeted else None
     defended = TransformedClassifier(zoo_xie.transform(config), net)
     predict = argmax_predictor(defended)
-    own_settings = config["own_attack"]
-    own_pgd = PGD(distance="linf", eps=row.eps, steps=own_settings["steps"], step_size=own_settings["step_size"],
-                  loss=own_settings["loss"], targeted=row.targeted, update=own_settings["update"])
+    own_pgd = config_pgd(config["own_attack"], row.distance, row.eps, targeted=row.targeted, kappa=0.0)
     own, own_x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, "own_transfer", defended,
                                                        TransferAttack(own_pgd, net), x, y, predict=predict,
                                                        targets=targets)
     # Like with like: the own evaluation is judged by the same 10-of-10 rule as the adaptive one.
-    own_strict = _strict_accuracy(row, defended, x, y, own_x_adv, config["strict_draws"], judge_seed(ctx, row))
-    pgd = _adaptive_pgd(row, row.eps)
+    own_strict = _strict_summary(ctx, row, _any_draw(ctx, row, defended, x, y, own_x_adv))
     adaptive, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, "adaptive_eot",
-                                                        zoo_xie.adaptive_model(config, defended, ctx), pgd, x, y,
-                                                        predict=predict, targets=targets)
-    strict = _strict_accuracy(row, defended, x, y, x_adv, config["strict_draws"], judge_seed(ctx, row))
+                                                        zoo_xie.adaptive_model(config, defended, ctx),
+                                                        _adaptive_pgd(row, row.eps), x, y, predict=predict,
+                                                        targets=targets)
+    strict = _strict_summary(ctx, row, _any_draw(ctx, row, defended, x, y, x_adv))
     ctx.log(f"  {'adaptive, 10 of 10 draws':<28} accuracy {strict['accuracy']:.3f} "
             f"[{strict['ci95'][0]:.3f}, {strict['ci95'][1]:.3f}]")
     sweep = _strict_eps_sweep(ctx, row, defended, x, y, targets, predict) if config["strict_eps_sweep"] else []
     control = (_stronger_attack_control(ctx, row, defended, (x, y, targets), x_adv, predict, strict["accuracy"])
                if config.get("stronger_attack_control") else None)
-    with random_stream(judge_seed(ctx, row), x.device):
-        clean_any: List[bool] = correct_in_any_draw(defended, x, y, config["strict_draws"]).tolist()
+    clean_any = correct_in_any_draw(defended, x, y, config["strict_draws"], judge_seed=judge_seed(ctx, row))
     return {
         "clean_accuracy": own["clean_accuracy"],
         "own_attack_accuracy": own_strict["accuracy"],
@@ -156,7 +106,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
         "adaptive_ci95": strict["ci95"],
         "adaptive_single_draw_accuracy": adaptive["accuracy"],
         "adaptive_single_draw_ci95": adaptive["ci95"],
-        "clean_accuracy_any_draw": sum(clean_any) / max(1, len(clean_any)),
+        "clean_accuracy_any_draw": accuracy_summary(clean_any)["accuracy"],
         "attacks": {"own": own, "own_10_of_10": own_strict, "adaptive": adaptive, "adaptive_10_of_10": strict},
         "adaptive_10_of_10_eps_sweep": sweep,
         **({"control": control} if control is not None else {}),
@@ -166,25 +116,24 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
 
 def _adaptive_pgd(row: RowSpec, eps: float) -> PGD:
     settings = row.config["adaptive_attack"]
-    return PGD(distance="linf", eps=eps, steps=settings["steps"], step_size=settings["step_size"] * eps / row.eps,
-               loss=settings["loss"], targeted=row.targeted, update=settings["update"],
-               early_stop=settings["early_stop"])
+    return config_pgd(settings, row.distance, eps, step_size=settings["step_size"] * eps / row.eps,
+                      targeted=row.targeted, kappa=0.0)
 
 
 def _strict_eps_sweep(ctx: RunContext, row: RowSpec, defended, x, y, targets, predict) -> List[Dict[str, Any]]:
-    """The adaptive attack (step size scaled with the bound) and the 10-of-10 rule at larger bounds."""
-    sweep_settings, config = row.config["strict_eps_sweep"], row.config
-    n = min(sweep_settings["examples"], x.shape[0])
-    x, y = x[:n], y[:n]
-    targets = None if targets is None else targets[:n]
+    """The adaptive attack (step size scaled with the bound) and the 10-of-10 rule at larger bounds,
+    through :func:`obfgrad.eval.accuracy_vs_eps`."""
+    settings = row.config["strict_eps_sweep"]
+    n = min(settings["examples"], x.shape[0])
+    labels = {row.eps * factor: f"adaptive_eot.eps_x{factor:g}" for factor in settings["eps_factors"]}
+    evaluator = pipeline.recording_evaluator(ctx, row, labels.__getitem__, None if targets is None else targets[:n])
+    curve = accuracy_vs_eps(defended, x[:n], y[:n], distance=row.distance, eps_grid=list(labels), predict=predict,
+                            attack_model=zoo_xie.adaptive_model(row.config, defended, ctx),
+                            attack=lambda eps: _adaptive_pgd(row, eps), evaluator=evaluator,
+                            judge=lambda xs, x_adv, ys, eps: _any_draw(ctx, row, defended, xs, ys, x_adv, eps))
     sweep = []
-    for factor in sweep_settings["eps_factors"]:
-        eps = row.eps * factor
-        summary, x_adv = pipeline.run_attack_keeping_x_adv(
-            ctx, row, f"adaptive_eot.eps_x{factor:g}", zoo_xie.adaptive_model(config, defended, ctx),
-            _adaptive_pgd(row, eps),
-            x, y, predict=predict, targets=targets, eps=eps)
-        strict = _strict_accuracy(row, defended, x, y, x_adv, config["strict_draws"], judge_seed(ctx, row), eps=eps)
+    for eps, summary, correct in zip(curve.eps, evaluator.summaries, curve.verdicts):
+        strict = _strict_summary(ctx, row, correct)
         ctx.log(f"  {f'10 of 10 at eps {eps:.3g}':<28} accuracy {strict['accuracy']:.3f} (n = {n})")
         sweep.append({"eps": eps, "n": n, "single_draw_accuracy": summary["accuracy"], "accuracy_10_of_10": strict})
     return sweep
@@ -218,48 +167,14 @@ def _stronger_attack_control(ctx: RunContext, row: RowSpec, defended, data, x_ad
     summary, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, CONTROL_LABEL,
                                                        EOT(defended, samples=settings["eot_samples"]), attack,
                                                        x, y, predict=predict, targets=targets)
-    draws, seed = row.config["strict_draws"], judge_seed(ctx, row)  # the same judge draws for both attacks
-    main_correct = _strict_correct(row, defended, x, y, x_adv_main, draws, seed)
-    control_correct = _strict_correct(row, defended, x, y, x_adv, draws, seed)
-    broken_only_by_control = int((main_correct & ~control_correct).sum())
-    broken_only_by_main = int((control_correct & ~main_correct).sum())
-    p_value = paired_sign_test(broken_only_by_control, broken_only_by_main)
+    # the same judge draws for both attacks
+    main_correct = _any_draw(ctx, row, defended, x, y, x_adv_main)
+    control_correct = _any_draw(ctx, row, defended, x, y, x_adv)
     control = {"name": "stronger_attack_same_eps", "n": n, "settings": dict(settings), "attack": summary,
-               "accuracy_10_of_10": _strict_summary(control_correct, draws, seed),
-               "main_attack_10_of_10_same_examples": _strict_summary(main_correct, draws, seed),
-               "broken_only_by_control": broken_only_by_control, "broken_only_by_main": broken_only_by_main,
-               "paired_sign_test_p": p_value}
-    control["reading"] = control_reading(control)
+               "accuracy_10_of_10": _strict_summary(ctx, row, control_correct),
+               "main_attack_10_of_10_same_examples": _strict_summary(ctx, row, main_correct),
+               **stronger_attack_comparison(main_correct, control_correct)}
     ctx.log(f"  {'control: stronger attack':<28} 10 of 10 {control['accuracy_10_of_10']['accuracy']:.3f} vs main "
-            f"{control['main_attack_10_of_10_same_examples']['accuracy']:.3f} on the same {n} (p = {p_value:.2g}): "
-            f"{control['reading']}")
+            f"{control['main_attack_10_of_10_same_examples']['accuracy']:.3f} on the same {n} "
+            f"(p = {control['paired_sign_test_p']:.2g}): {control['reading']}")
     return control
-
-
-def paired_sign_test(only_first: int, only_second: int) -> float:
-    """Two-sided exact McNemar test: the p-value of ``only_first`` against ``only_second`` discordant
-    pairs under equal chances (1.0 when there are none).
-
-    Example:
-        >>> paired_sign_test(0, 0), round(paired_sign_test(9, 1), 4)
-        (1.0, 0.0215)
-    """
-    for name, value in (("only_first", only_first), ("only_second", only_second)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name}: expected a count >= 0, got {value!r}")
-    discordant = only_first + only_second
-    if discordant == 0:
-        return 1.0
-    return min(1.0, 2.0 * binomial_cdf(min(only_first, only_second), discordant, 0.5))
-
-
-def control_reading(control: Dict[str, Any], alpha: float = 0.05) -> str:
-    """What the paired comparison says: the stronger attack breaks significantly more of the same
-    examples (the main attack is stuck), or it does not (the residual is not the attack's budget)."""
-    more, fewer, p = control["broken_only_by_control"], control["broken_only_by_main"], control["paired_sign_test_p"]
-    if p < alpha and more > fewer:
-        return (f"stuck attack: the stronger attack breaks {more} examples the main attack leaves, and leaves "
-                f"{fewer} it breaks (p = {p:.2g} < {alpha:g})")
-    return (f"not a stuck attack: more draws, steps and a fresh start break {more} examples the main attack "
-            f"leaves, and leave {fewer} it breaks (p = {p:.2g}); the residual reads as robustness of the "
-            "defended model at this eps")

@@ -44,7 +44,7 @@ same tests fail. ``dtype=torch.float32`` is faster, with ties decided by roundin
 from __future__ import annotations
 
 import copy
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -53,7 +53,7 @@ from obfgrad._checks import check_choice, check_float, check_images, check_int
 from obfgrad.models.pixelcnn import LEVELS, PixelCNN, bin_log_probs
 from obfgrad.models.pixelcnn_incremental import IncrementalPixelCNN
 
-__all__ = ["purify", "PixelDefend", "EPS_DEFEND", "METHODS", "TIE_NATS"]
+__all__ = ["purify", "purification_reach", "PixelDefend", "EPS_DEFEND", "METHODS", "TIE_NATS"]
 
 EPS_DEFEND = 16 / 255  # Song et al.'s eps_defend for the 8/255 attack (protocol.md row 6)
 METHODS = ("incremental", "crop", "full")
@@ -146,11 +146,16 @@ class _Chooser:
         return changed
 
     def _pick(self, log_probs: torch.Tensor) -> torch.Tensor:
-        """Position of the most likely bin; with ``tie`` > 0, the lowest within ``tie`` of the most likely."""
-        if self.tie == 0:
-            return log_probs.argmax(dim=1)
-        near = log_probs >= log_probs.max(dim=1, keepdim=True).values - self.tie
-        return (near.cumsum(dim=1) == 0).sum(dim=1)  # the first near bin: how many come before it
+        return _most_likely(log_probs, self.tie)
+
+
+def _most_likely(log_probs: torch.Tensor, tie: float) -> torch.Tensor:
+    """Position of the most likely bin along the last dimension; with ``tie`` > 0, the lowest within
+    ``tie`` of the most likely."""
+    if tie == 0:
+        return log_probs.argmax(dim=-1)
+    near = log_probs >= log_probs.max(dim=-1, keepdim=True).values - tie
+    return (near.cumsum(dim=-1) == 0).sum(dim=-1)  # the first near bin: how many come before it
 
 
 def _incremental(density: PixelCNN, choose: _Chooser, positions: int, counts: Dict[str, int]) -> None:
@@ -200,6 +205,75 @@ def _full(density: PixelCNN, choose: _Chooser, positions: int, counts: Dict[str,
         counts["evaluations"] += 1
         counts["image_positions"] += n * height * width
         choose(params[:, :, i, j], i, j)
+
+
+@torch.no_grad()
+def purification_reach(pixelcnn: PixelCNN, x: torch.Tensor, eps_attack: float, eps_defend: float = EPS_DEFEND,
+                       *, batch_size: int = 64) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The purified values an attacker can give each pixel by changing that pixel alone.
+
+    Purification sets a pixel to the most likely intensity within ``eps_defend`` of its value, given
+    the pixels already purified. Changing one pixel leaves every pixel before it, and so its
+    context, as it was: the values purification can then give that pixel are exactly the window
+    choices for the attacked values within ``eps_attack`` of the pixel's own. This returns their
+    range per pixel. Where the conditional's mode lies well inside the window (a pixel the
+    PixelCNN predicts well, the black background of Fashion-MNIST above all), no attacked value
+    moves the purified one: only ``eps_defend > eps_attack`` is needed for that. An attack that
+    changes many pixels also changes later pixels' contexts, which this does not cover.
+
+    Args:
+        pixelcnn: the density model (single-channel: within a pixel, later channels' contexts would
+            move with the earlier ones).
+        x: images ``(N, 1, H, W)`` in [0, 1] (rounded to 8-bit values, as :func:`purify` does).
+        eps_attack: the attacker's l-inf radius on the [0, 1] scale (rounded to whole 8-bit levels).
+        eps_defend: the purification radius.
+        batch_size: images per network evaluation (bounds memory: 256 log-probabilities per pixel).
+
+    Returns:
+        ``(low, high, purified)``: the lowest and highest reachable purified value per pixel and
+        ``purify(pixelcnn, x, eps_defend)``, all in [0, 1] (8-bit values k/255);
+        ``low <= purified <= high``.
+
+    Example:
+        >>> model = PixelCNN(in_channels=1, nr_filters=4, nr_resnet=1, nr_stages=1, nr_logistic_mix=2).eval()
+        >>> low, high, purified = purification_reach(model, torch.rand(2, 1, 5, 5), 2 / 255, 4 / 255)
+        >>> bool((low <= purified).all() and (purified <= high).all())
+        True
+    """
+    check_images(x, "x")
+    if x.shape[1] != 1:
+        raise ValueError(f"x: purification_reach needs single-channel images (N, 1, H, W), got {tuple(x.shape)}")
+    radius_attack = int(round(check_float(eps_attack, "eps_attack", low=0.0) * (LEVELS - 1)))
+    batch_size = check_int(batch_size, "batch_size", low=1)
+    purified = purify(pixelcnn, x, eps_defend)  # checks pixelcnn and eps_defend
+    radius = int(round(eps_defend * (LEVELS - 1)))
+    density = copy.deepcopy(pixelcnn).to(torch.float64)
+    parts = [_reach(density, x[k:k + batch_size], purified[k:k + batch_size], radius_attack, radius)
+             for k in range(0, x.shape[0], batch_size)]
+    low, high = (torch.cat([part[i] for part in parts]).to(x.dtype) / (LEVELS - 1) for i in (0, 1))
+    return low, high, purified
+
+
+def _reach(density: PixelCNN, x: torch.Tensor, purified: torch.Tensor, radius_attack: int,
+           radius: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Lowest and highest window choice (8-bit levels) per pixel over the attacked values."""
+    n, _, height, width = x.shape
+    params = density(purified.to(torch.float64))  # at each pixel: the context purification saw
+    params = params.permute(0, 2, 3, 1).reshape(n * height * width, -1)
+    log_probs = bin_log_probs(params, purified.reshape(-1, 1).to(torch.float64), 0, density.nr_logistic_mix)
+    levels = (x.detach() * (LEVELS - 1)).round().reshape(-1).long()
+    offsets = torch.arange(2 * radius + 1, device=x.device)
+    low = torch.full_like(levels, LEVELS)
+    high = torch.full_like(levels, -1)
+    for shift in range(-radius_attack, radius_attack + 1):
+        attacked = (levels + shift).clamp(0, LEVELS - 1)
+        window_low, window_high = (attacked - radius).clamp_min(0), (attacked + radius).clamp_max(LEVELS - 1)
+        bins = window_low.unsqueeze(1) + offsets
+        window = log_probs.gather(1, bins.clamp_max(LEVELS - 1))
+        choice = window_low + _most_likely(window.masked_fill(bins > window_high.unsqueeze(1), float("-inf")),
+                                           TIE_NATS)
+        low, high = torch.minimum(low, choice), torch.maximum(high, choice)
+    return low.view_as(x), high.view_as(x)
 
 
 class PixelDefend(nn.Module):

@@ -13,15 +13,16 @@ classifier at purify(x_adv) applied to x_adv, sign steps, stopping once misclass
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 from torch import nn
 
 from obfgrad.attacks import BPDA, PGD, TransferAttack
+from obfgrad.defenses.pixeldefend import PixelDefend
 from obfgrad.zoo import common
 from obfgrad.zoo import pixeldefend as zoo_pixeldefend
-from reproduce import pipeline
+from reproduce import choices, pipeline
 from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
@@ -42,23 +43,9 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
         claimed_accuracy=None if paper else zoo_pixeldefend.SONG_FASHION_MNIST_CLAIM,
         n_examples=100 if paper else 50,
         config=config,
-        choices=[
-            ("PixelCNN++ at OpenAI's CIFAR size (nr_resnet 5, 160 filters, 10 logistics) trained by us: OpenAI's "
-             "params_cifar.ckpt is TF1; all stages at full resolution (PixelCNN++ downsamples twice), no weight "
-             "norm; 250 epochs (UNCONFIRMED)." if paper else zoo_pixeldefend.SMOKE_SETUP),
-            "Within a pixel, each channel's 256-way distribution is the exact conditional given the channels "
-            "already purified (mixture weights updated by their likelihood).",
-            "Own evaluation = PGD (cross-entropy, 20 steps, random start) on the undefended classifier, "
-            "transferred through purification. Adaptive = BPDA with the identity, sign steps from the clean image, "
-            "early stop on misclassification " + ("(0.5/255 steps, at most 100: robustml)." if paper else
-                                                  "(eps/5 steps, at most 20; measured at 50 images with the "
-                                                  "40-filter PixelCNN: 38% after 20 steps, after 20 margin-loss "
-                                                  "steps and after 40 steps of eps/10)."),
-            f"Dry run: purification stops after the first {zoo_pixeldefend.DRY_RUN_POSITIONS} pixels "
-            "(max_positions)." if dry_run else
-            "Purification covers every pixel.",
-            "n = first 100 CIFAR-10 test images (robustml)." if paper else "n = first 50 Fashion-MNIST test images.",
-        ],
+        choices=choices.of("pixeldefend", profile, purification_extent=(
+            f"Dry run: purification stops after the first {zoo_pixeldefend.DRY_RUN_POSITIONS} pixels (max_positions)."
+            if dry_run else "Purification covers every pixel.")),
         # The eps curve's budget: each attack step purifies every image (784 sequential PixelCNN calls).
         curve={"examples": 10, "steps": 2} if not paper else {"examples": 100, "steps": 10},
         run=run,
@@ -81,6 +68,22 @@ def _undone(x: torch.Tensor, x_adv: torch.Tensor, purified: torch.Tensor,
         count = int(where.sum())
         out[f"attacked_{name}_values"] = count
         out[f"erased_fraction_{name}"] = round(float((erased & where).sum()) / count, 4) if count else None
+    return out
+
+
+def _reach_control(ctx: RunContext, config: Dict[str, Any], purifier: PixelDefend, classifier: nn.Module,
+                   x: torch.Tensor, y: torch.Tensor, eps: float, bpda_correct: List[bool]) -> Dict[str, Any]:
+    """zoo.pixeldefend.reach_control beside BPDA on the same images (smoke, single-channel only)."""
+    if not config.get("reach_control") or x.shape[1] != 1:
+        return {}
+    out = zoo_pixeldefend.reach_control(purifier, classifier, x, y, eps, config["reach_control"]["steps"],
+                                        bpda_correct)
+    ctx.log(f"  reach control: the classifier keeps {out['classifier_within_reach_accuracy']:.0%} within the "
+            f"purifier's reach (BPDA {out['bpda_accuracy']:.0%}; only the control breaks "
+            f"{out['broken_only_by_control']}, only BPDA {out['broken_only_by_bpda']}, p = "
+            f"{out['paired_sign_test_p']:.2g}); movable: {out['movable_fraction_other']:.0%} of non-black pixels, "
+            f"{out['movable_fraction_black']:.1%} of black; mean reach {out['mean_reach_levels_other']} of "
+            f"{out['attack_range_levels']} levels")
     return out
 
 
@@ -108,6 +111,8 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
     adaptive, x_adv = pipeline.run_attack_keeping_x_adv(ctx, row, "adaptive_bpda_identity", adaptive_model, bpda_pgd,
                                                         x, y, predict=lambda v: defended(v).argmax(1))
     undefended = pipeline.run_attack(ctx, row, "undefended_classifier_pgd", classifier, own_pgd, x, y)
+    reach = _reach_control(ctx, config, purifier, classifier, x, y, row.eps,
+                           (defended(x_adv).argmax(1) == y).tolist())
     return {
         "clean_accuracy": own["clean_accuracy"],
         "own_attack_accuracy": own["accuracy"],
@@ -122,6 +127,7 @@ def run(row: RowSpec, ctx: RunContext) -> Dict[str, Any]:
                          "purify_adversarial_mean_abs_change": round(float((purifier(x_adv) - x_adv).abs().mean()), 5),
                          "perturbation_mean_abs": round(float((x_adv - x).abs().mean()), 5),
                          **_undone(x, x_adv, purified, purifier(x_adv))},
+        **({"reach_control": reach} if reach else {}),
         "undefended_clean_accuracy": undefended["clean_accuracy"],
         **({"claimed_accuracy": {"song_et_al_fashion_mnist": row.claimed_accuracy, "own_evaluation": own["accuracy"],
                                  "source": "arXiv 1710.10766 abstract: strongest attack 63% -> 84% on Fashion MNIST"}}

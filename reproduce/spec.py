@@ -88,7 +88,8 @@ class RowSpec:
     # part of ``describe()``: they compute nothing of the row's result). ``work_plan(spec, resolved)``: the
     # row's paper-profile work for reproduce.estimate (a reproduce.paper_plans.RowPlan); ``fidelity``:
     # ``{entry: extract(spec) -> {field: value}}``, its settings for reproduce.fidelity to check against
-    # reproduce/paper_settings.md (an entry is named as the row, or "row/part"; ``resolved`` above holds them).
+    # reproduce/paper_settings.md (an entry is named as the row, or "row/part"); ``resolved`` is what those
+    # extractors give, ``{entry: {field: value}}``, from which the plan takes the attacks' steps and examples.
     work_plan: Optional[Callable[..., Any]] = None
     fidelity: Dict[str, Callable[[RowSpec], Dict[str, Any]]] = field(default_factory=dict)
 

@@ -7,11 +7,12 @@ Nothing here runs a row. For every row of the paper profile this module
    forward+backward of the classifier the adaptive attack differentiates (with the defense's
    BPDA forward where it has one), one row of PixelDefend purification, one generator forward+backward,
    ... (median of ``repeats`` after a warm-up, at ``batch`` examples, divided by ``batch``);
-2. counts the work of the row's paper-profile attacks from its spec (the Table 1 entries via
-   :func:`reproduce.fidelity.resolve`; the defense's own evaluation and the extra attacks from
-   ``RowSpec.config``): examples x steps x EOT samples x restarts gradient evaluations, each
-   costing a known number of units (e.g. PixelDefend: 32 rows of incremental PixelCNN++
-   purification per purification, one purification per attack step);
+2. counts the work of the row's paper-profile attacks as its spec's ``work_plan`` gives it
+   (:mod:`reproduce.paper_plans`: the Table 1 entries via :func:`reproduce.fidelity.resolve`; the
+   defense's own evaluation and the extra attacks from ``RowSpec.config``): examples x steps x
+   EOT samples x restarts gradient evaluations, each costing a known number of units (e.g.
+   PixelDefend: 32 rows of incremental PixelCNN++ purification per purification, one purification
+   per attack step);
 3. multiplies. Every number it prints is *extrapolated from measured per-step cost*; attacks that
    stop early on success (``early_stop``) are counted at their full step budget (an upper bound).
 
@@ -31,7 +32,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -39,216 +40,29 @@ from torch import nn
 
 from obfgrad.atomic import atomic_write_json, check_writable_file
 from reproduce import fidelity
+from reproduce.paper_plans import RowPlan, Work
 from reproduce.rows import all_specs
 from reproduce.spec import ROW_NAMES, RowSpec, RunContext
 
 LABEL = "extrapolated from measured per-step cost"
 
-#: Training-set sizes (training estimates: examples per epoch).
-TRAIN_EXAMPLES = {"cifar10": 50_000, "mnist": 60_000, "fashion-mnist": 60_000}
-
-ROWS_CIFAR = 32  # PixelDefend: a purification is 32 rows of incremental evaluation, each costing the same
-
 
 # ---------------------------------------------------------------------------- the work of a row
 
 
-@dataclass(frozen=True)
-class Work:
-    """One attack (or training run) of a row: ``examples x steps x eot_samples x restarts``
-    gradient evaluations, each costing ``units`` (unit key -> how many per evaluation)."""
-
-    label: str
-    examples: int
-    steps: int
-    units: Dict[str, float]
-    eot_samples: int = 1
-    restarts: int = 1
-    kind: str = "attack"  # "attack" or "training"
-    note: str = ""
-
-    @property
-    def gradient_evaluations(self) -> int:
-        return self.examples * self.steps * self.eot_samples * self.restarts
-
-    def seconds_per_evaluation(self, unit_seconds: Dict[str, float]) -> float:
-        return sum(unit_seconds[key] * count for key, count in self.units.items())
-
-    def seconds(self, unit_seconds: Dict[str, float]) -> float:
-        return self.gradient_evaluations * self.seconds_per_evaluation(unit_seconds)
-
-
-@dataclass
-class RowPlan:
-    """What a row runs in the paper profile, in units to be measured."""
-
-    row: str
-    work: List[Work]
-    excluded: List[str] = field(default_factory=list)
-    not_estimated_training: List[str] = field(default_factory=list)
-
-
-def _attack(label: str, entry: Dict[str, Any], units: Dict[str, float], note: str = "") -> Work:
-    """A Table 1 entry resolved by :func:`reproduce.fidelity.resolve`."""
-    return Work(label, examples=entry["examples"], steps=entry["steps"], units=units,
-                eot_samples=entry["eot_samples"], restarts=entry["restarts"], note=note)
-
-
-def _training(label: str, recipe: Dict[str, Any], units: Dict[str, float], adversary_steps: int = 0) -> Work:
-    """Rough: one forward+backward per training example and epoch (plus one per adversary step),
-    at the attack unit's batch size; weight gradients (about one more backward), the optimizer, data
-    loading and the better efficiency of large training batches are not in it."""
-    return Work(label, examples=TRAIN_EXAMPLES[recipe["dataset"]] * recipe["epochs"], steps=1 + adversary_steps,
-                units=units, kind="training",
-                note="rough: input-gradient fwd+bwd unit x training examples x epochs x (1 + adversary steps); "
-                     "no weight gradients or optimizer")
-
-
-EARLY_STOP = "upper bound: full step budget, the attack stops early on success"
-
-
-def _plan_thermometer(spec: RowSpec, resolved: Dict[str, Dict[str, Any]]) -> RowPlan:
-    config, unit = spec.config, {"thermometer_wide_resnet": 1}
-    return RowPlan(spec.name, [
-        _attack("adaptive: BPDA (soft thermometer), Adam-sign", resolved["thermometer"], unit),
-        Work("own: LS-PGA", spec.n_examples, config["own_lspga"]["steps"], unit),
-        Work("own: plain-gradient PGD", spec.n_examples, config["own_plain_gradient"]["steps"], unit),
-        _training("training: wide ResNet on thermometer codes (natural)", config["classifier"], unit),
-    ], excluded=["clean-accuracy and judging forwards"])
-
-
-def _plan_lid(spec: RowSpec, resolved: Dict[str, Dict[str, Any]]) -> RowPlan:
-    config, unit = spec.config, {"lid_cnn": 1}
-    cw = config["detector_attack"]
-    cw_steps = cw["steps"] * cw["binary_search_steps"]
-    return RowPlan(spec.name, [
-        _attack("adaptive: high-confidence PGD", resolved["lid"], unit),
-        Work("own: CW-L2 (judged with the detector)", spec.n_examples, cw_steps, unit),
-        Work("detector training data: CW-L2", config["detector"]["train_examples"], cw_steps, unit),
-        _training("training: Ma et al.'s CIFAR CNN (natural)", config["classifier"], unit),
-    ], excluded=["LID features (forward passes over minibatches of 100) and the logistic-regression fit",
-                 "clean-accuracy and judging forwards"])
-
-
-GUO_TRANSFORMS = ("bit_depth", "jpeg", "crop_rescale", "tv", "quilting")
-
-
-def _plan_guo(spec: RowSpec, resolved: Dict[str, Dict[str, Any]]) -> RowPlan:
-    work = []
-    for name in GUO_TRANSFORMS:
-        entry = resolved[f"guo/{name}"]
-        units = {"inception_v3_299": 1, f"{name}_299": 1}
-        stops_early = spec.config["adaptive_attack"][name].get("early_stop", True)
-        work.append(_attack(f"{name}: adaptive (BPDA/EOT, penalized gradient descent)", entry, units,
-                            note=EARLY_STOP if stops_early else ""))
-        work.append(Work(f"{name}: own (transfer PGD on the undefended net)", spec.n_examples,
-                         spec.config["own_attack"]["steps"], {"inception_v3_299": 1}))
-    return RowPlan(spec.name, work, excluded=[
-        "judging forwards through the defenses (crop-rescale: 30 crops per prediction; quilting: one quilt each)",
-        "building the 1,000,000-patch quilting database",
-        "quilting's k-NN over 1,000,000 patches is extrapolated linearly from two measured database sizes",
-    ], not_estimated_training=["none: InceptionV3 uses pretrained weights"])
-
-
-def _plan_xie(spec: RowSpec, resolved: Dict[str, Dict[str, Any]]) -> RowPlan:
-    return RowPlan(spec.name, [
-        _attack("adaptive: EOT over resize-and-pad", resolved["xie"],
-                {"inception_v3_299": 1, "random_resize_pad_299": 1}),
-        Work("own: transfer PGD on the undefended net", spec.n_examples, spec.config["own_attack"]["steps"],
-             {"inception_v3_299": 1}),
-    ], excluded=[f"judging: {spec.config['strict_draws']} fresh defended forwards per example (10-of-10 rule)"],
-        not_estimated_training=["none: InceptionV3 uses pretrained weights"])
-
-
-def _plan_sap(spec: RowSpec, resolved: Dict[str, Dict[str, Any]]) -> RowPlan:
-    config = spec.config
-    return RowPlan(spec.name, [
-        _attack("adaptive: EOT over SAP draws, Adam-sign", resolved["sap"], {"sap_wide_resnet": 1}),
-        Work("own: single-sample PGD", spec.n_examples, config["own_attack"]["steps"], {"sap_wide_resnet": 1},
-             note=EARLY_STOP),
-    ], excluded=[f"voting: {config['vote_draws']} forwards per example per attack",
-                 "clean-accuracy and judging forwards"],
-        not_estimated_training=["the natural wide ResNet is the Madry row's natural twin (same recipe, trained "
-                                "once and cached): see madry"])
-
-
-def _plan_pixeldefend(spec: RowSpec, resolved: Dict[str, Dict[str, Any]]) -> RowPlan:
-    config = spec.config
-    purification = {"pixeldefend_row_32": ROWS_CIFAR}
-    return RowPlan(spec.name, [
-        _attack("adaptive: BPDA through purification", resolved["pixeldefend"],
-                {**purification, "wide_resnet": 1}, note=EARLY_STOP),
-        Work("own: transfer PGD on the undefended net", spec.n_examples, config["own_attack"]["steps"],
-             {"wide_resnet": 1}),
-        Work("undefended classifier: PGD", spec.n_examples, config["own_attack"]["steps"], {"wide_resnet": 1}),
-        Work("purifications outside attack steps (clean, own judging, adaptive judging, identity gap)",
-             spec.n_examples, 4, purification),
-    ], excluded=["purification is counted as 32 times its first row of incremental evaluation (upper bound: the "
-                 "first row also sets up the caches; measured 2.48 s vs 2.02 s for each later row on one CPU "
-                 "thread); converting the model to float64, once per batch, is not counted"],
-        not_estimated_training=["PixelCNN++ (250 epochs on CIFAR-10): not estimated",
-                                "the natural wide ResNet: see madry (same recipe, cached)"])
-
-
-def _plan_defensegan(spec: RowSpec, resolved: Dict[str, Dict[str, Any]]) -> RowPlan:
-    config = spec.config
-    projection = config["projection"]
-    projection_units = {"dcgan_generator": projection["steps"] * projection["restarts"]}
-    latent = config["latent_attack"]
-    n = spec.n_examples
-    return RowPlan(spec.name, [
-        _attack("adaptive (attack B): BPDA through the projection", resolved["defensegan/bpda"],
-                {**projection_units, "mnist_cnn": 1}, note=EARLY_STOP),
-        Work("attack A: latent inversion (Adam over restarts)", n, latent["inversion_steps"], {"dcgan_generator": 1},
-             restarts=latent["inversion_restarts"]),
-        Work("attack A: latent optimisation (steps x binary searches)", n,
-             latent["steps"] * latent["binary_search_steps"], {"dcgan_generator": 1, "mnist_cnn": 1}),
-        Work("own: transfer PGD on the undefended classifier", n, config["own_attack"]["steps"], {"mnist_cnn": 1},
-             note=EARLY_STOP),
-        Work("undefended classifier: PGD", n, config["own_attack"]["steps"], {"mnist_cnn": 1}, note=EARLY_STOP),
-        Work("projections outside attack steps (clean, own judging, adaptive judging)", n, 3, projection_units),
-        _training("training: MNIST classifier (natural)", config["classifier"], {"mnist_cnn": 1}),
-    ], excluded=[f"the generator unit is per latent, timed on batch x {projection['restarts']} latents (the "
-                 "projection's batch); attack A's inversion batches 30 restarts, its optimisation one latent"],
-        not_estimated_training=["WGAN-GP generator training: not estimated"])
-
-
-def _plan_madry(spec: RowSpec, resolved: Dict[str, Dict[str, Any]]) -> RowPlan:
-    config, unit = spec.config, {"wide_resnet": 1}
-    adaptive = config["adaptive_attack"]
-    return RowPlan(spec.name, [
-        _attack("own: PGD-20, cross-entropy", resolved["madry"], unit),
-        Work("adaptive: PGD, CW margin, restarts", spec.n_examples, adaptive["steps"], unit,
-             restarts=adaptive["restarts"]),
-        Work("natural twin: the adaptive attack", spec.n_examples, adaptive["steps"], unit,
-             restarts=adaptive["restarts"]),
-        _training("training: PGD adversarial training", config["classifier"], unit,
-                  adversary_steps=config["classifier"]["adversarial"]["steps"]),
-        _training("training: natural twin (shared with sap, pixeldefend)", config["natural_twin"], unit),
-    ], excluded=["clean-accuracy and judging forwards"])
-
-
-def _plan_na(spec: RowSpec, resolved: Dict[str, Dict[str, Any]]) -> RowPlan:
-    config, unit = spec.config, {"wide_resnet": 1}
-    return RowPlan(spec.name, [
-        _attack("adaptive: PGD, CW margin, restarts", resolved["na"], unit),
-        Work("own: PGD-20, cross-entropy", spec.n_examples, config["own_attack"]["steps"], unit),
-    ], excluded=["clean-accuracy and judging forwards"],
-        not_estimated_training=["cascade adversarial training: not estimated (its source network is the Madry "
-                                "row's adversarially trained one: see madry)"])
-
-
-PLANS: Dict[str, Callable[[RowSpec, Dict[str, Dict[str, Any]]], RowPlan]] = {
-    "thermometer": _plan_thermometer, "lid": _plan_lid, "guo": _plan_guo, "sap": _plan_sap, "xie": _plan_xie,
-    "pixeldefend": _plan_pixeldefend, "defensegan": _plan_defensegan, "madry": _plan_madry, "na": _plan_na,
-}
-
-
 def plan(spec: RowSpec, resolved: Dict[str, Dict[str, Any]]) -> RowPlan:
-    """The row's paper-profile work (``resolved``: :func:`reproduce.fidelity.resolve` of its entries)."""
-    if spec.name not in PLANS:
-        raise ValueError(f"rows: no estimate plan for {spec.name!r}; expected some of {', '.join(PLANS)}")
-    return PLANS[spec.name](spec, resolved)
+    """The row's paper-profile work, as its spec's ``work_plan`` gives it (``resolved``:
+    :func:`reproduce.fidelity.resolve` of its entries)."""
+    if spec.work_plan is None:
+        raise ValueError(f"rows: no estimate plan for {spec.name!r}: its RowSpec has no work_plan")
+    return spec.work_plan(spec, resolved)
+
+
+def plans(specs: Sequence[RowSpec]) -> List[RowPlan]:
+    """The paper-profile work of each spec, in order; every row's fidelity entries resolved from its spec."""
+    by_name = {spec.name: spec for spec in specs}
+    resolved = fidelity.resolve([entry for spec in specs for entry in spec.fidelity], by_name)
+    return [plan(spec, resolved) for spec in specs]
 
 
 # ---------------------------------------------------------------------------- the arithmetic
@@ -474,10 +288,10 @@ def _quilting_1m(costs: Dict[str, float], patches: int) -> float:
     return costs[f"quilting_299@{small}"] + slope * (patches - small)
 
 
-def units_needed(plans: Sequence[RowPlan]) -> List[str]:
+def units_needed(row_plans: Sequence[RowPlan]) -> List[str]:
     """Measured unit keys the plans need (derived units replaced by what they are computed from)."""
     needed: List[str] = []
-    for row_plan in plans:
+    for row_plan in row_plans:
         for work in row_plan.work:
             for key in work.units:
                 for base in DERIVED[key][0] if key in DERIVED else (key,):
@@ -549,18 +363,17 @@ def render(report: Dict[str, Any]) -> str:
 
 def run(rows: Sequence[str], device: torch.device, batch: int, repeats: int,
         log: Callable[[str], None] = print, command: str = "") -> Dict[str, Any]:
-    specs = {spec.name: spec for spec in all_specs(list(rows), "paper", False)}
-    entries = [entry for row in rows for entry in fidelity.entries_of(row)]
-    resolved = fidelity.resolve(entries, specs)
-    plans = [plan(specs[row], resolved) for row in rows]
-    measured = measure_units(units_needed(plans), specs, device, batch, repeats, log=log)
+    row_specs = all_specs(list(rows), "paper", False)
+    specs = {spec.name: spec for spec in row_specs}
+    row_plans = plans(row_specs)
+    measured = measure_units(units_needed(row_plans), specs, device, batch, repeats, log=log)
     quilt_patches = specs["guo"].config["transforms"]["quilting"]["patches"] if "guo" in specs else 0
     costs = with_derived(measured, quilt_patches)
     units = {key: {"seconds_per_item": value, "what": UNITS[key].what if key in UNITS else DERIVED[key][1],
                    "derived": key in DERIVED} for key, value in costs.items()}
     return {"label": LABEL, "device": str(device), "batch": batch, "repeats": repeats, "machine": machine(),
             "command": command,
-            "units": units, "rows": {row_plan.row: estimate(row_plan, costs) for row_plan in plans}}
+            "units": units, "rows": {row_plan.row: estimate(row_plan, costs) for row_plan in row_plans}}
 
 
 def _device(name: str) -> torch.device:
@@ -582,9 +395,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", default=None, help="also write the report to this JSON file")
     args = parser.parse_args(argv)
     rows = [name.strip() for name in args.rows.split(",") if name.strip()]
-    unknown = [name for name in rows if name not in PLANS]
+    unknown = [name for name in rows if name not in ROW_NAMES]
     if not rows or unknown:
-        parser.error(f"--rows: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(PLANS)}")
+        parser.error(f"--rows: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(ROW_NAMES)}")
     if args.batch < 1:
         parser.error(f"--batch: expected a positive integer, got {args.batch}")
     if args.repeats < 1:

@@ -8,7 +8,8 @@ constants (``defense.*``, ``classifier.*``, ...). A source is a file of the auth
 (``[repo] `path`: what it says``, :data:`KNOWN_REPOS`), a paper section (``paper §N``), or the
 project's own choice (``choice: why``). This module resolves the same flat fields from the rows'
 paper-profile specs (``reproduce.rows.all_specs(..., "paper")``; configs differ per row, so each
-entry has its own extractor) and compares the two.
+entry has its own extractor, which the row's spec names: ``RowSpec.fidelity``, see
+:mod:`reproduce.paper_entries`) and compares the two.
 
     python -m reproduce.fidelity            # the resolved table, one line per entry, and the counts
     python -m reproduce.fidelity --fields   # every field: table value, code value, source, verdict
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from reproduce.rows import all_specs
-from reproduce.spec import RowSpec
+from reproduce.spec import ROW_NAMES, RowSpec
 
 SETTINGS_FILE = Path(__file__).with_name("paper_settings.md")
 
@@ -141,177 +142,48 @@ def read_paper_settings(path: Path = SETTINGS_FILE) -> Dict[str, Dict[str, Paper
     return entries
 
 
-# ---------------------------------------------------------------------------- extraction from specs
+# ---------------------------------------------------------------------------- the entries, from the row specs
 
 
-def _norm(distance: str) -> Tuple[str, str]:
-    """(norm, normalisation) of a spec's distance name (see ``obfgrad.distances``)."""
-    if distance == "linf":
-        return "linf", "none"
-    if distance.startswith("l2"):
-        return "l2", distance[3:] or "none"
-    raise ValueError(f"distance: unexpected {distance!r}")
+def row_of(entry: str) -> str:
+    """The row an entry belongs to: an entry is named as its row, or ``row/part`` (``guo/jpeg``)."""
+    return entry.split("/", 1)[0]
 
 
-def _common(spec: RowSpec) -> Dict[str, Any]:
-    norm, normalisation = _norm(spec.distance)
-    return {"dataset": spec.dataset, "eps": spec.eps, "norm": norm, "normalisation": normalisation,
-            "examples": spec.n_examples, "targeted": spec.targeted}
+def paper_specs(rows: Optional[Sequence[str]] = None) -> Dict[str, RowSpec]:
+    """The paper-profile specs (not a dry run) of ``rows`` (default: all of Table 1, in its order)."""
+    return {spec.name: spec for spec in all_specs(list(ROW_NAMES if rows is None else rows), "paper", False)}
 
 
-def _update(settings: Dict[str, Any], norm: str) -> str:
-    """The step rule, named independently of the attack class: ``sign``, ``adam_sign``, ``adam``,
-    ``raw_grad`` (x += lr·g) or ``l2_normalized_grad`` (x += lr·g/‖g‖)."""
-    update = settings.get("update") or ("sign" if norm == "linf" else "normalized")  # PGD's default
-    if update == "raw":
-        return "raw_grad"
-    if update == "normalized":
-        return "sign" if norm == "linf" else "l2_normalized_grad"
-    return update
-
-
-def _attack(spec: RowSpec, settings: Dict[str, Any]) -> Dict[str, Any]:
-    """The core fields of a PGD-like attack entry of a row config."""
-    fields = _common(spec)
-    fields.update({
-        "steps": settings["steps"],
-        "step_size": settings["step_size"] if "step_size" in settings else settings["lr"],
-        "update": _update(settings, fields["norm"]),
-        "eot_samples": settings.get("eot_samples", settings.get("samples", 1)),
-        "restarts": settings.get("restarts", 1),
-        "loss": settings["loss"] + (f"+{settings['penalty']:g}*l2sq_ratio" if settings.get("penalty") else ""),
-    })
-    return fields
-
-
-def _classifier(recipe: Dict[str, Any]) -> Dict[str, Any]:
-    fields = {"classifier.arch": recipe["arch"],
-              "classifier.adversarial_training": recipe.get("adversarial") is not None}
-    if recipe["arch"] == "wide_resnet":
-        fields["classifier.widths"] = tuple(recipe["arch_kwargs"]["widths"])
-        fields["classifier.units_per_stage"] = recipe["arch_kwargs"]["units_per_stage"]
-    return fields
-
-
-def _start(attack: Dict[str, Any]) -> Dict[str, Any]:
-    """Where the attack starts: ``x`` (``-``) or the ball's point nearest the constant image ``v``."""
-    return {"attack.start_from": NOT_A_SETTING if attack.get("start_from") is None else attack["start_from"]}
-
-
-def _thermometer(spec: RowSpec) -> Dict[str, Any]:
-    attack = spec.config["adaptive_attack"]
-    return {**_attack(spec, attack), **_classifier(spec.config["classifier"]),
-            "defense.levels": spec.config["encoder"]["levels"],
-            "attack.random_start": attack["random_start"], "attack.backward": attack["backward"], **_start(attack)}
-
-
-def _lid(spec: RowSpec) -> Dict[str, Any]:
-    attack = spec.config["adaptive_attack"]
-    return {**_attack(spec, attack), **_classifier(spec.config["classifier"]),
-            "lid.k": spec.config["lid"]["k"], "lid.batch_size": spec.config["lid"]["batch_size"],
-            "attack.random_start": attack["random_start"], "attack.early_stop": attack["early_stop"], **_start(attack)}
-
-
-def _guo(transform: str) -> Callable[[RowSpec], Dict[str, Any]]:
-    def extract(spec: RowSpec) -> Dict[str, Any]:
-        defense = {f"defense.{key}": value for key, value in spec.config["transforms"][transform].items()
-                   if key not in ("seed", "source", "file")}
-        attack = spec.config["adaptive_attack"][transform]
-        return {**_attack(spec, attack), "attack.project": attack["project"],
-                "classifier.arch": spec.config["classifier"]["arch"], **defense}
-    return extract
-
-
-def _sap(spec: RowSpec) -> Dict[str, Any]:
-    sap, attack = spec.config["sap"], spec.config["adaptive_attack"]
-    return {**_attack(spec, attack), **_classifier(spec.config["classifier"]),
-            "defense.draws_factor": sap["draws_factor"], "defense.eps": sap["eps"], **_start(attack),
-            "attack.early_stop": attack["early_stop"]}
-
-
-def _xie(spec: RowSpec) -> Dict[str, Any]:
-    transform = {f"defense.{key}": value for key, value in spec.config["transform"].items()}
-    return {**_attack(spec, spec.config["adaptive_attack"]), "classifier.arch": spec.config["classifier"]["arch"],
-            **transform, "judge.strict_draws": spec.config["strict_draws"]}
-
-
-def _pixeldefend(spec: RowSpec) -> Dict[str, Any]:
-    pixelcnn = spec.config["pixelcnn"]["arch_kwargs"]
-    return {**_attack(spec, spec.config["adaptive_attack"]), **_classifier(spec.config["classifier"]),
-            "defense.eps_defend": spec.config["eps_defend"],
-            **{f"pixelcnn.{key}": pixelcnn[key] for key in ("nr_resnet", "nr_filters", "nr_logistic_mix")}}
-
-
-def _defensegan_bpda(spec: RowSpec) -> Dict[str, Any]:
-    projection, generator = spec.config["projection"], spec.config["generator"]
-    return {**_attack(spec, spec.config["adaptive_attack"]),
-            **{f"projection.{key}": projection[key] for key in ("steps", "restarts", "lr", "momentum", "lr_decay",
-                                                                "lr_decay_at")},
-            "projection.starts": spec.config["projection_starts"],
-            "generator.dim": generator["dim"], "generator.kind": generator["kind"],
-            **{f"classifier.{key}": spec.config["classifier"][key]
-               for key in ("arch", "optimizer", "batch_size", "epochs")}}
-
-
-def _defensegan_latent(spec: RowSpec) -> Dict[str, Any]:
-    latent = spec.config["latent_attack"]
-    fields = _common(spec)
-    fields.update({"steps": latent["steps"], "step_size": latent["lr"], "eot_samples": 1,
-                   "restarts": latent["inversion_restarts"]})
-    fields.update({f"latent.{key}": latent[key]
-                   for key in ("inversion_steps", "inversion_lr", "binary_search_steps", "initial_const")})
-    return fields
-
-
-def _madry(spec: RowSpec) -> Dict[str, Any]:
-    attack = spec.config["own_attack"]
-    return {**_attack(spec, attack), **_classifier(spec.config["classifier"]),
-            "attack.random_start": attack["random_start"]}
-
-
-def _madry_training(spec: RowSpec) -> Dict[str, Any]:
-    recipe = spec.config["classifier"]
-    adversary = recipe["adversarial"]
-    norm, normalisation = _norm(adversary["distance"])
-    return {"dataset": recipe["dataset"], "eps": adversary["eps"], "norm": norm, "normalisation": normalisation,
-            "steps": adversary["steps"], "step_size": adversary["step_size"],
-            **{f"training.{key}": recipe[key] for key in ("batch_size", "epochs", "lr", "momentum", "weight_decay")},
-            "training.lr_milestones": tuple(recipe["lr_milestones"]), "classifier.arch": recipe["arch"]}
-
-
-def _na(spec: RowSpec) -> Dict[str, Any]:
-    attack = spec.config["adaptive_attack"]
-    return {**_attack(spec, attack), "attack.random_start": attack["random_start"]}
-
-
-#: entry -> (row, extractor). Table 1 order; an entry is a row, or one of its attacks/transformations.
-ENTRIES: Dict[str, Tuple[str, Callable[[RowSpec], Dict[str, Any]]]] = {
-    "thermometer": ("thermometer", _thermometer),
-    "lid": ("lid", _lid),
-    **{f"guo/{name}": ("guo", _guo(name)) for name in ("bit_depth", "jpeg", "crop_rescale", "tv", "quilting")},
-    "sap": ("sap", _sap),
-    "xie": ("xie", _xie),
-    "pixeldefend": ("pixeldefend", _pixeldefend),
-    "defensegan/bpda": ("defensegan", _defensegan_bpda),
-    "defensegan/latent": ("defensegan", _defensegan_latent),
-    "madry": ("madry", _madry),
-    "madry/adversarial_training": ("madry", _madry_training),
-    "na": ("na", _na),
-}
+def entry_table(specs: Optional[Dict[str, RowSpec]] = None) -> Dict[str, Tuple[str, Callable[[RowSpec], Any]]]:
+    """``{entry: (row, extractor)}``: every spec's ``RowSpec.fidelity``, in the specs' order (default:
+    the paper-profile specs of Table 1)."""
+    table: Dict[str, Tuple[str, Callable[[RowSpec], Any]]] = {}
+    for name, spec in (paper_specs() if specs is None else specs).items():
+        for entry, extract in spec.fidelity.items():
+            if row_of(entry) != name:
+                raise ValueError(f"rows: the {name} row's fidelity entry {entry!r} is not named {name!r} or "
+                                 f"'{name}/...'")
+            table[entry] = (name, extract)
+    return table
 
 
 def entries_of(row: str) -> List[str]:
-    return [entry for entry, (name, _) in ENTRIES.items() if name == row]
+    return list(entry_table(paper_specs([row])))
 
 
 def resolve(entries: Optional[Sequence[str]] = None, specs: Optional[Dict[str, RowSpec]] = None
             ) -> Dict[str, Dict[str, Any]]:
-    """``{entry: {field: value}}`` from the paper-profile specs (not a dry run)."""
-    entries = list(ENTRIES) if entries is None else list(entries)
-    rows = sorted({ENTRIES[entry][0] for entry in entries})
+    """``{entry: {field: value}}`` from the specs' extractors (default: the paper-profile specs of the
+    entries' rows; all entries of the specs when ``entries`` is None)."""
     if specs is None:
-        specs = {spec.name: spec for spec in all_specs(rows, "paper", False)}
-    return {entry: ENTRIES[entry][1](specs[ENTRIES[entry][0]]) for entry in entries}
+        specs = paper_specs(None if entries is None else sorted({row_of(entry) for entry in entries}))
+    table = entry_table(specs)
+    entries = list(table) if entries is None else list(entries)
+    unknown = [entry for entry in entries if entry not in table]
+    if unknown:
+        raise ValueError(f"entries: {', '.join(unknown)} not among the specs' entries ({', '.join(table)})")
+    return {entry: table[entry][1](specs[table[entry][0]]) for entry in entries}
 
 
 # ---------------------------------------------------------------------------- comparison
@@ -427,18 +299,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reproduce.fidelity",
                                      description="The paper-profile settings of every Table 1 row, resolved from the "
                                                  "row specs and checked against reproduce/paper_settings.md.")
+    specs = paper_specs()
+    table = entry_table(specs)
     parser.add_argument("--entries", default=None,
-                        help=f"comma-separated entries or rows (default all: {','.join(ENTRIES)})")
+                        help=f"comma-separated entries or rows (default all: {','.join(table)})")
     parser.add_argument("--fields", action="store_true", help="every field with its paper value and verdict")
     args = parser.parse_args(argv)
-    entries = list(ENTRIES)
+    entries = list(table)
     if args.entries:
         wanted = [name.strip() for name in args.entries.split(",") if name.strip()]
-        unknown = [name for name in wanted if name not in ENTRIES and not entries_of(name)]
+        rows = {row for row, _ in table.values()}
+        unknown = [name for name in wanted if name not in table and name not in rows]
         if unknown:
-            parser.error(f"--entries: unknown {', '.join(unknown)}; choose from {', '.join(ENTRIES)}")
-        entries = [entry for entry in ENTRIES if entry in wanted or ENTRIES[entry][0] in wanted]
-    resolved = resolve(entries)
+            parser.error(f"--entries: unknown {', '.join(unknown)}; choose from {', '.join(table)}")
+        entries = [entry for entry in table if entry in wanted or table[entry][0] in wanted]
+    resolved = resolve(entries, specs)
     checks = check(read_paper_settings(), resolved)
     print(render_checks(checks) if args.fields else render_summary(resolved))
     disagreeing = [item for item in checks if not item.agrees or item.setting is None]

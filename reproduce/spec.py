@@ -84,6 +84,14 @@ class RowSpec:
     # Whether the row reads a user checkpoint given with ``--weights ROW=FILE`` (in this profile);
     # a weights file for any other row is refused when the command line is parsed.
     takes_weights: bool = False
+    # What the paper-profile tools read from the row, so that a row is described in one place (neither is
+    # part of ``describe()``: they compute nothing of the row's result). ``work_plan(spec, resolved)``: the
+    # row's paper-profile work for reproduce.estimate (a reproduce.paper_plans.RowPlan); ``fidelity``:
+    # ``{entry: extract(spec) -> {field: value}}``, its settings for reproduce.fidelity to check against
+    # reproduce/paper_settings.md (an entry is named as the row, or "row/part"); ``resolved`` is what those
+    # extractors give, ``{entry: {field: value}}``, from which the plan takes the attacks' steps and examples.
+    work_plan: Optional[Callable[..., Any]] = None
+    fidelity: Dict[str, Callable[[RowSpec], Dict[str, Any]]] = field(default_factory=dict)
 
     def describe(self) -> Dict[str, Any]:
         """The JSON description stored with the result (and hashed for the cache key)."""

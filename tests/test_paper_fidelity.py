@@ -21,6 +21,7 @@ from reproduce.rows import all_specs  # noqa: E402
 from reproduce.spec import ROW_NAMES  # noqa: E402
 
 TABLE = fidelity.read_paper_settings()
+ENTRIES = fidelity.entry_table()  # {entry: (row, extractor)}, from the rows' paper-profile specs
 
 
 @functools.cache
@@ -39,8 +40,8 @@ def _confirmed_params():
 
 
 def test_every_row_of_table_1_has_entries_and_every_entry_the_core_fields():
-    assert {row for row, _ in fidelity.ENTRIES.values()} == set(ROW_NAMES)
-    assert list(TABLE) == list(fidelity.ENTRIES), "paper_settings.md sections vs reproduce.fidelity.ENTRIES"
+    assert {row for row, _ in ENTRIES.values()} == set(ROW_NAMES)
+    assert list(TABLE) == list(ENTRIES), "paper_settings.md sections vs the rows' RowSpec.fidelity entries"
     for entry, fields in TABLE.items():
         missing = [field for field in fidelity.CORE_FIELDS if field not in fields]
         assert not missing, f"{entry}: paper_settings.md lacks {missing}"
@@ -50,9 +51,9 @@ def test_every_row_of_table_1_has_entries_and_every_entry_the_core_fields():
                 assert setting.repo in fidelity.KNOWN_REPOS.values() and not setting.path.startswith("/")
 
 
-@pytest.mark.parametrize("entry", list(fidelity.ENTRIES))
+@pytest.mark.parametrize("entry", list(ENTRIES))
 def test_resolved_paper_config_has_exactly_the_table_fields(entry):
-    row = fidelity.ENTRIES[entry][0]
+    row = ENTRIES[entry][0]
     resolved = _resolved()[entry]
     print(f"\n[{entry}] resolved from the {row} row's paper-profile spec:")
     print(json.dumps({field: fidelity.format_value(value) for field, value in resolved.items()}, indent=1))
@@ -69,7 +70,7 @@ def test_paper_profile_setting_equals_its_outside_source(entry, field):
     code = _resolved()[entry].get(field, fidelity.NOT_A_SETTING)
     assert fidelity.same_value(setting.value, code), (
         f"{entry}.{field}: {setting.citation} says {fidelity.format_value(setting.value)}; "
-        f"the {fidelity.ENTRIES[entry][0]} row's paper-profile spec has {fidelity.format_value(code)}")
+        f"the {ENTRIES[entry][0]} row's paper-profile spec has {fidelity.format_value(code)}")
 
 
 def test_the_projects_own_choices_are_recorded_as_the_code_has_them_and_counted_apart(capsys):

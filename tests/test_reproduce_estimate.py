@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from reproduce import estimate, fidelity
+from reproduce import estimate, fidelity, paper_entries, paper_plans
 from reproduce.rows import all_specs
-from reproduce.spec import RowSpec
+from reproduce.spec import ROW_NAMES, RowSpec
 
 
 def _fake_madry_spec() -> RowSpec:
@@ -17,7 +17,8 @@ def _fake_madry_spec() -> RowSpec:
     classifier = {"arch": "wide_resnet", "arch_kwargs": {"widths": [16, 32, 64], "units_per_stage": 1},
                   "dataset": "cifar10", "epochs": 2, "adversarial": adversarial}
     return RowSpec(name="madry", defense="fake", dataset="cifar10", distance="linf", eps=0.03, paper_dataset="-",
-                   paper_bound="-", paper_accuracy=0.0, n_examples=7, config={
+                   paper_bound="-", paper_accuracy=0.0, n_examples=7, work_plan=paper_plans.madry,
+                   fidelity=paper_entries.MADRY, config={
                        "eps": 0.03, "classifier": classifier, "natural_twin": {**classifier, "adversarial": None},
                        "own_attack": {"steps": 5, "step_size": 0.01, "loss": "ce", "random_start": True,
                                       "restarts": 1},
@@ -121,9 +122,8 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys, monkeypatch):
 
 
 def test_every_row_has_a_plan_over_measurable_units():
-    specs = {spec.name: spec for spec in all_specs(list(estimate.PLANS), "paper", False)}
-    resolved = fidelity.resolve(None, specs)
-    plans = [estimate.plan(specs[name], resolved) for name in estimate.PLANS]
+    plans = estimate.plans(all_specs(list(ROW_NAMES), "paper", False))
+    assert [row_plan.row for row_plan in plans] == list(ROW_NAMES)
     needed = estimate.units_needed(plans)
     assert set(needed) <= set(estimate.UNITS)
     assert "inception_v3_299" in needed and "pixeldefend_row_32" in needed

@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:  # reproduce/ is a top-level directory of the repo
     sys.path.append(str(ROOT))
 
 from obfgrad.attacks import PGD  # noqa: E402
-from reproduce import choices  # noqa: E402
+from reproduce import choices, estimate, fidelity, paper_plans, rows  # noqa: E402
 from reproduce.evaluation import Evaluation, config_pgd, headline, run_row, votes_judge  # noqa: E402
 from reproduce.rows import all_specs  # noqa: E402
 from reproduce.spec import ROW_NAMES, RowSpec, RunContext  # noqa: E402
@@ -89,6 +89,55 @@ def test_run_row_runs_a_declarative_row_and_records_every_evaluation(tmp_path):
     for label in ("own", "adaptive"):
         records = json.loads((tmp_path / "records" / f"toy.{label}.json").read_text())
         assert len(records["records"]) == 2  # a dry run attacks 2 examples
+
+
+def _toy_paper_row(**fields) -> RowSpec:
+    """A row that exists only as its spec: its paper-profile work plan and fidelity entry are defined
+    here, in no table of reproduce.estimate or reproduce.fidelity."""
+
+    def adaptive_settings(spec):
+        attack = spec.config["adaptive_attack"]
+        return {"examples": spec.n_examples, "steps": attack["steps"], "eot_samples": attack["samples"],
+                "restarts": 1}
+
+    def work_plan(spec, resolved):
+        return paper_plans.RowPlan(spec.name, [
+            paper_plans.attack("adaptive: toy EOT", resolved["toy/adaptive"], {"toy_unit": 2}),
+            paper_plans.Work("own: toy PGD", spec.n_examples, spec.config["own_steps"], {"toy_unit": 1})],
+            excluded=["toy forwards"])
+
+    return _row([], config={"adaptive_attack": {"steps": 6, "samples": 3}, "own_steps": 5},
+                **{"work_plan": work_plan, "fidelity": {"toy/adaptive": adaptive_settings}, **fields})
+
+
+def test_a_row_added_through_its_spec_alone_reaches_the_estimate_and_the_fidelity_check(monkeypatch, tmp_path):
+    toy, row_spec = _toy_paper_row(), rows.row_spec
+    monkeypatch.setattr(rows, "row_spec", lambda name, profile, dry_run=False:
+                        toy if name == "toy" else row_spec(name, profile, dry_run))
+    monkeypatch.setitem(estimate.UNITS, "toy_unit", estimate.Unit("toy", lambda specs, device, items: lambda: None))
+    resolved = fidelity.resolve(["toy/adaptive"])  # the toy's paper-profile spec, found by its row name
+    assert resolved == {"toy/adaptive": {"examples": 4, "steps": 6, "eot_samples": 3, "restarts": 1}}
+    settings = tmp_path / "settings.md"
+    settings.write_text("### `toy/adaptive`\n\n| field | value | source |\n|---|---|---|\n"
+                        "| `steps` | `6` | choice: toy |\n| `restarts` | `2` | paper §5 |\n")
+    verdicts = {item.field: item.verdict for item in fidelity.check(fidelity.read_paper_settings(settings), resolved)}
+    assert verdicts == {"steps": "project's choice", "restarts": "CONTRADICTS ITS SOURCE",
+                        "examples": "NOT IN TABLE", "eot_samples": "NOT IN TABLE"}
+    report = estimate.run(["toy"], torch.device("cpu"), batch=1, repeats=1, log=lambda line: None)
+    row = report["rows"]["toy"]
+    assert [item["label"] for item in row["attacks"]] == ["adaptive: toy EOT", "own: toy PGD"]
+    assert row["gradient_evaluations"] == 4 * 6 * 3 + 4 * 5 and row["excluded"] == ["toy forwards"]
+    assert set(report["units"]) == {"toy_unit"}
+
+
+def test_a_spec_without_a_plan_or_with_a_misnamed_entry_is_refused_by_name():
+    with pytest.raises(ValueError, match="no estimate plan for 'toy'"):
+        estimate.plan(_toy_paper_row(work_plan=None), {})
+    misnamed = _toy_paper_row(fidelity={"other/adaptive": lambda spec: {}})
+    with pytest.raises(ValueError, match="toy row's fidelity entry 'other/adaptive'"):
+        fidelity.entry_table({"toy": misnamed})
+    with pytest.raises(ValueError, match="entries: toy/own not among"):
+        fidelity.resolve(["toy/own"], {"toy": _toy_paper_row()})
 
 
 def test_every_row_has_its_choices_in_both_profiles_and_the_values_are_filled():

@@ -24,7 +24,7 @@ from torch import nn
 
 from obfgrad.attacks import BPDA, LatentAttack, TransferAttack
 from obfgrad.zoo import defensegan as zoo_defensegan
-from reproduce import choices
+from reproduce import choices, paper_entries, paper_plans
 from reproduce.evaluation import Evaluation, pgd_of
 from reproduce.spec import RowSpec, RunContext, table1, zoo_fields
 
@@ -35,6 +35,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     projection = config["projection"]
     return RowSpec(
         name="defensegan",
+        work_plan=paper_plans.defensegan, fidelity=paper_entries.DEFENSEGAN,
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Samangouei et al. (2018), Defense-GAN",
         **zoo_fields(zoo_defensegan, profile, config),

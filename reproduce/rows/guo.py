@@ -29,7 +29,7 @@ from obfgrad.defenses.input_transforms import GUO_TRANSFORMS
 from obfgrad.eval import accuracy_vs_eps, argmax_predictor, random_targets
 from obfgrad.zoo import common, imagenet
 from obfgrad.zoo import guo as zoo_guo
-from reproduce import choices, pipeline
+from reproduce import choices, paper_entries, paper_plans, pipeline
 from reproduce.spec import RowSpec, RunContext, imagenet_fields, table1, zoo_fields
 
 
@@ -52,6 +52,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     paper = profile == "paper"
     return RowSpec(
         name="guo",
+        work_plan=paper_plans.guo, fidelity=paper_entries.GUO,
         **imagenet_fields(profile),  # the paper profile: --weights for InceptionV3, 1000 images, targeted
         defense="Guo et al. (2018), input transformations",
         **zoo_fields(zoo_guo, profile, config),

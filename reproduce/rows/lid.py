@@ -24,7 +24,7 @@ from obfgrad.defenses.lid import roc_auc
 from obfgrad.eval import accuracy_summary, correct_or_detected, judged_inputs
 from obfgrad.fingerprint import file_sha256
 from obfgrad.zoo import lid as zoo_lid
-from reproduce import choices, distributed
+from reproduce import choices, distributed, paper_entries, paper_plans
 from reproduce.evaluation import Evaluation, pgd_of
 from reproduce.spec import RowSpec, RunContext, table1, zoo_fields
 
@@ -34,6 +34,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     paper = profile == "paper"
     return RowSpec(
         name="lid",
+        work_plan=paper_plans.lid, fidelity=paper_entries.LID,
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Ma et al. (2018), local intrinsic dimensionality",
         **zoo_fields(zoo_lid, profile, config),

@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 from obfgrad.zoo import common
 from obfgrad.zoo import madry as zoo_madry
-from reproduce import choices
+from reproduce import choices, paper_entries, paper_plans
 from reproduce.evaluation import Evaluation, pgd_of
 from reproduce.spec import RowSpec, RunContext, table1, zoo_fields
 
@@ -25,6 +25,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     paper = profile == "paper"
     return RowSpec(
         name="madry",
+        work_plan=paper_plans.madry, fidelity=paper_entries.MADRY,
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Madry et al. (2018), PGD adversarial training",
         **zoo_fields(zoo_madry, profile, config),

@@ -12,7 +12,7 @@ network of the same profile; see ``obfgrad.defenses.cascade`` for the training r
 from __future__ import annotations
 
 from obfgrad.zoo import na as zoo_na
-from reproduce import choices
+from reproduce import choices, paper_entries, paper_plans
 from reproduce.evaluation import Evaluation
 from reproduce.rows import madry
 from reproduce.spec import RowSpec, table1, zoo_fields
@@ -23,6 +23,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     paper = profile == "paper"
     return RowSpec(
         name="na",
+        work_plan=paper_plans.na, fidelity=paper_entries.NA,
         defense="Na et al. (2018), cascade adversarial training",
         **zoo_fields(zoo_na, profile, config),
         **table1("CIFAR-10", "0.015 (ℓ∞)", 0.15),

@@ -22,7 +22,7 @@ from obfgrad.attacks import BPDA, PGD, TransferAttack
 from obfgrad.defenses.pixeldefend import PixelDefend
 from obfgrad.zoo import common
 from obfgrad.zoo import pixeldefend as zoo_pixeldefend
-from reproduce import choices, pipeline
+from reproduce import choices, paper_entries, paper_plans, pipeline
 from reproduce.spec import RowSpec, RunContext, zoo_builder
 
 
@@ -31,6 +31,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     paper = profile == "paper"
     return RowSpec(
         name="pixeldefend",
+        work_plan=paper_plans.pixeldefend, fidelity=paper_entries.PIXELDEFEND,
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Song et al. (2018), PixelDefend",
         dataset=zoo_pixeldefend.dataset(profile),

@@ -20,7 +20,7 @@ from typing import Any, Dict
 
 from obfgrad.attacks import EOT
 from obfgrad.zoo import sap as zoo_sap
-from reproduce import choices
+from reproduce import choices, paper_entries, paper_plans
 from reproduce.evaluation import Evaluation, pgd_of, votes_judge
 from reproduce.spec import RowSpec, RunContext, table1, zoo_fields
 
@@ -30,6 +30,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     paper = profile == "paper"
     return RowSpec(
         name="sap",
+        work_plan=paper_plans.sap, fidelity=paper_entries.SAP,
         takes_weights=True,  # --weights ROW=FILE replaces the trained classifier
         defense="Dhillon et al. (2018), stochastic activation pruning",
         **zoo_fields(zoo_sap, profile, config),

@@ -20,7 +20,7 @@ from typing import Any, Dict
 
 from obfgrad.attacks import LSPGA
 from obfgrad.zoo import thermometer as zoo_thermometer
-from reproduce import choices
+from reproduce import choices, paper_entries, paper_plans
 from reproduce.evaluation import Evaluation, pgd_of
 from reproduce.spec import RowSpec, RunContext, table1, zoo_fields
 
@@ -31,6 +31,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     paper = profile == "paper"
     return RowSpec(
         name="thermometer",
+        work_plan=paper_plans.thermometer, fidelity=paper_entries.THERMOMETER,
         defense="Buckman et al. (2018), thermometer encoding",
         **zoo_fields(zoo_thermometer, profile, config),
         **table1("CIFAR-10", "0.031 (ℓ∞)", 0.0, "*"),  # *: the defense alone (no adversarial training)

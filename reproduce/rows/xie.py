@@ -33,7 +33,7 @@ from obfgrad.eval import (
 from obfgrad.eval.confidence import stronger_attack_comparison
 from obfgrad.zoo import common, imagenet
 from obfgrad.zoo import xie as zoo_xie
-from reproduce import choices, pipeline
+from reproduce import choices, paper_entries, paper_plans, pipeline
 from reproduce.evaluation import config_pgd
 from reproduce.spec import RowSpec, RunContext, imagenet_fields, table1, zoo_fields
 
@@ -42,6 +42,7 @@ def spec(profile: str, dry_run: bool = False) -> RowSpec:
     config = zoo_xie.config(profile, dry_run)
     return RowSpec(
         name="xie",
+        work_plan=paper_plans.xie, fidelity=paper_entries.XIE,
         **imagenet_fields(profile),  # the paper profile: --weights for InceptionV3, 1000 images, targeted
         defense="Xie et al. (2018), randomization",
         **zoo_fields(zoo_xie, profile, config),

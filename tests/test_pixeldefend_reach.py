@@ -90,3 +90,23 @@ def test_reach_control_without_an_attack_is_the_purified_accuracy():
     moved = reach_control(purifier, classifier, x, y, 4 / 255, steps=5)
     assert moved["movable_fraction_other"] > 0
     assert sum(moved["classifier_within_reach_correct"]) <= sum(expected)
+
+
+def test_reach_control_pairs_its_verdicts_with_bpdas():
+    from torch import nn
+
+    from obfgrad.defenses.pixeldefend import PixelDefend
+    from obfgrad.zoo.pixeldefend import reach_control
+
+    torch.manual_seed(7)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(25, 3)).eval()
+    purifier = PixelDefend(_model(7), eps_defend=6 / 255)
+    x, y = _images(7, n=6), torch.tensor([0, 1, 2, 0, 1, 2])
+    bpda = [True, True, True, False, False, False]
+    out = reach_control(purifier, classifier, x, y, 4 / 255, steps=5, bpda_correct=bpda)
+    control = out["classifier_within_reach_correct"]
+    assert out["broken_only_by_control"] == sum(b and not c for b, c in zip(bpda, control))
+    assert out["broken_only_by_bpda"] == sum(c and not b for b, c in zip(bpda, control))
+    assert out["bpda_accuracy"] == 0.5
+    assert out["classifier_within_reach_accuracy"] == sum(control) / 6
+    assert 0 < out["paired_sign_test_p"] <= 1

@@ -13,7 +13,8 @@ from torch import nn
 from obfgrad.attacks import BPDA
 from obfgrad.data import load_dataset
 from obfgrad.defenses.pixeldefend import EPS_DEFEND, PixelDefend, purification_reach
-from obfgrad.eval.confidence import clopper_pearson, paired_sign_test
+from obfgrad.eval.confidence import stronger_attack_comparison
+from obfgrad.eval.judging import accuracy_summary
 from obfgrad.models.pixelcnn import bits_per_dim, build_pixelcnn, pixelcnn_recipe, pixelcnn_train_or_load
 from obfgrad.zoo import common, recipes
 from obfgrad.zoo.base import BuildContext, DefenseBundle
@@ -144,14 +145,13 @@ def reach_control(purifier: PixelDefend, classifier: nn.Module, x: torch.Tensor,
         "attack_range_levels": 2 * int(round(eps * 255)),
         "steps": steps,
         "classifier_within_reach_correct": correct.tolist(),
-        "classifier_within_reach_accuracy": float(correct.float().mean()),
-        "classifier_within_reach_ci95": list(clopper_pearson(int(correct.sum()), len(correct))),
+        **{f"classifier_within_reach_{key}": value for key, value in accuracy_summary(correct).items()},
         **({} if bpda_correct is None else _paired(torch.as_tensor(list(bpda_correct)), correct)),
     }
 
 
 def _paired(bpda_correct: torch.Tensor, control_correct: torch.Tensor) -> Dict[str, Any]:
-    only_control = int((bpda_correct & ~control_correct).sum())  # BPDA leaves them, the control breaks them
-    only_bpda = int((control_correct & ~bpda_correct).sum())
-    return {"bpda_accuracy": float(bpda_correct.float().mean()), "broken_only_by_control": only_control,
-            "broken_only_by_bpda": only_bpda, "paired_sign_test_p": paired_sign_test(only_control, only_bpda)}
+    paired = stronger_attack_comparison(bpda_correct, control_correct)  # its reading is worded for Xie's control
+    return {"bpda_accuracy": float(bpda_correct.float().mean()),
+            "broken_only_by_control": paired["broken_only_by_control"],
+            "broken_only_by_bpda": paired["broken_only_by_main"], "paired_sign_test_p": paired["paired_sign_test_p"]}
